@@ -1,0 +1,137 @@
+"""Read packed shards: a rank-sharded, resumable tf.data pipeline and a numpy sampler.
+
+Epoch order is a permutation drawn from (seed, epoch) alone, so every rank computes the
+same one without talking to the others, and a resumed run can start at any step. Step s
+of an epoch uses global positions [s*B*W, (s+1)*B*W) of that permutation; rank r takes
+its B-slice. Ranks therefore see disjoint images that together cover the epoch.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataError, load_manifest
+
+
+class ShardReader:
+    """Random access to one split's images (uint8 [N, H, W]) across its shards."""
+
+    def __init__(self, dataset: str | os.PathLike, split: str = "train"):
+        self.dataset = Path(dataset)
+        m = load_manifest(self.dataset)
+        if split not in m["splits"] or m["splits"][split]["count"] == 0:
+            raise DataError(f"{self.dataset}: split '{split}' has no images (have: {', '.join(m['splits'])})")
+        self.resolution = int(m["resolution"])
+        self.files = [self.dataset / s["file"] for s in m["splits"][split]["shards"]]
+        counts = np.array([s["count"] for s in m["splits"][split]["shards"]], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self._handles: dict = {}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _h5(self, i: int):
+        h = self._handles.get(i)
+        if h is None:
+            import h5py
+
+            # A large chunk cache keeps recently read images in memory across batches.
+            h = h5py.File(self.files[i], "r", rdcc_nbytes=64 << 20)
+            self._handles[i] = h
+        return h["images"]
+
+    def read(self, indices) -> np.ndarray:
+        """Images at the given global indices, in the given order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(idx), self.resolution, self.resolution), dtype=np.uint8)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"index out of range 0..{len(self) - 1}")
+        shard = np.searchsorted(self.offsets, idx, side="right") - 1
+        for s in np.unique(shard):
+            pos = np.flatnonzero(shard == s)
+            local = idx[pos] - self.offsets[s]
+            order = np.argsort(local, kind="stable")
+            ds = self._h5(int(s))
+            for p, li in zip(pos[order], local[order]):
+                ds.read_direct(out, np.s_[li], np.s_[p])
+        return out
+
+    def metadata(self, indices) -> list[dict]:
+        idx = np.asarray(indices, dtype=np.int64)
+        out = []
+        for i in idx:
+            s = int(np.searchsorted(self.offsets, i, side="right") - 1)
+            li = int(i - self.offsets[s])
+            self._h5(s)
+            h = self._handles[s]
+            out.append({"index": int(i), "source": h["source"][li].decode(), "case": h["case"][li].decode(),
+                        "slice": int(h["slice"][li])})
+        return out
+
+    def close(self) -> None:
+        for h in self._handles.values():
+            h.close()
+        self._handles.clear()
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
+    """Full global batches only, as the seed's 9664 / 16 = 604 (no short last batch)."""
+    return n // (batch_size * world_size)
+
+
+def rank_indices(n: int, seed: int, epoch: int, step: int, batch_size: int, rank: int, world_size: int):
+    perm = epoch_permutation(n, seed, epoch)
+    start = step * batch_size * world_size + rank * batch_size
+    return perm[start:start + batch_size]
+
+
+def to_float(images_uint8):
+    """uint8 -> float32 in (-1, 1) exactly as the seed: (x - 127.5) / 127.5."""
+    return (np.asarray(images_uint8, dtype=np.float32) - 127.5) / 127.5
+
+
+def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                  start_step: int = 0, max_steps: int = 0, split: str = "train", prefetch: int = 4):
+    """A tf.data.Dataset of this rank's batches for one epoch: float32 [B, H, W, 1] in (-1, 1)."""
+    import tensorflow as tf
+
+    reader = ShardReader(dataset, split)
+    n = len(reader)
+    steps = steps_per_epoch(n, batch_size, world_size)
+    if steps == 0:
+        raise DataError(f"{dataset}: {n} {split} images cannot fill one global batch of "
+                        f"{batch_size} x {world_size} ranks")
+    if max_steps:
+        steps = min(steps, max_steps)
+    perm = epoch_permutation(n, seed, epoch)
+    res = reader.resolution
+
+    def batches():
+        for s in range(start_step, steps):
+            lo = s * batch_size * world_size + rank * batch_size
+            yield reader.read(perm[lo:lo + batch_size])
+
+    ds = tf.data.Dataset.from_generator(
+        batches, output_signature=tf.TensorSpec((batch_size, res, res), tf.uint8))
+    ds = ds.map(lambda x: (tf.cast(x, tf.float32)[..., None] - 127.5) / 127.5,
+                num_parallel_calls=1, deterministic=True)
+    return ds.prefetch(prefetch), steps
+
+
+def sample_batches(dataset, n_batches: int, batch_size: int, seed: int, split: str = "train"):
+    """Indices and float images of `n_batches` random batches, reading only those images."""
+    reader = ShardReader(dataset, split)
+    rng = np.random.default_rng(seed)
+    n = len(reader)
+    batches = [rng.choice(n, size=batch_size, replace=n < batch_size) for _ in range(n_batches)]
+    flat = np.concatenate(batches)
+    uniq, inv = np.unique(flat, return_inverse=True)
+    imgs = to_float(reader.read(uniq))[inv].reshape(n_batches, batch_size, reader.resolution, reader.resolution)
+    reader.close()
+    return [b.tolist() for b in batches], imgs

@@ -1,0 +1,125 @@
+"""Run logs for people and machines: log.txt, stats.jsonl, tick lines and a progress bar."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import fsutil
+
+
+class RunLog:
+    """Rank 0's logger. Lines go to stdout (the Slurm log) and to RUN_DIR/log.txt."""
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self._f = None
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.run_dir / "log.txt", "a", encoding="utf-8", buffering=1)
+
+    def __call__(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        print(line, flush=True)
+        self._f.write(line + "\n")
+
+    def close(self) -> None:
+        if self._f:
+            self._f.close()
+
+
+class Stats:
+    """stats.jsonl: one JSON object a line, flushed at once so `status` and `tail -f` see it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._f = open(self.path, "a", encoding="utf-8", buffering=1)
+
+    def write(self, **record) -> None:
+        record.setdefault("time", time.time())
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    @staticmethod
+    def truncate_after(path: str | os.PathLike, global_step: int, epoch: int) -> int:
+        """Drop lines written after the checkpoint a run resumes from. Returns lines dropped.
+
+        A run killed between logging and checkpointing would otherwise log that stretch twice.
+        """
+        path = Path(path)
+        if not path.is_file():
+            return 0
+        keep, dropped = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1  # a torn last line from a kill
+                continue
+            late = r.get("global_step", 0) > global_step or (r.get("kind") == "epoch" and r.get("epoch", 0) > epoch)
+            if late:
+                dropped += 1
+            else:
+                keep.append(line)
+        if dropped:
+            fsutil.write_text(path, "".join(x + "\n" for x in keep))
+        return dropped
+
+
+def read_stats(path: str | os.PathLike) -> list[dict]:
+    out = []
+    p = Path(path)
+    if p.is_file():
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+class Progress:
+    """A one-line bar with ETA on a terminal; nothing otherwise (tick lines cover batch logs)."""
+
+    def __init__(self, total: int, done: int = 0, stream=None):
+        self.stream = stream or sys.stdout
+        self.active = self.stream.isatty()
+        self.total, self.start_done = total, done
+        self.t0 = time.monotonic()
+
+    def update(self, done: int, text: str = "") -> None:
+        if not self.active:
+            return
+        rate = (done - self.start_done) / max(time.monotonic() - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        width = 30
+        fill = int(width * done / max(self.total, 1))
+        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} "
+                          f"ETA {format_seconds(eta)} {text}   ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.active:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def format_seconds(s: float) -> str:
+    if s != s or s == float("inf"):
+        return "?"
+    s = int(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

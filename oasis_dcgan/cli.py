@@ -1,0 +1,350 @@
+"""`oasis-dcgan`: one command, a subcommand per job and tool. Run `oasis-dcgan -h`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXECUTOR_HELP = ("where to run: auto (Slurm when a controller answers, else local), local (submitit's local "
+                 "executor), slurm, or inprocess (this process; also what srun-launched ranks use)")
+
+
+def _die(msg: str, code: int = 2):
+    print(f"oasis-dcgan: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _use_dev_cluster() -> None:
+    """Point Slurm's commands at the dev cluster (bringing it up if this checkout has the script)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "slurm" / "devcluster"
+    if script.is_file():
+        subprocess.run([str(script), "up"], check=True)
+    d = os.environ.get("OASIS_DEVCLUSTER_DIR", "/var/tmp/oasis-devcluster")
+    os.environ["SLURM_CONF"] = f"{d}/etc/slurm.conf"
+
+
+# ----------------------------------------------------------------------------- subcommands
+
+def cmd_preprocess(a) -> int:
+    from . import cluster, config, data
+
+    cfg = config.load(a.config, a.set)
+    cfg.data.source, cfg.data.dataset = str(a.src), str(a.out)
+    for key, val in (("resolution", a.resolution), ("layout", a.layout), ("shard_size", a.shard_size),
+                     ("slices", a.slices), ("slice_range", a.slice_range)):
+        if val is not None:
+            setattr(cfg.data, key, val)
+    cfg.data.skip_bad = cfg.data.skip_bad or a.skip_bad
+    cfg.validate()
+    kw = dict(resolution=cfg.data.resolution, layout=cfg.data.layout, shard_size=cfg.data.shard_size,
+              skip_bad=cfg.data.skip_bad, slices=cfg.data.slices, slice_range=cfg.data.slice_range,
+              percentile=cfg.data.percentile, split_fractions=cfg.data.split_fractions,
+              split_seed=cfg.data.split_seed)
+    kind = cluster.resolve_executor(a.executor)
+    if kind == "inprocess" and a.tasks <= 1:
+        m = data.preprocess(a.src, a.out, **kw)
+    else:
+        p = data.plan(a.src, **kw)
+        data.save_plan(p, a.out)
+        n = max(1, min(a.tasks, len(p.shard_list())))
+        if kind == "inprocess":
+            for t in range(n):
+                data.pack_task(a.out, t, n)
+        else:
+            out = Path(a.out).resolve()
+            ex = cluster.make_executor(cfg, out / ".submitit", kind, "preprocess", "oasis-preprocess", array=n)
+            jobs = ex.map_array(cluster.preprocess_task, [str(out)] * n, list(range(n)), [n] * n)
+            print(f"preprocess: {kind} array job {jobs[0].job_id.split('_')[0]} with {n} task(s); waiting")
+            for j in jobs:
+                j.result()
+        m = data.seal(a.out)
+    print(f"dataset {Path(a.out).resolve()}: " + ", ".join(f"{k} {v}" for k, v in m["counts"].items())
+          + f"; {len(m['skipped'])} skipped")
+    return 0
+
+
+def cmd_dataset(a) -> int:
+    from . import data
+
+    if a.action == "info":
+        sheet = a.sheet or str(Path(a.dir) / "contact_sheet.png")
+        print(data.info(a.dir, sheet=sheet))
+        return 0
+    problems = data.verify(a.dir)
+    for p in problems:
+        print(f"MISMATCH {p}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{a.dir}: OK (every shard matches its sha256, shape and dtype)")
+    return 0
+
+
+def _train_config(a):
+    from . import config
+
+    cfg = config.load(a.config, a.set)
+    cfg.data.dataset, cfg.run_dir = str(Path(a.dataset).resolve()), str(Path(a.run_dir).resolve())
+    t = cfg.train
+    for key, val in (("epochs", a.epochs), ("batch_size", a.batch_size), ("seed", a.seed),
+                     ("checkpoint_every_steps", a.checkpoint_every_steps)):
+        if val is not None:
+            setattr(t, key, val)
+    t.deterministic = t.deterministic or a.deterministic
+    if a.ranks:
+        cfg.cluster.nodes, cfg.cluster.tasks_per_node = 1, a.ranks
+    return cfg.validate()
+
+
+def cmd_train(a) -> int:
+    from . import cluster, data
+
+    cfg = _train_config(a)
+    res = data.load_manifest(cfg.data.dataset)["resolution"]
+    if a.resolution and a.resolution != res:
+        _die(f"--resolution {a.resolution}: the dataset {cfg.data.dataset} holds {res}x{res} images; "
+             f"repack it with oasis-dcgan preprocess --resolution {a.resolution}")
+    cfg.data.resolution = res
+    # Ranks started by srun (slurm/train.sbatch) are the job already: train here.
+    kind = "inprocess" if "SLURM_STEP_ID" in os.environ and a.executor == "auto" else \
+        cluster.resolve_executor(a.executor)
+    if kind == "inprocess":
+        from . import train
+
+        s = train.run(cfg)
+        return 0 if s else 1
+    ex = cluster.make_executor(cfg, Path(cfg.run_dir) / "slurm", kind, "train", "oasis-train")
+    job = ex.submit(cluster.TrainJob(cfg.to_dict()))
+    cluster._record(Path(cfg.run_dir), {"stage": "train", "job_id": job.job_id, "ranks": cfg.world_size})
+    print(f"train: {kind} job {job.job_id}, {cfg.world_size} rank(s); run directory {cfg.run_dir}")
+    if a.no_wait:
+        return 0
+    results = job.results()
+    digests = {r["weights_sha256"] for r in results}
+    print(f"train: finished on {len(results)} rank(s); weights identical across ranks: {len(digests) == 1}")
+    return 0 if len(digests) == 1 else 1
+
+
+def cmd_postprocess(a) -> int:
+    from . import cluster, config, report
+
+    kind = cluster.resolve_executor(a.executor)
+    if kind == "inprocess":
+        report.postprocess(a.run_dir, a.dataset, a.batches)
+        return 0
+    cfg = config.load(None, [])
+    ex = cluster.make_executor(cfg, Path(a.run_dir) / "slurm", kind, "postprocess", "oasis-postprocess")
+    job = ex.submit(cluster.postprocess_job, str(Path(a.run_dir).resolve()), a.dataset, a.batches)
+    print(f"postprocess: {kind} job {job.job_id}; report {job.result()['report']}")
+    return 0
+
+
+def cmd_submit(a) -> int:
+    from . import cluster, config
+
+    if a.cluster == "dev":
+        _use_dev_cluster()
+    cfg = config.load(a.config, a.set)
+    out = cluster.submit_pipeline(cfg, executor=a.executor, dry_run=a.dry_run, collect_dest=a.collect or "",
+                                  wait=True if a.wait else None)
+    if a.dry_run:
+        import json
+
+        print("# resolved config\n" + json.dumps(cfg.to_dict(), indent=2))
+        for stage, text in out["scripts"].items():
+            print(f"\n# ---- {stage}: the sbatch script submitit would submit\n{text}")
+        print("\n(dry run: nothing was submitted)")
+        return 0
+    print(f"\nrun directory: {out['run_dir']}")
+    print("jobs: " + ", ".join(f"{k} {v}" for k, v in out["jobs"].items()))
+    print(f"watch it:  oasis-dcgan status {out['run_dir']}")
+    if out["executor"] == "slurm":
+        print(f"           squeue -j {','.join(out['jobs'].values())}")
+        print(f"           tail -f {out['run_dir']}/log.txt")
+    if out.get("report"):
+        print(f"report: {out['report']}")
+    return 0
+
+
+def cmd_status(a) -> int:
+    from . import cluster
+
+    if a.cluster == "dev":
+        d = os.environ.get("OASIS_DEVCLUSTER_DIR", "/var/tmp/oasis-devcluster")
+        os.environ["SLURM_CONF"] = f"{d}/etc/slurm.conf"
+    if not Path(a.run).is_dir():
+        _die(f"{a.run}: no such run directory")
+    print(cluster.status(a.run))
+    return 0
+
+
+def cmd_collect(a) -> int:
+    from . import collect
+
+    collect.collect(a.run, a.dest, a.include_checkpoints)
+    return 0
+
+
+def cmd_generate(a) -> int:
+    import numpy as np
+
+    import imageio.v3 as iio
+    import tensorflow as tf
+
+    from . import fsutil
+
+    src = Path(a.run_or_model)
+    model_path = src / "generator.keras" if src.is_dir() else src
+    if not model_path.is_file():
+        _die(f"{model_path}: no trained generator (is training finished?)")
+    G = tf.keras.models.load_model(str(model_path), compile=False)
+    noise = np.random.default_rng(a.seed).normal(size=(a.n, G.input_shape[-1])).astype(np.float32)
+    imgs = np.concatenate([G(noise[s:s + 64], training=False).numpy() for s in range(0, a.n, 64)])
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(imgs):
+        px = np.clip(np.rint(im[..., 0] * 127.5 + 127.5), 0, 255).astype(np.uint8)
+        with fsutil.atomic_path(out / f"sample_{i:05d}.png") as tmp:
+            iio.imwrite(tmp, px, extension=".png")
+    print(f"wrote {a.n} sample(s) to {out} (seed {a.seed})")
+    return 0
+
+
+def cmd_sample_data(a) -> int:
+    from . import sample_data
+
+    if a.layout == "oasis-png":
+        root = sample_data.write_png_release(a.out, cases=tuple(a.cases), seed=a.seed)
+    else:
+        root = sample_data.write_raw_release(a.out, subjects=sum(a.cases), seed=a.seed, fmt=a.format)
+    print(f"sample data: {root}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from . import demo
+
+    if a.cluster == "dev":
+        _use_dev_cluster()
+    return demo.run(Path(a.out), executor="slurm" if a.cluster == "dev" else "local", epochs=a.epochs)
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="oasis-dcgan", description="Pack OASIS brain slices, train the seed's DCGAN "
+                                 "with Horovod on Slurm, and report.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common_cfg(p):
+        p.add_argument("--config", help="TOML config (see slurm/example.toml)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.lr=2e-4 (repeatable)")
+
+    p = sub.add_parser("preprocess", help="pack images or volumes into verified HDF5 shards")
+    p.add_argument("src", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--resolution", type=int, choices=(32, 64, 128, 256))
+    p.add_argument("--layout", choices=("auto", "oasis-png", "oasis-raw", "folder"))
+    p.add_argument("--skip-bad", action="store_true", help="skip bad files and record them, instead of failing")
+    p.add_argument("--tasks", type=int, default=1, help="array tasks (parallel shard writers)")
+    p.add_argument("--shard-size", type=int)
+    p.add_argument("--slices", type=int, help="raw volumes: central axial slices per volume (default 32)")
+    p.add_argument("--slice-range", help="raw volumes: axial slice range a:b instead of --slices")
+    p.add_argument("--executor", default="inprocess", choices=("auto", "local", "slurm", "inprocess"),
+                   help=EXECUTOR_HELP)
+    common_cfg(p)
+    p.set_defaults(fn=cmd_preprocess)
+
+    p = sub.add_parser("dataset", help="inspect or verify a packed dataset")
+    p.add_argument("action", choices=("info", "verify"))
+    p.add_argument("dir")
+    p.add_argument("--sheet", help="contact sheet PNG path (info; default DIR/contact_sheet.png)")
+    p.set_defaults(fn=cmd_dataset)
+
+    p = sub.add_parser("train", help="train (or resume) a run")
+    p.add_argument("dataset")
+    p.add_argument("run_dir")
+    p.add_argument("--resolution", type=int, choices=(32, 64, 128, 256))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--ranks", type=int, help="Horovod ranks (one node)")
+    p.add_argument("--executor", default="auto", choices=("auto", "local", "slurm", "inprocess"), help=EXECUTOR_HELP)
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every-steps", type=int)
+    p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    common_cfg(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("postprocess", help="metrics, figures, GIF and report for a run")
+    p.add_argument("run_dir")
+    p.add_argument("--dataset")
+    p.add_argument("--batches", type=int)
+    p.add_argument("--executor", default="inprocess", choices=("auto", "local", "slurm", "inprocess"),
+                   help=EXECUTOR_HELP)
+    p.set_defaults(fn=cmd_postprocess)
+
+    p = sub.add_parser("submit", help="submit preprocess -> train -> postprocess (-> collect) as chained jobs")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dry-run", action="store_true", help="print the config and sbatch scripts; submit nothing")
+    p.add_argument("--executor", default="auto", choices=("auto", "local", "slurm"))
+    p.add_argument("--cluster", choices=("dev",), help="use this repository's dev Slurm cluster")
+    p.add_argument("--collect", metavar="DEST", help="also chain a collect job copying results to DEST")
+    p.add_argument("--wait", action="store_true", help="wait for every stage (always so with the local executor)")
+    p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("status", help="where a run stands")
+    p.add_argument("run")
+    p.add_argument("--cluster", choices=("dev",))
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("collect", help="copy a run's results off scratch, verified")
+    p.add_argument("run")
+    p.add_argument("dest")
+    p.add_argument("--include-checkpoints", action="store_true")
+    p.set_defaults(fn=cmd_collect)
+
+    p = sub.add_parser("generate", help="PNG samples from a trained generator")
+    p.add_argument("run_or_model")
+    p.add_argument("-n", type=int, default=16)
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("sample-data", help="write offline sample brains in an OASIS layout")
+    p.add_argument("out")
+    p.add_argument("--layout", choices=("oasis-png", "oasis-raw"), default="oasis-png")
+    p.add_argument("--cases", type=int, nargs=3, default=[24, 4, 4], metavar=("TRAIN", "VALIDATE", "TEST"))
+    p.add_argument("--format", choices=("analyze", "nifti", "nifti-gz"), default="analyze")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_sample_data)
+
+    p = sub.add_parser("demo", help="the whole pipeline on sample data, 64x64, 2 ranks")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--cluster", choices=("dev",), help="run through the dev Slurm cluster instead of locally")
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    from .collect import CollectError
+    from .config import ConfigError
+    from .data import DataError
+    from .metrics import MetricError
+
+    try:
+        return a.fn(a) or 0
+    except (ConfigError, DataError, CollectError, MetricError, FileNotFoundError, ValueError) as e:
+        _die(str(e), 1 if isinstance(e, (DataError, CollectError)) else 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

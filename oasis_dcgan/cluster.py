@@ -44,7 +44,11 @@ def make_executor(cfg: Config, folder: str | os.PathLike, kind: str, role: str, 
 
     kind = resolve_executor(kind)
     c = cfg.cluster
-    ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm" if kind == "slurm" else "local")
+    if kind == "slurm":
+        # How many time-outs submitit requeues before giving up (preemptions do not count).
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=c.max_requeues)
+    else:
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="local")
     if role == "train":
         nodes, tasks, gpus, cpus = c.nodes, c.tasks_per_node, c.gpus_per_node, c.cpus_per_task
     elif role == "postprocess":
@@ -69,8 +73,7 @@ def make_executor(cfg: Config, folder: str | os.PathLike, kind: str, role: str, 
             extra["account"] = c.account
         if c.qos:
             extra["qos"] = c.qos
-        params.update(slurm_signal_delay_s=c.signal_delay_s, slurm_additional_parameters=extra,
-                      slurm_max_num_timeout=c.max_requeues)
+        params.update(slurm_signal_delay_s=c.signal_delay_s, slurm_additional_parameters=extra)
         if c.partition:
             params["slurm_partition"] = c.partition
         if c.setup:

@@ -189,12 +189,22 @@ def run(cfg: Config, log_to_stdout: bool = True) -> dict:
             d_loss = model.discriminator_loss(real_logits, fake_logits)
         g_grads = g_tape.gradient(g_loss, G.trainable_variables)
         d_grads = d_tape.gradient(d_loss, D.trainable_variables)
-        # One fused allreduce for both networks' gradients and the two losses.
-        reduced = distributed.allreduce_mean(hvd, g_grads + d_grads + [g_loss, d_loss], cfg.train.fp16_allreduce)
-        ng = len(g_grads)
-        g_opt.apply_gradients(zip(reduced[:ng], G.trainable_variables))
-        d_opt.apply_gradients(zip(reduced[ng:ng + len(d_grads)], D.trainable_variables))
-        gl, dl = tf.cast(reduced[-2], tf.float64), tf.cast(reduced[-1], tf.float64)
+        # The forward pass moved G's BatchNorm statistics by this rank's batch; averaging them
+        # with the gradients keeps every rank's whole state identical, so any rank's
+        # checkpoint is the run's, and a resume is exact for any number of ranks.
+        bn_stats = [tf.convert_to_tensor(v) for v in G.non_trainable_variables]
+        ng, nd_ = len(g_grads), len(d_grads)
+        if cfg.train.fp16_allreduce:  # only gradients travel in fp16; statistics and losses stay fp32
+            grads = distributed.allreduce_mean(hvd, g_grads + d_grads, fp16=True)
+            rest = distributed.allreduce_mean(hvd, bn_stats + [g_loss, d_loss])
+        else:  # one fused allreduce for everything
+            both = distributed.allreduce_mean(hvd, g_grads + d_grads + bn_stats + [g_loss, d_loss])
+            grads, rest = both[:ng + nd_], both[ng + nd_:]
+        g_opt.apply_gradients(zip(grads[:ng], G.trainable_variables))
+        d_opt.apply_gradients(zip(grads[ng:], D.trainable_variables))
+        for v, m in zip(G.non_trainable_variables, rest[:len(bn_stats)]):
+            v.assign(m)
+        gl, dl = tf.cast(rest[-2], tf.float64), tf.cast(rest[-1], tf.float64)
         acc["g_sum"].assign_add(gl)
         acc["d_sum"].assign_add(dl)
         acc["g_min"].assign(tf.minimum(acc["g_min"], gl))
@@ -311,7 +321,9 @@ def run(cfg: Config, log_to_stdout: bool = True) -> dict:
         if progress:
             progress.close()
     summary = {"rank": rank, "size": size, "epochs": cfg.train.epochs, "global_step": counters()["global_step"],
-               "weights_sha256": weights_digest(G, D)}
+               "weights_sha256": weights_digest(G, D), "host": platform.node(), "pid": os.getpid()}
+    # Every rank leaves a note: proof it ran, and a digest to compare replicas by.
+    fsutil.write_json(run_dir / "ranks" / f"rank-{rank}.json", summary)
     if chief:
         save_model(G, run_dir / "generator.keras")
         fsutil.write_json(run_dir / "train_done.json", {**summary, "finished": time.time()})

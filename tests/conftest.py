@@ -1,0 +1,46 @@
+"""Shared fixtures. Everything the tests read is made here or by the suite itself."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def devcluster():
+    """The real single-node Slurm from slurm/devcluster, brought up once per session."""
+    subprocess.run([str(REPO / "slurm" / "devcluster"), "up"], check=True)
+    d = os.environ.get("OASIS_DEVCLUSTER_DIR", "/var/tmp/oasis-devcluster")
+    os.environ["SLURM_CONF"] = f"{d}/etc/slurm.conf"
+    return os.environ["SLURM_CONF"]
+
+
+@pytest.fixture(scope="session")
+def png_release(tmp_path_factory) -> Path:
+    """A small OASIS PNG release (64x64 pixels to keep it quick), with seg folders and gapped cases."""
+    from oasis_dcgan import sample_data
+
+    out = tmp_path_factory.mktemp("png-release")
+    sample_data.write_png_release(out, cases=(6, 2, 2), slices=32, resolution=64, seed=1, log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dataset32(png_release, tmp_path_factory) -> Path:
+    """png_release packed at 32x32: 192 train, 64 validate, 64 test images."""
+    from oasis_dcgan import data
+
+    out = tmp_path_factory.mktemp("ds32")
+    data.preprocess(png_release, out, resolution=32, shard_size=64, log=lambda *a: None)
+    return out
+
+
+def python_bin() -> str:
+    import sys
+
+    return sys.executable

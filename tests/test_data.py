@@ -1,0 +1,307 @@
+"""Preprocessing: layouts, order, splits, bad input, idempotence, crash safety, verify, reader sharding."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oasis_dcgan import data, fsutil, sample_data
+from oasis_dcgan.data import DataError
+from oasis_dcgan.reader import ShardReader, epoch_permutation, rank_indices, steps_per_epoch, train_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+quiet = {"log": lambda *a: None}
+
+
+def all_metadata(ds, split="train"):
+    r = ShardReader(ds, split)
+    return r.metadata(np.arange(len(r)))
+
+
+def test_png_release_counts_natural_order_and_seg_excluded(dataset32, png_release):
+    m = data.load_manifest(dataset32)
+    assert m["layout"] == "oasis-png"
+    assert m["counts"] == {"train": 6 * 32, "validate": 2 * 32, "test": 2 * 32}
+    assert m["ignored"]["segmentation_masks"] == 10 * 32
+    meta = all_metadata(dataset32)
+    keys = [(int(x["case"]), x["slice"]) for x in meta]
+    assert keys == sorted(keys), "order is case, then slice number"
+    assert [x["slice"] for x in meta[:12]] == list(range(12))  # slice_10 after slice_9, not after slice_1
+    on_disk = sorted({int(p.name.split("_")[1]) for p in (png_release / "keras_png_slices_data" /
+                                                          "keras_png_slices_train").iterdir()})
+    assert sorted({int(x["case"]) for x in meta}) == on_disk  # every case, gaps and all
+    assert not any("seg_" in x["source"] for x in meta)
+    assert all(x["source"].endswith(".nii.png") for x in meta)
+    assert all(int(x["case"]) >= 402 for x in all_metadata(dataset32, "validate"))
+
+
+def test_nested_release_is_found(tmp_path):
+    sample_data.write_png_release(tmp_path / "src", cases=(1, 1, 1), slices=4, resolution=32, nested=True,
+                                  log=lambda *a: None)
+    layout, root = data.detect_layout(tmp_path / "src")
+    assert layout == "oasis-png" and root.name == "keras_png_slices_data" and root.parent.name == "keras_png_slices_data"
+
+
+def test_pixels_are_packed_exactly_and_scaled_like_the_seed(png_release, tmp_path):
+    import imageio.v3 as iio
+
+    m = data.preprocess(png_release, tmp_path / "ds", resolution=64, shard_size=1000, **quiet)
+    r = ShardReader(tmp_path / "ds", "train")
+    meta = r.metadata([5])[0]
+    np.testing.assert_array_equal(r.read([5])[0], iio.imread(meta["source"]))
+    assert m["resolution"] == 64
+    from oasis_dcgan.reader import to_float
+
+    assert to_float(np.array([0, 255], np.uint8)).tolist() == [-1.0, 1.0]
+
+
+def test_area_resampling_to_lower_resolution(png_release, tmp_path):
+    import imageio.v3 as iio
+
+    data.preprocess(png_release, tmp_path / "ds", resolution=32, shard_size=1000, **quiet)
+    r = ShardReader(tmp_path / "ds", "train")
+    src = iio.imread(r.metadata([7])[0]["source"]).astype(np.float64)
+    block_mean = src.reshape(32, 2, 32, 2).mean(axis=(1, 3))
+    assert np.abs(r.read([7])[0].astype(np.float64) - block_mean).max() <= 0.5 + 1e-9
+
+
+@pytest.fixture(scope="module")
+def raw_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    sample_data.write_raw_release(root, subjects=4, seed=3, fmt="analyze", log=lambda *a: None)
+    sample_data.write_raw_release(root / "more", subjects=1, seed=4, fmt="nifti-gz", log=lambda *a: None)
+    # Move the NIfTI subject beside the others, under a fresh subject number.
+    (src,) = list((root / "more").iterdir())
+    dst = root / "OAS1_0099_MR1"
+    shutil.move(str(src), dst)
+    for f in (dst / "PROCESSED" / "MPRAGE" / "T88_111").iterdir():
+        f.rename(f.with_name(f.name.replace(src.name, dst.name)))
+    shutil.rmtree(root / "more")
+    return root
+
+
+def test_raw_volumes_analyze_and_nifti_with_subject_level_splits(raw_tree, tmp_path):
+    m = data.preprocess(raw_tree, tmp_path / "ds", resolution=64, shard_size=64,
+                        split_fractions=(0.6, 0.2, 0.2), split_seed=7, **quiet)
+    assert m["layout"] == "oasis-raw"
+    assert sum(m["counts"].values()) == 5 * 32
+    assign = m["split_assignment"]
+    assert set(assign) == {p.name for p in raw_tree.iterdir()} and "OAS1_0099_MR1" in assign
+    for split in m["splits"]:
+        for x in all_metadata(tmp_path / "ds", split):
+            assert assign[x["case"]] == split, "every slice of a subject is in that subject's split"
+    # slices of one subject are consecutive central slices of its brain
+    tr = all_metadata(tmp_path / "ds", "train")
+    first = [x["slice"] for x in tr if x["case"] == tr[0]["case"]]
+    assert first == list(range(first[0], first[0] + 32))
+    img = ShardReader(tmp_path / "ds", "train").read([16])[0]
+    assert img.max() > 200 and img[0, 0] == 0, "scaled to 8 bit with a black background"
+    # the assignment is seeded: the same seed gives the same split
+    m2 = data.plan(raw_tree, resolution=64, split_fractions=(0.6, 0.2, 0.2), split_seed=7)
+    assert m2.split_assignment == assign
+
+
+def test_raw_slice_range_and_count(raw_tree, tmp_path):
+    p = data.plan(raw_tree, resolution=32, slice_range="60:70")
+    assert p.images_per_unit() == 10
+    p = data.plan(raw_tree, resolution=32, slices=8)
+    assert p.images_per_unit() == 8
+
+
+def _folder_corpus(root: Path):
+    import imageio.v3 as iio
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    iio.imwrite(root / "gray_2.png", rng.integers(0, 255, (40, 48), dtype=np.uint8))
+    iio.imwrite(root / "gray_10.png", rng.integers(0, 255, (48, 48), dtype=np.uint8))
+    iio.imwrite(root / "rgb.png", rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    iio.imwrite(root / "rgba.png", rng.integers(0, 255, (48, 48, 4), dtype=np.uint8))
+    Image.fromarray(rng.integers(0, 4095, (32, 32)).astype(np.uint16)).save(root / "deep.tif")  # 12 bits in 16
+    iio.imwrite(root / "photo.jpg", rng.integers(0, 255, (48, 48), dtype=np.uint8))
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_folder_layout_converts_and_counts(tmp_path):
+    src = _folder_corpus(tmp_path / "imgs")
+    m = data.preprocess(src, tmp_path / "ds", resolution=32, **quiet)
+    assert m["layout"] == "folder" and m["counts"] == {"train": 6}
+    assert m["converted"] == {"converted_to_gray": 2, "scaled_to_8bit": 1}
+    assert m["ignored"]["non_image_files"] == 1
+    names = [Path(x["source"]).name for x in all_metadata(tmp_path / "ds")]
+    assert names.index("gray_2.png") < names.index("gray_10.png")
+    deep = ShardReader(tmp_path / "ds").read([names.index("deep.tif")])[0]
+    assert deep.max() == 255 and deep.min() == 0, "its own range, stretched to 8 bits"
+
+
+def _bad_corpus(root: Path) -> dict:
+    import imageio.v3 as iio
+    from PIL import Image
+
+    src = _folder_corpus(root)
+    good = (src / "gray_10.png").read_bytes()
+    (src / "empty.png").write_bytes(b"")
+    (src / "truncated.png").write_bytes(good[: len(good) // 2])
+    (src / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+    frames = [Image.fromarray(np.zeros((16, 16), np.uint8)) for _ in range(3)]
+    frames[0].save(src / "volume.tif", save_all=True, append_images=frames[1:])
+    return {"empty.png": "zero bytes", "truncated.png": "unreadable", "garbage.png": "unreadable",
+            "volume.tif": "frames"}
+
+
+def test_bad_input_fails_before_writing_and_names_every_file(tmp_path):
+    expected = _bad_corpus(tmp_path / "bad")
+    out = tmp_path / "ds"
+    with pytest.raises(DataError) as e:
+        data.preprocess(tmp_path / "bad", out, resolution=32, **quiet)
+    msg = str(e.value)
+    for name, reason in expected.items():
+        line = next(ln for ln in msg.splitlines() if name in ln)
+        assert reason in line, line
+    assert "nothing was written" in msg
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_skip_bad_records_them_in_the_manifest(tmp_path):
+    expected = _bad_corpus(tmp_path / "bad")
+    m = data.preprocess(tmp_path / "bad", tmp_path / "ds", resolution=32, skip_bad=True, **quiet)
+    assert m["counts"]["train"] == 6
+    assert {Path(s["path"]).name for s in m["skipped"]} == set(expected)
+    assert all(s["reason"] for s in m["skipped"])
+
+
+def test_cli_bad_input_exit_code_and_message(tmp_path):
+    _bad_corpus(tmp_path / "bad")
+    r = subprocess.run([sys.executable, "-m", "jobs.preprocess", str(tmp_path / "bad"), str(tmp_path / "ds"),
+                        "--resolution", "32"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode != 0
+    assert "truncated.png" in r.stderr and "empty.png" in r.stderr
+
+
+@pytest.mark.parametrize("case, needle", [("missing", "no such directory"), ("empty", "empty"),
+                                          ("unrecognised", "no recognised layout")])
+def test_unusable_source_directories(tmp_path, case, needle):
+    src = tmp_path / "src"
+    if case != "missing":
+        src.mkdir()
+    if case == "unrecognised":
+        (src / "readme.txt").write_text("hello")
+    with pytest.raises(DataError, match=needle) as e:
+        data.plan(src)
+    assert str(src) in str(e.value)
+    if case == "unrecognised":
+        assert "keras_png_slices_train" in str(e.value) and "OAS1_" in str(e.value)
+
+
+def test_rerun_is_idempotent(png_release, tmp_path):
+    out = tmp_path / "ds"
+    m1 = data.preprocess(png_release, out, resolution=32, shard_size=50, **quiet)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+    r = data.pack_task(out, 0, 1, log=lambda *a: None)
+    assert r["written"] == 0 and r["kept"] == len(mtimes)
+    m2 = data.seal(out)
+    assert m1["splits"] == m2["splits"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == mtimes
+
+
+def test_shards_are_byte_reproducible(png_release, tmp_path):
+    a = data.preprocess(png_release, tmp_path / "a", resolution=32, shard_size=50, **quiet)
+    b = data.preprocess(png_release, tmp_path / "b", resolution=32, shard_size=50, **quiet)
+    assert a["splits"] == b["splits"]
+
+
+def test_kill_9_during_packing_then_rerun_completes_identically(png_release, tmp_path):
+    ref = data.preprocess(png_release, tmp_path / "ref", resolution=64, shard_size=8, **quiet)
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "jobs.preprocess", str(png_release), str(out), "--resolution", "64",
+           "--shard-size", "8"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.glob("*.h5"))) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = list(out.glob("*.h5"))
+    assert 3 <= len(finished) < 40, "killed mid-way"
+    assert not (out / "manifest.json").exists()
+    # whatever is visible under a shard name is complete
+    for f in finished:
+        rec = json.loads((out / data.TASK_DIR / (f.name + ".json")).read_text()) \
+            if (out / data.TASK_DIR / (f.name + ".json")).exists() else None
+        if rec:
+            assert fsutil.sha256_file(f) == rec["sha256"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = data.load_manifest(out)
+    assert m["splits"] == ref["splits"], "byte-identical shards to an uninterrupted run"
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_verify_catches_a_flipped_byte(png_release, tmp_path):
+    out = tmp_path / "ds"
+    data.preprocess(png_release, out, resolution=32, shard_size=100, **quiet)
+    assert data.verify(out) == []
+    shard = sorted(out.glob("train-*.h5"))[0]
+    b = bytearray(shard.read_bytes())
+    b[len(b) // 2] ^= 0x01
+    shard.write_bytes(bytes(b))
+    problems = data.verify(out)
+    assert len(problems) == 1 and shard.name in problems[0] and "sha256" in problems[0]
+    r = subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "dataset", "verify", str(out)], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and shard.name in r.stderr
+
+
+def test_dataset_info_writes_a_contact_sheet(dataset32, tmp_path):
+    import imageio.v3 as iio
+
+    text = data.info(dataset32, sheet=tmp_path / "sheet.png")
+    assert "train" in text and "192" in text and "segmentation_masks: 320" in text
+    img = iio.imread(tmp_path / "sheet.png")
+    assert img.std() > 10
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_rank_sharding_is_disjoint_and_covers_the_epoch(world):
+    n, bs, seed, epoch = 103, 4, 5, 2
+    steps = steps_per_epoch(n, bs, world)
+    seen = [rank_indices(n, seed, epoch, s, bs, r, world) for s in range(steps) for r in range(world)]
+    flat = np.concatenate(seen)
+    assert len(flat) == len(set(flat.tolist())) == steps * bs * world
+    assert set(flat.tolist()) == set(epoch_permutation(n, seed, epoch)[: steps * bs * world].tolist())
+    assert steps * bs * world > n - bs * world  # only a remainder smaller than a global batch is dropped
+    assert not np.array_equal(epoch_permutation(n, seed, 1), epoch_permutation(n, seed, 2))
+
+
+def test_reader_resumes_at_a_step(dataset32):
+    full, steps = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, rank=1, world_size=2)
+    full = [b.numpy() for b in full]
+    part, _ = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, rank=1, world_size=2, start_step=5)
+    part = [b.numpy() for b in part]
+    assert len(full) == steps == 12 and len(part) == steps - 5
+    for a, b in zip(full[5:], part):
+        np.testing.assert_array_equal(a, b)
+    assert full[0].shape == (8, 32, 32, 1) and full[0].min() >= -1 and full[0].max() <= 1
+
+
+@pytest.mark.cluster
+def test_array_preprocess_on_the_dev_cluster(devcluster, png_release, tmp_path):
+    out = tmp_path / "ds"
+    r = subprocess.run([sys.executable, "-m", "jobs.preprocess", str(png_release), str(out), "--resolution", "32",
+                        "--shard-size", "40", "--tasks", "2", "--executor", "slurm"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "array job" in r.stdout
+    assert data.verify(out) == []
+    m = data.load_manifest(out)
+    assert m["counts"]["train"] == 192
+    logs = list((out / ".submitit").glob("*_0_log.out")) + list((out / ".submitit").glob("*_1_log.out"))
+    assert len(logs) == 2, "both array tasks ran under Slurm"

@@ -1,0 +1,113 @@
+"""Rendezvous: unit tests of the environment mapping, then real 2-rank Horovod over gloo."""
+import json
+
+import pytest
+
+from oasis_dcgan import distributed
+from oasis_dcgan.distributed import RendezvousError, World
+
+
+def slurm_env(procid, nodeid, localid, ntasks=4, nodes=2, nodelist="gpu[07-08]", restart=None):
+    env = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": str(procid), "SLURM_NODEID": str(nodeid),
+           "SLURM_LOCALID": str(localid), "SLURM_NTASKS": str(ntasks), "SLURM_JOB_NUM_NODES": str(nodes),
+           "SLURM_JOB_NODELIST": nodelist, "SLURMD_NODENAME": f"gpu0{7 + nodeid}"}
+    if restart is not None:
+        env["SLURM_RESTART_COUNT"] = str(restart)
+    return env
+
+
+def test_world_from_slurm_variables(monkeypatch):
+    for k in list(__import__("os").environ):
+        if k.startswith(("SLURM", "SUBMITIT")):
+            monkeypatch.delenv(k)
+    env = slurm_env(procid=3, nodeid=1, localid=1, restart=2)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import os
+
+    w = distributed.job_world(os.environ)
+    assert (w.rank, w.size, w.local_rank, w.local_size, w.node, w.num_nodes) == (3, 4, 1, 2, 1, 2)
+    assert w.hostnames == ("gpu07", "gpu08") and w.hostname == "gpu08"
+    assert (w.job_id, w.attempt) == ("4242", 2)
+
+
+def test_world_from_local_executor_variables(monkeypatch):
+    import os
+
+    for k in list(os.environ):
+        if k.startswith(("SLURM", "SUBMITIT")):
+            monkeypatch.delenv(k)
+    for k, v in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "777", "SUBMITIT_LOCAL_NTASKS": "2",
+                 "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
+                 "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1"}.items():
+        monkeypatch.setenv(k, v)
+    w = distributed.job_world(os.environ)
+    assert (w.rank, w.size, w.local_rank, w.local_size, w.num_nodes, w.job_id) == (1, 2, 1, 2, 1, "777")
+
+
+def test_no_job_is_a_world_of_one():
+    w = distributed.job_world({})
+    assert (w.rank, w.size) == (0, 1)
+
+
+def test_uneven_tasks_are_refused(monkeypatch):
+    import os
+
+    for k in list(os.environ):
+        if k.startswith(("SLURM", "SUBMITIT")):
+            monkeypatch.delenv(k)
+    for k, v in slurm_env(procid=0, nodeid=0, localid=0, ntasks=3, nodes=2).items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(RendezvousError, match="evenly"):
+        distributed.job_world(os.environ)
+
+
+def test_horovod_env_mapping():
+    w = World(rank=3, size=4, local_rank=1, local_size=2, node=1, num_nodes=2, hostnames=("a", "b"),
+              job_id="9", attempt=1)
+    env = distributed.horovod_env(w, "10.0.0.1", 5555, "ib0", 120)
+    assert env["HOROVOD_RANK"] == "3" and env["HOROVOD_SIZE"] == "4"
+    assert env["HOROVOD_LOCAL_RANK"] == "1" and env["HOROVOD_LOCAL_SIZE"] == "2"
+    assert env["HOROVOD_CROSS_RANK"] == "1" and env["HOROVOD_CROSS_SIZE"] == "2"
+    assert env["HOROVOD_HOSTNAME"] == "b"
+    assert env["HOROVOD_GLOO_RENDEZVOUS_ADDR"] == "10.0.0.1" and env["HOROVOD_GLOO_RENDEZVOUS_PORT"] == "5555"
+    assert env["HOROVOD_CONTROLLER"] == env["HOROVOD_CPU_OPERATIONS"] == "gloo"
+    assert env["HOROVOD_GLOO_IFACE"] == "ib0" and env["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "120"
+
+
+def test_requeued_attempt_gets_its_own_rendezvous_file(tmp_path):
+    a = distributed.rendezvous_file(tmp_path, World(job_id="5", attempt=0))
+    b = distributed.rendezvous_file(tmp_path, World(job_id="5", attempt=1))
+    assert a != b
+
+
+def test_waiting_rank_times_out_with_a_clear_error(tmp_path):
+    w = World(rank=1, size=2, local_rank=1, local_size=2, job_id="x")
+    with pytest.raises(RendezvousError, match="did not publish"):
+        distributed.init(tmp_path, timeout_s=1.0, world=w)
+
+
+def _allreduce_and_broadcast(rdv_dir):
+    import tensorflow as tf
+
+    from oasis_dcgan import distributed as d
+
+    hvd = d.init(rdv_dir, timeout_s=60)
+    mean = d.allreduce_mean(hvd, [tf.constant([float(hvd.rank()), 10.0 * hvd.rank()])])[0].numpy().tolist()
+    v = tf.Variable([float(hvd.rank() + 1)] * 3)
+    d.broadcast_variables(hvd, [v], prefix="t")
+    return {"rank": hvd.rank(), "size": hvd.size(), "mean": mean, "bcast": v.numpy().tolist()}
+
+
+def test_two_real_ranks_through_submitit_local_executor(tmp_path):
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(tmp_path / "jobs"), cluster="local")
+    ex.update_parameters(tasks_per_node=2, nodes=1, timeout_min=5)
+    job = ex.submit(_allreduce_and_broadcast, str(tmp_path / "rdv"))
+    res = sorted(job.results(), key=lambda r: r["rank"])
+    assert [r["rank"] for r in res] == [0, 1] and all(r["size"] == 2 for r in res)
+    assert all(r["mean"] == [0.5, 5.0] for r in res)
+    assert all(r["bcast"] == [1.0, 1.0, 1.0] for r in res)  # rank 0's value everywhere
+    published = list((tmp_path / "rdv").glob("rendezvous-*.json"))
+    assert len(published) == 1 and json.loads(published[0].read_text())["size"] == 2

@@ -19,16 +19,21 @@ from . import fsutil
 PREFIX = "ckpt"
 
 
-def _key(path: str) -> str:
-    return path.replace("/", ".")
+def _keyed(variables) -> dict:
+    """Stable checkpoint keys: position plus the path without its first part.
+
+    The first part is the owner's name, which Keras numbers per process ("adam_3",
+    "seed_generator_2"), so it differs between a run and its resume in another process.
+    """
+    return {f"{i:03d}.{v.path.split('/', 1)[-1].replace('/', '.')}": v for i, v in enumerate(variables)}
 
 
 def variable_groups(generator, discriminator, g_opt, d_opt, state: dict) -> dict:
     return {
-        "generator": {_key(v.path): v for v in generator.variables},
-        "discriminator": {_key(v.path): v for v in discriminator.variables},
-        "g_optimizer": {_key(v.path): v for v in g_opt.variables},
-        "d_optimizer": {_key(v.path): v for v in d_opt.variables},
+        "generator": _keyed(generator.variables),
+        "discriminator": _keyed(discriminator.variables),
+        "g_optimizer": _keyed(g_opt.variables),
+        "d_optimizer": _keyed(d_opt.variables),
         "state": dict(state),
     }
 

@@ -1,0 +1,124 @@
+"""SSIM against tf.image.ssim and skimage; the seed metric against its own definition."""
+import numpy as np
+import pytest
+
+from oasis_dcgan import metrics
+from oasis_dcgan.metrics import MetricError
+
+
+def structured(n, res, seed):
+    """Smooth blobs and edges, brain-like in scale, in (-1, 1)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:res, 0:res] / res
+    out = []
+    for _ in range(n):
+        cx, cy, r = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.2, 0.4)]
+        disk = ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r).astype(np.float32)
+        waves = np.sin(xx * rng.uniform(5, 20)) * np.cos(yy * rng.uniform(5, 20))
+        out.append(np.clip(disk * (0.4 + 0.5 * waves) - (1 - disk) * 0.9, -1, 1))
+    return np.stack(out).astype(np.float32)
+
+
+def pairs(kind, res):
+    rng = np.random.default_rng(res)
+    if kind == "random":
+        x = rng.uniform(-1, 1, (6, res, res)).astype(np.float32)
+        y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
+    elif kind == "structured":
+        x, y = structured(6, res, 1), structured(6, res, 2)
+    else:
+        x = structured(6, res, 3)
+        y = x.copy()
+    return x, y
+
+
+@pytest.mark.parametrize("res", [32, 64])
+@pytest.mark.parametrize("kind", ["random", "structured", "identical"])
+def test_ssim_agrees_with_tensorflow_and_skimage(kind, res):
+    import tensorflow as tf
+    from skimage.metrics import structural_similarity
+
+    x, y = pairs(kind, res)
+    ours = metrics.ssim(x, y, max_val=2.0)
+    tf_ref = tf.image.ssim(x[..., None], y[..., None], max_val=2.0).numpy()
+    sk_ref = np.array([structural_similarity(a, b, data_range=2.0, gaussian_weights=True, sigma=1.5,
+                                             use_sample_covariance=False) for a, b in zip(x, y)])
+    assert np.abs(ours - tf_ref).max() < 1e-4
+    assert np.abs(ours - sk_ref).max() < 1e-3
+    if kind == "identical":
+        np.testing.assert_allclose(ours, 1.0, atol=1e-6)
+
+
+def test_max_val_matters_and_matches_tensorflow():
+    import tensorflow as tf
+
+    x, y = pairs("random", 32)
+    x255, y255 = x * 127.5, y * 127.5  # SSIM is invariant to a joint scaling of data and max_val
+    a = metrics.ssim(x255, y255, max_val=255.0)
+    np.testing.assert_allclose(a, tf.image.ssim(x255[..., None], y255[..., None], max_val=255.0).numpy(), atol=1e-4)
+    np.testing.assert_allclose(a, metrics.ssim(x, y, max_val=2.0), atol=1e-4)  # same images, same scale ratio
+    assert np.abs(metrics.ssim(x, y, max_val=1.0) - metrics.ssim(x, y, max_val=2.0)).max() > 1e-3
+    with pytest.raises(MetricError, match="max_val"):
+        metrics.ssim(x, y, max_val=0)
+
+
+def test_mismatched_and_too_small_batches_are_refused():
+    x, y = pairs("random", 32)
+    with pytest.raises(MetricError, match="one shape"):
+        metrics.ssim(x, y[:, :16, :16])
+    with pytest.raises(MetricError, match="pair"):
+        metrics.seed_max_ssim(x[:4], np.stack([y[:5]] * 3))
+    with pytest.raises(MetricError, match="smaller than"):
+        metrics.ssim(x[:, :8, :8], y[:, :8, :8])
+
+
+def test_seed_metric_is_the_max_of_all_position_paired_values():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    gen = structured(16, 32, 9)
+    real = np.stack([structured(16, 32, 100 + b) for b in range(7)])
+    real[4, 11] = gen[11]  # plant a perfect match at batch 4, position 11
+    out = metrics.seed_max_ssim(gen, real)
+    brute = np.stack([tf.image.ssim(gen[..., None], b[..., None], max_val=2.0).numpy() for b in real])
+    np.testing.assert_allclose(out["values"], brute, atol=1e-4)
+    assert (out["batch"], out["position"]) == (4, 11) and out["max"] == pytest.approx(1.0, abs=1e-5)
+    # pairing is by position: the same image elsewhere in the batch does not count
+    real[4, 11] = real[4, 10]
+    real[4, 3] = gen[11]
+    assert metrics.seed_max_ssim(gen, real)["max"] < 0.99
+    assert rng is not None
+
+
+def test_ms_ssim_diversity_sees_collapse():
+    varied = structured(8, 64, 5)
+    collapsed = np.stack([varied[0]] * 8) + np.random.default_rng(0).normal(0, 0.01, (8, 64, 64)).astype(np.float32)
+    assert metrics.pairwise_diversity(collapsed) > 0.95 > metrics.pairwise_diversity(varied)
+
+
+def test_nearest_neighbour_finds_a_memorised_image(dataset32):
+    from oasis_dcgan.reader import ShardReader, to_float
+
+    r = ShardReader(dataset32, "train")
+    gen = np.concatenate([to_float(r.read([17, 150])), structured(2, 32, 0)])
+    nn = metrics.nearest_neighbours(gen, r, candidates=len(r))
+    assert nn["exact"] and nn["index"][:2].tolist() == [17, 150]
+    np.testing.assert_allclose(nn["ssim"][:2], 1.0, atol=1e-5)
+    assert nn["ssim"][2:].max() < 0.9
+    # the L2 shortlist finds the same neighbours for memorised images
+    short = metrics.nearest_neighbours(gen[:2], r, candidates=8)
+    assert short["index"].tolist() == [17, 150]
+
+
+def test_fid_kid_from_a_local_extractor(tmp_path):
+    import tensorflow as tf
+
+    net = tf.keras.Sequential([tf.keras.layers.Input((32, 32, 1)), tf.keras.layers.Conv2D(4, 3, strides=2),
+                               tf.keras.layers.GlobalAveragePooling2D()])
+    net.save(tmp_path / "fx.keras")
+    a, b = structured(40, 32, 1), structured(40, 32, 2)
+    same = metrics.fid_kid(str(tmp_path / "fx.keras"), a, a)
+    diff = metrics.fid_kid(str(tmp_path / "fx.keras"), a, -b)
+    assert abs(same["fid"]) < 1e-6 and diff["fid"] > same["fid"]
+    with pytest.raises(MetricError, match="not found"):
+        metrics.fid_kid(str(tmp_path / "missing.keras"), a, b)

@@ -1,0 +1,125 @@
+"""Training: artefacts, checkpoint format, exact resume after SIGKILL (1 and 2 ranks), fallback."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oasis_dcgan import config, train
+from oasis_dcgan.logs import read_stats
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["--batch-size", "8", "--set", "train.max_steps_per_epoch=6", "--set", "train.intra_op_threads=1",
+         "--set", "train.tick_seconds=0.5"]
+
+
+def cfg_for(dataset, run_dir, *overrides):
+    return config.load(None, [f'run_dir="{run_dir}"', f'data.dataset="{dataset}"', "train.batch_size=8",
+                              "train.max_steps_per_epoch=4", "train.intra_op_threads=1", *overrides])
+
+
+def train_cmd(dataset, run_dir, ranks, epochs, *extra):
+    executor = ["--executor", "inprocess"] if ranks == 1 else ["--executor", "local", "--ranks", str(ranks)]
+    return [sys.executable, "-m", "jobs.train", str(dataset), str(run_dir), "--epochs", str(epochs),
+            "--deterministic", "--seed", "3", "--checkpoint-every-steps", "1", *executor, *SMALL, *extra]
+
+
+def digests(run_dir, ranks):
+    return [json.loads((Path(run_dir) / "ranks" / f"rank-{r}.json").read_text())["weights_sha256"]
+            for r in range(ranks)]
+
+
+def test_one_rank_run_directory_and_checkpoint_format(dataset32, tmp_path):
+    import tensorflow as tf
+
+    run = tmp_path / "run"
+    s = train.run(cfg_for(dataset32, run, "train.epochs=2"), log_to_stdout=False)
+    assert s["global_step"] == 8
+    for rel in ("options.json", "stats.jsonl", "generator.keras", "train_done.json", "samples/epoch_0001.npy",
+                "samples/epoch_0002.png", "tensorboard"):
+        assert (run / rel).exists(), rel
+    opts = json.loads((run / "options.json").read_text())
+    assert opts["world_size"] == 1 and opts["config"]["train"]["epochs"] == 2 and opts["steps_per_epoch"] == 4
+    assert len(opts["dataset_manifest_sha256"]) == 64 and "tensorflow-cpu" in opts["versions"]
+    epochs = [r for r in read_stats(run / "stats.jsonl") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for r in epochs:
+        assert {"g_loss", "d_loss", "images_per_s", "wall_time", "global_step", "step_time"} <= set(r)
+        assert r["g_loss_min"] <= r["g_loss"] <= r["g_loss_max"], "the epoch mean lies within its steps"
+    assert np.load(run / "samples" / "epoch_0002.npy").shape == (16, 32, 32, 1)
+    ckpt = sorted((run / "checkpoints").iterdir())[-1]
+    keys = tf.train.load_checkpoint(str(ckpt / "ckpt")).get_variable_to_shape_map()
+    assert any("generator" in k and "g_dense" in k for k in keys)
+    assert any("discriminator" in k and "d_conv1" in k for k in keys)
+    assert any("g_optimizer" in k for k in keys) and any("state" in k and "global_step" in k for k in keys)
+
+
+def test_lr_scaling():
+    c = config.load(None, ["train.lr_scaling=\"sqrt\""])
+    assert train.lr_for(c, 4) == pytest.approx(2e-4)
+    c = config.load(None, ["train.lr_scaling=\"linear\""])
+    assert train.lr_for(c, 4) == pytest.approx(4e-4)
+
+
+def _run_until_killed(cmd, run_dir, kill_at_step, timeout=300):
+    """Start training in its own session and SIGKILL every process of it after `kill_at_step`."""
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    end = time.time() + timeout
+    ck = Path(run_dir) / "checkpoints"
+    while time.time() < end and proc.poll() is None:
+        steps = [int(p.name.split("-")[1]) for p in ck.glob("ckpt-*")] if ck.is_dir() else []
+        if steps and max(steps) >= kill_at_step:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return max(int(p.name.split("-")[1]) for p in ck.glob("ckpt-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigkill_then_resume_is_bit_identical(dataset32, tmp_path, ranks):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    r = subprocess.run(train_cmd(dataset32, ref, ranks, 2), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    kill_at = random.Random(ranks).randint(2, 9)  # a random step, mid-epoch or not
+    killed_at = _run_until_killed(train_cmd(dataset32, run, ranks, 2), run, kill_at)
+    assert not (run / "train_done.json").exists()
+    r = subprocess.run(train_cmd(dataset32, run, ranks, 2), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    log = (run / "log.txt").read_text()
+    assert f"global step {killed_at})" in log, "resumed from the newest checkpoint"
+    assert digests(run, ranks) == digests(ref, ranks), "weights bit-identical to the uninterrupted run"
+    assert len(set(digests(run, ranks))) == 1
+    epochs = [x["epoch"] for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"]
+    assert epochs == [1, 2], "no duplicated or missing epochs"
+    ref_ep = [x for x in read_stats(ref / "stats.jsonl") if x["kind"] == "epoch"]
+    run_ep = [x for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"]
+    assert [x["g_loss"] for x in run_ep] == [x["g_loss"] for x in ref_ep], "epoch means survive the kill"
+
+
+def test_corrupt_newest_checkpoint_falls_back(dataset32, tmp_path):
+    run = tmp_path / "run"
+    train.run(cfg_for(dataset32, run, "train.epochs=1", "train.checkpoint_every_steps=1",
+                      "train.keep_checkpoints=3"), log_to_stdout=False)
+    ckpts = sorted((run / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["ckpt-000000002", "ckpt-000000003", "ckpt-000000004"]
+    data_file = next(ckpts[-1].glob("ckpt.data-*"))
+    with open(data_file, "r+b") as f:  # truncate the newest, as a crash mid-copy would
+        f.truncate(data_file.stat().st_size // 2)
+    s = train.run(cfg_for(dataset32, run, "train.epochs=2", "train.checkpoint_every_steps=1",
+                          "train.keep_checkpoints=3"))
+    log = (run / "log.txt").read_text()
+    assert "skipping checkpoint" in log and "ckpt-000000004" in log and "sha256" in log
+    assert "global step 3)" in log
+    assert s["global_step"] == 8
+    epochs = [x["epoch"] for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"]
+    assert epochs == [1, 2]

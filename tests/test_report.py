@@ -1,0 +1,104 @@
+"""Post-processing: metrics files, figures that are not blank, GIF order, the report, idempotence."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oasis_dcgan import config, report, train
+
+FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png")
+
+
+@pytest.fixture(scope="module")
+def finished_run(dataset32, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    cfg = config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset32}"', "train.epochs=3",
+                             "train.batch_size=8", "train.max_steps_per_epoch=3", "metrics.batches=10",
+                             "metrics.nn_samples=12", "metrics.diversity_samples=6"])
+    train.run(cfg, log_to_stdout=False)
+    return run
+
+
+def test_postprocess_outputs(finished_run):
+    import imageio.v3 as iio
+
+    m = report.postprocess(finished_run, log=lambda *a: None)
+    rd = finished_run / "report"
+    metrics = json.loads((rd / "metrics.json").read_text())
+    assert len(metrics["seed_max_ssim"]["per_epoch"]) == 3
+    assert metrics["seed_max_ssim"]["final"] == metrics["seed_max_ssim"]["per_epoch"][-1]
+    assert {"mean", "median"} <= set(metrics["nn_ssim"])
+    assert {"generated", "real"} <= set(metrics["ms_ssim_diversity"])
+    assert metrics["fid"]["fid"] is None and "never downloaded" in metrics["fid"]["note"].replace("Nothing is ever", "never")
+    lines = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    sel = json.loads((rd / "metric_batches.json").read_text())
+    assert sel["split"] == "train" and len(sel["batches"]) == 10 and all(len(b) == 16 for b in sel["batches"])
+    for f in FIGS:
+        img = iio.imread(rd / f, index=0) if f.endswith(".gif") else iio.imread(rd / f)
+        assert img.astype(float).std() > 5, f"{f} is blank"
+    md = (rd / "report.md").read_text()
+    html = (rd / "report.html").read_text()
+    for f in FIGS:
+        assert f"({f})" in md, f
+    assert html.count("<img") == len(FIGS) and "data:image/png;base64" in html and "src=\"report" not in html
+    assert "0.65" in md and "does not" in md
+    assert m["run_complete"] is True
+
+
+def test_seed_metric_matches_an_independent_recomputation(finished_run, dataset32):
+    import tensorflow as tf
+
+    from oasis_dcgan.reader import ShardReader, to_float
+
+    report.postprocess(finished_run, log=lambda *a: None)
+    rd = finished_run / "report"
+    sel = json.loads((rd / "metric_batches.json").read_text())
+    gen = np.load(finished_run / "samples" / "epoch_0003.npy")
+    r = ShardReader(dataset32, sel["split"])
+    vals = [tf.image.ssim(gen, to_float(r.read(b))[..., None], max_val=2.0).numpy() for b in sel["batches"]]
+    expected = float(np.max(vals))
+    got = json.loads((rd / "metrics.json").read_text())["seed_max_ssim"]["final"]
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_rerun_reuses_cached_values(finished_run):
+    report.postprocess(finished_run, log=lambda *a: None)
+    logs = []
+    report.postprocess(finished_run, log=logs.append)
+    assert not any("seed metric for" in x for x in logs), "nothing recomputed"
+
+
+def test_running_run_reports_epochs_so_far(finished_run, tmp_path):
+    run = tmp_path / "running"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("report", "generator.keras", "train_done.json"))
+    (run / "samples" / "epoch_0003.npy").unlink()
+    m = report.postprocess(run, log=lambda *a: None)
+    assert m["epochs_done"] == 2 and m["run_complete"] is False
+    assert "in progress" in (run / "report" / "report.md").read_text()
+
+
+def test_gif_frames_follow_epoch_order_past_ten(tmp_path):
+    import imageio.v3 as iio
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for e in range(1, 13):  # brightness encodes the epoch
+        np.save(samples / f"epoch_{e:04d}.npy", np.full((16, 16, 16, 1), -1 + e / 6.5, np.float32))
+    found = report.epoch_samples(tmp_path)
+    assert [e for e, _ in found] == list(range(1, 13))
+    assert report.make_gif(found, tmp_path / "p.gif") == 12
+    frames = iio.imread(tmp_path / "p.gif", index=None)
+    assert len(frames) == 12
+    centre = [f[f.shape[0] // 2 - 20:f.shape[0] // 2 + 20, f.shape[1] // 2 - 20:f.shape[1] // 2 + 20].mean()
+              for f in frames]
+    assert centre == sorted(centre) and centre[0] < centre[-1]
+
+
+def test_notable_epochs_scale_with_run_length():
+    assert report.notable_epochs(50) == [1, 2, 3, 10, 25, 50]
+    assert report.notable_epochs(100) == [1, 2, 3, 20, 50, 100]
+    assert report.notable_epochs(10) == [1, 2, 3, 5, 10]
+    assert report.notable_epochs(2) == [1, 2]

@@ -46,7 +46,14 @@ def cmd_preprocess(a) -> int:
               percentile=cfg.data.percentile, split_fractions=cfg.data.split_fractions,
               split_seed=cfg.data.split_seed)
     kind = cluster.resolve_executor(a.executor)
-    if kind == "inprocess" and a.tasks <= 1:
+    if a.seal:  # the array's last step (slurm/preprocess.sbatch)
+        m = data.seal(a.out)
+    elif a.task is not None:  # one array task: plan (cheap, identical in every task), then its shards
+        data.save_plan(data.plan(a.src, **kw), a.out)
+        r = data.pack_task(a.out, a.task, a.tasks)
+        print(f"task {a.task}/{a.tasks}: {r['written']} shard(s) written, {r['kept']} kept, {r['images']} images")
+        return 0
+    elif kind == "inprocess" and a.tasks <= 1:
         m = data.preprocess(a.src, a.out, **kw)
     else:
         p = data.plan(a.src, **kw)
@@ -252,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=("auto", "oasis-png", "oasis-raw", "folder"))
     p.add_argument("--skip-bad", action="store_true", help="skip bad files and record them, instead of failing")
     p.add_argument("--tasks", type=int, default=1, help="array tasks (parallel shard writers)")
+    p.add_argument("--task", type=int, help="run only array task TASK of --tasks (no seal); for sbatch arrays")
+    p.add_argument("--seal", action="store_true", help="only verify the shards and write manifest.json")
     p.add_argument("--shard-size", type=int)
     p.add_argument("--slices", type=int, help="raw volumes: central axial slices per volume (default 32)")
     p.add_argument("--slice-range", help="raw volumes: axial slice range a:b instead of --slices")

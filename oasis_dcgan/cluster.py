@@ -105,7 +105,7 @@ class TrainJob:
         from . import config as config_mod
         from . import train
 
-        return train.run(config_mod.from_dict(self.config))
+        return train.run(config_mod.from_dict(self.config), handle_usr2=False)
 
     def checkpoint(self, *args, **kwargs):
         import submitit

@@ -43,18 +43,21 @@ class World:
         return self.rank == 0
 
 
-def job_world(environ=None) -> World:
+def job_world() -> World:
     """Read this process's place in the job, through submitit's view of the scheduler."""
-    env = os.environ if environ is None else environ
-    if "SUBMITIT_EXECUTOR" not in env and "SLURM_PROCID" in env and "SLURM_JOB_ID" in env:
-        # Started by plain `srun python -m jobs.train` (slurm/train.sbatch): same variables
-        # submitit reads, so let its Slurm environment parse them (node lists included).
-        env["SUBMITIT_EXECUTOR"] = "slurm"
-    if "SUBMITIT_EXECUTOR" not in env:
-        return World()
-    import submitit
+    env = os.environ
+    if "SUBMITIT_EXECUTOR" in env:
+        import submitit
 
-    je = submitit.JobEnvironment()
+        je = submitit.JobEnvironment()
+    elif "SLURM_PROCID" in env and "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env:
+        # Started by plain `srun python -m jobs.train` (slurm/train.sbatch): the same variables
+        # submitit reads under Slurm, so its Slurm environment parses them (node lists included).
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        je = SlurmJobEnvironment()
+    else:
+        return World()
     size, nodes = je.num_tasks, je.num_nodes
     if size % nodes:
         raise RendezvousError(f"{size} tasks do not spread evenly over {nodes} nodes; "

@@ -80,8 +80,11 @@ class _Stop(Exception):
     pass
 
 
-def run(cfg: Config, log_to_stdout: bool = True) -> dict:
-    """Train (or resume) the run in cfg.run_dir on this rank. Returns a summary on every rank."""
+def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> dict:
+    """Train (or resume) the run in cfg.run_dir on this rank. Returns a summary on every rank.
+
+    handle_usr2=False leaves USR2 to submitit, which calls TrainJob.checkpoint() instead.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from . import distributed
 
@@ -242,7 +245,7 @@ def run(cfg: Config, log_to_stdout: bool = True) -> dict:
     # submitit's own SIGTERM handler only logs; `scontrol requeue` and scancel send SIGTERM,
     # so take it over. USR2 stays submitit's when it runs the job (it calls save_now()).
     signal.signal(signal.SIGTERM, on_term)
-    if not os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("OASIS_OWN_USR2"):
+    if handle_usr2:
         signal.signal(signal.SIGUSR2, on_term)
 
     c = counters()

@@ -8,7 +8,7 @@ from oasis_dcgan.distributed import RendezvousError, World
 
 
 def slurm_env(procid, nodeid, localid, ntasks=4, nodes=2, nodelist="gpu[07-08]", restart=None):
-    env = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": str(procid), "SLURM_NODEID": str(nodeid),
+    env = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": str(procid), "SLURM_NODEID": str(nodeid),
            "SLURM_LOCALID": str(localid), "SLURM_NTASKS": str(ntasks), "SLURM_JOB_NUM_NODES": str(nodes),
            "SLURM_JOB_NODELIST": nodelist, "SLURMD_NODENAME": f"gpu0{7 + nodeid}"}
     if restart is not None:
@@ -25,7 +25,7 @@ def test_world_from_slurm_variables(monkeypatch):
         monkeypatch.setenv(k, v)
     import os
 
-    w = distributed.job_world(os.environ)
+    w = distributed.job_world()
     assert (w.rank, w.size, w.local_rank, w.local_size, w.node, w.num_nodes) == (3, 4, 1, 2, 1, 2)
     assert w.hostnames == ("gpu07", "gpu08") and w.hostname == "gpu08"
     assert (w.job_id, w.attempt) == ("4242", 2)
@@ -41,12 +41,17 @@ def test_world_from_local_executor_variables(monkeypatch):
                  "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
                  "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1"}.items():
         monkeypatch.setenv(k, v)
-    w = distributed.job_world(os.environ)
+    w = distributed.job_world()
     assert (w.rank, w.size, w.local_rank, w.local_size, w.num_nodes, w.job_id) == (1, 2, 1, 2, 1, "777")
 
 
-def test_no_job_is_a_world_of_one():
-    w = distributed.job_world({})
+def test_no_job_is_a_world_of_one(monkeypatch):
+    import os
+
+    for k in list(os.environ):
+        if k.startswith(("SLURM", "SUBMITIT")):
+            monkeypatch.delenv(k)
+    w = distributed.job_world()
     assert (w.rank, w.size) == (0, 1)
 
 
@@ -59,7 +64,7 @@ def test_uneven_tasks_are_refused(monkeypatch):
     for k, v in slurm_env(procid=0, nodeid=0, localid=0, ntasks=3, nodes=2).items():
         monkeypatch.setenv(k, v)
     with pytest.raises(RendezvousError, match="evenly"):
-        distributed.job_world(os.environ)
+        distributed.job_world()
 
 
 def test_horovod_env_mapping():

@@ -429,7 +429,25 @@ def _read_units(p: Plan, units: list):
     return images, sources, cases, slices, skipped, notes
 
 
-def _write_shard(dest: Path, split: str, images, sources, cases, slices, resolution: int) -> None:
+def image_block_offset(path) -> int | None:
+    """Byte offset of the images when their chunks lie back to back in order, else None.
+
+    Shards are written so that they do (early chunk allocation), which lets the reader map
+    the images straight from the file instead of asking HDF5 for them one at a time.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        ds = f["images"]
+        n = ds.shape[0]
+        if n == 0 or ds.chunks != (1,) + ds.shape[1:] or ds.compression:
+            return None
+        size = int(np.prod(ds.shape[1:]))
+        offs = [ds.id.get_chunk_info_by_coord((k, 0, 0)).byte_offset for k in range(n)]
+    return int(offs[0]) if all(o == offs[0] + k * size for k, o in enumerate(offs)) else None
+
+
+def _write_shard(dest: Path, split: str, images, sources, cases, slices, resolution: int) -> int | None:
     import h5py
 
     with fsutil.atomic_path(dest) as tmp:
@@ -438,8 +456,12 @@ def _write_shard(dest: Path, split: str, images, sources, cases, slices, resolut
         with h5py.File(tmp, "w", libver=("v110", "v110"), track_order=False) as f:
             n = len(images)
             arr = np.stack(images) if n else np.zeros((0, resolution, resolution), np.uint8)
-            f.create_dataset("images", data=arr, chunks=(1, resolution, resolution) if n else None,
-                             track_times=False)
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # chunks in one run, in index order
+            ds = f.create_dataset("images", shape=arr.shape, dtype=np.uint8, track_times=False,
+                                  chunks=(1, resolution, resolution) if n else None, dcpl=dcpl if n else None)
+            if n:
+                ds[...] = arr
             str_t = h5py.string_dtype("utf-8")
             f.create_dataset("source", data=np.array(sources, dtype=object), dtype=str_t, track_times=False)
             f.create_dataset("case", data=np.array(cases, dtype=object), dtype=str_t, track_times=False)
@@ -447,6 +469,7 @@ def _write_shard(dest: Path, split: str, images, sources, cases, slices, resolut
             f.attrs["split"] = split
             f.attrs["resolution"] = resolution
             f.attrs["format_version"] = FORMAT_VERSION
+        return image_block_offset(tmp)
 
 
 def save_plan(p: Plan, out: str | os.PathLike) -> Path:
@@ -487,9 +510,9 @@ def pack_task(out: str | os.PathLike, task: int = 0, ntasks: int = 1, log=print)
         if skipped and not p.options.get("skip_bad"):
             lines = "\n".join(f"  {s['path']}: {s['reason']}" for s in skipped)
             raise DataError(f"shard {name}: {len(skipped)} file(s) failed to decode; shard not written:\n{lines}")
-        _write_shard(dest, split, imgs, srcs, cases, slices, p.resolution)
+        offset = _write_shard(dest, split, imgs, srcs, cases, slices, p.resolution)
         fsutil.write_json(side, {"file": name, "count": len(imgs), "sha256": fsutil.sha256_file(dest),
-                                 "inputs_hash": ih, "skipped": skipped, "notes": notes})
+                                 "images_offset": offset, "inputs_hash": ih, "skipped": skipped, "notes": notes})
         written += 1
         images += len(imgs)
         log(f"[preprocess task {task}/{ntasks}] wrote {name}: {len(imgs)} images")
@@ -520,7 +543,8 @@ def seal(out: str | os.PathLike) -> dict:
             continue
         s = splits.setdefault(split, {"count": 0, "shards": []})
         s["count"] += rec["count"]
-        s["shards"].append({"file": name, "count": rec["count"], "sha256": digest})
+        s["shards"].append({"file": name, "count": rec["count"], "sha256": digest,
+                            "images_offset": rec.get("images_offset")})
         skipped += rec.get("skipped", [])
         for k, v in rec.get("notes", {}).items():
             notes[k] = notes.get(k, 0) + v
@@ -602,6 +626,8 @@ def verify(dataset: str | os.PathLike) -> list[str]:
                         problems.append(f"{f}: images dtype {im.dtype}, expected uint8")
                     if im.shape != (sh["count"], res, res):
                         problems.append(f"{f}: images shape {im.shape}, expected {(sh['count'], res, res)}")
+                    if sh.get("images_offset") is not None and image_block_offset(f) != sh["images_offset"]:
+                        problems.append(f"{f}: images are not at byte {sh['images_offset']} as recorded")
                     for key in ("source", "case", "slice"):
                         if key not in h or len(h[key]) != sh["count"]:
                             problems.append(f"{f}: '{key}' missing or not {sh['count']} long")

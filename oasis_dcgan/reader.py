@@ -24,10 +24,13 @@ class ShardReader:
         if split not in m["splits"] or m["splits"][split]["count"] == 0:
             raise DataError(f"{self.dataset}: split '{split}' has no images (have: {', '.join(m['splits'])})")
         self.resolution = int(m["resolution"])
-        self.files = [self.dataset / s["file"] for s in m["splits"][split]["shards"]]
-        counts = np.array([s["count"] for s in m["splits"][split]["shards"]], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        shards = m["splits"][split]["shards"]
+        self.files = [self.dataset / s["file"] for s in shards]
+        self.counts = [int(s["count"]) for s in shards]
+        self.block = [s.get("images_offset") for s in shards]
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self._handles: dict = {}
+        self._maps: dict = {}
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -42,6 +45,17 @@ class ShardReader:
             self._handles[i] = h
         return h["images"]
 
+    def _map(self, i: int):
+        """The shard's images as a read-only memory map, when they lie in one block (see data.py)."""
+        if self.block[i] is None:
+            return None
+        m = self._maps.get(i)
+        if m is None:
+            m = np.memmap(self.files[i], dtype=np.uint8, mode="r", offset=self.block[i],
+                          shape=(self.counts[i], self.resolution, self.resolution))
+            self._maps[i] = m
+        return m
+
     def read(self, indices) -> np.ndarray:
         """Images at the given global indices, in the given order."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -52,6 +66,10 @@ class ShardReader:
         for s in np.unique(shard):
             pos = np.flatnonzero(shard == s)
             local = idx[pos] - self.offsets[s]
+            mm = self._map(int(s))
+            if mm is not None:
+                out[pos] = mm[local]  # a gather from the page cache; no HDF5 call per image
+                continue
             order = np.argsort(local, kind="stable")
             ds = self._h5(int(s))
             for p, li in zip(pos[order], local[order]):
@@ -74,6 +92,7 @@ class ShardReader:
         for h in self._handles.values():
             h.close()
         self._handles.clear()
+        self._maps.clear()
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -97,8 +116,15 @@ def to_float(images_uint8):
 
 
 def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                  start_step: int = 0, max_steps: int = 0, split: str = "train", prefetch: int = 4):
-    """A tf.data.Dataset of this rank's batches for one epoch: float32 [B, H, W, 1] in (-1, 1)."""
+                  start_step: int = 0, max_steps: int = 0, split: str = "train", scaled: bool = True,
+                  block: int = 8, prefetch: int = 8):
+    """A tf.data.Dataset of this rank's batches for one epoch, and its number of steps.
+
+    Batches are [B, H, W, 1]: float32 in (-1, 1) when `scaled`, else the stored uint8, for a
+    consumer that scales inside its own compiled step (the training loop does: 4x fewer bytes
+    through the pipeline, and the scaling fuses with the model's first ops). The generator
+    hands over `block` batches at a time, so Python's per-element cost is paid once a block.
+    """
     import tensorflow as tf
 
     reader = ShardReader(dataset, split)
@@ -111,17 +137,28 @@ def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0
         steps = min(steps, max_steps)
     perm = epoch_permutation(n, seed, epoch)
     res = reader.resolution
+    stride = batch_size * world_size
 
-    def batches():
-        for s in range(start_step, steps):
-            lo = s * batch_size * world_size + rank * batch_size
-            yield reader.read(perm[lo:lo + batch_size])
+    def blocks():
+        for s0 in range(start_step, steps, block):
+            s1 = min(s0 + block, steps)
+            idx = np.concatenate([perm[s * stride + rank * batch_size:s * stride + (rank + 1) * batch_size]
+                                  for s in range(s0, s1)])
+            yield reader.read(idx).reshape(s1 - s0, batch_size, res, res, 1)
 
     ds = tf.data.Dataset.from_generator(
-        batches, output_signature=tf.TensorSpec((batch_size, res, res), tf.uint8))
-    ds = ds.map(lambda x: (tf.cast(x, tf.float32)[..., None] - 127.5) / 127.5,
-                num_parallel_calls=1, deterministic=True)
+        blocks, output_signature=tf.TensorSpec((None, batch_size, res, res, 1), tf.uint8))
+    ds = ds.flat_map(tf.data.Dataset.from_tensor_slices)
+    if scaled:
+        ds = ds.map(scale_tf, num_parallel_calls=1, deterministic=True)
     return ds.prefetch(prefetch), steps
+
+
+def scale_tf(x):
+    """uint8 -> float32 in (-1, 1) as the seed does, inside a TensorFlow graph."""
+    import tensorflow as tf
+
+    return (tf.cast(x, tf.float32) - 127.5) / 127.5
 
 
 def sample_batches(dataset, n_batches: int, batch_size: int, seed: int, split: str = "train"):

@@ -104,8 +104,11 @@ def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> di
             tf.config.experimental.set_memory_growth(g, True)
         tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
     if cfg.train.intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(cfg.train.intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(cfg.train.intra_op_threads)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(cfg.train.intra_op_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(cfg.train.intra_op_threads)
+        except RuntimeError:  # TF already ran something in this process; a job's fresh process never has
+            print("warning: train.intra_op_threads ignored: TensorFlow is already initialised", flush=True)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(cfg.train.seed)
@@ -113,7 +116,7 @@ def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> di
     from . import model
     from .checkpoint import CheckpointManager, variable_groups
     from .data import load_manifest, manifest_hash
-    from .reader import ShardReader, steps_per_epoch, train_dataset
+    from .reader import ShardReader, scale_tf, steps_per_epoch, train_dataset
 
     log = RunLog(run_dir, enabled=chief and log_to_stdout)
     manifest = load_manifest(cfg.data.dataset)
@@ -181,7 +184,8 @@ def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> di
     noise_seed = cfg.train.seed * 1000 + rank
 
     @tf.function
-    def train_step(images):
+    def train_step(images_uint8):
+        images = scale_tf(images_uint8)
         noise = tf.random.stateless_normal([bs, nd], seed=tf.stack([tf.cast(noise_seed, tf.int64),
                                                                     state["global_step"]]))
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
@@ -257,7 +261,7 @@ def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> di
     try:
         while epoch < cfg.train.epochs:
             ds, _ = train_dataset(cfg.data.dataset, cfg.train.seed, epoch, bs, rank, size, start_step=step0,
-                                  max_steps=spe)
+                                  max_steps=spe, scaled=False)
             t_epoch, steps_this = time.monotonic(), 0
             for images in ds:
                 t_step = time.monotonic()

@@ -1,0 +1,96 @@
+"""Shared by the benchmarks: the machine's description, the seed anchors, a results table.
+
+Every benchmark runs the seed's approach (../shared/anchors/seed_style_bench.py) in the same
+run, on the same machine and data, and reports our figure as a ratio against it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+WORK = Path(os.environ.get("OASIS_BENCH_WORK", "/var/tmp/oasis-bench"))
+
+
+def anchor_path() -> Path:
+    for cand in (REPO.parent / "shared" / "anchors" / "seed_style_bench.py",
+                 Path(os.environ.get("OASIS_ANCHORS", "")) / "seed_style_bench.py"):
+        if cand.is_file():
+            return cand
+    raise SystemExit("cannot find shared/anchors/seed_style_bench.py beside the repository "
+                     "(set OASIS_ANCHORS to its folder)")
+
+
+def anchor(*args: str, env: dict | None = None) -> dict:
+    """Run a seed baseline in a fresh process and return its JSON line."""
+    r = subprocess.run([sys.executable, str(anchor_path()), *args], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})}, check=False)
+    lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
+    if r.returncode or not lines:
+        raise RuntimeError(f"anchor {args} failed:\n{r.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def anchor_module():
+    spec = importlib.util.spec_from_file_location("seed_style_bench", anchor_path())
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def machine() -> dict:
+    import numpy as np
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count(),
+            "numpy": np.__version__}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+        info["simd"] = " ".join(f for f in ("avx2", "avx512f", "fma") if f" {f}" in flags)
+        mem = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
+        info["memory_gib"] = round(int(mem.split()[1]) / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    try:
+        import importlib.metadata as md
+
+        info["tensorflow"] = md.version("tensorflow-cpu")
+    except Exception:
+        pass
+    info["gpu"] = "none"
+    return info
+
+
+def sample_release(n_cases: int = 32, resolution: int = 256) -> Path:
+    """The offline sample brains in the OASIS PNG layout, made once and reused."""
+    from oasis_dcgan import sample_data
+
+    root = WORK / f"release-{n_cases}-{resolution}"
+    train = root / "keras_png_slices_data" / "keras_png_slices_train"
+    if not train.is_dir():
+        sample_data.write_png_release(root, cases=(n_cases, 2, 2), resolution=resolution, seed=11,
+                                      log=lambda *a: None)
+    return root
+
+
+def save(name: str, result: dict) -> dict:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"bench": name, "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), **result}
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)

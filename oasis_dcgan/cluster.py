@@ -328,7 +328,8 @@ def status(run_dir: str | os.PathLike) -> str:
     if opts.is_file():
         o = fsutil.read_json(opts)
         total = o["steps_per_epoch"] * o["config"]["train"]["epochs"]
-        last = stats[-1] if stats else None
+        progress = [r for r in stats if r.get("kind") in ("tick", "epoch")]
+        last = progress[-1] if progress else None
         if last:
             eta = last.get("eta_s")
             lines.append(f"  progress     epoch {last.get('epoch')}/{o['config']['train']['epochs']}, step "

@@ -209,8 +209,9 @@ def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> di
             grads, rest = both[:ng + nd_], both[ng + nd_:]
         g_opt.apply_gradients(zip(grads[:ng], G.trainable_variables))
         d_opt.apply_gradients(zip(grads[ng:], D.trainable_variables))
-        for v, m in zip(G.non_trainable_variables, rest[:len(bn_stats)]):
-            v.assign(m)
+        if size > 1:
+            for v, m in zip(G.non_trainable_variables, rest[:len(bn_stats)]):
+                v.assign(m)
         gl, dl = tf.cast(rest[-2], tf.float64), tf.cast(rest[-1], tf.float64)
         acc["g_sum"].assign_add(gl)
         acc["d_sum"].assign_add(dl)
@@ -228,9 +229,12 @@ def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> di
 
     def save(reason: str) -> None:
         c = counters()
+        t0 = time.perf_counter()
         path = ckpts.save(c["global_step"], {**c, "reason": reason, "world_size": size,
                                              "data_seed": cfg.train.seed, "resolution": res})
         if stats:
+            stats.write(kind="checkpoint", global_step=c["global_step"], epoch=c["epoch"], reason=reason,
+                        seconds=time.perf_counter() - t0)
             stats.sync()
         log(f"checkpoint {path.name} ({reason})")
 
@@ -272,26 +276,30 @@ def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> di
                     continue
                 now = time.monotonic()
                 gs = c["global_step"] + steps_run
-                ips = steps_this * bs * size / max(now - t_epoch, 1e-9)
-                progress.update(gs, f"epoch {epoch + 1}/{cfg.train.epochs} g {float(gl):.3f} d {float(dl):.3f} "
-                                    f"{ips:.1f} img/s")
-                if now - last_tick >= cfg.train.tick_seconds:
+                tick = now - last_tick >= cfg.train.tick_seconds
+                if progress.active or tick:  # reading the losses waits for the step: only when shown
+                    g_now, d_now = float(gl), float(dl)
+                    ips = steps_this * bs * size / max(now - t_epoch, 1e-9)
+                    progress.update(gs, f"epoch {epoch + 1}/{cfg.train.epochs} g {g_now:.3f} d {d_now:.3f} "
+                                        f"{ips:.1f} img/s")
+                if tick:
                     last_tick = now
                     eta = (total_steps - gs) * (now - t_run) / steps_run
-                    stats.write(kind="tick", epoch=epoch + 1, global_step=gs, g_loss=float(gl), d_loss=float(dl),
+                    stats.write(kind="tick", epoch=epoch + 1, global_step=gs, g_loss=g_now, d_loss=d_now,
                                 images_per_s=ips, step_time=now - t_step, eta_s=eta)
                     if not progress.active:
                         log(f"tick epoch {epoch + 1}/{cfg.train.epochs} step {gs}/{total_steps} "
-                            f"g {float(gl):.4f} d {float(dl):.4f} {ips:.1f} img/s ETA {format_seconds(eta)}")
+                            f"g {g_now:.4f} d {d_now:.4f} {ips:.1f} img/s ETA {format_seconds(eta)}")
                 every_k = cfg.train.checkpoint_every_steps
                 every_t = cfg.train.checkpoint_every_minutes * 60
                 if (every_k and gs % every_k == 0) or (every_t and now - last_ckpt >= every_t):
-                    if counters()["step_in_epoch"] < spe:  # the epoch end saves anyway
+                    if step0 + steps_this < spe:  # the epoch end saves anyway
                         save("periodic")
                         last_ckpt = now
             # ---- epoch end (every rank ran the same steps; only rank 0 writes)
             epoch_s = time.monotonic() - t_epoch
             if chief:
+                t_sample = time.perf_counter()
                 a = {k: float(v.numpy()) for k, v in acc.items()}
                 n = max(a["count"], 1.0)
                 fake = G(fixed_noise, training=False).numpy()
@@ -305,7 +313,7 @@ def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> di
                            d_loss_max=a["d_max"], steps=int(a["count"]),
                            images_per_s=steps_this * bs * size / max(epoch_s, 1e-9),
                            step_time=epoch_s / max(steps_this, 1), epoch_time=epoch_s,
-                           wall_time=time.time())
+                           sample_s=time.perf_counter() - t_sample, wall_time=time.time())
                 stats.write(**rec)
                 with tb.as_default():
                     for k in ("g_loss", "d_loss", "images_per_s"):

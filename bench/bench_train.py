@@ -1,0 +1,118 @@
+"""Training: our job's images/s against the seed's step, weak scaling, and the allreduce's cost.
+
+Ours is the real job (train.run: reader, Horovod step, stats, per-epoch samples and
+checkpoints all on), timed from its own stats.jsonl; the seed's is its bare compiled step on
+random tensors. Same machine, same run, same resolution and batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import REPO, WORK, anchor, sample_release, save, table
+
+SEED_STEPS_PER_EPOCH = 604  # 9664 / 16: the seed's epoch, for the overhead projection
+
+
+def dataset(res: int) -> Path:
+    from oasis_dcgan import data
+
+    out = WORK / f"train-ds-{res}"
+    if not (out / "manifest.json").is_file():
+        data.preprocess(sample_release(), out, resolution=res, shard_size=2048, log=lambda *a: None)
+    return out
+
+
+def our_run(res: int, steps: int, epochs: int, ranks: int = 1, threads: int = 0) -> dict:
+    """Run the training job; return steady-state images/s and the epoch-end overhead."""
+    run = WORK / f"run-{res}-{ranks}"
+    shutil.rmtree(run, ignore_errors=True)
+    cmd = [sys.executable, "-m", "jobs.train", str(dataset(res)), str(run), "--epochs", str(epochs),
+           "--set", f"train.max_steps_per_epoch={steps}", "--set", f"train.intra_op_threads={threads}",
+           "--set", "train.tick_seconds=5"]
+    cmd += ["--executor", "inprocess"] if ranks == 1 else ["--executor", "local", "--ranks", str(ranks)]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    stats = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
+    ep = [r for r in stats if r["kind"] == "epoch"][1:]  # the first epoch pays tracing and warm-up
+    ck = [r["seconds"] for r in stats if r["kind"] == "checkpoint"][1:]
+    step_time = float(np.median([r["step_time"] for r in ep]))
+    end_cost = float(np.median([r["sample_s"] for r in ep])) + float(np.median(ck))
+    return {"images_per_s": float(np.median([r["images_per_s"] for r in ep])), "step_time_s": step_time,
+            "epoch_end_s": end_cost,
+            "overhead_pct_seed_epoch": 100 * end_cost / (SEED_STEPS_PER_EPOCH * step_time),
+            "overhead_pct_this_run": 100 * end_cost / (steps * step_time)}
+
+
+def allreduce_cost(res: int) -> dict:
+    """Time the grouped allreduce of the full model's gradients across 2 gloo ranks."""
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(WORK / "allreduce-jobs"), cluster="local")
+    ex.update_parameters(tasks_per_node=2, nodes=1, timeout_min=10)
+    job = ex.submit(_allreduce_worker, res, str(WORK / "allreduce-rdv"))
+    return job.results()[0]
+
+
+def _allreduce_worker(res: int, rdv: str) -> dict:
+    import time
+
+    import tensorflow as tf
+
+    from oasis_dcgan import distributed, model
+
+    hvd = distributed.init(rdv, timeout_s=120)
+    G, D = model.build_generator(res), model.build_discriminator(res)
+    grads = [tf.random.normal(v.shape) for v in G.trainable_variables + D.trainable_variables]
+    nbytes = sum(int(np.prod(g.shape)) * 4 for g in grads)
+    out = {"gradient_bytes": nbytes, "tensors": len(grads)}
+    for fp16 in (False, True):
+        f = tf.function(lambda gs: distributed.allreduce_mean(hvd, gs, fp16=fp16))
+        f(grads)
+        t = time.perf_counter()
+        for _ in range(5):
+            r = f(grads)
+        float(r[0][(0,) * len(r[0].shape)])
+        out["fp16_s" if fp16 else "fp32_s"] = (time.perf_counter() - t) / 5
+    return out
+
+
+def main():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    res_rows = []
+    for res, steps, seed_steps in ((64, 40, 30), (256, 6, 5)):
+        seed = anchor("train", "--res", str(res), "--steps", str(seed_steps))
+        ours = our_run(res, steps=steps, epochs=3)
+        res_rows.append({"res": res, "seed_img_s": seed["images_per_s"], **ours,
+                         "x_vs_seed": ours["images_per_s"] / seed["images_per_s"]})
+    # Weak scaling: global batch grows with ranks; each rank gets one thread (2 cores).
+    seed1 = anchor("train", "--res", "64", "--steps", "30", "--threads", "1")
+    one = our_run(64, steps=40, epochs=3, ranks=1, threads=1)
+    two = our_run(64, steps=40, epochs=3, ranks=2, threads=1)
+    scaling = {"seed_1thread_img_s": seed1["images_per_s"], "ranks1_img_s": one["images_per_s"],
+               "ranks2_img_s": two["images_per_s"], "efficiency": two["images_per_s"] / (2 * one["images_per_s"])}
+    ar = allreduce_cost(256)
+    result = save("train", {"rows": res_rows, "weak_scaling_64": scaling, "allreduce_256_2ranks": ar})
+    print(table([(r["res"], f"{r['seed_img_s']:.1f}", f"{r['images_per_s']:.1f}", f"{r['x_vs_seed']:.2f}x",
+                  f"{r['epoch_end_s']:.2f} s", f"{r['overhead_pct_seed_epoch']:.2f}%")
+                 for r in res_rows],
+                ("res", "seed step img/s", "our job img/s", "ratio", "epoch-end work (samples+ckpt)",
+                 "overhead on a 604-step epoch")))
+    print()
+    print(table([("1 rank, 1 thread", f"{one['images_per_s']:.1f}", f"seed step, 1 thread: {seed1['images_per_s']:.1f}"),
+                 ("2 ranks, 1 thread each", f"{two['images_per_s']:.1f}",
+                  f"efficiency {scaling['efficiency'] * 100:.0f}%")],
+                ("64x64 weak scaling", "img/s", "")))
+    print()
+    print(f"allreduce of the 256 model's gradients, 2 gloo ranks on one host: {ar['gradient_bytes'] / 1e6:.1f} MB "
+          f"in {ar['tensors']} tensors; fp32 {ar['fp32_s'] * 1000:.0f} ms, fp16 {ar['fp16_s'] * 1000:.0f} ms per step")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -41,10 +41,7 @@ def cmd_preprocess(a) -> int:
             setattr(cfg.data, key, val)
     cfg.data.skip_bad = cfg.data.skip_bad or a.skip_bad
     cfg.validate()
-    kw = dict(resolution=cfg.data.resolution, layout=cfg.data.layout, shard_size=cfg.data.shard_size,
-              skip_bad=cfg.data.skip_bad, slices=cfg.data.slices, slice_range=cfg.data.slice_range,
-              percentile=cfg.data.percentile, split_fractions=cfg.data.split_fractions,
-              split_seed=cfg.data.split_seed)
+    kw = cfg.data.plan_kwargs()
     kind = cluster.resolve_executor(a.executor)
     if a.seal:  # the array's last step (slurm/preprocess.sbatch)
         m = data.seal(a.out)

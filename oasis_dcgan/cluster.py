@@ -39,7 +39,7 @@ def resolve_executor(kind: str) -> str:
 
 def make_executor(cfg: Config, folder: str | os.PathLike, kind: str, role: str, name: str,
                   dependency: str | None = None, array: int = 0):
-    """A submitit executor sized for one of the pipeline's roles: preprocess, train, postprocess."""
+    """A submitit executor sized for a role: train (the ranks), postprocess (its CPUs), any other (1 CPU)."""
     import submitit
 
     kind = resolve_executor(kind)
@@ -198,74 +198,43 @@ def submit_pipeline(cfg: Config, executor: str = "auto", dry_run: bool = False, 
         raise ValueError(f"data.source is empty and {dataset} holds no verified dataset: nothing to train on")
 
     dep = None
+
+    def stage(name: str, role: str, fn, *args, array: int = 0, wait_all: bool = False):
+        """Queue one stage after the previous one (afterok); on the local executor, run it to the end."""
+        nonlocal dep
+        ex = make_executor(cfg, folder, kind, role, f"oasis-{name}", dependency=dep, array=array)
+        if dry_run:
+            scripts[name] = sbatch_text(ex)
+            return None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if array:
+            jobs = ex.map_array(fn, *args)
+            job_id = jobs[0].job_id.split("_")[0]
+        else:
+            jobs = [ex.submit(fn, *args)]
+            job_id = jobs[0].job_id
+        _record(run_dir, {"stage": name, "job_id": job_id, **({"tasks": array} if array else {})})
+        out["jobs"][name] = job_id
+        log(f"{name}: {'array ' if array else ''}job {job_id}")
+        dep = f"afterok:{job_id}"
+        if wait:
+            return [j.results() if wait_all else j.result() for j in jobs]
+        return None
+
     if need_pack:
         # Plan here: a bad input fails now, before anything is queued or written.
-        p = data.plan(cfg.data.source, resolution=cfg.data.resolution, layout=cfg.data.layout,
-                      shard_size=cfg.data.shard_size, skip_bad=cfg.data.skip_bad, slices=cfg.data.slices,
-                      slice_range=cfg.data.slice_range, percentile=cfg.data.percentile,
-                      split_fractions=cfg.data.split_fractions, split_seed=cfg.data.split_seed)
+        p = data.plan(cfg.data.source, **cfg.data.plan_kwargs())
         n = min(cfg.cluster.preprocess_tasks, max(1, len(p.shard_list())))
-        ex = make_executor(cfg, folder, kind, "preprocess", "oasis-preprocess", array=n)
-        if dry_run:
-            scripts["preprocess"] = sbatch_text(ex)
-        else:
+        if not dry_run:
             data.save_plan(p, dataset)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            jobs = ex.map_array(preprocess_task, [str(dataset)] * n, list(range(n)), [n] * n)
-            arr_id = jobs[0].job_id.split("_")[0]
-            _record(run_dir, {"stage": "preprocess", "job_id": arr_id, "tasks": n})
-            out["jobs"]["preprocess"] = arr_id
-            log(f"preprocess: array job {arr_id} ({n} tasks)")
-            if wait:
-                [j.result() for j in jobs]
-            dep = f"afterok:{arr_id}"
-        ex = make_executor(cfg, folder, kind, "seal", "oasis-seal", dependency=dep)
-        if dry_run:
-            scripts["seal"] = sbatch_text(ex)
-        else:
-            j = ex.submit(seal_dataset, str(dataset))
-            _record(run_dir, {"stage": "seal", "job_id": j.job_id})
-            out["jobs"]["seal"] = j.job_id
-            log(f"seal: job {j.job_id}")
-            if wait:
-                j.result()
-            dep = f"afterok:{j.job_id}"
-
-    ex = make_executor(cfg, folder, kind, "train", "oasis-train", dependency=dep)
-    if dry_run:
-        scripts["train"] = sbatch_text(ex)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        j = ex.submit(TrainJob(cfg.to_dict()))
-        _record(run_dir, {"stage": "train", "job_id": j.job_id, "ranks": cfg.world_size})
-        out["jobs"]["train"] = j.job_id
-        log(f"train: job {j.job_id} ({cfg.cluster.nodes} node(s) x {cfg.cluster.tasks_per_node} rank(s))")
-        if wait:
-            j.results()
-        dep = f"afterok:{j.job_id}"
-
-    ex = make_executor(cfg, folder, kind, "postprocess", "oasis-postprocess", dependency=dep)
-    if dry_run:
-        scripts["postprocess"] = sbatch_text(ex)
-    else:
-        j = ex.submit(postprocess_job, str(run_dir), str(dataset), cfg.metrics.batches)
-        _record(run_dir, {"stage": "postprocess", "job_id": j.job_id})
-        out["jobs"]["postprocess"] = j.job_id
-        log(f"postprocess: job {j.job_id}")
-        if wait:
-            out["report"] = j.result()["report"]
-        dep = f"afterok:{j.job_id}"
-
+        stage("preprocess", "preprocess", preprocess_task, [str(dataset)] * n, list(range(n)), [n] * n, array=n)
+        stage("seal", "seal", seal_dataset, str(dataset))
+    stage("train", "train", TrainJob(cfg.to_dict()), wait_all=True)
+    res = stage("postprocess", "postprocess", postprocess_job, str(run_dir), str(dataset), cfg.metrics.batches)
+    if res:
+        out["report"] = res[0]["report"]
     if collect_dest:
-        ex = make_executor(cfg, folder, kind, "collect", "oasis-collect", dependency=dep)
-        if dry_run:
-            scripts["collect"] = sbatch_text(ex)
-        else:
-            j = ex.submit(collect_job, str(run_dir), str(Path(collect_dest).resolve()))
-            _record(run_dir, {"stage": "collect", "job_id": j.job_id})
-            out["jobs"]["collect"] = j.job_id
-            if wait:
-                j.result()
+        stage("collect", "collect", collect_job, str(run_dir), str(Path(collect_dest).resolve()))
     if dry_run:
         out["scripts"] = scripts
     return out

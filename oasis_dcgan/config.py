@@ -36,6 +36,13 @@ class DataConfig:
     split_fractions: list = field(default_factory=lambda: [0.85, 0.10, 0.05])  # train/validate/test
     split_seed: int = 0
 
+    def plan_kwargs(self) -> dict:
+        """The arguments of data.plan() that this section sets."""
+        return {"resolution": self.resolution, "layout": self.layout, "shard_size": self.shard_size,
+                "skip_bad": self.skip_bad, "slices": self.slices, "slice_range": self.slice_range,
+                "percentile": self.percentile, "split_fractions": self.split_fractions,
+                "split_seed": self.split_seed}
+
 
 @dataclass
 class TrainConfig:

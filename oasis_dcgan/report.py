@@ -139,41 +139,35 @@ def _generate(run_dir: Path, n: int, noise_dim: int, seed: int) -> np.ndarray | 
 
 # ----------------------------------------------------------------------------- figures
 
+def _finish_epoch_plot(fig, ax, path: Path, ylabel: str, title: str) -> None:
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _savefig(fig, path)
+
+
 def plot_losses(stats: list[dict], path: Path) -> None:
-    plt = _plt()
     ep = [r for r in stats if r.get("kind") == "epoch"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _plt().subplots(figsize=(6, 3.5))
     x = [r["epoch"] for r in ep]
     for key, color, label in (("g_loss", "tab:blue", "generator"), ("d_loss", "tab:red", "discriminator")):
-        y = [r[key] for r in ep]
-        ax.plot(x, y, marker="o", ms=3, color=color, label=f"{label} (epoch mean)")
+        ax.plot(x, [r[key] for r in ep], marker="o", ms=3, color=color, label=f"{label} (epoch mean)")
         lo = [r.get(key + "_min", r[key]) for r in ep]
         hi = [r.get(key + "_max", r[key]) for r in ep]
         ax.fill_between(x, lo, hi, color=color, alpha=0.15, label=f"{label} min-max over steps")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("BCE loss")
-    ax.set_title("Losses per epoch")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _savefig(fig, path)
+    _finish_epoch_plot(fig, ax, path, "BCE loss", "Losses per epoch")
 
 
 def plot_ssim(rows: list[dict], path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["epoch"] for r in rows], [r["seed_max_ssim"] for r in rows], marker="o", ms=3,
-            label="max SSIM vs 50 real batches (seed metric)")
-    ax.plot([r["epoch"] for r in rows], [r["mean_ssim"] for r in rows], marker=".", ms=3, alpha=0.7,
-            label="mean over the same 800 pairs")
+    fig, ax = _plt().subplots(figsize=(6, 3.5))
+    x = [r["epoch"] for r in rows]
+    ax.plot(x, [r["seed_max_ssim"] for r in rows], marker="o", ms=3, label="max SSIM vs 50 real batches (seed metric)")
+    ax.plot(x, [r["mean_ssim"] for r in rows], marker=".", ms=3, alpha=0.7, label="mean over the same 800 pairs")
     ax.axhline(SEED_REPORTED_SSIM, color="gray", ls="--", lw=1, label=f"seed reported ({SEED_REPORTED_SSIM})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("SSIM")
-    ax.set_title("SSIM per epoch")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _savefig(fig, path)
+    _finish_epoch_plot(fig, ax, path, "SSIM", "SSIM per epoch")
 
 
 def _grid(images: np.ndarray, cols: int = 4) -> np.ndarray:

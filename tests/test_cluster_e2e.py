@@ -8,6 +8,7 @@ import pytest
 from oasis_dcgan import cluster, config, data
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+RUN_NAME = "run with space's"  # paths with spaces and quotes must survive into the sbatch scripts
 
 
 def wait_for_jobs(ids, timeout=900):
@@ -23,7 +24,7 @@ def wait_for_jobs(ids, timeout=900):
 
 
 def tiny_config(tmp_path, png_release, **extra):
-    sets = [f'run_dir="{tmp_path / "run with space"}"', f'data.source="{png_release}"',
+    sets = [f'run_dir="{tmp_path / RUN_NAME}"', f'data.source="{png_release}"',
             f'data.dataset="{tmp_path / "ds"}"', "data.resolution=32", "data.shard_size=64",
             "train.epochs=1", "train.max_steps_per_epoch=3", "train.intra_op_threads=1",
             "cluster.tasks_per_node=2", "cluster.preprocess_tasks=2", "cluster.timeout_min=20",
@@ -44,7 +45,7 @@ def test_chained_pipeline_on_slurm(devcluster, png_release, tmp_path):
     for stage in ("seal", "train", "postprocess"):
         assert top.get(out["jobs"][stage]) == "COMPLETED", (stage, top)
     # the train job ran 2 ranks, and they ended with identical weights
-    run = tmp_path / "run with space"
+    run = tmp_path / RUN_NAME
     ranks = [json.loads((run / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert [r["size"] for r in ranks] == [2, 2]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]

@@ -60,7 +60,9 @@ def train_cfg(dataset, run):
 
 def submit_train(cfg):
     ex = cluster.make_executor(cfg, Path(cfg.run_dir) / "slurm", "slurm", "train", "oasis-train")
-    return ex.submit(cluster.TrainJob(cfg.to_dict()))
+    job = ex.submit(cluster.TrainJob(cfg.to_dict()))
+    cluster._record(Path(cfg.run_dir), {"stage": "train", "job_id": job.job_id})
+    return job
 
 
 def test_submitit_train_survives_scontrol_requeue(devcluster, dataset32, tmp_path):
@@ -74,6 +76,8 @@ def test_submitit_train_survives_scontrol_requeue(devcluster, dataset32, tmp_pat
     log = (run / "log.txt").read_text()
     assert "resumed from" in log and "signal SIGTERM" in log
     assert_continuous(run)
+    text = cluster.status(run)
+    assert "COMPLETED, requeued 1x" in text and "training     finished" in text
 
 
 def test_submitit_train_survives_usr2_preemption(devcluster, dataset32, tmp_path):

@@ -1,0 +1,105 @@
+"""collect, generate, submit --dry-run and status: the tools around the three jobs."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oasis_dcgan import cluster, collect, config, report, train
+from oasis_dcgan.collect import CollectError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def done_run(dataset32, tmp_path_factory):
+    run = tmp_path_factory.mktemp("done")
+    cfg = config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset32}"', "train.epochs=2",
+                             "train.batch_size=8", "train.max_steps_per_epoch=2", "metrics.batches=4",
+                             "metrics.nn_samples=8", "metrics.diversity_samples=4"])
+    train.run(cfg, log_to_stdout=False)
+    report.postprocess(run, log=lambda *a: None)
+    return run
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_collect_copies_verifies_and_resumes(done_run, tmp_path):
+    dest = tmp_path / "home"
+    r = collect.collect(done_run, dest, log=lambda *a: None)
+    for rel in ("report/report.html", "report/progress.gif", "report/metrics.json", "options.json",
+                "generator.keras", "dataset_manifest.json", "samples/epoch_0002.png"):
+        assert (dest / rel).is_file(), rel
+    assert not (dest / "checkpoints").exists()
+    sums = dict(reversed(line.split("  ", 1)) for line in (dest / "SHA256SUMS").read_text().splitlines())
+    assert sums["options.json"] == sha(done_run / "options.json")
+    assert all(sha(dest / rel) == digest for rel, digest in sums.items())
+    # an interrupted collect resumes: remove some, run again, only those are copied
+    (dest / "report" / "loss.png").unlink()
+    r2 = collect.collect(done_run, dest, log=lambda *a: None)
+    assert r2["copied"] == 1 and r2["skipped"] == r["copied"] - 1
+
+
+def test_collect_never_overwrites_a_different_file(done_run, tmp_path):
+    dest = tmp_path / "home"
+    collect.collect(done_run, dest, log=lambda *a: None)
+    (dest / "options.json").write_text("{}")
+    with pytest.raises(CollectError, match="options.json"):
+        collect.collect(done_run, dest, log=lambda *a: None)
+    assert (dest / "options.json").read_text() == "{}"
+
+
+def test_collect_with_checkpoints(done_run, tmp_path):
+    collect.collect(done_run, tmp_path / "home", include_checkpoints=True, log=lambda *a: None)
+    assert list((tmp_path / "home" / "checkpoints").glob("ckpt-*/ckpt.index"))
+
+
+def test_generate_is_seeded(done_run, tmp_path):
+    import imageio.v3 as iio
+
+    def gen(out, seed):
+        r = subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "generate", str(done_run), "-n", "5", str(out),
+                            "--seed", str(seed)], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return [iio.imread(p) for p in sorted(Path(out).glob("*.png"))]
+
+    a, b, c = gen(tmp_path / "a", 1), gen(tmp_path / "b", 1), gen(tmp_path / "c", 2)
+    assert len(a) == 5 and a[0].shape == (32, 32) and a[0].dtype == np.uint8
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_submit_dry_run_prints_config_and_scripts(png_release, tmp_path):
+    odd = tmp_path / "it's a dir"
+    r = subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "submit", str(REPO / "slurm/example.toml"),
+                        "--dry-run", "--executor", "slurm", "--set", f'run_dir="{odd / "run"}"',
+                        "--set", f'data.source="{png_release}"', "--set", f'data.dataset="{odd / "ds"}"',
+                        "--set", "cluster.tasks_per_node=4", "--set", "cluster.gpus_per_node=4"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert '"epochs": 50' in out and "nothing was submitted" in out
+    for stage in ("preprocess", "seal", "train", "postprocess"):
+        assert f"---- {stage}" in out
+    train_script = out.split("---- train")[1].split("---- postprocess")[0]
+    assert "--signal=USR2@90" in train_script and "--ntasks-per-node=4" in train_script
+    assert "--gpus-per-node=4" in train_script
+    assert "it'\"'\"'s a dir" in train_script  # the quote survives shell quoting
+    assert not (odd / "run").exists() and not (odd / "ds").exists(), "a dry run writes nothing"
+
+
+def test_submit_refuses_bad_config_naming_the_key(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "submit", str(REPO / "slurm/example.toml"),
+                        "--dry-run", "--set", "train.epoch=3"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "train.epoch" in r.stderr
+
+
+def test_status_on_a_finished_run_without_accounting(done_run):
+    text = cluster.status(done_run)
+    assert "training     finished" in text and "report" in text and "seed metric" in text
+    assert "checkpoint   ckpt-" in text

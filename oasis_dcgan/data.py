@@ -490,7 +490,6 @@ def pack_task(out: str | os.PathLike, task: int = 0, ntasks: int = 1, log=print)
     """Write this task's shards. A shard already on disk with the same inputs and hash is kept."""
     out = Path(out)
     p = load_plan(out)
-    fsutil.remove_stale_temps(out)
     (out / TASK_DIR).mkdir(exist_ok=True)
     written = kept = images = 0
     t0 = time.perf_counter()
@@ -500,6 +499,9 @@ def pack_task(out: str | os.PathLike, task: int = 0, ntasks: int = 1, log=print)
         units = [p.units[k] for k in idx]
         name = shard_name(split, i, total)
         dest, side = out / name, out / TASK_DIR / (name + ".json")
+        # This task alone writes this shard, so temps under its name are a killed attempt's.
+        fsutil.remove_stale_temps(out, name)
+        fsutil.remove_stale_temps(out / TASK_DIR, name)
         ih = _inputs_hash(p, units)
         if dest.exists() and side.exists():
             rec = fsutil.read_json(side)
@@ -550,6 +552,8 @@ def seal(out: str | os.PathLike) -> dict:
             notes[k] = notes.get(k, 0) + v
     if problems:
         raise DataError(f"{out}: cannot seal the dataset:\n" + "\n".join(f"  {x}" for x in problems))
+    fsutil.remove_stale_temps(out)  # every task has finished: anything left is a killed attempt's
+    fsutil.remove_stale_temps(out / TASK_DIR)
     for f in out.glob("*.h5"):  # shards of an earlier, different plan would confuse readers
         if SHARD_NAME.match(f.name) and f.name not in planned:
             f.unlink()

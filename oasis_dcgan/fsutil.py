@@ -77,13 +77,23 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def remove_stale_temps(directory: str | os.PathLike) -> int:
-    """Delete temp files left by a killed writer. Returns how many were removed."""
+def remove_stale_temps(directory: str | os.PathLike, name: str = "") -> int:
+    """Delete temp files (or directories) a killed writer left, for `name` or for every name.
+
+    Only call it where no other process may be writing the same names right now: a writer's
+    own names before it rewrites them, or a whole directory once its writers have finished.
+    Returns how many were removed.
+    """
+    import shutil
+
     n = 0
     d = Path(directory)
     if d.is_dir():
-        for p in d.glob(".*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                n += 1
+        for p in d.glob(f".{name}*.tmp" if name else ".*.tmp"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            n += 1
     return n

@@ -212,6 +212,18 @@ def test_rerun_is_idempotent(png_release, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == mtimes
 
 
+def test_a_task_leaves_other_writers_temp_files_alone(png_release, tmp_path):
+    out = tmp_path / "ds"
+    data.save_plan(data.plan(png_release, resolution=32, shard_size=50), out)
+    in_flight = out / ".plan.json.abcd1234.tmp"  # another array task, mid-way through writing the plan
+    in_flight.write_text("{")
+    data.pack_task(out, 1, 2, log=lambda *a: None)
+    assert in_flight.exists()
+    data.pack_task(out, 0, 2, log=lambda *a: None)
+    data.seal(out)  # all tasks done: now leftovers go
+    assert not in_flight.exists()
+
+
 def test_shards_are_byte_reproducible(png_release, tmp_path):
     a = data.preprocess(png_release, tmp_path / "a", resolution=32, shard_size=50, **quiet)
     b = data.preprocess(png_release, tmp_path / "b", resolution=32, shard_size=50, **quiet)

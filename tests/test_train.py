@@ -115,6 +115,9 @@ def test_corrupt_newest_checkpoint_falls_back(dataset32, tmp_path):
     data_file = next(ckpts[-1].glob("ckpt.data-*"))
     with open(data_file, "r+b") as f:  # truncate the newest, as a crash mid-copy would
         f.truncate(data_file.stat().st_size // 2)
+    half_written = run / "checkpoints" / ".ckpt-000000005.4242.tmp"  # a save killed half-way
+    half_written.mkdir()
+    (half_written / "ckpt.index").write_bytes(b"partial")
     s = train.run(cfg_for(dataset32, run, "train.epochs=2", "train.checkpoint_every_steps=1",
                           "train.keep_checkpoints=3"))
     log = (run / "log.txt").read_text()
@@ -123,3 +126,4 @@ def test_corrupt_newest_checkpoint_falls_back(dataset32, tmp_path):
     assert s["global_step"] == 8
     epochs = [x["epoch"] for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"]
     assert epochs == [1, 2]
+    assert not half_written.exists()

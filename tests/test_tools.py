@@ -103,3 +103,11 @@ def test_status_on_a_finished_run_without_accounting(done_run):
     text = cluster.status(done_run)
     assert "training     finished" in text and "report" in text and "seed metric" in text
     assert "checkpoint   ckpt-" in text
+
+
+def test_submit_reuses_a_verified_dataset_of_the_same_source(dataset32, png_release):
+    base = [f'data.dataset="{dataset32}"', f'data.source="{png_release}"']
+    assert cluster._dataset_ready(config.load(None, base + ["data.resolution=32"]), dataset32)
+    assert not cluster._dataset_ready(config.load(None, base + ["data.resolution=64"]), dataset32)
+    other = config.load(None, [f'data.dataset="{dataset32}"', 'data.source="/elsewhere"', "data.resolution=32"])
+    assert not cluster._dataset_ready(other, dataset32)

@@ -13,8 +13,9 @@ from . import fsutil
 class RunLog:
     """Rank 0's logger. Lines go to stdout (the Slurm log) and to RUN_DIR/log.txt."""
 
-    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, echo: bool = True):
         self.enabled = enabled
+        self.echo = echo
         self.run_dir = Path(run_dir)
         self._f = None
         if enabled:
@@ -25,7 +26,8 @@ class RunLog:
         if not self.enabled:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        print(line, flush=True)
+        if self.echo:
+            print(line, flush=True)
         self._f.write(line + "\n")
 
     def close(self) -> None:

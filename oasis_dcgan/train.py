@@ -118,7 +118,7 @@ def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> di
     from .data import load_manifest, manifest_hash
     from .reader import ShardReader, scale_tf, steps_per_epoch, train_dataset
 
-    log = RunLog(run_dir, enabled=chief and log_to_stdout)
+    log = RunLog(run_dir, enabled=chief, echo=log_to_stdout)
     manifest = load_manifest(cfg.data.dataset)
     res = int(manifest["resolution"])
     n_train = len(ShardReader(cfg.data.dataset, "train"))

@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on sample data, 64x64, 2 ranks")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--cluster", choices=("dev",), help="run through the dev Slurm cluster instead of locally")
     p.set_defaults(fn=cmd_demo)
     return ap

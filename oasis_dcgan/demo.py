@@ -12,7 +12,7 @@ from pathlib import Path
 from . import cluster, config, sample_data
 
 
-def run(out: Path, executor: str = "local", epochs: int = 12) -> int:
+def run(out: Path, executor: str = "local", epochs: int = 40) -> int:
     t0 = time.time()
     out = out.resolve()
     src = out / "oasis"

@@ -48,6 +48,12 @@ def epoch_samples(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def load_batch(path) -> np.ndarray:
+    """A saved fixed-noise batch as [N, H, W] in (-1, 1)."""
+    a = np.load(path)
+    return a[..., 0] if a.ndim == 4 else a
+
+
 def notable_epochs(n_epochs: int) -> list[int]:
     """The seed's table (1, 2, 3, 10, 25, 50) scaled to a run of n_epochs."""
     if n_epochs >= 50:
@@ -109,7 +115,7 @@ def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config
         real = _load_real(dataset, sel["split"], sel["batches"])
         t0 = time.perf_counter()
         for e, p in todo:
-            gen = np.load(p)
+            gen = load_batch(p)
             m = metrics.seed_max_ssim(gen, real, max_val=2.0)
             done[e] = {"epoch": e, "seed_max_ssim": m["max"], "best_batch": m["batch"],
                        "best_position": m["position"], "mean_ssim": float(np.mean(m["values"])),
@@ -188,7 +194,7 @@ def make_gif(samples: list[tuple[int, Path]], path: Path, fps: float = 4.0) -> i
     frames = []
     for e, p in samples:
         fig, ax = plt.subplots(figsize=(4, 4.3))
-        ax.imshow(_grid(np.load(p)[..., 0] if np.load(p).ndim == 4 else np.load(p)), cmap="gray", vmin=-1, vmax=1)
+        ax.imshow(_grid(load_batch(p)), cmap="gray", vmin=-1, vmax=1)
         ax.axis("off")
         ax.set_title(f"epoch {e}", fontsize=12)
         fig.tight_layout()
@@ -204,8 +210,7 @@ def plot_notable(samples: dict, epochs: list[int], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, len(epochs), figsize=(2.4 * len(epochs), 2.7), squeeze=False)
     for ax, e in zip(axes[0], epochs):
-        a = np.load(samples[e])
-        ax.imshow(_grid(a[..., 0] if a.ndim == 4 else a), cmap="gray", vmin=-1, vmax=1)
+        ax.imshow(_grid(load_batch(samples[e])), cmap="gray", vmin=-1, vmax=1)
         ax.set_title(f"epoch {e}")
         ax.axis("off")
     fig.tight_layout()
@@ -390,8 +395,7 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     gen = _generate(run_dir, cfg.metrics.nn_samples, cfg.train.noise_dim, cfg.metrics.seed + 1)
     gen_source = "generator.keras"
     if gen is None:
-        last = np.load(samples[-1][1])
-        gen = last[..., 0] if last.ndim == 4 else last
+        gen = load_batch(samples[-1][1])
         gen_source = f"fixed-noise batch of epoch {samples[-1][0]} (no final generator yet)"
     t0 = time.perf_counter()
     nn = metrics.nearest_neighbours(gen, reader)
@@ -439,8 +443,7 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     figures.append(("Notable epochs", "notable_epochs.png"))
     sel = fsutil.read_json(report_dir / "metric_batches.json")
     real_batch = to_float(reader.read(sel["batches"][0]))
-    last = np.load(samples[-1][1])
-    plot_side_by_side(last[..., 0] if last.ndim == 4 else last, real_batch, n_epochs,
+    plot_side_by_side(load_batch(samples[-1][1]), real_batch, n_epochs,
                       report_dir / "last_vs_real.png")
     figures.append((f"Epoch {n_epochs} beside a real batch", "last_vs_real.png"))
     nearest = to_float(reader.read(nn["index"][:8]))

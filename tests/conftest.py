@@ -40,7 +40,14 @@ def dataset32(png_release, tmp_path_factory) -> Path:
     return out
 
 
-def python_bin() -> str:
-    import sys
+@pytest.fixture(scope="session")
+def tiny_run(dataset32, tmp_path_factory) -> Path:
+    """A finished 3-epoch training run on dataset32, small metric settings, not yet post-processed."""
+    from oasis_dcgan import config, train
 
-    return sys.executable
+    run = tmp_path_factory.mktemp("tiny-run")
+    cfg = config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset32}"', "train.epochs=3",
+                             "train.batch_size=8", "train.max_steps_per_epoch=3", "metrics.batches=10",
+                             "metrics.nn_samples=12", "metrics.diversity_samples=6"])
+    train.run(cfg, log_to_stdout=False)
+    return run

@@ -6,19 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oasis_dcgan import config, report, train
+from oasis_dcgan import report
 
 FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png")
 
 
-@pytest.fixture(scope="module")
-def finished_run(dataset32, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    cfg = config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset32}"', "train.epochs=3",
-                             "train.batch_size=8", "train.max_steps_per_epoch=3", "metrics.batches=10",
-                             "metrics.nn_samples=12", "metrics.diversity_samples=6"])
-    train.run(cfg, log_to_stdout=False)
-    return run
+@pytest.fixture
+def finished_run(tiny_run):
+    return tiny_run
 
 
 def test_postprocess_outputs(finished_run):

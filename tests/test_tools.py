@@ -8,21 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oasis_dcgan import cluster, collect, config, report, train
+from oasis_dcgan import cluster, collect, config, report
 from oasis_dcgan.collect import CollectError
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def done_run(dataset32, tmp_path_factory):
-    run = tmp_path_factory.mktemp("done")
-    cfg = config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset32}"', "train.epochs=2",
-                             "train.batch_size=8", "train.max_steps_per_epoch=2", "metrics.batches=4",
-                             "metrics.nn_samples=8", "metrics.diversity_samples=4"])
-    train.run(cfg, log_to_stdout=False)
-    report.postprocess(run, log=lambda *a: None)
-    return run
+@pytest.fixture
+def done_run(tiny_run):
+    report.postprocess(tiny_run, log=lambda *a: None)  # cached after the first time
+    return tiny_run
 
 
 def sha(p: Path) -> str:

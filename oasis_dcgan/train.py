@@ -170,6 +170,10 @@ def run(cfg: Config, log_to_stdout: bool = True, handle_usr2: bool = True) -> di
             "host": platform.node(),
             "started": time.time(),
         })
+        if resumed and resumed.get("world_size", size) != size:
+            log(f"WARNING: the checkpoint was written by {resumed['world_size']} rank(s), this job has {size}: "
+                "the rest of this epoch visits images in a different order, and the result is no longer "
+                "bit-identical to an uninterrupted run")
         if resumed:
             dropped = Stats.truncate_after(run_dir / "stats.jsonl", resumed["global_step"], resumed["epoch"])
             if dropped:

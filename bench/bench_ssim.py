@@ -5,7 +5,6 @@ batches); our implementation scores exactly the same arrays, so the values sit s
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time

@@ -8,7 +8,6 @@ With no job around (a plain `python -m jobs.train`), it is a world of one.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time

@@ -1,7 +1,6 @@
 """Post-processing: metrics files, figures that are not blank, GIF order, the report, idempotence."""
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """collect, generate, submit --dry-run and status: the tools around the three jobs."""
 import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path

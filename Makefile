@@ -17,7 +17,7 @@ setup: $(STAMP)
 # Re-runs only when setup.cfg or this Makefile changes; pip's wheel cache makes the
 # Horovod step a few seconds after the first build.
 $(STAMP): setup.cfg Makefile
-	@command -v $(PY_SYS) >/dev/null || { echo "error: $(PY_SYS) not found; set PY_SYS=/path/to/python3.x (3.9-3.12)" >&2; exit 1; }
+	@command -v $(PY_SYS) >/dev/null || { echo "error: $(PY_SYS) not found; set PY_SYS=/path/to/python3.x (3.11 or 3.12)" >&2; exit 1; }
 	@for tool in g++ cmake make; do command -v $$tool >/dev/null || { \
 	  echo "error: '$$tool' is needed to build Horovod from source. On Debian/Ubuntu: apt-get install -y build-essential cmake" >&2; exit 1; }; done
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)

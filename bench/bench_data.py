@@ -11,18 +11,18 @@ from pathlib import Path
 from bench.common import REPO, WORK, anchor, sample_release, save, table
 
 
-def pack(src: Path, out: Path, tasks: int) -> float:
+def pack_rate(src: Path, out: Path, tasks: int) -> float:
     """Images per second for a full pack with `tasks` array tasks running side by side."""
-    from oasis_dcgan import data
+    from oasis_dcgan.prep import pack
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    p = data.plan(src, resolution=256, shard_size=256)
-    data.save_plan(p, out)
-    procs = [subprocess.Popen([sys.executable, "-c", f"from oasis_dcgan import data; data.pack_task({str(out)!r}, {i}, {tasks}, log=lambda *a: None)"],
+    p = pack.plan(src, resolution=256, shard_size=256)
+    pack.save_plan(p, out)
+    procs = [subprocess.Popen([sys.executable, "-c", f"from oasis_dcgan.prep import pack; pack.pack_task({str(out)!r}, {i}, {tasks}, log=lambda *a: None)"],
                               cwd=REPO) for i in range(tasks)]
     assert all(pr.wait() == 0 for pr in procs)
-    m = data.seal(out)
+    m = pack.seal(out)
     return sum(m["counts"].values()) / (time.perf_counter() - t)
 
 
@@ -32,7 +32,7 @@ def read_rate(dataset: Path, scaled: bool, repeats: int = 3) -> float:
     scaled=False is what train.py consumes (uint8; it scales inside its compiled step);
     scaled=True adds the (x - 127.5) / 127.5 the seed's feeding includes, in the pipeline.
     """
-    from oasis_dcgan.reader import train_dataset
+    from oasis_dcgan.prep.reader import train_dataset
 
     best = 0.0
     for e in range(repeats):
@@ -49,7 +49,7 @@ def read_rate(dataset: Path, scaled: bool, repeats: int = 3) -> float:
 def first_batch_s(dataset: Path) -> float:
     """Opening the dataset to the first batch in hand, in a fresh process, after the imports
     (which cost the same for any dataset). Best of three."""
-    code = ("import time, tensorflow; from oasis_dcgan.reader import train_dataset; t=time.perf_counter(); "
+    code = ("import time, tensorflow; from oasis_dcgan.prep.reader import train_dataset; t=time.perf_counter(); "
             f"ds,_=train_dataset({str(dataset)!r}, 0, 0, 16); next(iter(ds)); print(time.perf_counter()-t)")
     return min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                                     check=True).stdout.strip().splitlines()[-1]) for _ in range(3))
@@ -68,13 +68,13 @@ def replicate(src_train: Path, dest: Path, copies: int) -> Path:
 
 
 def main():
-    from oasis_dcgan import data
+    from oasis_dcgan.prep import manifest, pack
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     release = sample_release()
     train_png = release / "keras_png_slices_data" / "keras_png_slices_train"
     n_png = len(list(train_png.iterdir()))
-    one, two = pack(release, WORK / "pack1", 1), pack(release, WORK / "pack2", 2)
+    one, two = pack_rate(release, WORK / "pack1", 1), pack_rate(release, WORK / "pack2", 2)
     seed_png = anchor("png", str(train_png), "--limit", str(n_png))
     big_src = replicate(train_png, WORK / "folder-10k", 10)        # 10,240 images
     small_src = replicate(train_png, WORK / "folder-1k", 1)        # 1,024 images
@@ -82,8 +82,8 @@ def main():
     for name, src in (("1k", small_src), ("10k", big_src)):
         out = WORK / f"ds-{name}"
         if not (out / "manifest.json").is_file():
-            data.preprocess(src, out, resolution=256, shard_size=2048, log=lambda *a: None)
-        sizes[name] = (sum(data.load_manifest(out)["counts"].values()), first_batch_s(out))
+            pack.preprocess(src, out, resolution=256, shard_size=2048, log=lambda *a: None)
+        sizes[name] = (sum(manifest.load_manifest(out)["counts"].values()), first_batch_s(out))
     ours_read = read_rate(WORK / "ds-10k", scaled=False)
     ours_scaled = read_rate(WORK / "ds-10k", scaled=True)
     res = save("data", {

@@ -29,7 +29,7 @@ def matmul_gflops() -> float:
 
 
 def bench(res: int, folder: str) -> dict:
-    from oasis_dcgan import metrics
+    from oasis_dcgan.post import metrics
 
     seed_run = anchor("ssim", folder, "--res", str(res), "--skimage")
     mod = anchor_module()
@@ -38,12 +38,12 @@ def bench(res: int, folder: str) -> dict:
     fixed = np.clip(reals[rng.choice(len(reals), 16)] + rng.normal(0, 0.2, (16, res, res)), -1, 1).astype(np.float32)
     batches = np.stack([reals[rng.choice(len(reals), 16)] for _ in range(50)])
     t = time.perf_counter()
-    first = metrics.seed_max_ssim(fixed, batches)
+    first = metrics.max_ssim_over_batches(fixed, batches)
     first_s = time.perf_counter() - t
     times = []
     for _ in range(REPEATS):
         t = time.perf_counter()
-        out = metrics.seed_max_ssim(fixed, batches)
+        out = metrics.max_ssim_over_batches(fixed, batches)
         times.append(time.perf_counter() - t)
     ours = float(np.median(times))
     px = (res - 10) ** 2

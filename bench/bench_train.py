@@ -1,6 +1,6 @@
 """Training: our job's images/s against the seed's step, weak scaling, and the allreduce's cost.
 
-Ours is the real job (train.run: reader, Horovod step, stats, per-epoch samples and
+Ours is the real job (the Trainer: reader, Horovod step, stats, per-epoch samples and
 checkpoints all on), timed from its own stats.jsonl; the seed's is its bare compiled step on
 random tensors. Same machine, same run, same resolution and batch.
 """
@@ -17,15 +17,15 @@ import numpy as np
 
 from bench.common import REPO, WORK, anchor, sample_release, save, table
 
-SEED_STEPS_PER_EPOCH = 604  # 9664 / 16: the seed's epoch, for the overhead projection
+REFERENCE_STEPS_PER_EPOCH = 604  # 9664 / 16: the seed's epoch, for the overhead projection
 
 
 def dataset(res: int) -> Path:
-    from oasis_dcgan import data
+    from oasis_dcgan.prep import pack
 
     out = WORK / f"train-ds-{res}"
     if not (out / "manifest.json").is_file():
-        data.preprocess(sample_release(), out, resolution=res, shard_size=2048, log=lambda *a: None)
+        pack.preprocess(sample_release(), out, resolution=res, shard_size=2048, log=lambda *a: None)
     return out
 
 
@@ -45,7 +45,7 @@ def our_run(res: int, steps: int, epochs: int, ranks: int = 1, threads: int = 0)
     end_cost = float(np.median([r["sample_s"] for r in ep])) + float(np.median(ck))
     return {"images_per_s": float(np.median([r["images_per_s"] for r in ep])), "step_time_s": step_time,
             "epoch_end_s": end_cost,
-            "overhead_pct_seed_epoch": 100 * end_cost / (SEED_STEPS_PER_EPOCH * step_time),
+            "overhead_pct_seed_epoch": 100 * end_cost / (REFERENCE_STEPS_PER_EPOCH * step_time),
             "overhead_pct_this_run": 100 * end_cost / (steps * step_time)}
 
 
@@ -64,9 +64,10 @@ def _allreduce_worker(res: int, rdv: str) -> dict:
 
     import tensorflow as tf
 
-    from oasis_dcgan import distributed, model
+    from oasis_dcgan.launch.environment import job_world
+    from oasis_dcgan.training import distributed, model
 
-    hvd = distributed.init(rdv, timeout_s=120)
+    hvd, _server = distributed.init(job_world(rdv), timeout_s=120)
     G, D = model.build_generator(res), model.build_discriminator(res)
     grads = [tf.random.normal(v.shape) for v in G.trainable_variables + D.trainable_variables]
     nbytes = sum(int(np.prod(g.shape)) * 4 for g in grads)

@@ -1,7 +1,8 @@
 """Shared by the benchmarks: the machine's description, the seed anchors, a results table.
 
-Every benchmark runs the seed's approach (../shared/anchors/seed_style_bench.py) in the same
-run, on the same machine and data, and reports our figure as a ratio against it.
+Every benchmark runs the seed's approach (the baseline script seed_style_bench.py, looked up
+beside the repository or in $OASIS_ANCHORS) in the same run, on the same machine and data,
+and reports our figure as a ratio against it.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def main() -> int:
     head = (f"# Benchmark results\n\nMeasured {time.strftime('%Y-%m-%d %H:%M')} on: {m.get('cpu')}, {m['cores']} cores "
             f"({m.get('simd')}), {m.get('memory_gib')} GiB, no GPU; Python {m['python']}, TensorFlow "
             f"{m.get('tensorflow')}, numpy {m['numpy']}.\nEvery ratio is against the seed's approach "
-            "(../shared/anchors/seed_style_bench.py) run in the same session on the same data.\n\n")
+            "(the baseline script seed_style_bench.py) run in the same session on the same data.\n\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "RESULTS.md").write_text(head + "\n".join(sections))
     print(f"written: {RESULTS / 'RESULTS.md'}")

@@ -1,4 +1,12 @@
-"""`python -m jobs.preprocess ...`: the preprocess job's entry point (same as `oasis-dcgan preprocess`)."""
+"""The preprocess job: pack an OASIS source into verified HDF5 shards.
+
+    python -m jobs.preprocess SRC OUT [--resolution 256] [--tasks N --executor slurm] [--skip-bad]
+
+Reads the OASIS PNG release, raw OASIS-1 volumes or any image folder (oasis_dcgan/prep/);
+writes OUT/{split}-NNNNN-of-NNNNN.h5 and OUT/manifest.json. Under a plain sbatch array each
+task passes --task/--tasks and a last step --seal (slurm/preprocess.sbatch). Same as
+`oasis-dcgan preprocess`.
+"""
 import sys
 
 from oasis_dcgan.cli import main

@@ -1,2 +1,2 @@
-"""Train the seed's DCGAN on OASIS brain MRI slices as a Slurm job suite."""
+"""Train the OASIS brain DCGAN (the reference project's model) as a Slurm job suite."""
 __version__ = "0.1.0"

@@ -1,4 +1,8 @@
-"""`oasis-dcgan`: one command, a subcommand per job and tool. Run `oasis-dcgan -h`."""
+"""`oasis-dcgan`: one command, a subcommand per job and tool. Run `oasis-dcgan -h`.
+
+This module parses arguments and dispatches; what a command does lives in its layer
+(prep, training, post, launch).
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,21 +21,10 @@ def _die(msg: str, code: int = 2):
     sys.exit(code)
 
 
-def _use_dev_cluster() -> None:
-    """Point Slurm's commands at the dev cluster (bringing it up if this checkout has the script)."""
-    import subprocess
-
-    script = Path(__file__).resolve().parent.parent / "slurm" / "devcluster"
-    if script.is_file():
-        subprocess.run([str(script), "up"], check=True)
-    d = os.environ.get("OASIS_DEVCLUSTER_DIR", "/var/tmp/oasis-devcluster")
-    os.environ["SLURM_CONF"] = f"{d}/etc/slurm.conf"
-
-
 # ----------------------------------------------------------------------------- subcommands
 
-def cmd_preprocess(a) -> int:
-    from . import cluster, config, data
+def _preprocess_config(a):
+    from . import config
 
     cfg = config.load(a.config, a.set)
     cfg.data.source, cfg.data.dataset = str(a.src), str(a.out)
@@ -40,46 +33,34 @@ def cmd_preprocess(a) -> int:
         if val is not None:
             setattr(cfg.data, key, val)
     cfg.data.skip_bad = cfg.data.skip_bad or a.skip_bad
-    cfg.validate()
-    kw = cfg.data.plan_kwargs()
-    kind = cluster.resolve_executor(a.executor)
+    return cfg.validate()
+
+
+def cmd_preprocess(a) -> int:
+    from .launch import pipeline
+    from .prep import pack
+
+    cfg = _preprocess_config(a)
     if a.seal:  # the array's last step (slurm/preprocess.sbatch)
-        m = data.seal(a.out)
-    elif a.task is not None:  # one array task: plan (cheap, identical in every task), then its shards
-        data.save_plan(data.plan(a.src, **kw), a.out)
-        r = data.pack_task(a.out, a.task, a.tasks)
+        m = pack.seal(a.out)
+    elif a.task is not None:  # one task of a plain sbatch array
+        r = pack.run_task(a.src, a.out, a.task, a.tasks, **cfg.data.plan_kwargs())
         print(f"task {a.task}/{a.tasks}: {r['written']} shard(s) written, {r['kept']} kept, {r['images']} images")
         return 0
-    elif kind == "inprocess" and a.tasks <= 1:
-        m = data.preprocess(a.src, a.out, **kw)
     else:
-        p = data.plan(a.src, **kw)
-        data.save_plan(p, a.out)
-        n = max(1, min(a.tasks, len(p.shard_list())))
-        if kind == "inprocess":
-            for t in range(n):
-                data.pack_task(a.out, t, n)
-        else:
-            out = Path(a.out).resolve()
-            ex = cluster.make_executor(cfg, out / ".submitit", kind, "preprocess", "oasis-preprocess", array=n)
-            jobs = ex.map_array(cluster.preprocess_task, [str(out)] * n, list(range(n)), [n] * n)
-            print(f"preprocess: {kind} array job {jobs[0].job_id.split('_')[0]} with {n} task(s); waiting")
-            for j in jobs:
-                j.result()
-        m = data.seal(a.out)
+        m = pipeline.preprocess(cfg, a.executor, a.tasks)
     print(f"dataset {Path(a.out).resolve()}: " + ", ".join(f"{k} {v}" for k, v in m["counts"].items())
           + f"; {len(m['skipped'])} skipped")
     return 0
 
 
 def cmd_dataset(a) -> int:
-    from . import data
+    from .prep import info, manifest
 
     if a.action == "info":
-        sheet = a.sheet or str(Path(a.dir) / "contact_sheet.png")
-        print(data.info(a.dir, sheet=sheet))
+        print(info.info(a.dir, sheet=a.sheet or str(Path(a.dir) / "contact_sheet.png")))
         return 0
-    problems = data.verify(a.dir)
+    problems = manifest.verify(a.dir)
     for p in problems:
         print(f"MISMATCH {p}", file=sys.stderr)
     if problems:
@@ -90,6 +71,7 @@ def cmd_dataset(a) -> int:
 
 def _train_config(a):
     from . import config
+    from .prep.manifest import load_manifest
 
     cfg = config.load(a.config, a.set)
     cfg.data.dataset, cfg.run_dir = str(Path(a.dataset).resolve()), str(Path(a.run_dir).resolve())
@@ -101,68 +83,33 @@ def _train_config(a):
     t.deterministic = t.deterministic or a.deterministic
     if a.ranks:
         cfg.cluster.nodes, cfg.cluster.tasks_per_node = 1, a.ranks
-    return cfg.validate()
-
-
-def cmd_train(a) -> int:
-    from . import cluster, data
-
-    cfg = _train_config(a)
-    res = data.load_manifest(cfg.data.dataset)["resolution"]
+    res = load_manifest(cfg.data.dataset)["resolution"]
     if a.resolution and a.resolution != res:
         _die(f"--resolution {a.resolution}: the dataset {cfg.data.dataset} holds {res}x{res} images; "
              f"repack it with oasis-dcgan preprocess --resolution {a.resolution}")
     cfg.data.resolution = res
-    # Ranks started by srun (slurm/train.sbatch) are the job already: train here.
-    kind = "inprocess" if "SLURM_STEP_ID" in os.environ and a.executor == "auto" else \
-        cluster.resolve_executor(a.executor)
-    if kind == "inprocess":
-        from . import train
-
-        s = train.run(cfg)
-        return 0 if s else 1
-    ex = cluster.make_executor(cfg, Path(cfg.run_dir) / "slurm", kind, "train", "oasis-train")
-    job = ex.submit(cluster.TrainJob(cfg.to_dict()))
-    cluster._record(Path(cfg.run_dir), {"stage": "train", "job_id": job.job_id, "ranks": cfg.world_size})
-    print(f"train: {kind} job {job.job_id}, {cfg.world_size} rank(s); run directory {cfg.run_dir}")
-    if a.no_wait:
-        return 0
-    results = job.results()
-    digests = {r["weights_sha256"] for r in results}
-    print(f"train: finished on {len(results)} rank(s); weights identical across ranks: {len(digests) == 1}")
-    return 0 if len(digests) == 1 else 1
+    return cfg.validate()
 
 
-def cmd_postprocess(a) -> int:
-    from . import cluster, config, report
+def cmd_train(a) -> int:
+    from .launch import pipeline
 
-    kind = cluster.resolve_executor(a.executor)
-    if kind == "inprocess":
-        report.postprocess(a.run_dir, a.dataset, a.batches)
-        return 0
-    cfg = config.load(None, [])
-    ex = cluster.make_executor(cfg, Path(a.run_dir) / "slurm", kind, "postprocess", "oasis-postprocess")
-    job = ex.submit(cluster.postprocess_job, str(Path(a.run_dir).resolve()), a.dataset, a.batches)
-    print(f"postprocess: {kind} job {job.job_id}; report {job.result()['report']}")
+    results = pipeline.train(_train_config(a), a.executor, wait=not a.no_wait)
+    if len(results) > 1:
+        same = len({r["weights_sha256"] for r in results}) == 1
+        print(f"train: finished on {len(results)} rank(s); weights identical across ranks: {same}")
+        return 0 if same else 1
     return 0
 
 
-def cmd_submit(a) -> int:
-    from . import cluster, config
+def cmd_postprocess(a) -> int:
+    from .launch import pipeline
 
-    if a.cluster == "dev":
-        _use_dev_cluster()
-    cfg = config.load(a.config, a.set)
-    out = cluster.submit_pipeline(cfg, executor=a.executor, dry_run=a.dry_run, collect_dest=a.collect or "",
-                                  wait=True if a.wait else None)
-    if a.dry_run:
-        import json
+    print(f"postprocess: report {pipeline.postprocess(a.run_dir, a.dataset, a.batches, a.executor)}")
+    return 0
 
-        print("# resolved config\n" + json.dumps(cfg.to_dict(), indent=2))
-        for stage, text in out["scripts"].items():
-            print(f"\n# ---- {stage}: the sbatch script submitit would submit\n{text}")
-        print("\n(dry run: nothing was submitted)")
-        return 0
+
+def _print_submitted(out: dict) -> None:
     print(f"\nrun directory: {out['run_dir']}")
     print("jobs: " + ", ".join(f"{k} {v}" for k, v in out["jobs"].items()))
     print(f"watch it:  oasis-dcgan status {out['run_dir']}")
@@ -171,55 +118,60 @@ def cmd_submit(a) -> int:
         print(f"           tail -f {out['run_dir']}/log.txt")
     if out.get("report"):
         print(f"report: {out['report']}")
+
+
+def cmd_submit(a) -> int:
+    import json
+
+    from . import config
+    from .launch import environment, pipeline
+
+    if a.cluster == "dev":
+        environment.use_dev_cluster()
+    cfg = config.load(a.config, a.set)
+    out = pipeline.submit_pipeline(cfg, executor=a.executor, dry_run=a.dry_run, collect_dest=a.collect or "",
+                                   wait=True if a.wait else None)
+    if not a.dry_run:
+        _print_submitted(out)
+        return 0
+    print("# resolved config\n" + json.dumps(cfg.to_dict(), indent=2))
+    for stage, text in out["scripts"].items():
+        print(f"\n# ---- {stage}: the sbatch script submitit would submit\n{text}")
+    print("\n(dry run: nothing was submitted)")
     return 0
 
 
 def cmd_status(a) -> int:
-    from . import cluster
+    from .launch import environment, status
 
     if a.cluster == "dev":
-        d = os.environ.get("OASIS_DEVCLUSTER_DIR", "/var/tmp/oasis-devcluster")
-        os.environ["SLURM_CONF"] = f"{d}/etc/slurm.conf"
+        environment.use_dev_cluster(start=False)
     if not Path(a.run).is_dir():
         _die(f"{a.run}: no such run directory")
-    print(cluster.status(a.run))
+    print(status.status(a.run))
     return 0
 
 
 def cmd_collect(a) -> int:
-    from . import collect
+    from .launch import collect
 
     collect.collect(a.run, a.dest, a.include_checkpoints)
     return 0
 
 
 def cmd_generate(a) -> int:
-    import numpy as np
+    from .post import samples
 
-    import imageio.v3 as iio
-    import tensorflow as tf
-
-    from . import fsutil
-
-    src = Path(a.run_or_model)
-    model_path = src / "generator.keras" if src.is_dir() else src
-    if not model_path.is_file():
-        _die(f"{model_path}: no trained generator (is training finished?)")
-    G = tf.keras.models.load_model(str(model_path), compile=False)
-    noise = np.random.default_rng(a.seed).normal(size=(a.n, G.input_shape[-1])).astype(np.float32)
-    imgs = np.concatenate([G(noise[s:s + 64], training=False).numpy() for s in range(0, a.n, 64)])
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(imgs):
-        px = np.clip(np.rint(im[..., 0] * 127.5 + 127.5), 0, 255).astype(np.uint8)
-        with fsutil.atomic_path(out / f"sample_{i:05d}.png") as tmp:
-            iio.imwrite(tmp, px, extension=".png")
-    print(f"wrote {a.n} sample(s) to {out} (seed {a.seed})")
+    images = samples.generate(a.run_or_model, a.n, a.seed)
+    if images is None:
+        _die(f"{samples.generator_file(a.run_or_model)}: no trained generator (is training finished?)")
+    samples.write_pngs(images, a.out)
+    print(f"wrote {a.n} sample(s) to {a.out} (seed {a.seed})")
     return 0
 
 
 def cmd_sample_data(a) -> int:
-    from . import sample_data
+    from .prep import sample_data
 
     if a.layout == "oasis-png":
         root = sample_data.write_png_release(a.out, cases=tuple(a.cases), seed=a.seed)
@@ -231,24 +183,23 @@ def cmd_sample_data(a) -> int:
 
 def cmd_demo(a) -> int:
     from . import demo
+    from .launch import environment
 
     if a.cluster == "dev":
-        _use_dev_cluster()
+        environment.use_dev_cluster()
     return demo.run(Path(a.out), executor="slurm" if a.cluster == "dev" else "local", epochs=a.epochs)
 
 
 # ----------------------------------------------------------------------------- parser
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="oasis-dcgan", description="Pack OASIS brain slices, train the seed's DCGAN "
-                                 "with Horovod on Slurm, and report.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def _config_options(p) -> None:
+    p.add_argument("--config", help="TOML config (see slurm/example.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=2e-4 (repeatable)")
 
-    def common_cfg(p):
-        p.add_argument("--config", help="TOML config (see slurm/example.toml)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set train.lr=2e-4 (repeatable)")
 
+def _add_job_commands(sub) -> None:
+    """preprocess, dataset, train, postprocess: the three jobs and the dataset tools."""
     p = sub.add_parser("preprocess", help="pack images or volumes into verified HDF5 shards")
     p.add_argument("src", type=Path)
     p.add_argument("out", type=Path)
@@ -263,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-range", help="raw volumes: axial slice range a:b instead of --slices")
     p.add_argument("--executor", default="inprocess", choices=("auto", "local", "slurm", "inprocess"),
                    help=EXECUTOR_HELP)
-    common_cfg(p)
+    _config_options(p)
     p.set_defaults(fn=cmd_preprocess)
 
     p = sub.add_parser("dataset", help="inspect or verify a packed dataset")
@@ -284,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every-steps", type=int)
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
-    common_cfg(p)
+    _config_options(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("postprocess", help="metrics, figures, GIF and report for a run")
@@ -295,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=EXECUTOR_HELP)
     p.set_defaults(fn=cmd_postprocess)
 
+
+def _add_tool_commands(sub) -> None:
+    """submit, status, collect, generate, sample-data, demo: around the jobs."""
     p = sub.add_parser("submit", help="submit preprocess -> train -> postprocess (-> collect) as chained jobs")
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -336,15 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--cluster", choices=("dev",), help="run through the dev Slurm cluster instead of locally")
     p.set_defaults(fn=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="oasis-dcgan", description="Pack OASIS brain slices, train the reference DCGAN "
+                                 "with Horovod on Slurm, and report.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_job_commands(sub)
+    _add_tool_commands(sub)
     return ap
 
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from .collect import CollectError
     from .config import ConfigError
-    from .data import DataError
-    from .metrics import MetricError
+    from .launch.collect import CollectError
+    from .post.metrics import MetricError
+    from .prep.manifest import DataError
 
     try:
         return a.fn(a) or 0

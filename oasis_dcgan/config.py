@@ -1,4 +1,4 @@
-"""The suite's one typed configuration. Defaults are the seed's settings.
+"""The suite's one typed configuration. Defaults are the reference project's settings.
 
 A config is a TOML file with the sections below; `--set section.key=value` overrides any
 key. Unknown keys, wrong types and impossible values are refused with the key named.
@@ -26,7 +26,7 @@ class DataConfig:
     source: str = ""            # OASIS PNG release, raw OASIS-1 tree, or a folder of images
     dataset: str = ""           # packed dataset directory (preprocess output, train input)
     layout: str = "auto"
-    resolution: int = 256       # the seed trains at 256x256
+    resolution: int = 256       # the reference trains at 256x256
     shard_size: int = 2048      # images per HDF5 shard
     skip_bad: bool = False
     # raw volumes only
@@ -65,9 +65,9 @@ class TrainConfig:
 
 @dataclass
 class MetricsConfig:
-    batches: int = 50           # the seed's 50 real batches
+    batches: int = 50           # the reference metric's 50 real batches
     batch_size: int = 16
-    split: str = "train"        # the seed compares against its training images
+    split: str = "train"        # the reference compares against its training images
     seed: int = 1234
     nn_samples: int = 256       # generated images for the nearest-neighbour check
     diversity_samples: int = 64  # images for the MS-SSIM diversity figure

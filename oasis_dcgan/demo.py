@@ -1,7 +1,7 @@
 """The README's first command: the whole pipeline on offline sample brains, no cluster needed.
 
 sample brains (OASIS PNG layout, 256x256) -> preprocess at 64x64 as a 2-task array ->
-train on 2 Horovod ranks -> postprocess -> collect, all chained by cluster.submit_pipeline,
+train on 2 Horovod ranks -> postprocess -> collect, all chained by launch.pipeline,
 through submitit's local executor (or the dev Slurm cluster with --cluster dev).
 """
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import cluster, config, sample_data
+from . import config
+from .launch import pipeline
+from .prep import sample_data
 
 
 def run(out: Path, executor: str = "local", epochs: int = 40) -> int:
@@ -34,7 +36,7 @@ def run(out: Path, executor: str = "local", epochs: int = 40) -> int:
         "cluster.timeout_min=60",
         "metrics.nn_samples=64",
     ])
-    res = cluster.submit_pipeline(cfg, executor=executor, collect_dest=str(out / "results"), wait=True)
+    res = pipeline.submit_pipeline(cfg, executor=executor, collect_dest=str(out / "results"), wait=True)
     report = Path(res["run_dir"]) / "report" / "report.html"
     print(f"\n[demo] finished in {(time.time() - t0) / 60:.1f} min")
     print(f"[demo] run directory:  {res['run_dir']}")

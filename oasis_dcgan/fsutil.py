@@ -9,16 +9,25 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a directory by name (a directory's fsync makes a rename in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def publish(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Make a finished temp file durable, then rename it over `dest` and make the rename durable."""
+    fsync_path(tmp)
+    os.replace(tmp, dest)
+    fsync_path(Path(dest).parent)
 
 
 @contextlib.contextmanager
@@ -34,13 +43,7 @@ def atomic_path(dest: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+        publish(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -84,8 +87,6 @@ def remove_stale_temps(directory: str | os.PathLike, name: str = "") -> int:
     own names before it rewrites them, or a whole directory once its writers have finished.
     Returns how many were removed.
     """
-    import shutil
-
     n = 0
     d = Path(directory)
     if d.is_dir():

@@ -23,7 +23,7 @@ def devcluster():
 @pytest.fixture(scope="session")
 def png_release(tmp_path_factory) -> Path:
     """A small OASIS PNG release (64x64 pixels to keep it quick), with seg folders and gapped cases."""
-    from oasis_dcgan import sample_data
+    from oasis_dcgan.prep import sample_data
 
     out = tmp_path_factory.mktemp("png-release")
     sample_data.write_png_release(out, cases=(6, 2, 2), slices=32, resolution=64, seed=1, log=lambda *a: None)
@@ -33,21 +33,22 @@ def png_release(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dataset32(png_release, tmp_path_factory) -> Path:
     """png_release packed at 32x32: 192 train, 64 validate, 64 test images."""
-    from oasis_dcgan import data
+    from oasis_dcgan.prep import pack
 
     out = tmp_path_factory.mktemp("ds32")
-    data.preprocess(png_release, out, resolution=32, shard_size=64, log=lambda *a: None)
+    pack.preprocess(png_release, out, resolution=32, shard_size=64, log=lambda *a: None)
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_run(dataset32, tmp_path_factory) -> Path:
     """A finished 3-epoch training run on dataset32, small metric settings, not yet post-processed."""
-    from oasis_dcgan import config, train
+    from oasis_dcgan import config
+    from oasis_dcgan.training import trainer
 
     run = tmp_path_factory.mktemp("tiny-run")
     cfg = config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset32}"', "train.epochs=3",
                              "train.batch_size=8", "train.max_steps_per_epoch=3", "metrics.batches=10",
                              "metrics.nn_samples=12", "metrics.diversity_samples=6"])
-    train.run(cfg, log_to_stdout=False)
+    trainer.run(cfg, log_to_stdout=False)
     return run

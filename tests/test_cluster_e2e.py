@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-from oasis_dcgan import cluster, config, data
+from oasis_dcgan import config
+from oasis_dcgan.launch import pipeline, status
+from oasis_dcgan.prep import manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 RUN_NAME = "run with space's"  # paths with spaces and quotes must survive into the sbatch scripts
@@ -20,7 +22,7 @@ def wait_for_jobs(ids, timeout=900):
             break
         time.sleep(2)
     time.sleep(1)
-    return cluster.sacct(ids)
+    return status.sacct(ids)
 
 
 def tiny_config(tmp_path, png_release, **extra):
@@ -34,7 +36,7 @@ def tiny_config(tmp_path, png_release, **extra):
 
 def test_chained_pipeline_on_slurm(devcluster, png_release, tmp_path):
     cfg = tiny_config(tmp_path, png_release)
-    out = cluster.submit_pipeline(cfg, executor="slurm", wait=False, log=lambda *a: None)
+    out = pipeline.submit_pipeline(cfg, executor="slurm", wait=False, log=lambda *a: None)
     ids = list(out["jobs"].values())
     assert set(out["jobs"]) == {"preprocess", "seal", "train", "postprocess"}
     rows = wait_for_jobs(ids)
@@ -51,8 +53,8 @@ def test_chained_pipeline_on_slurm(devcluster, png_release, tmp_path):
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert ranks[0]["pid"] != ranks[1]["pid"]
     # the artefacts of all three stages
-    assert data.verify(tmp_path / "ds") == []
+    assert manifest.verify(tmp_path / "ds") == []
     for rel in ("options.json", "stats.jsonl", "generator.keras", "samples/epoch_0001.png",
                 "report/metrics.json", "report/loss.png", "report/report.html", "report/progress.gif"):
         assert (run / rel).is_file(), rel
-    assert "COMPLETED" in cluster.status(run)
+    assert "COMPLETED" in status.status(run)

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oasis_dcgan import data, fsutil, sample_data
-from oasis_dcgan.data import DataError
-from oasis_dcgan.reader import ShardReader, epoch_permutation, rank_indices, steps_per_epoch, train_dataset
+from oasis_dcgan import fsutil
+from oasis_dcgan.prep import info, layouts, manifest, pack, sample_data
+from oasis_dcgan.prep.manifest import DataError
+from oasis_dcgan.prep.reader import ShardReader, epoch_permutation, steps_per_epoch, train_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 quiet = {"log": lambda *a: None}
@@ -25,7 +26,7 @@ def all_metadata(ds, split="train"):
 
 
 def test_png_release_counts_natural_order_and_seg_excluded(dataset32, png_release):
-    m = data.load_manifest(dataset32)
+    m = manifest.load_manifest(dataset32)
     assert m["layout"] == "oasis-png"
     assert m["counts"] == {"train": 6 * 32, "validate": 2 * 32, "test": 2 * 32}
     assert m["ignored"]["segmentation_masks"] == 10 * 32
@@ -44,27 +45,29 @@ def test_png_release_counts_natural_order_and_seg_excluded(dataset32, png_releas
 def test_nested_release_is_found(tmp_path):
     sample_data.write_png_release(tmp_path / "src", cases=(1, 1, 1), slices=4, resolution=32, nested=True,
                                   log=lambda *a: None)
-    layout, root = data.detect_layout(tmp_path / "src")
+    layout, root = layouts.detect_layout(tmp_path / "src")
     assert layout == "oasis-png" and root.name == "keras_png_slices_data" and root.parent.name == "keras_png_slices_data"
 
 
 def test_pixels_are_packed_exactly_and_scaled_like_the_seed(png_release, tmp_path):
     import imageio.v3 as iio
 
-    m = data.preprocess(png_release, tmp_path / "ds", resolution=64, shard_size=1000, **quiet)
+    m = pack.preprocess(png_release, tmp_path / "ds", resolution=64, shard_size=1000, **quiet)
     r = ShardReader(tmp_path / "ds", "train")
     meta = r.metadata([5])[0]
     np.testing.assert_array_equal(r.read([5])[0], iio.imread(meta["source"]))
     assert m["resolution"] == 64
-    from oasis_dcgan.reader import to_float
+    from oasis_dcgan.imaging import to_uint8, to_unit
 
-    assert to_float(np.array([0, 255], np.uint8)).tolist() == [-1.0, 1.0]
+    assert to_unit(np.array([0, 255], np.uint8)).tolist() == [-1.0, 1.0]
+    px = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(to_uint8(to_unit(px)), px)  # the two mappings are exact inverses
 
 
 def test_area_resampling_to_lower_resolution(png_release, tmp_path):
     import imageio.v3 as iio
 
-    data.preprocess(png_release, tmp_path / "ds", resolution=32, shard_size=1000, **quiet)
+    pack.preprocess(png_release, tmp_path / "ds", resolution=32, shard_size=1000, **quiet)
     r = ShardReader(tmp_path / "ds", "train")
     src = iio.imread(r.metadata([7])[0]["source"]).astype(np.float64)
     block_mean = src.reshape(32, 2, 32, 2).mean(axis=(1, 3))
@@ -87,7 +90,7 @@ def raw_tree(tmp_path_factory):
 
 
 def test_raw_volumes_analyze_and_nifti_with_subject_level_splits(raw_tree, tmp_path):
-    m = data.preprocess(raw_tree, tmp_path / "ds", resolution=64, shard_size=64,
+    m = pack.preprocess(raw_tree, tmp_path / "ds", resolution=64, shard_size=64,
                         split_fractions=(0.6, 0.2, 0.2), split_seed=7, **quiet)
     assert m["layout"] == "oasis-raw"
     assert sum(m["counts"].values()) == 5 * 32
@@ -103,14 +106,14 @@ def test_raw_volumes_analyze_and_nifti_with_subject_level_splits(raw_tree, tmp_p
     img = ShardReader(tmp_path / "ds", "train").read([16])[0]
     assert img.max() > 200 and img[0, 0] == 0, "scaled to 8 bit with a black background"
     # the assignment is seeded: the same seed gives the same split
-    m2 = data.plan(raw_tree, resolution=64, split_fractions=(0.6, 0.2, 0.2), split_seed=7)
+    m2 = pack.plan(raw_tree, resolution=64, split_fractions=(0.6, 0.2, 0.2), split_seed=7)
     assert m2.split_assignment == assign
 
 
 def test_raw_slice_range_and_count(raw_tree, tmp_path):
-    p = data.plan(raw_tree, resolution=32, slice_range="60:70")
+    p = pack.plan(raw_tree, resolution=32, slice_range="60:70")
     assert p.images_per_unit() == 10
-    p = data.plan(raw_tree, resolution=32, slices=8)
+    p = pack.plan(raw_tree, resolution=32, slices=8)
     assert p.images_per_unit() == 8
 
 
@@ -132,7 +135,7 @@ def _folder_corpus(root: Path):
 
 def test_folder_layout_converts_and_counts(tmp_path):
     src = _folder_corpus(tmp_path / "imgs")
-    m = data.preprocess(src, tmp_path / "ds", resolution=32, **quiet)
+    m = pack.preprocess(src, tmp_path / "ds", resolution=32, **quiet)
     assert m["layout"] == "folder" and m["counts"] == {"train": 6}
     assert m["converted"] == {"converted_to_gray": 2, "scaled_to_8bit": 1}
     assert m["ignored"]["non_image_files"] == 1
@@ -161,7 +164,7 @@ def test_bad_input_fails_before_writing_and_names_every_file(tmp_path):
     expected = _bad_corpus(tmp_path / "bad")
     out = tmp_path / "ds"
     with pytest.raises(DataError) as e:
-        data.preprocess(tmp_path / "bad", out, resolution=32, **quiet)
+        pack.preprocess(tmp_path / "bad", out, resolution=32, **quiet)
     msg = str(e.value)
     for name, reason in expected.items():
         line = next(ln for ln in msg.splitlines() if name in ln)
@@ -172,7 +175,7 @@ def test_bad_input_fails_before_writing_and_names_every_file(tmp_path):
 
 def test_skip_bad_records_them_in_the_manifest(tmp_path):
     expected = _bad_corpus(tmp_path / "bad")
-    m = data.preprocess(tmp_path / "bad", tmp_path / "ds", resolution=32, skip_bad=True, **quiet)
+    m = pack.preprocess(tmp_path / "bad", tmp_path / "ds", resolution=32, skip_bad=True, **quiet)
     assert m["counts"]["train"] == 6
     assert {Path(s["path"]).name for s in m["skipped"]} == set(expected)
     assert all(s["reason"] for s in m["skipped"])
@@ -195,7 +198,7 @@ def test_unusable_source_directories(tmp_path, case, needle):
     if case == "unrecognised":
         (src / "readme.txt").write_text("hello")
     with pytest.raises(DataError, match=needle) as e:
-        data.plan(src)
+        pack.plan(src)
     assert str(src) in str(e.value)
     if case == "unrecognised":
         assert "keras_png_slices_train" in str(e.value) and "OAS1_" in str(e.value)
@@ -203,35 +206,35 @@ def test_unusable_source_directories(tmp_path, case, needle):
 
 def test_rerun_is_idempotent(png_release, tmp_path):
     out = tmp_path / "ds"
-    m1 = data.preprocess(png_release, out, resolution=32, shard_size=50, **quiet)
+    m1 = pack.preprocess(png_release, out, resolution=32, shard_size=50, **quiet)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
-    r = data.pack_task(out, 0, 1, log=lambda *a: None)
+    r = pack.pack_task(out, 0, 1, log=lambda *a: None)
     assert r["written"] == 0 and r["kept"] == len(mtimes)
-    m2 = data.seal(out)
+    m2 = pack.seal(out)
     assert m1["splits"] == m2["splits"]
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == mtimes
 
 
 def test_a_task_leaves_other_writers_temp_files_alone(png_release, tmp_path):
     out = tmp_path / "ds"
-    data.save_plan(data.plan(png_release, resolution=32, shard_size=50), out)
+    pack.save_plan(pack.plan(png_release, resolution=32, shard_size=50), out)
     in_flight = out / ".plan.json.abcd1234.tmp"  # another array task, mid-way through writing the plan
     in_flight.write_text("{")
-    data.pack_task(out, 1, 2, log=lambda *a: None)
+    pack.pack_task(out, 1, 2, log=lambda *a: None)
     assert in_flight.exists()
-    data.pack_task(out, 0, 2, log=lambda *a: None)
-    data.seal(out)  # all tasks done: now leftovers go
+    pack.pack_task(out, 0, 2, log=lambda *a: None)
+    pack.seal(out)  # all tasks done: now leftovers go
     assert not in_flight.exists()
 
 
 def test_shards_are_byte_reproducible(png_release, tmp_path):
-    a = data.preprocess(png_release, tmp_path / "a", resolution=32, shard_size=50, **quiet)
-    b = data.preprocess(png_release, tmp_path / "b", resolution=32, shard_size=50, **quiet)
+    a = pack.preprocess(png_release, tmp_path / "a", resolution=32, shard_size=50, **quiet)
+    b = pack.preprocess(png_release, tmp_path / "b", resolution=32, shard_size=50, **quiet)
     assert a["splits"] == b["splits"]
 
 
 def test_kill_9_during_packing_then_rerun_completes_identically(png_release, tmp_path):
-    ref = data.preprocess(png_release, tmp_path / "ref", resolution=64, shard_size=8, **quiet)
+    ref = pack.preprocess(png_release, tmp_path / "ref", resolution=64, shard_size=8, **quiet)
     out = tmp_path / "ds"
     cmd = [sys.executable, "-m", "jobs.preprocess", str(png_release), str(out), "--resolution", "64",
            "--shard-size", "8"]
@@ -246,26 +249,26 @@ def test_kill_9_during_packing_then_rerun_completes_identically(png_release, tmp
     assert not (out / "manifest.json").exists()
     # whatever is visible under a shard name is complete
     for f in finished:
-        rec = json.loads((out / data.TASK_DIR / (f.name + ".json")).read_text()) \
-            if (out / data.TASK_DIR / (f.name + ".json")).exists() else None
+        rec = json.loads((out / pack.TASK_DIR / (f.name + ".json")).read_text()) \
+            if (out / pack.TASK_DIR / (f.name + ".json")).exists() else None
         if rec:
             assert fsutil.sha256_file(f) == rec["sha256"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    m = data.load_manifest(out)
+    m = manifest.load_manifest(out)
     assert m["splits"] == ref["splits"], "byte-identical shards to an uninterrupted run"
     assert not list(out.glob(".*.tmp"))
 
 
 def test_verify_catches_a_flipped_byte(png_release, tmp_path):
     out = tmp_path / "ds"
-    data.preprocess(png_release, out, resolution=32, shard_size=100, **quiet)
-    assert data.verify(out) == []
+    pack.preprocess(png_release, out, resolution=32, shard_size=100, **quiet)
+    assert manifest.verify(out) == []
     shard = sorted(out.glob("train-*.h5"))[0]
     b = bytearray(shard.read_bytes())
     b[len(b) // 2] ^= 0x01
     shard.write_bytes(bytes(b))
-    problems = data.verify(out)
+    problems = manifest.verify(out)
     assert len(problems) == 1 and shard.name in problems[0] and "sha256" in problems[0]
     r = subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "dataset", "verify", str(out)], cwd=REPO,
                        capture_output=True, text=True)
@@ -275,21 +278,28 @@ def test_verify_catches_a_flipped_byte(png_release, tmp_path):
 def test_dataset_info_writes_a_contact_sheet(dataset32, tmp_path):
     import imageio.v3 as iio
 
-    text = data.info(dataset32, sheet=tmp_path / "sheet.png")
+    text = info.info(dataset32, sheet=tmp_path / "sheet.png")
     assert "train" in text and "192" in text and "segmentation_masks: 320" in text
     img = iio.imread(tmp_path / "sheet.png")
     assert img.std() > 10
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_rank_sharding_is_disjoint_and_covers_the_epoch(world):
-    n, bs, seed, epoch = 103, 4, 5, 2
-    steps = steps_per_epoch(n, bs, world)
-    seen = [rank_indices(n, seed, epoch, s, bs, r, world) for s in range(steps) for r in range(world)]
-    flat = np.concatenate(seen)
-    assert len(flat) == len(set(flat.tolist())) == steps * bs * world
-    assert set(flat.tolist()) == set(epoch_permutation(n, seed, epoch)[: steps * bs * world].tolist())
-    assert steps * bs * world > n - bs * world  # only a remainder smaller than a global batch is dropped
+def test_rank_sharding_is_disjoint_and_covers_the_epoch(dataset32, world):
+    """Every rank's batches from the training reader itself, traced back to indices by their pixels."""
+    reader = ShardReader(dataset32, "train")
+    n, bs, seed, epoch = len(reader), 5, 5, 2
+    index_of = {img.tobytes(): i for i, img in enumerate(reader.read(np.arange(n)))}
+    assert len(index_of) == n, "the sample images are all distinct, so pixels identify an index"
+    seen = []
+    for rank in range(world):
+        ds, steps = train_dataset(dataset32, seed, epoch, bs, rank, world, scaled=False)
+        batches = [b.numpy()[..., 0] for b in ds]
+        assert len(batches) == steps == steps_per_epoch(n, bs, world)
+        seen += [index_of[img.tobytes()] for b in batches for img in b]
+    assert len(seen) == len(set(seen)) == steps * bs * world, "no image twice in an epoch, across ranks"
+    assert set(seen) == set(epoch_permutation(n, seed, epoch)[: steps * bs * world].tolist())
+    assert n - len(seen) < bs * world  # only a remainder smaller than a global batch is dropped
     assert not np.array_equal(epoch_permutation(n, seed, 1), epoch_permutation(n, seed, 2))
 
 
@@ -312,8 +322,8 @@ def test_array_preprocess_on_the_dev_cluster(devcluster, png_release, tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "array job" in r.stdout
-    assert data.verify(out) == []
-    m = data.load_manifest(out)
+    assert manifest.verify(out) == []
+    m = manifest.load_manifest(out)
     assert m["counts"]["train"] == 192
     logs = list((out / ".submitit").glob("*_0_log.out")) + list((out / ".submitit").glob("*_1_log.out"))
     assert len(logs) == 2, "both array tasks ran under Slurm"

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from oasis_dcgan import distributed
-from oasis_dcgan.distributed import RendezvousError, World
+from oasis_dcgan.launch import environment
+from oasis_dcgan.training import distributed
+from oasis_dcgan.training.distributed import RendezvousError, World
 
 
 def slurm_env(procid, nodeid, localid, ntasks=4, nodes=2, nodelist="gpu[07-08]", restart=None):
@@ -25,7 +26,7 @@ def test_world_from_slurm_variables(monkeypatch):
         monkeypatch.setenv(k, v)
     import os
 
-    w = distributed.job_world()
+    w = environment.job_world()
     assert (w.rank, w.size, w.local_rank, w.local_size, w.node, w.num_nodes) == (3, 4, 1, 2, 1, 2)
     assert w.hostnames == ("gpu07", "gpu08") and w.hostname == "gpu08"
     assert (w.job_id, w.attempt) == ("4242", 2)
@@ -41,7 +42,7 @@ def test_world_from_local_executor_variables(monkeypatch):
                  "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
                  "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1"}.items():
         monkeypatch.setenv(k, v)
-    w = distributed.job_world()
+    w = environment.job_world()
     assert (w.rank, w.size, w.local_rank, w.local_size, w.num_nodes, w.job_id) == (1, 2, 1, 2, 1, "777")
 
 
@@ -51,7 +52,7 @@ def test_no_job_is_a_world_of_one(monkeypatch):
     for k in list(os.environ):
         if k.startswith(("SLURM", "SUBMITIT")):
             monkeypatch.delenv(k)
-    w = distributed.job_world()
+    w = environment.job_world()
     assert (w.rank, w.size) == (0, 1)
 
 
@@ -64,7 +65,7 @@ def test_uneven_tasks_are_refused(monkeypatch):
     for k, v in slurm_env(procid=0, nodeid=0, localid=0, ntasks=3, nodes=2).items():
         monkeypatch.setenv(k, v)
     with pytest.raises(RendezvousError, match="evenly"):
-        distributed.job_world()
+        environment.job_world()
 
 
 def test_horovod_env_mapping():
@@ -87,17 +88,18 @@ def test_requeued_attempt_gets_its_own_rendezvous_file(tmp_path):
 
 
 def test_waiting_rank_times_out_with_a_clear_error(tmp_path):
-    w = World(rank=1, size=2, local_rank=1, local_size=2, job_id="x")
+    w = World(rank=1, size=2, local_rank=1, local_size=2, job_id="x", rendezvous_dir=str(tmp_path))
     with pytest.raises(RendezvousError, match="did not publish"):
-        distributed.init(tmp_path, timeout_s=1.0, world=w)
+        distributed.init(w, timeout_s=1.0)
 
 
 def _allreduce_and_broadcast(rdv_dir):
     import tensorflow as tf
 
-    from oasis_dcgan import distributed as d
+    from oasis_dcgan.launch.environment import job_world
+    from oasis_dcgan.training import distributed as d
 
-    hvd = d.init(rdv_dir, timeout_s=60)
+    hvd, _server = d.init(job_world(rdv_dir), timeout_s=60)
     mean = d.allreduce_mean(hvd, [tf.constant([float(hvd.rank()), 10.0 * hvd.rank()])])[0].numpy().tolist()
     v = tf.Variable([float(hvd.rank() + 1)] * 3)
     d.broadcast_variables(hvd, [v], prefix="t")

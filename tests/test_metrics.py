@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from oasis_dcgan import metrics
-from oasis_dcgan.metrics import MetricError
+from oasis_dcgan.post import metrics
+from oasis_dcgan.post.metrics import MetricError
 
 
 def structured(n, res, seed):
@@ -67,7 +67,7 @@ def test_mismatched_and_too_small_batches_are_refused():
     with pytest.raises(MetricError, match="one shape"):
         metrics.ssim(x, y[:, :16, :16])
     with pytest.raises(MetricError, match="pair"):
-        metrics.seed_max_ssim(x[:4], np.stack([y[:5]] * 3))
+        metrics.max_ssim_over_batches(x[:4], np.stack([y[:5]] * 3))
     with pytest.raises(MetricError, match="smaller than"):
         metrics.ssim(x[:, :8, :8], y[:, :8, :8])
 
@@ -78,14 +78,14 @@ def test_seed_metric_is_the_max_of_all_position_paired_values():
     gen = structured(16, 32, 9)
     real = np.stack([structured(16, 32, 100 + b) for b in range(7)])
     real[4, 11] = gen[11]  # plant a perfect match at batch 4, position 11
-    out = metrics.seed_max_ssim(gen, real)
+    out = metrics.max_ssim_over_batches(gen, real)
     brute = np.stack([tf.image.ssim(gen[..., None], b[..., None], max_val=2.0).numpy() for b in real])
     np.testing.assert_allclose(out["values"], brute, atol=1e-4)
     assert (out["batch"], out["position"]) == (4, 11) and out["max"] == pytest.approx(1.0, abs=1e-5)
     # pairing is by position: the same image elsewhere in the batch does not count
     real[4, 11] = real[4, 10]
     real[4, 3] = gen[11]
-    assert metrics.seed_max_ssim(gen, real)["max"] < 0.99
+    assert metrics.max_ssim_over_batches(gen, real)["max"] < 0.99
 
 
 def test_ms_ssim_diversity_sees_collapse():
@@ -95,10 +95,11 @@ def test_ms_ssim_diversity_sees_collapse():
 
 
 def test_nearest_neighbour_finds_a_memorised_image(dataset32):
-    from oasis_dcgan.reader import ShardReader, to_float
+    from oasis_dcgan.imaging import to_unit
+    from oasis_dcgan.prep.reader import ShardReader
 
     r = ShardReader(dataset32, "train")
-    gen = np.concatenate([to_float(r.read([17, 150])), structured(2, 32, 0)])
+    gen = np.concatenate([to_unit(r.read([17, 150])), structured(2, 32, 0)])
     nn = metrics.nearest_neighbours(gen, r, candidates=len(r))
     assert nn["exact"] and nn["index"][:2].tolist() == [17, 150]
     np.testing.assert_allclose(nn["ssim"][:2], 1.0, atol=1e-5)

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from oasis_dcgan import report
+from oasis_dcgan.post import figures, report
 
 FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png")
 
@@ -45,14 +45,15 @@ def test_postprocess_outputs(finished_run):
 def test_seed_metric_matches_an_independent_recomputation(finished_run, dataset32):
     import tensorflow as tf
 
-    from oasis_dcgan.reader import ShardReader, to_float
+    from oasis_dcgan.imaging import to_unit
+    from oasis_dcgan.prep.reader import ShardReader
 
     report.postprocess(finished_run, log=lambda *a: None)
     rd = finished_run / "report"
     sel = json.loads((rd / "metric_batches.json").read_text())
     gen = np.load(finished_run / "samples" / "epoch_0003.npy")
     r = ShardReader(dataset32, sel["split"])
-    vals = [tf.image.ssim(gen, to_float(r.read(b))[..., None], max_val=2.0).numpy() for b in sel["batches"]]
+    vals = [tf.image.ssim(gen, to_unit(r.read(b))[..., None], max_val=2.0).numpy() for b in sel["batches"]]
     expected = float(np.max(vals))
     got = json.loads((rd / "metrics.json").read_text())["seed_max_ssim"]["final"]
     assert got == pytest.approx(expected, abs=1e-4)
@@ -83,7 +84,7 @@ def test_gif_frames_follow_epoch_order_past_ten(tmp_path):
         np.save(samples / f"epoch_{e:04d}.npy", np.full((16, 16, 16, 1), -1 + e / 6.5, np.float32))
     found = report.epoch_samples(tmp_path)
     assert [e for e, _ in found] == list(range(1, 13))
-    assert report.make_gif(found, tmp_path / "p.gif") == 12
+    assert figures.make_gif(found, tmp_path / "p.gif") == 12
     frames = iio.imread(tmp_path / "p.gif", index=None)
     assert len(frames) == 12
     centre = [f[f.shape[0] // 2 - 20:f.shape[0] // 2 + 20, f.shape[1] // 2 - 20:f.shape[1] // 2 + 20].mean()

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from oasis_dcgan import cluster, config, data
+from oasis_dcgan import config
+from oasis_dcgan.launch import executors, jobs, pipeline, status
+from oasis_dcgan.prep import manifest
 from oasis_dcgan.logs import read_stats
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -41,7 +43,7 @@ def wait_for_checkpoint(run: Path, timeout: float = 300, after_step: int = 0) ->
 
 
 def top_states(job_id: str) -> list[str]:
-    return [r["State"] for r in cluster.sacct([job_id]) if r["JobID"] == job_id]
+    return [r["State"] for r in status.sacct([job_id]) if r["JobID"] == job_id]
 
 
 def assert_continuous(run: Path) -> None:
@@ -59,9 +61,9 @@ def train_cfg(dataset, run):
 
 
 def submit_train(cfg):
-    ex = cluster.make_executor(cfg, Path(cfg.run_dir) / "slurm", "slurm", "train", "oasis-train")
-    job = ex.submit(cluster.TrainJob(cfg.to_dict()))
-    cluster._record(Path(cfg.run_dir), {"stage": "train", "job_id": job.job_id})
+    ex = executors.make_executor(cfg, Path(cfg.run_dir) / "slurm", "slurm", "train", "oasis-train")
+    job = ex.submit(jobs.TrainJob(cfg.to_dict()))
+    pipeline.record_job(Path(cfg.run_dir), {"stage": "train", "job_id": job.job_id})
     return job
 
 
@@ -76,7 +78,7 @@ def test_submitit_train_survives_scontrol_requeue(devcluster, dataset32, tmp_pat
     log = (run / "log.txt").read_text()
     assert "resumed from" in log and "signal SIGTERM" in log
     assert_continuous(run)
-    text = cluster.status(run)
+    text = status.status(run)
     assert "COMPLETED, requeued 1x" in text and "training     finished" in text
 
 
@@ -105,7 +107,7 @@ def test_sbatch_templates_end_to_end(devcluster, png_release, tmp_path):
     end = time.time() + 120
     while not (ds / "manifest.json").exists() and time.time() < end:
         time.sleep(1)
-    assert data.verify(ds) == [] and data.load_manifest(ds)["counts"]["train"] == 192
+    assert manifest.verify(ds) == [] and manifest.load_manifest(ds)["counts"]["train"] == 192
     # train: srun-launched ranks, preempted with USR2 mid-run, requeued by the script itself
     tr = sh("sbatch", "--parsable", f"--chdir={tmp_path}", str(REPO / "slurm/train.sbatch"), str(ds), str(run),
             "--epochs", str(EPOCHS), "--batch-size", "8", "--checkpoint-every-steps", "5",

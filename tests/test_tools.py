@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oasis_dcgan import cluster, collect, config, report
-from oasis_dcgan.collect import CollectError
+from oasis_dcgan import config
+from oasis_dcgan.launch import collect, pipeline, status
+from oasis_dcgan.launch.collect import CollectError
+from oasis_dcgan.post import report
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,14 +96,14 @@ def test_submit_refuses_bad_config_naming_the_key(tmp_path):
 
 
 def test_status_on_a_finished_run_without_accounting(done_run):
-    text = cluster.status(done_run)
+    text = status.status(done_run)
     assert "training     finished" in text and "report" in text and "seed metric" in text
     assert "checkpoint   ckpt-" in text
 
 
 def test_submit_reuses_a_verified_dataset_of_the_same_source(dataset32, png_release):
     base = [f'data.dataset="{dataset32}"', f'data.source="{png_release}"']
-    assert cluster._dataset_ready(config.load(None, base + ["data.resolution=32"]), dataset32)
-    assert not cluster._dataset_ready(config.load(None, base + ["data.resolution=64"]), dataset32)
+    assert pipeline.dataset_ready(config.load(None, base + ["data.resolution=32"]), dataset32)
+    assert not pipeline.dataset_ready(config.load(None, base + ["data.resolution=64"]), dataset32)
     other = config.load(None, [f'data.dataset="{dataset32}"', 'data.source="/elsewhere"', "data.resolution=32"])
-    assert not cluster._dataset_ready(other, dataset32)
+    assert not pipeline.dataset_ready(other, dataset32)

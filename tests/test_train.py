@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oasis_dcgan import config, train
+from oasis_dcgan import config
+from oasis_dcgan.training import trainer
 from oasis_dcgan.logs import read_stats
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +40,7 @@ def test_one_rank_run_directory_and_checkpoint_format(dataset32, tmp_path):
     import tensorflow as tf
 
     run = tmp_path / "run"
-    s = train.run(cfg_for(dataset32, run, "train.epochs=2"), log_to_stdout=False)
+    s = trainer.run(cfg_for(dataset32, run, "train.epochs=2"), log_to_stdout=False)
     assert s["global_step"] == 8
     for rel in ("options.json", "stats.jsonl", "generator.keras", "train_done.json", "samples/epoch_0001.npy",
                 "samples/epoch_0002.png", "tensorboard"):
@@ -62,9 +63,9 @@ def test_one_rank_run_directory_and_checkpoint_format(dataset32, tmp_path):
 
 def test_lr_scaling():
     c = config.load(None, ["train.lr_scaling=\"sqrt\""])
-    assert train.lr_for(c, 4) == pytest.approx(2e-4)
+    assert trainer.lr_for(c, 4) == pytest.approx(2e-4)
     c = config.load(None, ["train.lr_scaling=\"linear\""])
-    assert train.lr_for(c, 4) == pytest.approx(4e-4)
+    assert trainer.lr_for(c, 4) == pytest.approx(4e-4)
 
 
 def _run_until_killed(cmd, run_dir, kill_at_step, timeout=300):
@@ -108,7 +109,7 @@ def test_sigkill_then_resume_is_bit_identical(dataset32, tmp_path, ranks):
 
 def test_corrupt_newest_checkpoint_falls_back(dataset32, tmp_path):
     run = tmp_path / "run"
-    train.run(cfg_for(dataset32, run, "train.epochs=1", "train.checkpoint_every_steps=1",
+    trainer.run(cfg_for(dataset32, run, "train.epochs=1", "train.checkpoint_every_steps=1",
                       "train.keep_checkpoints=3"), log_to_stdout=False)
     ckpts = sorted((run / "checkpoints").iterdir())
     assert [p.name for p in ckpts] == ["ckpt-000000002", "ckpt-000000003", "ckpt-000000004"]
@@ -118,7 +119,7 @@ def test_corrupt_newest_checkpoint_falls_back(dataset32, tmp_path):
     half_written = run / "checkpoints" / ".ckpt-000000005.4242.tmp"  # a save killed half-way
     half_written.mkdir()
     (half_written / "ckpt.index").write_bytes(b"partial")
-    s = train.run(cfg_for(dataset32, run, "train.epochs=2", "train.checkpoint_every_steps=1",
+    s = trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.checkpoint_every_steps=1",
                           "train.keep_checkpoints=3"))
     log = (run / "log.txt").read_text()
     assert "skipping checkpoint" in log and "ckpt-000000004" in log and "sha256" in log
@@ -127,3 +128,33 @@ def test_corrupt_newest_checkpoint_falls_back(dataset32, tmp_path):
     epochs = [x["epoch"] for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"]
     assert epochs == [1, 2]
     assert not half_written.exists()
+
+
+def test_request_stop_checkpoints_and_a_rerun_finishes_identically(dataset32, tmp_path):
+    """The Trainer's stop request, as a signal handler makes it: save, stop at a step boundary, resume exactly."""
+    import threading
+
+    from oasis_dcgan.training.trainer import Trainer
+
+    extra = ("train.epochs=2", "train.deterministic=true", "train.seed=4", "train.checkpoint_every_steps=1")
+    ref = trainer.run(cfg_for(dataset32, tmp_path / "ref", *extra), log_to_stdout=False)
+    run = tmp_path / "run"
+    t = Trainer(cfg_for(dataset32, run, *extra), log_to_stdout=False)
+    previous = signal.signal(signal.SIGUSR1, lambda *_: t.request_stop("test stop"))
+
+    def send_when_training():  # after the third checkpoint, i.e. mid-run
+        while len(list((run / "checkpoints").glob("ckpt-*"))) < 3:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=send_when_training, daemon=True).start()
+    try:
+        stopped = t.run()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert stopped["stopped"] == "test stop" and 3 <= stopped["global_step"] < 8
+    assert not (run / "train_done.json").exists()
+    assert "(test stop)" in (run / "log.txt").read_text(), "the stop wrote a checkpoint"
+    done = trainer.run(cfg_for(dataset32, run, *extra), log_to_stdout=False)
+    assert f"global step {stopped['global_step']})" in (run / "log.txt").read_text()
+    assert done["weights_sha256"] == ref["weights_sha256"] and done["global_step"] == 8

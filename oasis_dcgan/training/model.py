@@ -1,10 +1,20 @@
-"""The seed's DCGAN, layer for layer (../shared/SEED-FACTS.md), at any of 32/64/128/256.
+"""The reference project's DCGAN, layer for layer, at 32, 64, 128 or 256 pixels.
 
+Generator: Dense to (res/8)^2 x 256 (no bias), BatchNorm, LeakyReLU, reshape, then three
+stride-2 3x3 transposed convolutions (128, 64, then 1 channel with tanh), the first two
+followed by BatchNorm and LeakyReLU. Discriminator: three stride-2 3x3 convolutions (64,
+128, 256) each with LeakyReLU and dropout (0.4, 0.2, 0.2), then one logit; no BatchNorm.
 Layer names are fixed so checkpoints and saved generators read the same across versions.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import numpy as np
 import tensorflow as tf
+
+from .. import fsutil
 
 L = tf.keras.layers
 
@@ -53,3 +63,23 @@ def discriminator_loss(real_logits, fake_logits):
 
 def generator_loss(fake_logits):
     return _bce(tf.ones_like(fake_logits), fake_logits)
+
+
+def save_model(model, dest: str | os.PathLike) -> None:
+    """Save atomically. Keras insists on a .keras suffix, so the temp name keeps it."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.tmp.keras")
+    model.save(str(tmp))
+    fsutil.publish(tmp, dest)
+
+
+def load_generator(path: str | os.PathLike) -> tf.keras.Model:
+    return tf.keras.models.load_model(str(path), compile=False)
+
+
+def generate(generator, n: int, seed: int, chunk: int = 64) -> np.ndarray:
+    """n images [N, H, W] in (-1, 1) from seeded standard-normal noise (the same seed, the same images)."""
+    noise = np.random.default_rng(seed).normal(size=(n, generator.input_shape[-1])).astype(np.float32)
+    out = [generator(noise[s:s + chunk], training=False).numpy() for s in range(0, n, chunk)]
+    return np.concatenate(out)[..., 0]

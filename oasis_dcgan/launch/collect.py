@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import fsutil
+from .. import fsutil
 
 
 class CollectError(RuntimeError):

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import fsutil
+from .. import fsutil
 
 PREFIX = "ckpt"
 
@@ -39,6 +39,8 @@ def variable_groups(generator, discriminator, g_opt, d_opt, state: dict) -> dict
 
 
 class CheckpointManager:
+    """Save, list, verify and restore the run's checkpoints; keeps the newest `keep`."""
+
     def __init__(self, directory: str | os.PathLike, groups: dict, keep: int = 3, log=print):
         import tensorflow as tf
 
@@ -63,15 +65,13 @@ class CheckpointManager:
         files = {}
         for f in sorted(tmp.iterdir()):
             files[f.name] = fsutil.sha256_file(f)
-            fd = os.open(f, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+            fsutil.fsync_path(f)
         fsutil.write_json(tmp / "meta.json", {**meta, "global_step": global_step, "files": files,
                                               "saved_at": time.time()})
         if final.exists():  # same step saved twice (e.g. signal right after an epoch-end save)
             shutil.rmtree(final)
         os.rename(tmp, final)
-        fsutil.fsync_dir(self.dir)
+        fsutil.fsync_path(self.dir)
         for old in self.list()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final

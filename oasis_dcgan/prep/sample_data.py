@@ -1,4 +1,4 @@
-"""Sample brain data made offline, in the layouts OASIS users hold (../shared/SEED-FACTS.md).
+"""Sample brain data made offline, in the layouts OASIS users hold (see prep/layouts.py).
 
 The real OASIS data cannot be downloaded here. nilearn's wheel ships the MNI ICBM152 T1
 template, a real averaged brain; random smooth deformations, small affine changes and
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import to_square, volume_slices
+from .pixels import round_to_uint8, to_square, volume_slices
 
 OASIS_T88_SHAPE = (176, 208, 176)
 
@@ -102,7 +102,7 @@ def write_png_release(out: str | Path, cases=(24, 4, 4), slices: int = 32, resol
         for case in _case_numbers(rng, starts[split], count):
             vol = make_subject(template, rng, slab)
             for k, (_, img) in enumerate(volume_slices(vol, slices=slices)):
-                px = np.clip(np.rint(to_square(np.clip(img, 0, 255), resolution)), 0, 255).astype(np.uint8)
+                px = round_to_uint8(to_square(np.clip(img, 0, 255), resolution))
                 iio.imwrite(img_dir / f"case_{case:03d}_slice_{k}.nii.png", px)
                 iio.imwrite(seg_dir / f"seg_{case:03d}_slice_{k}.nii.png", _segment(px))
         log(f"[sample-data] {split}: {count} cases x {slices} slices -> {img_dir}")

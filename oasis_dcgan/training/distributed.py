@@ -1,20 +1,20 @@
-"""Horovod ranks without horovodrun: the job environment becomes a gloo rendezvous.
+"""Horovod ranks without horovodrun: a World from the launch layer becomes a gloo rendezvous.
 
-This is the only module that imports Horovod. Every rank derives its numbers from
-`submitit.JobEnvironment` (SLURM_* under Slurm, SUBMITIT_LOCAL_* under the local executor),
-rank 0 runs Horovod's rendezvous server and publishes `addr:port` in a shared directory,
-the others wait for that file, and all of them call `hvd.init()` with the gloo controller.
-With no job around (a plain `python -m jobs.train`), it is a world of one.
+This is the only module that imports Horovod. The launch layer reads the job environment
+and hands over a `World` (rank, size, local rank, nodes, hostnames, rendezvous directory).
+Rank 0 runs Horovod's rendezvous server and publishes `addr:port` in the rendezvous
+directory; the others wait for that file; all of them call `hvd.init()` with the gloo
+controller. A world of one is a plain `hvd.init()`.
 """
 from __future__ import annotations
 
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import fsutil
+from .. import fsutil
 
 
 class RendezvousError(RuntimeError):
@@ -23,6 +23,7 @@ class RendezvousError(RuntimeError):
 
 @dataclass(frozen=True)
 class World:
+    """This process's place in the job, as the launch layer read it from the scheduler."""
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -31,7 +32,8 @@ class World:
     num_nodes: int = 1
     hostnames: tuple = ("localhost",)
     job_id: str = "local"
-    attempt: int = 0  # Slurm's restart count: a requeued job gets a fresh rendezvous
+    attempt: int = 0            # how often the scheduler restarted the job: each gets a fresh rendezvous
+    rendezvous_dir: str = ""    # shared by all nodes; rank 0 publishes its address here
 
     @property
     def hostname(self) -> str:
@@ -40,37 +42,6 @@ class World:
     @property
     def is_chief(self) -> bool:
         return self.rank == 0
-
-
-def job_world() -> World:
-    """Read this process's place in the job, through submitit's view of the scheduler."""
-    env = os.environ
-    if "SUBMITIT_EXECUTOR" in env:
-        import submitit
-
-        je = submitit.JobEnvironment()
-    elif "SLURM_PROCID" in env and "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env:
-        # Started by plain `srun python -m jobs.train` (slurm/train.sbatch): the same variables
-        # submitit reads under Slurm, so its Slurm environment parses them (node lists included).
-        from submitit.slurm.slurm import SlurmJobEnvironment
-
-        je = SlurmJobEnvironment()
-    else:
-        return World()
-    size, nodes = je.num_tasks, je.num_nodes
-    if size % nodes:
-        raise RendezvousError(f"{size} tasks do not spread evenly over {nodes} nodes; "
-                              "use --ntasks-per-node so every node runs the same number of ranks")
-    local_size = size // nodes
-    hostnames = tuple(je.hostnames) if nodes > 1 else (je.hostname,)
-    if len(hostnames) != nodes:
-        raise RendezvousError(f"job has {nodes} nodes but the node list names {len(hostnames)}: {hostnames}")
-    if je.global_rank != je.node * local_size + je.local_rank:
-        raise RendezvousError(f"rank {je.global_rank} on node {je.node} (local {je.local_rank}) is not in block "
-                              "order; submit with the default (block) task distribution")
-    return World(rank=je.global_rank, size=size, local_rank=je.local_rank, local_size=local_size,
-                  node=je.node, num_nodes=nodes, hostnames=hostnames, job_id=str(je.job_id),
-                  attempt=int(env.get("SLURM_RESTART_COUNT", "0") or 0))
 
 
 def horovod_env(world: World, addr: str, port: int, iface: str, timeout_s: int) -> dict:
@@ -94,6 +65,7 @@ def horovod_env(world: World, addr: str, port: int, iface: str, timeout_s: int) 
 
 
 def rendezvous_file(directory: str | os.PathLike, world: World) -> Path:
+    """Where rank 0 publishes its address: one file per job and attempt."""
     return Path(directory) / f"rendezvous-{world.job_id}-{world.attempt}.json"
 
 
@@ -129,53 +101,64 @@ def _start_server(world: World):
     return server, port
 
 
-_server = None  # keeps rank 0's rendezvous server alive for the process's lifetime
+def _publish(world: World, path: Path, addr: str):
+    """Rank 0: start the rendezvous server and write its address where the others look."""
+    for stale in path.parent.glob("rendezvous-*.json"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    server, port = _start_server(world)
+    fsutil.write_json(path, {"addr": addr, "port": port, "job_id": world.job_id, "attempt": world.attempt,
+                             "size": world.size, "hosts": list(world.hostnames), "time": time.time()})
+    return server, port
 
 
-def init(rendezvous_dir: str | os.PathLike, timeout_s: float = 300.0, world: World | None = None):
-    """Join (or, on rank 0, create) the job's Horovod world. Returns the `horovod.tensorflow` module."""
-    global _server
+def _wait_for_address(world: World, path: Path, timeout_s: float) -> tuple[str, int]:
+    """Any other rank: wait for rank 0's file, and check it was written for a world of this size."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RendezvousError(f"rank {world.rank}: rank 0 did not publish {path} within {timeout_s:.0f} s. "
+                                  "Is rank 0 running, and is that directory on storage all nodes share?")
+        time.sleep(0.2)
+    info = fsutil.read_json(path)
+    if info.get("size") != world.size:
+        raise RendezvousError(f"{path}: written for {info.get('size')} ranks, this job has {world.size}")
+    return info["addr"], int(info["port"])
+
+
+def init(world: World, timeout_s: float = 300.0):
+    """Join (or, on rank 0, create) the job's Horovod world.
+
+    Returns (the `horovod.tensorflow` module, rank 0's rendezvous server or None); the caller
+    keeps the server referenced for as long as the ranks may need it.
+    """
     import horovod.tensorflow as hvd
 
-    world = world or job_world()
     if world.size == 1:
         hvd.init()
-        return hvd
-    Path(rendezvous_dir).mkdir(parents=True, exist_ok=True)
-    path = rendezvous_file(rendezvous_dir, world)
+        return hvd, None
+    if not world.rendezvous_dir:
+        raise RendezvousError(f"a world of {world.size} ranks needs a rendezvous directory on shared storage")
+    path = rendezvous_file(world.rendezvous_dir, world)
+    path.parent.mkdir(parents=True, exist_ok=True)
     iface, my_addr = _iface_and_addr(world)
+    server = None
     if world.is_chief:
-        for stale in Path(rendezvous_dir).glob("rendezvous-*.json"):
-            if stale != path:
-                stale.unlink(missing_ok=True)
-        _server, port = _start_server(world)
-        fsutil.write_json(path, {"addr": my_addr, "port": port, "job_id": world.job_id, "attempt": world.attempt,
-                                 "size": world.size, "hosts": list(world.hostnames), "time": time.time()})
+        server, port = _publish(world, path, my_addr)
         addr = my_addr
     else:
-        deadline = time.monotonic() + timeout_s
-        while not path.exists():
-            if time.monotonic() > deadline:
-                raise RendezvousError(f"rank {world.rank}: rank 0 did not publish {path} within {timeout_s:.0f} s. "
-                                      "Is rank 0 running, and is that directory on storage all nodes share?")
-            time.sleep(0.2)
-        info = fsutil.read_json(path)
-        if info.get("size") != world.size:
-            raise RendezvousError(f"{path}: written for {info.get('size')} ranks, this job has {world.size}")
-        addr, port = info["addr"], int(info["port"])
+        addr, port = _wait_for_address(world, path, timeout_s)
     os.environ.update(horovod_env(world, addr, port, iface, int(timeout_s)))
     hvd.init()
     if hvd.size() != world.size or hvd.rank() != world.rank:
         raise RendezvousError(f"Horovod reports rank {hvd.rank()}/{hvd.size()}, the job says "
                               f"{world.rank}/{world.size}")
-    return hvd
+    return hvd, server
 
 
-def describe(world: World) -> dict:
-    return asdict(world)
-
-
-# --- collectives used by training (Keras 3 safe: see ../shared/STACK.md) ---------------------
+# --- collectives used by training --------------------------------------------------------------
+# With Keras 3 variables, hvd.DistributedGradientTape and hvd.broadcast_variables fail; a
+# grouped allreduce of plain tensors and one named broadcast per variable work.
 
 def allreduce_mean(hvd, tensors, fp16: bool = False):
     """Average a list of tensors across ranks in one grouped call (one fused allreduce)."""
@@ -199,8 +182,3 @@ def broadcast_variables(hvd, variables, prefix: str) -> None:
     for i, v in enumerate(variables):
         v.assign(hvd.broadcast(tf.convert_to_tensor(v), root_rank=0, name=f"{prefix}.{i}"))
 
-
-def allgather_object(hvd, obj):
-    if hvd.size() == 1:
-        return [obj]
-    return hvd.allgather_object(obj)

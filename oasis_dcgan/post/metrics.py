@@ -1,18 +1,19 @@
-"""Image-quality metrics: the seed's max-SSIM, and the numbers that say more than it does.
+"""Image-quality metrics: the reference's max-SSIM, and the numbers that say more than it does.
 
 SSIM here is tf.image.ssim's definition (11-tap Gaussian, sigma 1.5, k1 0.01, k2 0.03,
 valid filtering, no sample-covariance correction), computed differently:
   - the 11x11 Gaussian is applied as an 11x1 then a 1x11 pass (22 taps, not 121),
     written as shifted adds that XLA fuses into one vectorised loop;
-  - in the seed metric the generated batch is the same for all 50 real batches, so its
+  - in the reference metric the generated batch is the same for all 50 real batches, so its
     local means and variances are filtered once; each pair then needs only E[xy].
 """
 from __future__ import annotations
 
 import functools
 
-
 import numpy as np
+
+from ..imaging import squeeze_channel, to_unit
 
 FILTER_SIZE, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -99,8 +100,7 @@ def _check_pair(x: np.ndarray, y: np.ndarray, max_val: float) -> None:
 
 
 def _squeeze(a) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float32)
-    return a[..., 0] if a.ndim == 4 and a.shape[-1] == 1 else a
+    return squeeze_channel(np.asarray(a, dtype=np.float32))
 
 
 def ssim(x, y, max_val: float = 2.0, chunk: int = 64) -> np.ndarray:
@@ -115,8 +115,8 @@ def ssim(x, y, max_val: float = 2.0, chunk: int = 64) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def seed_max_ssim(generated, real_batches, max_val: float = 2.0) -> dict:
-    """The seed's metric: generated[k] vs real_batches[b][k] for all b, k; the max of them all.
+def max_ssim_over_batches(generated, real_batches, max_val: float = 2.0) -> dict:
+    """The reference's metric: generated[k] vs real_batches[b][k] for all b, k; the max of them all.
 
     generated: [16, H, W]; real_batches: [B, 16, H, W]. Returns max, argmax and all values.
     """
@@ -175,8 +175,6 @@ def nearest_neighbours(generated, reader, max_val: float = 2.0, candidates: int 
     """
     from skimage.transform import resize_local_mean
 
-    from .reader import to_float
-
     g = _squeeze(generated)
     n_real = len(reader)
     res = g.shape[1]
@@ -193,7 +191,7 @@ def nearest_neighbours(generated, reader, max_val: float = 2.0, candidates: int 
     g2 = (gs * gs).sum(1)[:, None]
     for s in range(0, n_real, block):
         idx = np.arange(s, min(s + block, n_real))
-        rs = small(to_float(reader.read(idx))).astype(np.float32)
+        rs = small(to_unit(reader.read(idx))).astype(np.float32)
         d = g2 - 2.0 * gs @ rs.T + (rs * rs).sum(1)[None, :]
         cat_d = np.concatenate([best_d, d], 1)
         cat_i = np.concatenate([best_i, np.broadcast_to(idx, d.shape)], 1)
@@ -202,7 +200,7 @@ def nearest_neighbours(generated, reader, max_val: float = 2.0, candidates: int 
         best_i = np.take_along_axis(cat_i, top, 1)
     flat = best_i.reshape(-1)
     uniq, inv = np.unique(flat, return_inverse=True)
-    reals = to_float(reader.read(uniq))[inv]
+    reals = to_unit(reader.read(uniq))[inv]
     vals = ssim(np.repeat(g, k, axis=0), reals, max_val).reshape(len(g), k)
     j = np.argmax(vals, axis=1)
     nn_ssim = vals[np.arange(len(g)), j]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, load_manifest
+from ..imaging import to_unit, to_unit_tf
+from .manifest import DataError, load_manifest
 
 
 class ShardReader:
@@ -46,7 +47,7 @@ class ShardReader:
         return h["images"]
 
     def _map(self, i: int):
-        """The shard's images as a read-only memory map, when they lie in one block (see data.py)."""
+        """The shard's images as a read-only memory map, when they lie in one block (see manifest.py)."""
         if self.block[i] is None:
             return None
         m = self._maps.get(i)
@@ -100,19 +101,14 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
-    """Full global batches only, as the seed's 9664 / 16 = 604 (no short last batch)."""
+    """Full global batches only, as the reference's 9664 / 16 = 604 (no short last batch)."""
     return n // (batch_size * world_size)
 
 
-def rank_indices(n: int, seed: int, epoch: int, step: int, batch_size: int, rank: int, world_size: int):
-    perm = epoch_permutation(n, seed, epoch)
+def rank_batch(perm: np.ndarray, step: int, batch_size: int, rank: int, world_size: int) -> np.ndarray:
+    """The indices rank `rank` trains on at `step`: its slice of that step's global batch."""
     start = step * batch_size * world_size + rank * batch_size
     return perm[start:start + batch_size]
-
-
-def to_float(images_uint8):
-    """uint8 -> float32 in (-1, 1) exactly as the seed: (x - 127.5) / 127.5."""
-    return (np.asarray(images_uint8, dtype=np.float32) - 127.5) / 127.5
 
 
 def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
@@ -137,38 +133,34 @@ def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0
         steps = min(steps, max_steps)
     perm = epoch_permutation(n, seed, epoch)
     res = reader.resolution
-    stride = batch_size * world_size
 
     def blocks():
         for s0 in range(start_step, steps, block):
             s1 = min(s0 + block, steps)
-            idx = np.concatenate([perm[s * stride + rank * batch_size:s * stride + (rank + 1) * batch_size]
-                                  for s in range(s0, s1)])
+            idx = np.concatenate([rank_batch(perm, s, batch_size, rank, world_size) for s in range(s0, s1)])
             yield reader.read(idx).reshape(s1 - s0, batch_size, res, res, 1)
 
     ds = tf.data.Dataset.from_generator(
         blocks, output_signature=tf.TensorSpec((None, batch_size, res, res, 1), tf.uint8))
     ds = ds.flat_map(tf.data.Dataset.from_tensor_slices)
     if scaled:
-        ds = ds.map(scale_tf, num_parallel_calls=1, deterministic=True)
+        ds = ds.map(to_unit_tf, num_parallel_calls=1, deterministic=True)
     return ds.prefetch(prefetch), steps
 
 
-def scale_tf(x):
-    """uint8 -> float32 in (-1, 1) as the seed does, inside a TensorFlow graph."""
-    import tensorflow as tf
-
-    return (tf.cast(x, tf.float32) - 127.5) / 127.5
+def read_batches(dataset, split: str, batches) -> np.ndarray:
+    """Images of the given index batches as float32 (-1, 1) [B, batch, H, W]; each image read once."""
+    reader = ShardReader(dataset, split)
+    flat = np.asarray(batches, dtype=np.int64).reshape(-1)
+    uniq, inv = np.unique(flat, return_inverse=True)
+    imgs = to_unit(reader.read(uniq))[inv]
+    reader.close()
+    return imgs.reshape(len(batches), len(batches[0]), reader.resolution, reader.resolution)
 
 
 def sample_batches(dataset, n_batches: int, batch_size: int, seed: int, split: str = "train"):
-    """Indices and float images of `n_batches` random batches, reading only those images."""
-    reader = ShardReader(dataset, split)
+    """Indices and float images of `n_batches` seeded random batches, reading only those images."""
+    n = len(ShardReader(dataset, split))
     rng = np.random.default_rng(seed)
-    n = len(reader)
-    batches = [rng.choice(n, size=batch_size, replace=n < batch_size) for _ in range(n_batches)]
-    flat = np.concatenate(batches)
-    uniq, inv = np.unique(flat, return_inverse=True)
-    imgs = to_float(reader.read(uniq))[inv].reshape(n_batches, batch_size, reader.resolution, reader.resolution)
-    reader.close()
-    return [b.tolist() for b in batches], imgs
+    batches = [rng.choice(n, size=batch_size, replace=n < batch_size).tolist() for _ in range(n_batches)]
+    return batches, read_batches(dataset, split, batches)

@@ -1,0 +1,91 @@
+"""submitit executors sized for each job: Slurm when a controller answers, local otherwise."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from ..config import Config
+
+
+def slurm_available() -> bool:
+    """sbatch is installed and a controller answers (installed-but-down counts as no Slurm)."""
+    if not shutil.which("sbatch") or not shutil.which("scontrol"):
+        return False
+    try:
+        r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0 and "UP" in r.stdout
+
+
+def resolve_executor(kind: str) -> str:
+    if kind == "auto":
+        return "slurm" if slurm_available() else "local"
+    return kind
+
+
+def _resources(cfg: Config, role: str) -> tuple[int, int, int, int]:
+    """(nodes, tasks per node, GPUs per node, CPUs per task) for a role."""
+    c = cfg.cluster
+    if role == "train":
+        return c.nodes, c.tasks_per_node, c.gpus_per_node, c.cpus_per_task
+    if role == "postprocess":
+        return 1, 1, 0, c.postprocess_cpus
+    return 1, 1, 0, 1
+
+
+def _slurm_parameters(cfg: Config, dependency: str | None, array: int) -> dict:
+    c = cfg.cluster
+    extra = {}
+    if dependency:
+        extra["dependency"] = dependency
+        extra["kill-on-invalid-dep"] = "yes"
+    if c.account:
+        extra["account"] = c.account
+    if c.qos:
+        extra["qos"] = c.qos
+    params = dict(slurm_signal_delay_s=c.signal_delay_s, slurm_additional_parameters=extra)
+    if c.partition:
+        params["slurm_partition"] = c.partition
+    if c.setup:
+        params["slurm_setup"] = list(c.setup)
+    if array:
+        params["slurm_array_parallelism"] = array
+    return params
+
+
+def make_executor(cfg: Config, folder: str | os.PathLike, kind: str, role: str, name: str,
+                  dependency: str | None = None, array: int = 0):
+    """A submitit executor for a role: train (the ranks), postprocess (its CPUs), any other (1 CPU)."""
+    import submitit
+
+    kind = resolve_executor(kind)
+    if kind == "slurm":
+        # How many time-outs submitit requeues before giving up (preemptions do not count).
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=cfg.cluster.max_requeues)
+    else:
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="local")
+    nodes, tasks, gpus, cpus = _resources(cfg, role)
+    if kind == "local" and nodes > 1:
+        raise ValueError(f"cluster.nodes = {nodes}: the local executor runs on one machine; use 1 node "
+                         "or run on Slurm")
+    params = dict(name=name, timeout_min=cfg.cluster.timeout_min, nodes=nodes, tasks_per_node=tasks,
+                  cpus_per_task=cpus)
+    if gpus:
+        params["gpus_per_node"] = gpus
+    if cfg.cluster.mem_gb:
+        params["mem_gb"] = cfg.cluster.mem_gb
+    if kind == "slurm":
+        params.update(_slurm_parameters(cfg, dependency, array))
+    ex.update_parameters(**params)
+    return ex
+
+
+def sbatch_text(ex) -> str:
+    """The sbatch script submitit would submit with this executor (for --dry-run)."""
+    inner = getattr(ex, "_executor", ex)
+    make = getattr(inner, "_make_submission_file_text", None)
+    if make is None:
+        return "(the local executor submits no sbatch script)"
+    return make(inner._submitit_command_str, "DRYRUN")

@@ -1,0 +1,102 @@
+"""`oasis-dcgan status`: where a run stands, from Slurm accounting and the run directory itself."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from .. import fsutil
+from ..logs import format_seconds, read_stats
+from .pipeline import JOBS_FILE
+
+SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "Elapsed", "Start", "End", "NodeList", "Reason")
+
+
+def sacct(job_ids: list[str]) -> list[dict]:
+    """Job and step rows from Slurm accounting; -D keeps the runs a requeue replaced."""
+    if not job_ids or not shutil.which("sacct"):
+        return []
+    cmd = ["sacct", "-D", "--parsable2", "--noheader", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(job_ids)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = []
+    for line in res.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == len(SACCT_FIELDS):
+            rows.append(dict(zip(SACCT_FIELDS, parts)))
+    return rows
+
+
+def job_states(run_dir: str | os.PathLike) -> list[dict]:
+    """Each recorded job's final state: its last accounting row, with how often it was requeued."""
+    path = Path(run_dir) / JOBS_FILE
+    if not path.is_file():
+        return []
+    jobs = fsutil.read_json(path)["jobs"]
+    rows = sacct([str(j["job_id"]) for j in jobs])
+    out = []
+    for j in jobs:
+        jid = str(j["job_id"])
+        mine = [r for r in rows if r["JobID"] == jid or r["JobID"].startswith(jid + "_")]
+        top = [r for r in mine if "." not in r["JobID"]]
+        states = [r["State"] for r in top]
+        out.append({**j, "states": states, "state": states[-1] if states else "UNKNOWN",
+                    "requeues": sum(1 for s in states if s.startswith(("REQUEUED", "PREEMPTED", "NODE_FAIL"))),
+                    "rows": mine})
+    return out
+
+
+def status(run_dir: str | os.PathLike) -> str:
+    """A human summary of where a run stands: jobs, progress, ETA, losses, metrics, checkpoint."""
+    run_dir = Path(run_dir)
+    lines = [f"run {run_dir}"]
+    for j in job_states(run_dir):
+        extra = f", requeued {j['requeues']}x" if j["requeues"] else ""
+        lines.append(f"  {j['stage']:<12} job {j['job_id']:<10} {j['state']}{extra}")
+        if j["state"].startswith(("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")):
+            lines.append(f"    reason: {_failure_reason(run_dir, j)}")
+    opts = run_dir / "options.json"
+    stats = read_stats(run_dir / "stats.jsonl")
+    if opts.is_file():
+        o = fsutil.read_json(opts)
+        total = o["steps_per_epoch"] * o["config"]["train"]["epochs"]
+        progress = [r for r in stats if r.get("kind") in ("tick", "epoch")]
+        last = progress[-1] if progress else None
+        if last:
+            eta = last.get("eta_s")
+            lines.append(f"  progress     epoch {last.get('epoch')}/{o['config']['train']['epochs']}, step "
+                         f"{last.get('global_step')}/{total}, {last.get('images_per_s', 0):.1f} img/s"
+                         + (f", ETA {format_seconds(eta)}" if eta else ""))
+        ep = [r for r in stats if r.get("kind") == "epoch"]
+        if ep:
+            lines.append(f"  losses       g {ep[-1]['g_loss']:.4f}  d {ep[-1]['d_loss']:.4f} (epoch {ep[-1]['epoch']})")
+    mpath = run_dir / "report" / "metrics.json"
+    if mpath.is_file():
+        m = fsutil.read_json(mpath)
+        lines.append(f"  seed metric  max SSIM {m['seed_max_ssim']['final']:.4f} (epoch {m['epochs_done']})")
+    ck = sorted((run_dir / "checkpoints").glob("ckpt-*")) if (run_dir / "checkpoints").is_dir() else []
+    if ck:
+        lines.append(f"  checkpoint   {ck[-1].name} ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ck[-1].stat().st_mtime))})")
+    if (run_dir / "train_done.json").is_file():
+        lines.append("  training     finished")
+    if (run_dir / "report" / "report.html").is_file():
+        lines.append(f"  report       {run_dir / 'report' / 'report.html'}")
+    return "\n".join(lines)
+
+
+def _failure_reason(run_dir: Path, job: dict) -> str:
+    for r in job.get("rows", []):
+        if r.get("Reason") and r["Reason"] not in ("None", ""):
+            return f"{r['State']} ({r['Reason']}), exit {r['ExitCode']}"
+    # submitit keeps each job's stderr in the run's slurm/ folder: its last line is the error.
+    for f in sorted((run_dir / "slurm").glob(f"{job['job_id']}*_log.err")):
+        tail = [x for x in f.read_text(errors="replace").splitlines() if x.strip()]
+        if tail:
+            return tail[-1][:300]
+    return "see sacct -j " + str(job["job_id"])
+
+

@@ -1,0 +1,1 @@
+"""The postprocess job: metrics, figures, the progress GIF and the report."""

@@ -1,0 +1,279 @@
+"""The postprocess job: the reference metric per epoch, the checks beside it, figures, GIF, report.
+
+Works on a finished run or a running one (it reports the epochs done so far). Results are
+cached in RUN_DIR/report/: the real batches the metric draws (metric_batches.json) and the
+per-epoch values (metrics.jsonl), so running it again only computes what is new.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import config as config_mod
+from .. import fsutil
+from ..config import Config
+from ..imaging import to_unit
+from ..logs import read_stats
+from ..prep.manifest import load_manifest, manifest_hash
+from ..prep.reader import ShardReader, read_batches, sample_batches
+from . import figures, metrics, samples as generated_samples
+from .document import Bold, Code, Document
+
+NOTABLE_EPOCHS = (1, 2, 3, 10, 25, 50)  # the reference's table of epochs, for a 50-epoch run
+EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
+
+
+def epoch_samples(run_dir: Path) -> list[tuple[int, Path]]:
+    """(epoch, file) for every finished epoch's fixed-noise batch, in epoch order (not string order)."""
+    d = run_dir / "samples"
+    found = [(int(m.group(1)), p) for p in d.glob("epoch_*.npy") if (m := EPOCH_FILE.match(p.name))] \
+        if d.is_dir() else []
+    return sorted(found)
+
+
+def notable_epochs(n_epochs: int) -> list[int]:
+    """The reference's table (1, 2, 3, 10, 25, 50) scaled to a run of n_epochs."""
+    if n_epochs >= 50:
+        picks = [e if e <= 3 else round(e * n_epochs / 50) for e in NOTABLE_EPOCHS]
+    else:
+        picks = [min(e, n_epochs) if e <= 3 else max(1, round(e * n_epochs / 50)) for e in NOTABLE_EPOCHS]
+    return sorted(set(max(1, min(n_epochs, p)) for p in picks))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def metric_batches(report_dir: Path, dataset: str, cfg: Config) -> dict:
+    """The seeded selection of real batches; cached so every epoch and every rerun uses the same."""
+    path = report_dir / "metric_batches.json"
+    want = {"split": cfg.metrics.split, "seed": cfg.metrics.seed, "batch_size": cfg.metrics.batch_size,
+            "n_batches": cfg.metrics.batches, "dataset_manifest_sha256": manifest_hash(dataset)}
+    if path.is_file():
+        cached = fsutil.read_json(path)
+        if all(cached.get(k) == v for k, v in want.items()):
+            return cached
+    n = len(ShardReader(dataset, cfg.metrics.split))
+    rng = np.random.default_rng(cfg.metrics.seed)
+    batches = [sorted(rng.choice(n, size=cfg.metrics.batch_size, replace=n < cfg.metrics.batch_size).tolist())
+               for _ in range(cfg.metrics.batches)]
+    out = {**want, "batches": batches}
+    fsutil.write_json(path, out)
+    return out
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
+
+
+def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config, log=print) -> list[dict]:
+    """The reference max-SSIM for every finished epoch; reuses values already in metrics.jsonl."""
+    sel = metric_batches(report_dir, dataset, cfg)
+    key = _digest(sel["batches"])
+    path = report_dir / "metrics.jsonl"
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if r.get("batches_sha") == key:
+                done[r["epoch"]] = r
+    todo = [(e, p) for e, p in epoch_samples(run_dir) if e not in done]
+    if todo:
+        real = read_batches(dataset, sel["split"], sel["batches"])
+        t0 = time.perf_counter()
+        for e, p in todo:
+            m = metrics.max_ssim_over_batches(figures.load_batch(p), real, max_val=2.0)
+            done[e] = {"epoch": e, "seed_max_ssim": m["max"], "best_batch": m["batch"],
+                       "best_position": m["position"], "mean_ssim": float(np.mean(m["values"])),
+                       "batches_sha": key}
+        log(f"[postprocess] seed metric for {len(todo)} epoch(s) in {time.perf_counter() - t0:.2f} s")
+    rows = [done[e] for e in sorted(done)]
+    fsutil.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def checks_beyond_reference(run_dir: Path, last_batch: tuple[int, Path], reader: ShardReader, dataset: str,
+                            cfg: Config, log=print) -> tuple[dict, np.ndarray, dict]:
+    """Memorisation, collapse, and FID/KID when an extractor is at hand: (results, images, nn)."""
+    m = cfg.metrics
+    gen = generated_samples.generate(run_dir, m.nn_samples, m.seed + 1)
+    source = "generator.keras"
+    if gen is None:
+        gen = figures.load_batch(last_batch[1])
+        source = f"fixed-noise batch of epoch {last_batch[0]} (no final generator yet)"
+    t0 = time.perf_counter()
+    nn = metrics.nearest_neighbours(gen, reader)
+    log(f"[postprocess] nearest neighbours of {len(gen)} images among {len(reader)} in "
+        f"{time.perf_counter() - t0:.1f} s")
+    k = min(m.diversity_samples, len(gen))
+    _, real_div = sample_batches(dataset, 1, k, m.seed + 2, m.split)
+    diversity = {"generated": metrics.pairwise_diversity(gen[:k]) if k >= 2 else None,
+                 "real": metrics.pairwise_diversity(real_div[0]) if k >= 2 else None, "n": k}
+    if m.fid_weights:
+        _, real_fid = sample_batches(dataset, 1, len(gen), m.seed + 3, m.split)
+        fid = metrics.fid_kid(m.fid_weights, gen, real_fid[0])
+    else:
+        fid = {"fid": None, "kid": None, "note": "not computed: no feature-extractor weights were given "
+               "(set metrics.fid_weights to a local .keras file). Nothing is ever downloaded."}
+    results = {"nn_ssim": {**metrics.summary(nn["ssim"]), "n": len(gen), "source": source,
+                           "candidates_per_image": nn["candidates"], "exact": bool(nn["exact"]),
+                           "nearest_index": nn["index"].tolist()},
+               "ms_ssim_diversity": diversity, "fid": fid}
+    return results, gen, nn
+
+
+def summarise(rows: list[dict], checks: dict, cfg: Config, epochs_done: int, run_complete: bool) -> dict:
+    """metrics.json: the reference metric over epochs, and the checks beside it."""
+    per_epoch = [r["seed_max_ssim"] for r in rows]
+    return {
+        "seed_max_ssim": {"per_epoch": per_epoch, "epochs": [r["epoch"] for r in rows],
+                          "final": per_epoch[-1], "best": max(per_epoch),
+                          "definition": "max over 50x16 position-paired tf.image.ssim values, max_val=2",
+                          "batches": cfg.metrics.batches, "batch_size": cfg.metrics.batch_size,
+                          "split": cfg.metrics.split, "seed_reported": figures.REFERENCE_SSIM},
+        **checks,
+        "epochs_done": epochs_done,
+        "run_complete": run_complete,
+    }
+
+
+# ----------------------------------------------------------------------------- figures
+
+def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], samples: list, real_batch: np.ndarray,
+                   gen: np.ndarray, nn: dict, reader: ShardReader) -> list[tuple[str, str]]:
+    """Every figure of the report; returns (title, file name) in report order."""
+    out = []
+    if any(r.get("kind") == "epoch" for r in stats):
+        figures.plot_losses(stats, report_dir / "loss.png")
+        out.append(("Loss per epoch", "loss.png"))
+    figures.plot_ssim(rows, report_dir / "ssim.png")
+    out.append(("SSIM per epoch", "ssim.png"))
+    figures.make_gif(samples, report_dir / "progress.gif")
+    out.append(("Progress over epochs", "progress.gif"))
+    by_epoch, last = dict(samples), samples[-1][0]
+    figures.plot_notable(by_epoch, [e for e in notable_epochs(last) if e in by_epoch],
+                         report_dir / "notable_epochs.png")
+    out.append(("Notable epochs", "notable_epochs.png"))
+    figures.plot_side_by_side(figures.load_batch(samples[-1][1]), real_batch, last, report_dir / "last_vs_real.png")
+    out.append((f"Epoch {last} beside a real batch", "last_vs_real.png"))
+    nearest = to_unit(reader.read(nn["index"][:8]))
+    figures.plot_nn_pairs(gen[:8], nearest, nn["ssim"][:8], report_dir / "nn_pairs.png")
+    out.append(("Generated images and their nearest training images", "nn_pairs.png"))
+    return out
+
+
+# ----------------------------------------------------------------------------- the report
+
+METRIC_MEANING = (
+    "For each of 50 random batches of 16 real training images, generated image k is compared with real image k "
+    "(tf.image.ssim defaults, max_val=2 on (-1, 1) data), and the largest of the 800 values is reported. It says "
+    "that at least one generated slice resembles at least one real slice in local structure. It does not measure "
+    "diversity (a generator that collapses to one good slice scores well), nor novelty (a generator that memorises "
+    "training slices scores best), and its value depends on max_val, the pairing and the reference split, so "
+    "published figures measured differently are not comparable. The nearest-neighbour SSIM (memorisation: close "
+    "to 1 means copies of training images) and the MS-SSIM diversity (collapse: generated far above real means "
+    "too little variety) are the checks that say more.")
+
+
+def _fmt(x, digits: int = 4) -> str:
+    return "n/a" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def _metrics_section(doc: Document, m: dict) -> None:
+    ref = m["seed_max_ssim"]
+    doc.heading("Metrics")
+    doc.table(["metric", "this run", "seed README"], [
+        ["max SSIM vs 50 real batches (final epoch)", _fmt(ref["final"]), str(figures.REFERENCE_SSIM)],
+        ["best max SSIM over epochs", _fmt(ref.get("best")), "-"],
+        [f"nearest-neighbour SSIM, median (n={m['nn_ssim'].get('n', 0)})", _fmt(m["nn_ssim"].get("median")), "-"],
+        ["MS-SSIM diversity, generated / real", f"{_fmt(m['ms_ssim_diversity'].get('generated'))} / "
+                                                f"{_fmt(m['ms_ssim_diversity'].get('real'))}", "-"],
+        ["FID / KID", f"{_fmt(m['fid'].get('fid'))} / {_fmt(m['fid'].get('kid'))}", "-"],
+    ])
+    doc.paragraph(Bold("What the seed metric means, and what it does not."), " " + METRIC_MEANING)
+    if m["fid"].get("note"):
+        doc.paragraph(f"FID/KID: {m['fid']['note']}")
+
+
+def build_document(run_dir: Path, options: dict, manifest: dict, m: dict, rows: list[dict],
+                   figure_list: list[tuple[str, str]]) -> Document:
+    cfg = options.get("config", {})
+    doc = Document("OASIS brain DCGAN: run report")
+    doc.lines([["Run directory: ", Code(str(run_dir))],
+               f"Generated: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+               f"Epochs done: {m['epochs_done']} of {cfg.get('train', {}).get('epochs', '?')}"
+               + ("" if m["run_complete"] else " (run still in progress; figures show the epochs so far)")])
+    _metrics_section(doc, m)
+    doc.heading("Dataset")
+    doc.bullets([
+        [f"layout ", Code(str(manifest.get("layout"))), f", {manifest.get('resolution')}x{manifest.get('resolution')}, "
+         f"from {', '.join(manifest.get('sources', []))}"],
+        "images: " + ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items()),
+        f"skipped bad files: {len(manifest.get('skipped', []))}; ignored: "
+        + ", ".join(f"{k} {v}" for k, v in manifest.get("ignored", {}).items())])
+    doc.heading("Figures")
+    for title, fname in figure_list:
+        doc.heading(title, level=3)
+        doc.image(title, fname)
+    doc.heading("Per-epoch seed metric")
+    doc.table(["epoch", "max SSIM", "mean SSIM"],
+              [[str(r["epoch"]), f"{r['seed_max_ssim']:.4f}", f"{r['mean_ssim']:.4f}"] for r in rows])
+    doc.heading("Run options")
+    doc.code(json.dumps({k: options.get(k) for k in (
+        "config", "world_size", "learning_rate", "global_batch", "steps_per_epoch", "dataset_manifest_sha256",
+        "versions", "git_revision")}, indent=2))
+    return doc
+
+
+# ----------------------------------------------------------------------------- the job
+
+def load_run(run_dir: Path, dataset: str | None, batches: int | None) -> tuple[dict, Config]:
+    """options.json and the run's config, with the dataset and batch count overridden if given."""
+    opt_path = run_dir / "options.json"
+    if not opt_path.is_file():
+        raise FileNotFoundError(f"{opt_path}: not found; is {run_dir} a training run directory?")
+    options = fsutil.read_json(opt_path)
+    cfg = config_mod.from_dict(options["config"])
+    if dataset:
+        cfg.data.dataset = str(dataset)
+    if batches:
+        cfg.metrics.batches = int(batches)
+    return options, cfg.validate()
+
+
+def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches: int | None = None,
+                log=print) -> dict:
+    run_dir = Path(run_dir).resolve()
+    options, cfg = load_run(run_dir, dataset, batches)
+    ds = cfg.data.dataset
+    manifest = load_manifest(ds)
+    report_dir = run_dir / "report"
+    report_dir.mkdir(exist_ok=True)
+    samples = epoch_samples(run_dir)
+    if not samples:
+        raise ValueError(f"{run_dir}/samples: no finished epoch yet; nothing to report")
+    # ---- The reference metric, every finished epoch (cached)
+    rows = per_epoch_metrics(run_dir, report_dir, ds, cfg, log=log)
+    # ---- Memorisation, collapse, FID/KID on the final generator
+    reader = ShardReader(ds, cfg.metrics.split)
+    checks, gen, nn = checks_beyond_reference(run_dir, samples[-1], reader, ds, cfg, log=log)
+    m = summarise(rows, checks, cfg, samples[-1][0], (run_dir / "train_done.json").is_file())
+    fsutil.write_json(report_dir / "metrics.json", m)
+    # ---- Figures and the report, Markdown and standalone HTML from the same document
+    real_batch = to_unit(reader.read(metric_batches(report_dir, ds, cfg)["batches"][0]))
+    figure_list = render_figures(report_dir, read_stats(run_dir / "stats.jsonl"), rows, samples, real_batch, gen,
+                                 nn, reader)
+    reader.close()
+    doc = build_document(run_dir, options, manifest, m, rows, figure_list)
+    fsutil.write_text(report_dir / "report.md", doc.markdown())
+    fsutil.write_text(report_dir / "report.html", doc.html(report_dir))
+    log(f"[postprocess] report: {report_dir / 'report.html'}")
+    m["per_epoch_rows"] = rows
+    return m

@@ -1,0 +1,40 @@
+"""Images from a trained generator: for the report's checks and for `oasis-dcgan generate`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import fsutil
+from ..imaging import to_uint8
+from ..training import model
+
+
+def generator_file(run_or_model: str | os.PathLike) -> Path:
+    """A run directory's final generator, or the .keras file itself."""
+    src = Path(run_or_model)
+    return src / "generator.keras" if src.is_dir() else src
+
+
+def generate(run_or_model: str | os.PathLike, n: int, seed: int) -> np.ndarray | None:
+    """n seeded images [N, H, W] in (-1, 1); None when the run has no final generator yet."""
+    path = generator_file(run_or_model)
+    if not path.is_file():
+        return None
+    return model.generate(model.load_generator(path), n, seed)
+
+
+def write_pngs(images: np.ndarray, out: str | os.PathLike) -> list[Path]:
+    """One 8-bit PNG per image, sample_00000.png onwards, each written atomically."""
+    import imageio.v3 as iio
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, px in enumerate(to_uint8(images)):
+        path = out / f"sample_{i:05d}.png"
+        with fsutil.atomic_path(path) as tmp:
+            iio.imwrite(tmp, px, extension=".png")
+        paths.append(path)
+    return paths

@@ -1,0 +1,1 @@
+"""The preprocess job: OASIS layouts to verified HDF5 shards, and the reader training uses."""

@@ -1,0 +1,319 @@
+"""Pack a source into verified HDF5 shards, in three steps so the work can run as a Slurm array.
+
+  plan()       scan + header-level validation of every input; nothing is written if any is bad
+  pack_task()  array task i of n writes shards i, i+n, i+2n, ... (temp file, fsync, rename)
+  seal()       re-hash every shard against its task's record and publish manifest.json
+
+`preprocess()` runs all three in this process. A shard whose inputs did not change since it
+was written is kept, so a rerun after a kill finishes only what is missing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, fsutil
+from . import layouts, pixels
+from .manifest import FORMAT_VERSION, MANIFEST, SHARD_NAME, SPLITS, DataError, image_block_offset, shard_name
+
+PLAN_FILE = ".plan.json"
+TASK_DIR = ".tasks"
+
+
+@dataclass
+class Plan:
+    layout: str
+    source: str
+    resolution: int
+    units: list = field(default_factory=list)         # [layouts.Unit]
+    shards: dict = field(default_factory=dict)        # split -> [[unit indices], ...]
+    skipped: list = field(default_factory=list)       # [{"path", "reason"}]
+    ignored: dict = field(default_factory=dict)       # what was left out on purpose, counted
+    split_assignment: dict | None = None              # subject -> split (raw layout)
+    options: dict = field(default_factory=dict)       # slicing/scaling settings that shape the pixels
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["units"] = [dataclasses.asdict(u) for u in self.units]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        d = dict(d)
+        d["units"] = [layouts.Unit(**u) for u in d["units"]]
+        return cls(**d)
+
+    def shard_list(self):
+        """[(split, index, total, unit indices)] in a fixed order; array task i takes every n-th."""
+        out = []
+        for split in SPLITS:
+            groups = self.shards.get(split, [])
+            out += [(split, i, len(groups), g) for i, g in enumerate(groups)]
+        return out
+
+    def images_per_unit(self) -> int:
+        return self.options.get("slices_per_volume", 1) if self.layout == "oasis-raw" else 1
+
+
+# --------------------------------------------------------------------------- plan
+
+def _scan(layout: str, root: Path, split_fractions, split_seed: int) -> layouts.Scan:
+    if layout == "oasis-png":
+        return layouts.scan_png(root)
+    if layout == "oasis-raw":
+        return layouts.scan_raw(root, split_fractions, split_seed)
+    return layouts.scan_folder(root)
+
+
+def _drop_bad_units(p: Plan, skip_bad: bool, root: Path) -> None:
+    """Check every input's header in parallel; fail naming each bad file, or record and skip them."""
+    check = layouts.check_volume if p.layout == "oasis-raw" else layouts.check_image
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        reasons = list(pool.map(check, [u.path for u in p.units]))
+    p.skipped += [{"path": u.path, "reason": r} for u, r in zip(p.units, reasons) if r]
+    p.units = [u for u, r in zip(p.units, reasons) if not r]
+    if p.skipped and not skip_bad:
+        lines = "\n".join(f"  {s['path']}: {s['reason']}" for s in p.skipped)
+        raise DataError(f"{len(p.skipped)} bad input file(s) under {root}; nothing was written. "
+                        f"Fix or remove them, or pass --skip-bad to record and skip them:\n{lines}")
+    if not any(u.split == "train" for u in p.units):
+        raise DataError(f"{root}: no usable training images found (layout {p.layout})")
+
+
+def plan(src: str | os.PathLike, resolution: int = 256, layout: str = "auto", shard_size: int = 2048,
+         skip_bad: bool = False, slices: int = 32, slice_range: str = "", percentile: float = 99.5,
+         split_fractions=(0.85, 0.10, 0.05), split_seed: int = 0) -> Plan:
+    """Scan and validate the source. Raises DataError naming every bad file unless skip_bad."""
+    src = Path(src).expanduser().resolve()
+    detected, root = layouts.detect_layout(src)
+    if layout != "auto" and layout != detected:
+        detected, root = layout, src
+    scan = _scan(detected, root, split_fractions, split_seed)
+    p = Plan(layout=detected, source=str(root), resolution=resolution, units=scan.units, skipped=scan.skipped,
+             ignored=scan.ignored, split_assignment=scan.split_assignment,
+             options={"slices": slices, "slice_range": slice_range, "percentile": percentile,
+                      "split_fractions": list(split_fractions), "split_seed": split_seed,
+                      "skip_bad": bool(skip_bad)})
+    if detected == "oasis-raw":
+        p.options["slices_per_volume"] = pixels.slices_per_volume(slices, slice_range)
+    _drop_bad_units(p, skip_bad, root)
+    units_per_shard = max(1, shard_size // p.images_per_unit())
+    for split in SPLITS:
+        idx = [i for i, u in enumerate(p.units) if u.split == split]
+        if idx:
+            p.shards[split] = [idx[i:i + units_per_shard] for i in range(0, len(idx), units_per_shard)]
+    return p
+
+
+def save_plan(p: Plan, out: str | os.PathLike) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fsutil.write_json(out / PLAN_FILE, p.to_dict())
+    return out / PLAN_FILE
+
+
+def load_plan(out: str | os.PathLike) -> Plan:
+    path = Path(out) / PLAN_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: no packing plan; run the plan step (oasis-dcgan preprocess) first")
+    return Plan.from_dict(fsutil.read_json(path))
+
+
+# --------------------------------------------------------------------------- pack
+
+def _inputs_hash(p: Plan, units: list) -> str:
+    """What a shard's bytes depend on: inputs (path, size, mtime) and the pixel settings."""
+    h = hashlib.sha256()
+    h.update(json.dumps([FORMAT_VERSION, p.layout, p.resolution, p.options], sort_keys=True).encode())
+    for u in units:
+        st = os.stat(u.path)
+        h.update(f"{u.path}\0{u.case}\0{u.slice_index}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+@dataclass
+class _ShardContent:
+    images: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
+    cases: list = field(default_factory=list)
+    slices: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+
+    def add(self, image, source: str, case: str, slice_index: int) -> None:
+        self.images.append(image)
+        self.sources.append(source)
+        self.cases.append(case)
+        self.slices.append(slice_index)
+
+
+def _read_units(p: Plan, units: list) -> _ShardContent:
+    """Decode a shard's inputs; a file that fails is recorded, not raised."""
+    content, o = _ShardContent(), p.options
+    for u in units:
+        try:
+            if p.layout == "oasis-raw":
+                for k, img in pixels.load_volume_slices(u.path, p.resolution, o["slices"], o["slice_range"],
+                                                        o["percentile"]):
+                    content.add(img, u.path, u.case, k)
+            else:
+                img, note = pixels.load_image(u.path, p.resolution)
+                if note:
+                    content.notes[note] = content.notes.get(note, 0) + 1
+                content.add(img, u.path, u.case, u.slice_index)
+        except Exception as e:
+            content.skipped.append({"path": u.path, "reason": f"decode failed ({type(e).__name__}: {e})"})
+    return content
+
+
+def _write_shard(dest: Path, split: str, c: _ShardContent, resolution: int) -> int | None:
+    """Write one shard atomically; returns the byte offset of its image block (see manifest.py)."""
+    import h5py
+
+    with fsutil.atomic_path(dest) as tmp:
+        # track_times=False and a fixed libver make the bytes a function of the content
+        # alone, so a rerun reproduces a shard exactly and its sha256 can vouch for it.
+        with h5py.File(tmp, "w", libver=("v110", "v110"), track_order=False) as f:
+            n = len(c.images)
+            arr = np.stack(c.images) if n else np.zeros((0, resolution, resolution), np.uint8)
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # chunks in one run, in index order
+            ds = f.create_dataset("images", shape=arr.shape, dtype=np.uint8, track_times=False,
+                                  chunks=(1, resolution, resolution) if n else None, dcpl=dcpl if n else None)
+            if n:
+                ds[...] = arr
+            str_t = h5py.string_dtype("utf-8")
+            f.create_dataset("source", data=np.array(c.sources, dtype=object), dtype=str_t, track_times=False)
+            f.create_dataset("case", data=np.array(c.cases, dtype=object), dtype=str_t, track_times=False)
+            f.create_dataset("slice", data=np.asarray(c.slices, dtype=np.int32), track_times=False)
+            f.attrs["split"] = split
+            f.attrs["resolution"] = resolution
+            f.attrs["format_version"] = FORMAT_VERSION
+        return image_block_offset(tmp)
+
+
+def _pack_shard(out: Path, p: Plan, name: str, split: str, units: list) -> int | None:
+    """Write one shard and its task record, unless an identical one is there. Returns images written."""
+    dest, record = out / name, out / TASK_DIR / (name + ".json")
+    # This task alone writes this shard, so temps under its name are a killed attempt's.
+    fsutil.remove_stale_temps(out, name)
+    fsutil.remove_stale_temps(out / TASK_DIR, name)
+    inputs = _inputs_hash(p, units)
+    if dest.exists() and record.exists():
+        rec = fsutil.read_json(record)
+        if rec.get("inputs_hash") == inputs and rec.get("sha256") == fsutil.sha256_file(dest):
+            return None
+    c = _read_units(p, units)
+    if c.skipped and not p.options.get("skip_bad"):
+        lines = "\n".join(f"  {s['path']}: {s['reason']}" for s in c.skipped)
+        raise DataError(f"shard {name}: {len(c.skipped)} file(s) failed to decode; shard not written:\n{lines}")
+    offset = _write_shard(dest, split, c, p.resolution)
+    fsutil.write_json(record, {"file": name, "count": len(c.images), "sha256": fsutil.sha256_file(dest),
+                               "images_offset": offset, "inputs_hash": inputs, "skipped": c.skipped,
+                               "notes": c.notes})
+    return len(c.images)
+
+
+def pack_task(out: str | os.PathLike, task: int = 0, ntasks: int = 1, log=print) -> dict:
+    """Write this task's shards. A shard already on disk with the same inputs and hash is kept."""
+    out = Path(out)
+    p = load_plan(out)
+    (out / TASK_DIR).mkdir(exist_ok=True)
+    written = kept = images = 0
+    t0 = time.perf_counter()
+    for j, (split, i, total, idx) in enumerate(p.shard_list()):
+        if j % ntasks != task:
+            continue
+        name = shard_name(split, i, total)
+        n = _pack_shard(out, p, name, split, [p.units[k] for k in idx])
+        if n is None:
+            kept += 1
+            continue
+        written += 1
+        images += n
+        log(f"[preprocess task {task}/{ntasks}] wrote {name}: {n} images")
+    return {"task": task, "written": written, "kept": kept, "images": images, "seconds": time.perf_counter() - t0}
+
+
+def run_task(src, out, task: int, ntasks: int, log=print, **plan_kwargs) -> dict:
+    """One array task started without a coordinator (plain sbatch): plan, then pack its shards.
+
+    Planning is deterministic, so every task writes the same plan file, atomically.
+    """
+    save_plan(plan(src, **plan_kwargs), out)
+    return pack_task(out, task, ntasks, log=log)
+
+
+# --------------------------------------------------------------------------- seal
+
+def _collect_records(out: Path, p: Plan) -> tuple[dict, list, dict]:
+    """Each planned shard checked against its task record: (splits, skipped, notes)."""
+    splits, skipped, notes, problems = {}, list(p.skipped), {}, []
+    for split, i, total, _ in p.shard_list():
+        name = shard_name(split, i, total)
+        record = out / TASK_DIR / (name + ".json")
+        if not (out / name).exists() or not record.exists():
+            problems.append(f"{name}: missing (its array task did not finish)")
+            continue
+        rec = fsutil.read_json(record)
+        digest = fsutil.sha256_file(out / name)
+        if digest != rec["sha256"]:
+            problems.append(f"{name}: sha256 {digest[:12]}... differs from the one its task recorded")
+            continue
+        s = splits.setdefault(split, {"count": 0, "shards": []})
+        s["count"] += rec["count"]
+        s["shards"].append({"file": name, "count": rec["count"], "sha256": digest,
+                            "images_offset": rec.get("images_offset")})
+        skipped += rec.get("skipped", [])
+        for k, v in rec.get("notes", {}).items():
+            notes[k] = notes.get(k, 0) + v
+    if problems:
+        raise DataError(f"{out}: cannot seal the dataset:\n" + "\n".join(f"  {x}" for x in problems))
+    return splits, skipped, notes
+
+
+def seal(out: str | os.PathLike) -> dict:
+    """Check every planned shard against its task record and publish manifest.json."""
+    out = Path(out)
+    p = load_plan(out)
+    splits, skipped, notes = _collect_records(out, p)
+    fsutil.remove_stale_temps(out)  # every task has finished: anything left is a killed attempt's
+    fsutil.remove_stale_temps(out / TASK_DIR)
+    planned = {shard_name(split, i, total) for split, i, total, _ in p.shard_list()}
+    for f in out.glob("*.h5"):  # shards of an earlier, different plan would confuse readers
+        if SHARD_NAME.match(f.name) and f.name not in planned:
+            f.unlink()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "layout": p.layout,
+        "sources": [p.source],
+        "resolution": p.resolution,
+        "dtype": "uint8",
+        "scaling": "reader maps uint8 x to (x - 127.5) / 127.5, as the reference project does",
+        "splits": splits,
+        "counts": {k: v["count"] for k, v in splits.items()},
+        "skipped": skipped,
+        "ignored": p.ignored,
+        "converted": notes,
+        "split_assignment": p.split_assignment,
+        "options": p.options,
+    }
+    fsutil.write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def preprocess(src, out, log=print, **plan_kwargs) -> dict:
+    """Plan, pack and seal in this process."""
+    save_plan(plan(src, **plan_kwargs), out)
+    pack_task(out, 0, 1, log=log)
+    return seal(out)

@@ -1,0 +1,380 @@
+"""The training job: the reference DCGAN, data-parallel over Horovod ranks, resumable at any step.
+
+A `Trainer` is built once per process from the config and the `World` the launch layer
+read from the scheduler. `run()` is the table of contents. `checkpoint_now()` and
+`request_stop()` are what a preemption handler calls: they write the state in memory from
+rank 0 and run no collective, so they cannot hang while other ranks are being stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, fsutil
+from ..config import Config
+from ..imaging import save_grid
+from ..logs import Progress, RunLog, Stats, format_seconds
+from ..prep.manifest import load_manifest, manifest_hash
+from ..prep.reader import ShardReader, steps_per_epoch, train_dataset
+from .distributed import World
+
+
+def lr_for(cfg: Config, world_size: int) -> float:
+    scale = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[cfg.train.lr_scaling]
+    return cfg.train.lr * scale
+
+
+class Trainer:
+    def __init__(self, cfg: Config, world: World | None = None, log_to_stdout: bool = True):
+        self.cfg = cfg
+        self.world = world or World()
+        self.run_dir = Path(cfg.run_dir).resolve()
+        self.chief = self.world.is_chief
+        self.log = RunLog(self.run_dir, enabled=self.chief, echo=log_to_stdout)
+        self.stop_reason = ""
+        self.stats = self.tensorboard = None   # rank 0's, once open_outputs has run
+        self._saving = False
+        self._ready = False          # models built and restored: a checkpoint now means something
+        self._rendezvous = None      # rank 0's rendezvous server, alive while the ranks run
+
+    def run(self) -> dict:
+        """Train (or resume) the run in cfg.run_dir on this rank. Returns a summary on every rank."""
+        # ---- Join the job's Horovod world; one GPU per rank
+        self.setup_process()
+        # ---- Data plan, networks, optimizers, run state, the compiled step
+        self.build()
+        # ---- Resume: rank 0 restores the newest good checkpoint, every rank takes rank 0's state
+        resumed = self.restore_and_broadcast()
+        self.open_outputs(resumed)
+        # ---- Train, one epoch at a time
+        progress = Progress(self.total_steps, done=self.global_step) if self.chief else None
+        try:
+            while self.epoch < self.cfg.train.epochs and not self.stop_reason:
+                steps, seconds = self.train_epoch(progress)
+                if not self.stop_reason:
+                    self.end_epoch(steps, seconds)
+        finally:
+            if progress:
+                progress.close()
+        # ---- Finish: the final generator, and each rank's note
+        return self.finish()
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup_process(self) -> None:
+        from . import distributed
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.hvd, self._rendezvous = distributed.init(self.world)
+        self.rank, self.size = self.hvd.rank(), self.hvd.size()
+        configure_tensorflow(self.cfg, self.hvd.local_rank())
+
+    def build(self) -> None:
+        import tensorflow as tf
+
+        from . import model
+        from .checkpoint import CheckpointManager, variable_groups
+        from .step import TrainState, build_train_step
+
+        t = self.cfg.train
+        self.resolution = int(load_manifest(self.cfg.data.dataset)["resolution"])
+        n_train = len(ShardReader(self.cfg.data.dataset, "train"))
+        self.steps_per_epoch = steps_per_epoch(n_train, t.batch_size, self.size)
+        if t.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, t.max_steps_per_epoch)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.cfg.data.dataset}: {n_train} training images cannot fill one global batch "
+                             f"of {t.batch_size} x {self.size} ranks")
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.lr = lr_for(self.cfg, self.size)
+        self.generator = model.build_generator(self.resolution, t.noise_dim)
+        self.discriminator = model.build_discriminator(self.resolution)
+        self.g_opt, self.d_opt = tf.keras.optimizers.Adam(self.lr), tf.keras.optimizers.Adam(self.lr)
+        # Adam's slots are created lazily; build them now so they are checkpointed and broadcast.
+        self.g_opt.build(self.generator.trainable_variables)
+        self.d_opt.build(self.discriminator.trainable_variables)
+        self.state = TrainState(t.noise_dim, t.seed)
+        self.groups = variable_groups(self.generator, self.discriminator, self.g_opt, self.d_opt,
+                                      self.state.variables())
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.groups, keep=t.keep_checkpoints,
+                                             log=self.log)
+        self.train_step = build_train_step(self.generator, self.discriminator, self.g_opt, self.d_opt, self.state,
+                                           self.hvd, t.batch_size, t.noise_dim, noise_seed=t.seed * 1000 + self.rank,
+                                           fp16_allreduce=t.fp16_allreduce)
+
+    def restore_and_broadcast(self) -> dict | None:
+        from . import distributed
+
+        resumed = None
+        if self.chief:
+            fsutil.remove_stale_temps(self.run_dir / "checkpoints")
+            resumed = self.checkpoints.restore_latest()
+        # Rank 0's variables, restored or fresh, become everyone's: models, optimizer slots,
+        # counters and accumulators alike.
+        for name, group in self.groups.items():
+            distributed.broadcast_variables(self.hvd, list(group.values()), prefix=f"bcast.{name}")
+        counters = self.state.read_counters()
+        self.epoch, self.global_step = counters["epoch"], counters["global_step"]
+        self._ready = True
+        return resumed
+
+    def open_outputs(self, resumed: dict | None) -> None:
+        """Rank 0: options.json, the resume notes, stats.jsonl and TensorBoard."""
+        self._last_tick = self._last_checkpoint = self._t_run = time.monotonic()
+        self._steps_run = 0
+        if not self.chief:
+            return
+        import tensorflow as tf
+
+        fsutil.write_json(self.run_dir / "options.json", self.options())
+        if resumed and resumed.get("world_size", self.size) != self.size:
+            self.log(f"WARNING: the checkpoint was written by {resumed['world_size']} rank(s), this job has "
+                     f"{self.size}: the rest of this epoch visits images in a different order, and the result is no "
+                     "longer bit-identical to an uninterrupted run")
+        if resumed:
+            dropped = Stats.truncate_after(self.run_dir / "stats.jsonl", resumed["global_step"], resumed["epoch"])
+            if dropped:
+                self.log(f"dropped {dropped} stats line(s) logged after that checkpoint")
+        else:
+            self.log(f"new run: {self.resolution}x{self.resolution}, {self.size} rank(s), global batch "
+                     f"{self.global_batch}, {self.steps_per_epoch} steps/epoch, {self.cfg.train.epochs} epochs, "
+                     f"lr {self.lr:g}")
+        self.stats = Stats(self.run_dir / "stats.jsonl")
+        self.tensorboard = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+
+    def options(self) -> dict:
+        """What options.json records: enough to tell later exactly what this run was."""
+        return {
+            "config": self.cfg.to_dict(),
+            "world_size": self.size,
+            "ranks": {"nodes": self.world.num_nodes, "tasks_per_node": self.world.local_size},
+            "learning_rate": self.lr,
+            "global_batch": self.global_batch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "dataset_manifest_sha256": manifest_hash(self.cfg.data.dataset),
+            "resolution": self.resolution,
+            "versions": package_versions(),
+            "git_revision": git_revision(),
+            "host": platform.node(),
+            "started": time.time(),
+        }
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.train.batch_size * self.size
+
+    # ------------------------------------------------------------------ the loop
+
+    def train_epoch(self, progress) -> tuple[int, float]:
+        """The rest of the current epoch. Returns (steps run, seconds)."""
+        step0 = self.state.read_counters()["step_in_epoch"]
+        ds, _ = train_dataset(self.cfg.data.dataset, self.cfg.train.seed, self.epoch, self.cfg.train.batch_size,
+                              self.rank, self.size, start_step=step0, max_steps=self.steps_per_epoch, scaled=False)
+        t_epoch, steps = time.monotonic(), 0
+        for images in ds:
+            t_step = time.monotonic()
+            g_loss, d_loss = self.train_step(images)
+            steps += 1
+            self._steps_run += 1
+            self.global_step += 1
+            if self.chief:
+                self._show_progress(progress, g_loss, d_loss, steps / max(time.monotonic() - t_epoch, 1e-9),
+                                    time.monotonic() - t_step)
+                if step0 + steps < self.steps_per_epoch:  # the epoch end saves anyway
+                    self._periodic_checkpoint()
+            if self.stop_reason:
+                break
+        return steps, time.monotonic() - t_epoch
+
+    def _show_progress(self, progress, g_loss, d_loss, steps_per_s: float, step_time: float) -> None:
+        """The bar on a terminal, and every tick_seconds a tick line in stats.jsonl (and the log)."""
+        now = time.monotonic()
+        tick = now - self._last_tick >= self.cfg.train.tick_seconds
+        if not (progress.active or tick):
+            return  # reading the losses waits for the step to finish: only when they are shown
+        g, d = float(g_loss), float(d_loss)
+        ips = steps_per_s * self.global_batch
+        epochs = self.cfg.train.epochs
+        progress.update(self.global_step, f"epoch {self.epoch + 1}/{epochs} g {g:.3f} d {d:.3f} {ips:.1f} img/s")
+        if not tick:
+            return
+        self._last_tick = now
+        eta = (self.total_steps - self.global_step) * (now - self._t_run) / self._steps_run
+        self.stats.write(kind="tick", epoch=self.epoch + 1, global_step=self.global_step, g_loss=g, d_loss=d,
+                         images_per_s=ips, step_time=step_time, eta_s=eta)
+        if not progress.active:
+            self.log(f"tick epoch {self.epoch + 1}/{epochs} step {self.global_step}/{self.total_steps} "
+                     f"g {g:.4f} d {d:.4f} {ips:.1f} img/s ETA {format_seconds(eta)}")
+
+    def _periodic_checkpoint(self) -> None:
+        every_k = self.cfg.train.checkpoint_every_steps
+        every_s = self.cfg.train.checkpoint_every_minutes * 60
+        now = time.monotonic()
+        if (every_k and self.global_step % every_k == 0) or (every_s and now - self._last_checkpoint >= every_s):
+            self.save("periodic")
+            self._last_checkpoint = now
+
+    def end_epoch(self, steps: int, seconds: float) -> None:
+        """Every rank ran the same steps; rank 0 writes the epoch's samples, stats and checkpoint."""
+        if self.chief:
+            self._write_epoch(steps, seconds)
+        self.state.advance_epoch()
+        self.epoch += 1
+        if self.chief:
+            self.save("epoch end")
+            self._last_checkpoint = time.monotonic()
+
+    def _write_epoch(self, steps: int, seconds: float) -> None:
+        import tensorflow as tf
+
+        t0 = time.perf_counter()
+        number = self.epoch + 1
+        fake = self.generator(self.state.fixed_noise, training=False).numpy()
+        samples = self.run_dir / "samples"
+        with fsutil.atomic_path(samples / f"epoch_{number:04d}.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, fake)
+        save_grid(fake, samples / f"epoch_{number:04d}.png", f"epoch {number}")
+        rec = dict(kind="epoch", epoch=number, global_step=self.global_step, **self.state.epoch_losses(),
+                   images_per_s=steps * self.global_batch / max(seconds, 1e-9),
+                   step_time=seconds / max(steps, 1), epoch_time=seconds,
+                   sample_s=time.perf_counter() - t0, wall_time=time.time())
+        self.stats.write(**rec)
+        with self.tensorboard.as_default():
+            for k in ("g_loss", "d_loss", "images_per_s"):
+                tf.summary.scalar(k, rec[k], step=number)
+        self.tensorboard.flush()
+        self.log(f"epoch {number}/{self.cfg.train.epochs} g_loss {rec['g_loss']:.4f} d_loss {rec['d_loss']:.4f} "
+                 f"{rec['images_per_s']:.1f} img/s ({format_seconds(seconds)})")
+        if self.cfg.train.snapshot_every_epoch:
+            from .model import save_model
+
+            save_model(self.generator, self.run_dir / "snapshots" / f"generator_epoch_{number:04d}.keras")
+
+    # ------------------------------------------------------------------ saving and stopping
+
+    def save(self, reason: str) -> None:
+        """Rank 0: checkpoint the state in memory now. Runs no collective."""
+        if self._saving:  # a signal arrived mid-save: the save in progress (or the one before) stands
+            self.log(f"checkpoint for '{reason}' skipped: a checkpoint is being written")
+            return
+        self._saving = True
+        try:
+            counters = self.state.read_counters()
+            t0 = time.perf_counter()
+            path = self.checkpoints.save(counters["global_step"], {
+                **counters, "reason": reason, "world_size": self.size, "data_seed": self.cfg.train.seed,
+                "resolution": self.resolution})
+            if self.stats:
+                self.stats.write(kind="checkpoint", global_step=counters["global_step"], epoch=counters["epoch"],
+                                 reason=reason, seconds=time.perf_counter() - t0)
+                self.stats.sync()
+            self.log(f"checkpoint {path.name} ({reason})")
+        finally:
+            self._saving = False
+
+    def checkpoint_now(self, reason: str) -> bool:
+        """For a preemption handler: rank 0 saves between two steps. False when there is nothing to save."""
+        if not (self.chief and self._ready):
+            return False
+        try:
+            self.save(reason)
+        except Exception as e:  # a failed save must not hide the signal; the periodic checkpoints stand
+            self.log(f"could not checkpoint ({reason}): {e}")
+            return False
+        return True
+
+    def request_stop(self, reason: str) -> None:
+        """Checkpoint now (rank 0) and end the loop at the next step boundary."""
+        self.stop_reason = reason
+        self.checkpoint_now(reason)
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self) -> dict:
+        from .model import save_model
+
+        summary = {"rank": self.rank, "size": self.size, "epochs": self.cfg.train.epochs,
+                   "global_step": self.state.read_counters()["global_step"],
+                   "weights_sha256": weights_digest(self.generator, self.discriminator), "host": platform.node(),
+                   "pid": os.getpid(), "stopped": self.stop_reason or None}
+        if self.stop_reason:
+            self.log(f"stopped at global step {summary['global_step']}: {self.stop_reason}")
+            return summary
+        # Every rank leaves a note: proof it ran, and a digest to compare replicas by.
+        fsutil.write_json(self.run_dir / "ranks" / f"rank-{self.rank}.json", summary)
+        if self.chief:
+            save_model(self.generator, self.run_dir / "generator.keras")
+            fsutil.write_json(self.run_dir / "train_done.json", {**summary, "finished": time.time()})
+            self.log(f"done: {self.cfg.train.epochs} epochs, {summary['global_step']} steps. "
+                     f"Run directory: {self.run_dir}")
+            self.stats.close()
+            self.log.close()
+        return summary
+
+
+def run(cfg: Config, world: World | None = None, log_to_stdout: bool = True) -> dict:
+    """Train in this process (a world of one unless `world` says otherwise)."""
+    return Trainer(cfg, world, log_to_stdout).run()
+
+
+# ---------------------------------------------------------------------- helpers
+
+def configure_tensorflow(cfg: Config, local_rank: int) -> None:
+    """One GPU per rank by local rank, thread counts, determinism and the global seed."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        # Memory growth, so ranks sharing a GPU (if asked to) do not each grab all of it.
+        for g in gpus:
+            tf.config.experimental.set_memory_growth(g, True)
+        tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
+    threads = cfg.train.intra_op_threads
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TF already ran something in this process; a job's fresh process never has
+            print("warning: train.intra_op_threads ignored: TensorFlow is already initialised", flush=True)
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(cfg.train.seed)
+
+
+def weights_digest(*models) -> str:
+    h = hashlib.sha256()
+    for m in models:
+        for v in m.variables:
+            h.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return h.hexdigest()
+
+
+def git_revision() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "oasis_dcgan": __version__}
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "horovod", "numpy", "h5py", "submitit"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,96 @@
+"""The house rules, checked on the source: layers, who may know Slurm and Horovod, function size."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "oasis_dcgan"
+# Lower layers never import higher ones: base < prep < training < post < launch < cli/demo.
+LAYERS = {"prep": 1, "training": 2, "post": 3, "launch": 4, "cli": 5, "demo": 5}
+MAX_FUNCTION_LINES = 80
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(parts[1], 0) if len(parts) > 1 else 0
+
+
+def imports(module: str, path: Path) -> set[str]:
+    """Every oasis_dcgan module this one imports, at module level or inside functions."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}
+    known = modules()
+    return {m for m in found if m in known and m != module}
+
+
+def test_no_module_imports_a_layer_above_it():
+    bad = [f"{m} imports {i}" for m, p in modules().items() for i in imports(m, p) if layer(i) > layer(m)]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    graph = {m: imports(m, p) for m, p in modules().items()}
+    state: dict = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for n in graph[m]:
+            if n.startswith(m + "."):
+                continue  # a package importing its own submodule is not a cycle
+            if state.get(n) == "open":
+                pytest.fail("import cycle: " + " -> ".join(stack + [m, n]))
+            if n not in state:
+                visit(n, stack + [m])
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+@pytest.mark.parametrize("pattern, allowed", [
+    (r"SLURM_|import submitit|from submitit", "oasis_dcgan/launch/"),
+    (r"import horovod|from horovod", "oasis_dcgan/training/distributed.py"),
+])
+def test_only_one_place_knows_the_scheduler_and_horovod(pattern, allowed):
+    hits = [f"{p.relative_to(PKG.parent)}:{i}" for p in PKG.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(pattern, line)]
+    assert hits, f"nothing matches {pattern!r}: the check has gone stale"
+    assert all(h.startswith(allowed) for h in hits), hits
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for p in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{p.relative_to(PKG.parent)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long
+
+
+def test_the_code_cites_nothing_outside_the_repository():
+    hits = [str(p.relative_to(PKG.parent)) for p in PKG.rglob("*.py") if "../shared" in p.read_text()]
+    assert not hits, hits

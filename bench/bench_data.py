@@ -40,8 +40,8 @@ def read_rate(dataset: Path, scaled: bool, repeats: int = 3) -> float:
         it = iter(ds)
         next(it)  # the pipeline's one-off start is what time-to-first-batch measures
         n, t = 0, time.perf_counter()
-        for b in it:
-            n += int(b.shape[0])
+        for images, _ in it:
+            n += int(images.shape[0])
         best = max(best, n / (time.perf_counter() - t))
     return best
 

@@ -94,7 +94,7 @@ def _train_config(a):
 def cmd_train(a) -> int:
     from .launch import pipeline
 
-    results = pipeline.train(_train_config(a), a.executor, wait=not a.no_wait)
+    results = pipeline.train(_train_config(a), a.executor, wait=not a.no_wait, restart=a.restart)
     if len(results) > 1:
         same = len({r["weights_sha256"] for r in results}) == 1
         print(f"train: finished on {len(results)} rank(s); weights identical across ranks: {same}")
@@ -235,6 +235,8 @@ def _add_job_commands(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every-steps", type=int)
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.add_argument("--restart", action="store_true",
+                   help="start afresh: move RUN_DIR's checkpoints and record to RUN_DIR/set-aside/ first")
     _config_options(p)
     p.set_defaults(fn=cmd_train)
 
@@ -307,11 +309,15 @@ def main(argv=None) -> int:
     from .launch.collect import CollectError
     from .post.metrics import MetricError
     from .prep.manifest import DataError
+    from .training.checkpoint import CheckpointError
+    from .training.runlock import RunLockError
 
     try:
         return a.fn(a) or 0
     except (ConfigError, DataError, CollectError, MetricError, FileNotFoundError, ValueError) as e:
         _die(str(e), 1 if isinstance(e, (DataError, CollectError)) else 2)
+    except (CheckpointError, RunLockError) as e:
+        _die(str(e), 1)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ class TrainConfig:
     tick_seconds: float = 60.0          # batch-log tick interval
     intra_op_threads: int = 0           # 0: TensorFlow's default
     max_steps_per_epoch: int = 0        # 0: the full epoch; >0 caps it (tests, smoke runs)
+    allow_dataset_change: bool = False  # resume a run's checkpoints on a dataset other than the one it began on
 
 
 @dataclass

@@ -95,10 +95,10 @@ def read_stats(path: str | os.PathLike) -> list[dict]:
 class Progress:
     """A one-line bar with ETA on a terminal; nothing otherwise (tick lines cover batch logs)."""
 
-    def __init__(self, total: int, done: int = 0, stream=None):
+    def __init__(self, total: int, done: int = 0, stream=None, unit: str = ""):
         self.stream = stream or sys.stdout
         self.active = self.stream.isatty()
-        self.total, self.start_done = total, done
+        self.total, self.start_done, self.unit = total, done, unit
         self.t0 = time.monotonic()
 
     def update(self, done: int, text: str = "") -> None:
@@ -108,7 +108,7 @@ class Progress:
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         width = 30
         fill = int(width * done / max(self.total, 1))
-        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} "
+        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} {self.unit} "
                           f"ETA {format_seconds(eta)} {text}   ")
         self.stream.flush()
 

@@ -14,7 +14,7 @@ import pytest
 from oasis_dcgan import fsutil
 from oasis_dcgan.prep import info, layouts, manifest, pack, sample_data
 from oasis_dcgan.prep.manifest import DataError
-from oasis_dcgan.prep.reader import ShardReader, epoch_permutation, steps_per_epoch, train_dataset
+from oasis_dcgan.prep.reader import ShardReader, epoch_budget, epoch_permutation, train_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 quiet = {"log": lambda *a: None}
@@ -291,27 +291,39 @@ def test_rank_sharding_is_disjoint_and_covers_the_epoch(dataset32, world):
     n, bs, seed, epoch = len(reader), 5, 5, 2
     index_of = {img.tobytes(): i for i, img in enumerate(reader.read(np.arange(n)))}
     assert len(index_of) == n, "the sample images are all distinct, so pixels identify an index"
-    seen = []
+    budget = epoch_budget(n, bs)
+    assert budget == 190, "a remainder smaller than one per-rank batch is left out, for any world size"
+    seen, schedules = [], []
     for rank in range(world):
         ds, steps = train_dataset(dataset32, seed, epoch, bs, rank, world, scaled=False)
-        batches = [b.numpy()[..., 0] for b in ds]
-        assert len(batches) == steps == steps_per_epoch(n, bs, world)
-        seen += [index_of[img.tobytes()] for b in batches for img in b]
-    assert len(seen) == len(set(seen)) == steps * bs * world, "no image twice in an epoch, across ranks"
-    assert set(seen) == set(epoch_permutation(n, seed, epoch)[: steps * bs * world].tolist())
-    assert n - len(seen) < bs * world  # only a remainder smaller than a global batch is dropped
+        elements = [(images.numpy()[..., 0], slots.numpy()) for images, slots in ds]
+        assert len(elements) == steps == -(-budget // (bs * world))
+        for images, slots in elements:
+            mine = slots[rank]
+            assert all(index_of[img.tobytes()] == i for img, i in zip(images, mine) if i >= 0), \
+                "each image is the one its slot names"
+            seen += [i for i in mine if i >= 0]
+        schedules.append(np.stack([slots for _, slots in elements]))
+    assert all(np.array_equal(schedules[0], s) for s in schedules), "every rank sees the same global schedule"
+    assert len(seen) == len(set(seen)) == budget, "no image twice in an epoch, across ranks"
+    assert set(seen) == set(epoch_permutation(n, seed, epoch)[:budget].tolist())
     assert not np.array_equal(epoch_permutation(n, seed, 1), epoch_permutation(n, seed, 2))
 
 
-def test_reader_resumes_at_a_step(dataset32):
-    full, steps = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, rank=1, world_size=2)
-    full = [b.numpy() for b in full]
-    part, _ = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, rank=1, world_size=2, start_step=5)
-    part = [b.numpy() for b in part]
-    assert len(full) == steps == 12 and len(part) == steps - 5
-    for a, b in zip(full[5:], part):
-        np.testing.assert_array_equal(a, b)
-    assert full[0].shape == (8, 32, 32, 1) and full[0].min() >= -1 and full[0].max() <= 1
+def test_reader_resumes_at_an_image_with_another_world_size(dataset32):
+    """Stop after 3 steps of 2 ranks x 8, go on with 1 rank: it starts at image 48, the next unseen."""
+    def indices(ds, rank):
+        return [i for _, slots in ds for i in slots.numpy()[rank] if i >= 0]
+
+    full, steps = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, rank=0, world_size=1)
+    full_idx = indices(full, 0)
+    assert steps == 24 and len(full_idx) == 192
+    part, rest = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, rank=0, world_size=1, start_image=48)
+    assert rest == 18 and indices(part, 0) == full_idx[48:]
+    first, _ = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, rank=1, world_size=2)
+    images, slots = next(iter(first))
+    assert images.shape == (8, 32, 32, 1) and images.numpy().min() >= -1 and images.numpy().max() <= 1
+    assert slots.numpy()[1].tolist() == full_idx[8:16], "rank 1 of 2 takes the second batch of a step"
 
 
 @pytest.mark.cluster

@@ -158,3 +158,122 @@ def test_request_stop_checkpoints_and_a_rerun_finishes_identically(dataset32, tm
     done = trainer.run(cfg_for(dataset32, run, *extra), log_to_stdout=False)
     assert f"global step {stopped['global_step']})" in (run / "log.txt").read_text()
     assert done["weights_sha256"] == ref["weights_sha256"] and done["global_step"] == 8
+
+
+def test_unloadable_checkpoints_stop_the_run_and_restart_moves_them_aside(dataset32, tmp_path):
+    from oasis_dcgan.training.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    trainer.run(cfg_for(dataset32, run, "train.epochs=1", "train.checkpoint_every_steps=2"), log_to_stdout=False)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    for data_file in (run / "checkpoints").glob("ckpt-*/ckpt.data-*"):
+        data_file.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as err:
+        trainer.run(cfg_for(dataset32, run, "train.epochs=2"), log_to_stdout=False)
+    for name in before:
+        assert name in str(err.value), "the error names every checkpoint"
+    assert "sha256" in str(err.value) and "--restart" in str(err.value)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before, "nothing was deleted"
+    r = subprocess.run(train_cmd(dataset32, run, 1, 1, "--restart"), cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (aside,) = (run / "set-aside").iterdir()
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == before
+    assert (aside / "stats.jsonl").is_file() and (run / "train_done.json").is_file()
+    assert "moved the previous checkpoints" in r.stdout
+    assert [x["epoch"] for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"] == [1], "a fresh record"
+
+
+def test_a_checkpoint_of_another_model_or_dataset_is_refused_naming_the_key(dataset32, png_release, tmp_path):
+    from oasis_dcgan.prep import pack
+    from oasis_dcgan.training.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    trainer.run(cfg_for(dataset32, run, "train.epochs=1"), log_to_stdout=False)
+    with pytest.raises(CheckpointError, match="train.noise_dim = 64"):
+        trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.noise_dim=64"), log_to_stdout=False)
+    other = tmp_path / "other"
+    pack.preprocess(png_release, other, resolution=32, shard_size=50, log=lambda *a: None)
+    with pytest.raises(CheckpointError, match="allow_dataset_change"):
+        trainer.run(cfg_for(other, run, "train.epochs=2"), log_to_stdout=False)
+    s = trainer.run(cfg_for(other, run, "train.epochs=2", "train.allow_dataset_change=true"), log_to_stdout=False)
+    assert s["global_step"] == 8
+    assert "dataset was" in (run / "log.txt").read_text()
+
+
+def test_the_config_sets_the_learning_rate_on_resume(dataset32, tmp_path):
+    import tensorflow as tf
+
+    run = tmp_path / "run"
+    trainer.run(cfg_for(dataset32, run, "train.epochs=1"), log_to_stdout=False)
+    trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.lr=5e-4"), log_to_stdout=False)
+    ckpt = sorted((run / "checkpoints").iterdir())[-1]
+    reader = tf.train.load_checkpoint(str(ckpt / "ckpt"))
+    rates = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+             if "optimizer" in k and k.split("/")[1].endswith("learning_rate")]
+    assert len(rates) == 2 and all(r == pytest.approx(5e-4) for r in rates), rates
+    assert json.loads((ckpt / "meta.json").read_text())["learning_rate"] == pytest.approx(5e-4)
+    assert "learning rate was 0.0001" in (run / "log.txt").read_text()
+
+
+def test_a_second_train_on_a_live_run_is_refused_naming_the_first(dataset32, tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen(train_cmd(dataset32, run, 1, 200), cwd=REPO, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.time() + 300
+        while not list(run.glob("checkpoints/ckpt-*")) and time.time() < end and first.poll() is None:
+            time.sleep(0.1)
+        assert first.poll() is None and (run / ".lock").is_file()
+        second = subprocess.run(train_cmd(dataset32, run, 1, 200), cwd=REPO, capture_output=True, text=True,
+                                timeout=300)
+        assert second.returncode == 1, second.stderr[-2000:]
+        assert f"pid {first.pid}" in second.stderr and "is being trained by" in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    third = subprocess.run(train_cmd(dataset32, run, 1, 1), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert f"process {first.pid} on this host is gone" in (run / "log.txt").read_text()
+    assert not (run / ".lock").exists(), "released when the run ends"
+
+
+def test_dropout_masks_differ_across_ranks_and_follow_the_step():
+    import tensorflow as tf
+
+    from oasis_dcgan.training import model
+    from oasis_dcgan.training.step import seed_dropout
+
+    D = model.build_discriminator(32)
+    x = tf.ones([4, 32, 32, 1])
+
+    def masks(rank, step):
+        seed_dropout(D, seed=3, rank=rank, global_step=step)
+        return D(x, training=True).numpy()
+
+    assert np.array_equal(masks(0, 5), masks(0, 5)), "a function of (seed, rank, step)"
+    assert not np.array_equal(masks(0, 5), masks(1, 5)), "ranks draw different masks"
+    assert not np.array_equal(masks(0, 5), masks(0, 6))
+
+
+@pytest.mark.slow
+def test_world_size_2_then_1_then_2_visits_every_image_once_an_epoch(dataset32, tmp_path):
+    """Preempted twice and resumed on another number of ranks: each epoch still trains on exactly its images."""
+    full = ("--set", "train.max_steps_per_epoch=0")  # a cap in steps would depend on the world size
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    r = subprocess.run(train_cmd(dataset32, ref, 2, 2, *full), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = _run_until_killed(train_cmd(dataset32, run, 2, 2, *full), run, kill_at_step=5)      # mid epoch 1
+    second = _run_until_killed(train_cmd(dataset32, run, 1, 2, *full), run, kill_at_step=first + 14)  # into epoch 2
+    r = subprocess.run(train_cmd(dataset32, run, 2, 2, *full), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (run / "log.txt").read_text()
+    assert f"global step {first})" in log and f"global step {second})" in log
+    assert "on 1 rank(s) (the checkpoint was written by 2)" in log and "on 2 rank(s) (the checkpoint was written by 1)" in log
+
+    def epochs(d):
+        return [(x["epoch"], x["images"], x["images_sha256"]) for x in read_stats(d / "stats.jsonl") if x["kind"] == "epoch"]
+
+    assert epochs(run) == epochs(ref) and [e[1] for e in epochs(ref)] == [192, 192]
+    last = [x for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"][-1]
+    assert last["kimg"] == pytest.approx(0.384)

@@ -13,6 +13,8 @@ from pathlib import Path
 from .. import fsutil
 from ..config import Config
 from ..prep import manifest, pack
+from ..training import runlock
+from ..training.checkpoint import set_aside
 from . import jobs
 from .environment import in_srun_step
 from .executors import make_executor, resolve_executor, sbatch_text
@@ -95,6 +97,7 @@ def submit_pipeline(cfg: Config, executor: str = "auto", dry_run: bool = False, 
     chain = Pipeline(cfg, kind, run_dir / "slurm", record_in=run_dir, dry_run=dry_run,
                      wait=kind == "local" if wait is None else wait, log=log)
     out: dict = {"executor": kind, "run_dir": str(run_dir), "dataset": str(dataset), "jobs": chain.job_ids}
+    runlock.check_free(run_dir)
     if dataset_ready(cfg, dataset):
         log(f"dataset {dataset} is verified and matches the config; skipping preprocess")
     elif not cfg.data.source:
@@ -133,10 +136,23 @@ def preprocess(cfg: Config, executor: str, tasks: int, log=print) -> dict:
     return pack.seal(out)  # every task has finished: sealing is a few hashes, here
 
 
-def train(cfg: Config, executor: str, wait: bool = True, log=print) -> list[dict]:
-    """Train in this process (srun-started ranks are the job already) or submit the ranks as one job."""
+def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False, log=print) -> list[dict]:
+    """Train in this process (srun-started ranks are the job already) or submit the ranks as one job.
+
+    restart moves the run's checkpoints and record aside first, here and once: a requeued
+    job resumes from what the new run writes.
+    """
     # Ranks started by srun (slurm/train.sbatch) are the job already: train here.
     kind = "inprocess" if executor == "auto" and in_srun_step() else resolve_executor(executor)
+    if restart and in_srun_step():
+        raise ValueError("--restart inside a Slurm job step would restart again on every requeue; restart once "
+                         "from the login node (oasis-dcgan train ... --restart --no-wait), or move the run aside")
+    if kind != "inprocess" or restart:
+        runlock.check_free(cfg.run_dir)  # refuse before queueing; in-process ranks check as they start
+    if restart:
+        moved = set_aside(cfg.run_dir)
+        log(f"train: moved the previous checkpoints and record to {moved}" if moved else
+            "train: --restart: nothing to move aside")
     if kind == "inprocess":
         return [jobs.TrainJob(cfg.to_dict())()]
     chain = Pipeline(cfg, kind, Path(cfg.run_dir) / "slurm", record_in=Path(cfg.run_dir), wait=wait, log=log)

@@ -1,9 +1,13 @@
 """Read packed shards: a rank-sharded, resumable tf.data pipeline and a numpy sampler.
 
-Epoch order is a permutation drawn from (seed, epoch) alone, so every rank computes the
-same one without talking to the others, and a resumed run can start at any step. Step s
-of an epoch uses global positions [s*B*W, (s+1)*B*W) of that permutation; rank r takes
-its B-slice. Ranks therefore see disjoint images that together cover the epoch.
+Progress is counted in images. An epoch's order is a permutation drawn from (seed, epoch)
+alone, so every rank computes the same one without talking to the others. An epoch trains
+on its first `budget` positions: the whole split less a remainder smaller than one per-rank
+batch, whatever the number of ranks. A step starting at position p takes the next B*W
+positions; rank r takes the B-slice [p + r*B, p + (r+1)*B). Past the budget a slot is
+empty (-1): the last step of an epoch may leave ranks, or parts of their batch, idle.
+So a run resumed at position p with any world size, or another per-rank batch, continues
+at exactly the next unseen image, and ranks see disjoint images that together cover it.
 """
 from __future__ import annotations
 
@@ -100,51 +104,63 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
-    """Full global batches only, as the reference's 9664 / 16 = 604 (no short last batch)."""
-    return n // (batch_size * world_size)
+def epoch_budget(n: int, batch_size: int, max_steps: int = 0, world_size: int = 1) -> int:
+    """Images one epoch trains on: all n less a remainder under one per-rank batch (none for the
+    reference's 9664 / 16), capped at max_steps global batches when that is set (smoke runs)."""
+    budget = (n // batch_size) * batch_size
+    return min(budget, max_steps * batch_size * world_size) if max_steps else budget
 
 
-def rank_batch(perm: np.ndarray, step: int, batch_size: int, rank: int, world_size: int) -> np.ndarray:
-    """The indices rank `rank` trains on at `step`: its slice of that step's global batch."""
-    start = step * batch_size * world_size + rank * batch_size
-    return perm[start:start + batch_size]
+def steps_left(budget: int, position: int, batch_size: int, world_size: int) -> int:
+    """Global steps from `position` to the end of the epoch's budget."""
+    return max(0, -(-(budget - position) // (batch_size * world_size)))
+
+
+def step_slots(perm: np.ndarray, budget: int, position: int, batch_size: int, world_size: int) -> np.ndarray:
+    """The indices of one global step as [world_size, batch_size]: row r is rank r's batch; -1 is empty."""
+    pos = position + np.arange(world_size * batch_size)
+    return np.where(pos < budget, perm[np.minimum(pos, len(perm) - 1)], -1).reshape(world_size, batch_size)
 
 
 def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                  start_step: int = 0, max_steps: int = 0, split: str = "train", scaled: bool = True,
+                  start_image: int = 0, budget: int = 0, split: str = "train", scaled: bool = True,
                   block: int = 8, prefetch: int = 8):
-    """A tf.data.Dataset of this rank's batches for one epoch, and its number of steps.
+    """A tf.data.Dataset of this rank's steps for the rest of one epoch, and how many there are.
 
-    Batches are [B, H, W, 1]: float32 in (-1, 1) when `scaled`, else the stored uint8, for a
-    consumer that scales inside its own compiled step (the training loop does: 4x fewer bytes
-    through the pipeline, and the scaling fuses with the model's first ops). The generator
-    hands over `block` batches at a time, so Python's per-element cost is paid once a block.
+    Each element is (images [B, H, W, 1], slots [W, B] int64): the images of this rank's
+    row of `slots` (zeros where a slot is empty), and every rank's indices for that step, so
+    the consumer can weight partial batches and record what the epoch visited. Images are
+    float32 in (-1, 1) when `scaled`, else the stored uint8, for a consumer that scales inside
+    its compiled step (4x fewer bytes through the pipeline). The generator hands over `block`
+    steps at a time, so Python's per-element cost is paid once a block.
     """
     import tensorflow as tf
 
     reader = ShardReader(dataset, split)
     n = len(reader)
-    steps = steps_per_epoch(n, batch_size, world_size)
-    if steps == 0:
-        raise DataError(f"{dataset}: {n} {split} images cannot fill one global batch of "
-                        f"{batch_size} x {world_size} ranks")
-    if max_steps:
-        steps = min(steps, max_steps)
+    budget = budget or epoch_budget(n, batch_size)
+    if budget < batch_size:
+        raise DataError(f"{dataset}: {n} {split} images cannot fill one batch of {batch_size}")
     perm = epoch_permutation(n, seed, epoch)
-    res = reader.resolution
+    res, stride = reader.resolution, batch_size * world_size
+    steps = steps_left(budget, start_image, batch_size, world_size)
 
     def blocks():
-        for s0 in range(start_step, steps, block):
-            s1 = min(s0 + block, steps)
-            idx = np.concatenate([rank_batch(perm, s, batch_size, rank, world_size) for s in range(s0, s1)])
-            yield reader.read(idx).reshape(s1 - s0, batch_size, res, res, 1)
+        for s0 in range(0, steps, block):
+            k = min(block, steps - s0)
+            slots = np.stack([step_slots(perm, budget, start_image + (s0 + j) * stride, batch_size, world_size)
+                              for j in range(k)])
+            mine = slots[:, rank].reshape(-1)
+            images = np.zeros((len(mine), res, res), np.uint8)
+            images[mine >= 0] = reader.read(mine[mine >= 0])
+            yield images.reshape(k, batch_size, res, res, 1), slots
 
-    ds = tf.data.Dataset.from_generator(
-        blocks, output_signature=tf.TensorSpec((None, batch_size, res, res, 1), tf.uint8))
-    ds = ds.flat_map(tf.data.Dataset.from_tensor_slices)
+    ds = tf.data.Dataset.from_generator(blocks, output_signature=(
+        tf.TensorSpec((None, batch_size, res, res, 1), tf.uint8),
+        tf.TensorSpec((None, world_size, batch_size), tf.int64)))
+    ds = ds.flat_map(lambda images, slots: tf.data.Dataset.from_tensor_slices((images, slots)))
     if scaled:
-        ds = ds.map(to_unit_tf, num_parallel_calls=1, deterministic=True)
+        ds = ds.map(lambda images, slots: (to_unit_tf(images), slots), num_parallel_calls=1, deterministic=True)
     return ds.prefetch(prefetch), steps
 
 

@@ -6,6 +6,11 @@ the sha256 of each file. It is written under a temp name and renamed whole, so a
 never sees half of one. Variables are keyed by their Keras path under `generator/`,
 `discriminator/`, `g_optimizer/`, `d_optimizer/` and `state/`, so `tf.train.load_checkpoint`
 reads them by name.
+
+A run never starts afresh by accident: when checkpoints exist and none loads, resuming is
+an error that names each one and why; `set_aside` moves them (and the run's record) out
+of the way, for a deliberate restart. A checkpoint is never removed before its successor
+is complete.
 """
 from __future__ import annotations
 
@@ -17,6 +22,28 @@ from pathlib import Path
 from .. import fsutil
 
 PREFIX = "ckpt"
+REPLACED = ".replaced.tmp"
+# What a restart moves aside: everything a resume would read or extend.
+RUN_RECORD = ("checkpoints", "stats.jsonl", "samples", "ranks", "tensorboard", "snapshots", "generator.keras",
+              "train_done.json", "report")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint can be resumed from, or the newest belongs to another kind of run."""
+
+
+def set_aside(run_dir: str | os.PathLike) -> Path | None:
+    """Move a run's checkpoints and record into RUN_DIR/set-aside/<time>/; nothing is deleted."""
+    run_dir = Path(run_dir)
+    present = [name for name in RUN_RECORD if (run_dir / name).exists()]
+    if not present:
+        return None
+    dest = run_dir / "set-aside" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=False)
+    for name in present:
+        os.rename(run_dir / name, dest / name)
+    fsutil.fsync_path(run_dir)
+    return dest
 
 
 def _keyed(variables) -> dict:
@@ -68,10 +95,13 @@ class CheckpointManager:
             fsutil.fsync_path(f)
         fsutil.write_json(tmp / "meta.json", {**meta, "global_step": global_step, "files": files,
                                               "saved_at": time.time()})
-        if final.exists():  # same step saved twice (e.g. signal right after an epoch-end save)
-            shutil.rmtree(final)
+        replaced = final.with_name(f".{final.name}{REPLACED}")
+        if final.exists():  # the same step again (a stop right after an epoch end): the new one is complete first
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.rename(final, replaced)
         os.rename(tmp, final)
         fsutil.fsync_path(self.dir)
+        shutil.rmtree(replaced, ignore_errors=True)
         for old in self.list()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -93,18 +123,40 @@ class CheckpointManager:
                 return f"{name} does not match its recorded sha256 (corrupt or truncated)"
         return None
 
-    def restore_latest(self) -> dict | None:
-        """Restore the newest checkpoint that verifies and loads; log and skip the others."""
+    def recover(self) -> None:
+        """Undo what a kill between the two renames of a same-step save left, then drop stale temps."""
+        if not self.dir.is_dir():
+            return
+        for old in self.dir.glob(f".{PREFIX}-*{REPLACED}"):
+            final = self.dir / old.name[1:-len(REPLACED)]
+            if not final.exists():
+                os.rename(old, final)
+        fsutil.remove_stale_temps(self.dir)
+
+    def restore_latest(self, check=None) -> dict | None:
+        """Restore the newest checkpoint that verifies and loads; log and skip the others.
+
+        `check(meta)` may raise CheckpointError for a checkpoint of another kind of run. None
+        when there are no checkpoints; CheckpointError when there are and none can be used.
+        """
+        failures = []
         for ckpt_dir in reversed(self.list()):
             why = self.verify(ckpt_dir)
             if why is None:
+                meta = fsutil.read_json(ckpt_dir / "meta.json")
+                if check:
+                    check(meta, ckpt_dir)
                 try:
                     self._ckpt.read(str(ckpt_dir / PREFIX)).assert_existing_objects_matched()
-                    meta = fsutil.read_json(ckpt_dir / "meta.json")
                     self.log(f"resumed from {ckpt_dir} (epoch {meta['epoch']}, step {meta['step_in_epoch']}, "
                              f"global step {meta['global_step']})")
                     return meta
                 except Exception as e:  # DataLossError, NotFoundError, mismatched graph, ...
                     why = f"does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
             self.log(f"WARNING: skipping checkpoint {ckpt_dir}: {why}; trying the one before")
+            failures.append(f"  {ckpt_dir}: {why}")
+        if failures:
+            raise CheckpointError(f"{self.dir}: no checkpoint can be resumed from, and starting afresh here would "
+                                  "mix two runs:\n" + "\n".join(failures) + "\nTo start again, run train with "
+                                  "--restart, which moves them and the run's stats aside (nothing is deleted).")
         return None

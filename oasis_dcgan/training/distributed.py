@@ -173,6 +173,15 @@ def allreduce_mean(hvd, tensors, fp16: bool = False):
     return hvd.grouped_allreduce(list(tensors), op=hvd.Average)
 
 
+def broadcast_flag(hvd, flag: bool) -> bool:
+    """Rank 0's flag, on every rank."""
+    import tensorflow as tf
+
+    if hvd.size() == 1:
+        return flag
+    return bool(hvd.broadcast(tf.constant(int(flag)), root_rank=0, name="bcast.flag").numpy())
+
+
 def broadcast_variables(hvd, variables, prefix: str) -> None:
     """Overwrite every variable with rank 0's value, one named broadcast per variable."""
     import tensorflow as tf

@@ -54,15 +54,19 @@ def build_discriminator(resolution: int = 256) -> tf.keras.Model:
     ], name="discriminator")
 
 
-_bce = tf.keras.losses.BinaryCrossentropy(from_logits=True)
+def _bce(label: float, logits):
+    """Binary cross-entropy from logits, one value per image."""
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(logits), label), logits=logits)[:, 0]
 
 
-def discriminator_loss(real_logits, fake_logits):
-    return _bce(tf.ones_like(real_logits), real_logits) + _bce(tf.zeros_like(fake_logits), fake_logits)
+def discriminator_loss_per_image(real_logits, fake_logits):
+    """The reference's D loss, BCE(1, D(real)) + BCE(0, D(fake)), before the batch mean."""
+    return _bce(1.0, real_logits) + _bce(0.0, fake_logits)
 
 
-def generator_loss(fake_logits):
-    return _bce(tf.ones_like(fake_logits), fake_logits)
+def generator_loss_per_image(fake_logits):
+    """The reference's G loss, BCE(1, D(fake)), before the batch mean."""
+    return _bce(1.0, fake_logits)
 
 
 def save_model(model, dest: str | os.PathLike) -> None:

@@ -4,10 +4,12 @@ Everything a resume needs besides the networks and optimizers lives in TensorFlo
 variables that only compiled functions change: the counters, the epoch's loss
 accumulators and the fixed noise. A compiled call runs to its end before a Python signal
 handler can run, so a checkpoint taken from a handler is always consistent. The step's
-noise is a stateless function of (seed, rank, global step), so a resumed run draws exactly
-the noise an uninterrupted one would.
+noise and dropout masks are stateless functions of (seed, rank, global step), so a resumed
+run draws exactly what an uninterrupted one would.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import tensorflow as tf
@@ -15,7 +17,9 @@ import tensorflow as tf
 from ..imaging import to_unit_tf
 from . import distributed, model
 
-COUNTERS = ("epoch", "step_in_epoch", "global_step")
+# epoch_images is the epoch's image budget, fixed when the epoch starts; images_in_epoch
+# how many of them are used up; images_seen the run's total (kimg is this / 1000).
+COUNTERS = ("epoch", "step_in_epoch", "global_step", "images_in_epoch", "epoch_images", "images_seen")
 # The loss accumulators, at the value each epoch starts from.
 LOSS_START = {"g_sum": 0.0, "d_sum": 0.0, "count": 0.0,
               "g_min": np.inf, "g_max": -np.inf, "d_min": np.inf, "d_max": -np.inf}
@@ -23,17 +27,19 @@ FIXED_NOISE_BATCH = 16   # the reference's per-epoch 4x4 grid, and the batch its
 
 
 class TrainState:
-    """Counters, the current epoch's loss accumulators and the fixed noise, as TF variables."""
+    """Counters, the current epoch's loss accumulators and visits, and the fixed noise, as TF variables."""
 
-    def __init__(self, noise_dim: int, seed: int):
+    def __init__(self, noise_dim: int, seed: int, n_images: int):
         self.counters = {k: tf.Variable(0, dtype=tf.int64, name=k) for k in COUNTERS}
         self.losses = {k: tf.Variable(v, dtype=tf.float64, name=k) for k, v in LOSS_START.items()}
+        # How often each training image was trained on this epoch, by every rank together.
+        self.visits = tf.Variable(tf.zeros([n_images], tf.int32), name="visits")
         self.fixed_noise = tf.Variable(tf.random.stateless_normal([FIXED_NOISE_BATCH, noise_dim],
                                                                   seed=[seed, 0x5EED]), name="fixed_noise")
 
     def variables(self) -> dict:
         """By name, as checkpoints key them."""
-        return {**self.counters, **self.losses, "fixed_noise": self.fixed_noise}
+        return {**self.counters, **self.losses, "visits": self.visits, "fixed_noise": self.fixed_noise}
 
     def read_counters(self) -> dict:
         return {k: int(v.numpy()) for k, v in self.counters.items()}
@@ -46,8 +52,15 @@ class TrainState:
                 "g_loss_max": a["g_max"], "d_loss_min": a["d_min"], "d_loss_max": a["d_max"],
                 "steps": int(a["count"])}
 
-    def record_step(self, g_loss, d_loss) -> None:
-        """Inside the compiled step: fold this step's (rank-averaged) losses in, count the step."""
+    def epoch_visits(self) -> dict:
+        """How many images the epoch trained on, and a digest of which, that any world size reproduces."""
+        visits = self.visits.numpy()
+        visited = np.repeat(np.arange(len(visits)), visits)  # sorted, each index as often as it was trained on
+        digest = hashlib.sha256(",".join(map(str, visited.tolist())).encode()).hexdigest()
+        return {"images": int(visits.sum()), "images_sha256": digest}
+
+    def record_step(self, g_loss, d_loss, slots) -> None:
+        """Inside the compiled step: fold in this step's losses and images, count the step."""
         acc = self.losses
         acc["g_sum"].assign_add(g_loss)
         acc["d_sum"].assign_add(d_loss)
@@ -56,34 +69,74 @@ class TrainState:
         acc["d_min"].assign(tf.minimum(acc["d_min"], d_loss))
         acc["d_max"].assign(tf.maximum(acc["d_max"], d_loss))
         acc["count"].assign_add(1.0)
+        used = tf.boolean_mask(slots, slots >= 0)
+        self.visits.scatter_nd_add(used[:, None], tf.ones_like(used, tf.int32))
+        n_used = tf.size(used, out_type=tf.int64)
+        self.counters["images_in_epoch"].assign_add(n_used)
+        self.counters["images_seen"].assign_add(n_used)
         self.counters["step_in_epoch"].assign_add(1)
         self.counters["global_step"].assign_add(1)
+
+    def start_epoch(self, budget: int) -> None:
+        """Fix the epoch's image budget, once: a resumed epoch keeps the one it started with."""
+        if int(self.counters["epoch_images"].numpy()) == 0:
+            self.counters["epoch_images"].assign(budget)
 
     @tf.function
     def advance_epoch(self):
         """Start the next epoch: one compiled call, so no signal can see it half done."""
         for k, v in self.losses.items():
             v.assign(LOSS_START[k])
+        self.visits.assign(tf.zeros_like(self.visits))
+        for k in ("step_in_epoch", "images_in_epoch", "epoch_images"):
+            self.counters[k].assign(0)
         self.counters["epoch"].assign_add(1)
-        self.counters["step_in_epoch"].assign(0)
+
+
+DROPOUT_DRAWS_PER_STEP = 2  # D runs twice a step (real, fake); each Dropout draws one seed a run
+
+
+def seed_dropout(discriminator, seed: int, rank: int, global_step: int) -> None:
+    """Point every Dropout's seed at (seed, rank, layer), at the draw the given step makes.
+
+    Called eagerly once a process starts, after rank 0's variables were broadcast: ranks
+    then draw different masks, and a resumed run continues each rank's sequence exactly.
+    (Assigning the seeds inside the compiled step instead made the masks depend on how
+    the runtime ordered the assignment against Keras's own seed updates.)
+    """
+    layers = [layer for layer in discriminator.layers if hasattr(layer, "seed_generator")]
+    for i, layer in enumerate(layers):
+        state = layer.seed_generator.state
+        state.assign(tf.constant([(seed * 1000 + rank) * 16 + i, global_step * DROPOUT_DRAWS_PER_STEP],
+                                 dtype=state.dtype))
 
 
 def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, hvd, batch_size: int,
-                     noise_dim: int, noise_seed: int, fp16_allreduce: bool = False):
-    """The reference's two-tape step, data-parallel: one fused allreduce, identical state on all ranks."""
-    world_size = hvd.size()
+                     noise_dim: int, seed: int, fp16_allreduce: bool = False):
+    """The reference's two-tape step, data-parallel: one fused allreduce, identical state on all ranks.
+
+    Each rank's losses are sums over its own images times world_size / (images in the step),
+    so the allreduce's average is the mean over every image of the step, however the last,
+    partial step of an epoch is spread over the ranks. With full batches this is the
+    reference's per-batch mean.
+    """
+    world_size, rank = hvd.size(), hvd.rank()
 
     @tf.function
-    def train_step(images_uint8):
+    def train_step(images_uint8, slots):
         images = to_unit_tf(images_uint8)
-        noise = tf.random.stateless_normal(
-            [batch_size, noise_dim], seed=tf.stack([tf.cast(noise_seed, tf.int64), state.counters["global_step"]]))
+        weights = tf.cast(slots[rank] >= 0, tf.float32)
+        scale = world_size / tf.cast(tf.math.count_nonzero(slots >= 0), tf.float32)
+        # The noise is a function of (seed, rank, global step): ranks differ, and a resumed
+        # run draws exactly what an uninterrupted one would (dropout: see seed_dropout).
+        noise = tf.random.stateless_normal([batch_size, noise_dim], seed=tf.stack([
+            tf.constant(seed * 1000 + rank, tf.int64), state.counters["global_step"]]))
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = generator(noise, training=True)
             real_logits = discriminator(images, training=True)
             fake_logits = discriminator(fake, training=True)
-            g_loss = model.generator_loss(fake_logits)
-            d_loss = model.discriminator_loss(real_logits, fake_logits)
+            g_loss = tf.reduce_sum(model.generator_loss_per_image(fake_logits) * weights) * scale
+            d_loss = tf.reduce_sum(model.discriminator_loss_per_image(real_logits, fake_logits) * weights) * scale
         g_grads = g_tape.gradient(g_loss, generator.trainable_variables)
         d_grads = d_tape.gradient(d_loss, discriminator.trainable_variables)
         # The forward pass moved G's BatchNorm statistics by this rank's batch; averaging them
@@ -103,7 +156,7 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
             for v, mean in zip(generator.non_trainable_variables, rest[:len(bn_stats)]):
                 v.assign(mean)
         g_mean, d_mean = tf.cast(rest[-2], tf.float64), tf.cast(rest[-1], tf.float64)
-        state.record_step(g_mean, d_mean)
+        state.record_step(g_mean, d_mean, slots)
         return g_mean, d_mean
 
     return train_step

@@ -22,8 +22,9 @@ from ..config import Config
 from ..imaging import save_grid
 from ..logs import Progress, RunLog, Stats, format_seconds
 from ..prep.manifest import load_manifest, manifest_hash
-from ..prep.reader import ShardReader, steps_per_epoch, train_dataset
+from ..prep.reader import ShardReader, epoch_budget, steps_left, train_dataset
 from .distributed import World
+from .step import seed_dropout
 
 
 def lr_for(cfg: Config, world_size: int) -> float:
@@ -43,36 +44,37 @@ class Trainer:
         self._saving = False
         self._ready = False          # models built and restored: a checkpoint now means something
         self._rendezvous = None      # rank 0's rendezvous server, alive while the ranks run
+        self.lock = None             # rank 0's hold on the run directory
 
     def run(self) -> dict:
         """Train (or resume) the run in cfg.run_dir on this rank. Returns a summary on every rank."""
-        # ---- Join the job's Horovod world; one GPU per rank
+        # ---- Take the run (rank 0), join the job's Horovod world; one GPU per rank
         self.setup_process()
-        # ---- Data plan, networks, optimizers, run state, the compiled step
-        self.build()
-        # ---- Resume: rank 0 restores the newest good checkpoint, every rank takes rank 0's state
-        resumed = self.restore_and_broadcast()
-        self.open_outputs(resumed)
-        # ---- Train, one epoch at a time
-        progress = Progress(self.total_steps, done=self.global_step) if self.chief else None
         try:
-            while self.epoch < self.cfg.train.epochs and not self.stop_reason:
-                steps, seconds = self.train_epoch(progress)
-                if not self.stop_reason:
-                    self.end_epoch(steps, seconds)
+            # ---- Data plan, networks, optimizers, run state, the compiled step
+            self.build()
+            # ---- Resume: rank 0 restores the newest good checkpoint, every rank takes rank 0's state
+            resumed = self.restore_and_broadcast()
+            self.open_outputs(resumed)
+            # ---- Train, one epoch at a time
+            self.train_epochs()
+            # ---- Finish: the final generator, and each rank's note
+            return self.finish()
         finally:
-            if progress:
-                progress.close()
-        # ---- Finish: the final generator, and each rank's note
-        return self.finish()
+            if self.lock:
+                self.lock.release()
 
     # ------------------------------------------------------------------ set-up
 
     def setup_process(self) -> None:
         from . import distributed
+        from .runlock import RunLock
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.chief:  # before the rendezvous, which clears the run's old rendezvous files
+            self.lock = RunLock(self.run_dir, self.world.job_id, self.world.attempt, log=self.log)
+            self.lock.acquire()
         self.hvd, self._rendezvous = distributed.init(self.world)
         self.rank, self.size = self.hvd.rank(), self.hvd.size()
         configure_tensorflow(self.cfg, self.hvd.local_rank())
@@ -86,14 +88,15 @@ class Trainer:
 
         t = self.cfg.train
         self.resolution = int(load_manifest(self.cfg.data.dataset)["resolution"])
+        self.dataset_hash = manifest_hash(self.cfg.data.dataset)
         n_train = len(ShardReader(self.cfg.data.dataset, "train"))
-        self.steps_per_epoch = steps_per_epoch(n_train, t.batch_size, self.size)
-        if t.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, t.max_steps_per_epoch)
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{self.cfg.data.dataset}: {n_train} training images cannot fill one global batch "
-                             f"of {t.batch_size} x {self.size} ranks")
-        self.total_steps = self.steps_per_epoch * t.epochs
+        # A new epoch's image budget; an epoch in progress keeps the budget it started with.
+        self.budget = epoch_budget(n_train, t.batch_size, t.max_steps_per_epoch, self.size)
+        if self.budget == 0:
+            raise ValueError(f"{self.cfg.data.dataset}: {n_train} training images cannot fill one batch "
+                             f"of {t.batch_size}")
+        self.steps_per_epoch = steps_left(self.budget, 0, t.batch_size, self.size)
+        self.total_images = self.budget * t.epochs
         self.lr = lr_for(self.cfg, self.size)
         self.generator = model.build_generator(self.resolution, t.noise_dim)
         self.discriminator = model.build_discriminator(self.resolution)
@@ -101,45 +104,81 @@ class Trainer:
         # Adam's slots are created lazily; build them now so they are checkpointed and broadcast.
         self.g_opt.build(self.generator.trainable_variables)
         self.d_opt.build(self.discriminator.trainable_variables)
-        self.state = TrainState(t.noise_dim, t.seed)
+        self.state = TrainState(t.noise_dim, t.seed, n_train)
         self.groups = variable_groups(self.generator, self.discriminator, self.g_opt, self.d_opt,
                                       self.state.variables())
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.groups, keep=t.keep_checkpoints,
                                              log=self.log)
         self.train_step = build_train_step(self.generator, self.discriminator, self.g_opt, self.d_opt, self.state,
-                                           self.hvd, t.batch_size, t.noise_dim, noise_seed=t.seed * 1000 + self.rank,
+                                           self.hvd, t.batch_size, t.noise_dim, seed=t.seed,
                                            fp16_allreduce=t.fp16_allreduce)
 
     def restore_and_broadcast(self) -> dict | None:
         from . import distributed
+        from .checkpoint import CheckpointError
 
-        resumed = None
+        resumed, failure = None, ""
         if self.chief:
-            fsutil.remove_stale_temps(self.run_dir / "checkpoints")
-            resumed = self.checkpoints.restore_latest()
+            self.checkpoints.recover()
+            try:
+                resumed = self.checkpoints.restore_latest(check=self._check_compatible)
+            except CheckpointError as e:
+                failure = str(e)
+        # Every rank learns whether rank 0 could resume, so none waits for a rank that gave up.
+        if distributed.broadcast_flag(self.hvd, bool(failure)):
+            raise CheckpointError(failure or "rank 0 could not resume from this run's checkpoints (see its log)")
         # Rank 0's variables, restored or fresh, become everyone's: models, optimizer slots,
         # counters and accumulators alike.
         for name, group in self.groups.items():
             distributed.broadcast_variables(self.hvd, list(group.values()), prefix=f"bcast.{name}")
+        self._apply_config(resumed)
         counters = self.state.read_counters()
         self.epoch, self.global_step = counters["epoch"], counters["global_step"]
+        seed_dropout(self.discriminator, self.cfg.train.seed, self.rank, self.global_step)
         self._ready = True
         return resumed
+
+    def _check_compatible(self, meta: dict, ckpt_dir) -> None:
+        """A checkpoint of another model or, unless allowed, another dataset is an error, not a resume."""
+        from .checkpoint import CheckpointError
+
+        for key, theirs, ours in (("data.resolution", meta.get("resolution"), self.resolution),
+                                  ("train.noise_dim", meta.get("noise_dim"), self.cfg.train.noise_dim)):
+            if theirs is not None and theirs != ours:
+                raise CheckpointError(f"{key} = {ours}, but {ckpt_dir} was written with {theirs}: it cannot be "
+                                      "resumed. Use another run directory, or train with --restart")
+        theirs = meta.get("dataset_manifest_sha256")
+        if theirs and theirs != self.dataset_hash and not self.cfg.train.allow_dataset_change:
+            raise CheckpointError(f"data.dataset: {self.cfg.data.dataset} is not the dataset {ckpt_dir} was trained "
+                                  "on (its manifest hash differs). Set train.allow_dataset_change=true to go on "
+                                  "with the new data, or use another run directory")
+
+    def _apply_config(self, resumed: dict | None) -> None:
+        """The config, not the checkpoint, decides what is not learned state: the learning rate above all."""
+        self.g_opt.learning_rate = self.lr
+        self.d_opt.learning_rate = self.lr
+        if not (resumed and self.chief):
+            return
+        for key, theirs, ours in (("learning rate", resumed.get("learning_rate"), self.lr),
+                                  ("train.batch_size", resumed.get("batch_size"), self.cfg.train.batch_size),
+                                  ("ranks", resumed.get("world_size"), self.size),
+                                  ("dataset", resumed.get("dataset_manifest_sha256"), self.dataset_hash)):
+            if theirs is not None and theirs != ours:
+                self.log(f"resume: {key} was {theirs} when the checkpoint was written, now {ours}; the config wins")
 
     def open_outputs(self, resumed: dict | None) -> None:
         """Rank 0: options.json, the resume notes, stats.jsonl and TensorBoard."""
         self._last_tick = self._last_checkpoint = self._t_run = time.monotonic()
-        self._steps_run = 0
+        self._images_at_start = self.images_done()
         if not self.chief:
             return
         import tensorflow as tf
 
         fsutil.write_json(self.run_dir / "options.json", self.options())
-        if resumed and resumed.get("world_size", self.size) != self.size:
-            self.log(f"WARNING: the checkpoint was written by {resumed['world_size']} rank(s), this job has "
-                     f"{self.size}: the rest of this epoch visits images in a different order, and the result is no "
-                     "longer bit-identical to an uninterrupted run")
         if resumed:
+            c = self.state.read_counters()
+            self.log(f"continuing epoch {c['epoch'] + 1} at image {c['images_in_epoch']} of {c['epoch_images']} "
+                     f"on {self.size} rank(s) (the checkpoint was written by {resumed.get('world_size', '?')})")
             dropped = Stats.truncate_after(self.run_dir / "stats.jsonl", resumed["global_step"], resumed["epoch"])
             if dropped:
                 self.log(f"dropped {dropped} stats line(s) logged after that checkpoint")
@@ -160,7 +199,8 @@ class Trainer:
             "learning_rate": self.lr,
             "global_batch": self.global_batch,
             "steps_per_epoch": self.steps_per_epoch,
-            "dataset_manifest_sha256": manifest_hash(self.cfg.data.dataset),
+            "images_per_epoch": self.budget,
+            "dataset_manifest_sha256": self.dataset_hash,
             "resolution": self.resolution,
             "versions": package_versions(),
             "git_revision": git_revision(),
@@ -174,46 +214,66 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    def train_epochs(self) -> None:
+        progress = Progress(self.total_images, done=self.images_done(), unit="img") if self.chief else None
+        try:
+            while self.epoch < self.cfg.train.epochs and not self.stop_reason:
+                steps, seconds = self.train_epoch(progress)
+                if not self.stop_reason:
+                    self.end_epoch(steps, seconds)
+        finally:
+            if progress:
+                progress.close()
+
+    def images_done(self) -> int:
+        """Images trained on so far, over all epochs (what the progress bar and ETA count)."""
+        c = self.state.read_counters()
+        return c["epoch"] * self.budget + c["images_in_epoch"]
+
     def train_epoch(self, progress) -> tuple[int, float]:
-        """The rest of the current epoch. Returns (steps run, seconds)."""
-        step0 = self.state.read_counters()["step_in_epoch"]
-        ds, _ = train_dataset(self.cfg.data.dataset, self.cfg.train.seed, self.epoch, self.cfg.train.batch_size,
-                              self.rank, self.size, start_step=step0, max_steps=self.steps_per_epoch, scaled=False)
+        """The rest of the current epoch, from its next unseen image. Returns (steps run, seconds)."""
+        self.state.start_epoch(self.budget)
+        c = self.state.read_counters()
+        ds, n_steps = train_dataset(self.cfg.data.dataset, self.cfg.train.seed, self.epoch, self.cfg.train.batch_size,
+                                    self.rank, self.size, start_image=c["images_in_epoch"], budget=c["epoch_images"],
+                                    scaled=False)
         t_epoch, steps = time.monotonic(), 0
-        for images in ds:
+        for images, slots in ds:
             t_step = time.monotonic()
-            g_loss, d_loss = self.train_step(images)
+            g_loss, d_loss = self.train_step(images, slots)
             steps += 1
-            self._steps_run += 1
             self.global_step += 1
             if self.chief:
-                self._show_progress(progress, g_loss, d_loss, steps / max(time.monotonic() - t_epoch, 1e-9),
-                                    time.monotonic() - t_step)
-                if step0 + steps < self.steps_per_epoch:  # the epoch end saves anyway
+                self._show_progress(progress, g_loss, d_loss, t_epoch, time.monotonic() - t_step)
+                if steps < n_steps:  # the epoch end saves anyway
                     self._periodic_checkpoint()
             if self.stop_reason:
                 break
         return steps, time.monotonic() - t_epoch
 
-    def _show_progress(self, progress, g_loss, d_loss, steps_per_s: float, step_time: float) -> None:
+    def _show_progress(self, progress, g_loss, d_loss, t_epoch: float, step_time: float) -> None:
         """The bar on a terminal, and every tick_seconds a tick line in stats.jsonl (and the log)."""
         now = time.monotonic()
         tick = now - self._last_tick >= self.cfg.train.tick_seconds
         if not (progress.active or tick):
             return  # reading the losses waits for the step to finish: only when they are shown
         g, d = float(g_loss), float(d_loss)
-        ips = steps_per_s * self.global_batch
+        c = self.state.read_counters()
+        done, kimg = self.images_done(), c["images_seen"] / 1000
+        ips = c["images_in_epoch"] / max(now - t_epoch, 1e-9) if c["images_in_epoch"] else 0.0
         epochs = self.cfg.train.epochs
-        progress.update(self.global_step, f"epoch {self.epoch + 1}/{epochs} g {g:.3f} d {d:.3f} {ips:.1f} img/s")
+        progress.update(done, f"epoch {self.epoch + 1}/{epochs} kimg {kimg:.1f} g {g:.3f} d {d:.3f} {ips:.1f} img/s")
         if not tick:
             return
         self._last_tick = now
-        eta = (self.total_steps - self.global_step) * (now - self._t_run) / self._steps_run
-        self.stats.write(kind="tick", epoch=self.epoch + 1, global_step=self.global_step, g_loss=g, d_loss=d,
-                         images_per_s=ips, step_time=step_time, eta_s=eta)
+        self.lock.touch()
+        rate = (done - self._images_at_start) / max(now - self._t_run, 1e-9)
+        eta = (self.total_images - done) / rate if rate > 0 else None
+        self.stats.write(kind="tick", epoch=self.epoch + 1, global_step=self.global_step, kimg=kimg, g_loss=g,
+                         d_loss=d, images_per_s=rate, step_time=step_time, eta_s=eta)
         if not progress.active:
-            self.log(f"tick epoch {self.epoch + 1}/{epochs} step {self.global_step}/{self.total_steps} "
-                     f"g {g:.4f} d {d:.4f} {ips:.1f} img/s ETA {format_seconds(eta)}")
+            self.log(f"tick epoch {self.epoch + 1}/{epochs} step {self.global_step} kimg {kimg:.1f} "
+                     f"g {g:.4f} d {d:.4f} {rate:.1f} img/s ETA {format_seconds(eta or float('inf'))}")
 
     def _periodic_checkpoint(self) -> None:
         every_k = self.cfg.train.checkpoint_every_steps
@@ -244,7 +304,9 @@ class Trainer:
             with open(tmp, "wb") as f:
                 np.save(f, fake)
         save_grid(fake, samples / f"epoch_{number:04d}.png", f"epoch {number}")
-        rec = dict(kind="epoch", epoch=number, global_step=self.global_step, **self.state.epoch_losses(),
+        counters = self.state.read_counters()
+        rec = dict(kind="epoch", epoch=number, global_step=self.global_step, kimg=counters["images_seen"] / 1000,
+                   **self.state.epoch_losses(), **self.state.epoch_visits(),
                    images_per_s=steps * self.global_batch / max(seconds, 1e-9),
                    step_time=seconds / max(steps, 1), epoch_time=seconds,
                    sample_s=time.perf_counter() - t0, wall_time=time.time())
@@ -273,12 +335,15 @@ class Trainer:
             t0 = time.perf_counter()
             path = self.checkpoints.save(counters["global_step"], {
                 **counters, "reason": reason, "world_size": self.size, "data_seed": self.cfg.train.seed,
-                "resolution": self.resolution})
+                "resolution": self.resolution, "noise_dim": self.cfg.train.noise_dim,
+                "batch_size": self.cfg.train.batch_size, "learning_rate": self.lr,
+                "dataset_manifest_sha256": self.dataset_hash})
             if self.stats:
                 self.stats.write(kind="checkpoint", global_step=counters["global_step"], epoch=counters["epoch"],
                                  reason=reason, seconds=time.perf_counter() - t0)
                 self.stats.sync()
             self.log(f"checkpoint {path.name} ({reason})")
+            self.lock.touch()
         finally:
             self._saving = False
 
@@ -352,10 +417,12 @@ def configure_tensorflow(cfg: Config, local_rank: int) -> None:
 
 
 def weights_digest(*models) -> str:
+    """sha256 of the models' weights and statistics; dropout seed states, which are per rank, left out."""
     h = hashlib.sha256()
     for m in models:
         for v in m.variables:
-            h.update(np.ascontiguousarray(v.numpy()).tobytes())
+            if "seed_generator" not in v.path:
+                h.update(np.ascontiguousarray(v.numpy()).tobytes())
     return h.hexdigest()
 
 

@@ -1,14 +1,19 @@
 """The callables a job runs: plain data in, pickled by submitit, or called in-process under srun.
 
-`TrainJob` is submitit's Checkpointable: on USR2 (preemption or the time limit) submitit
-calls `checkpoint()` on global rank 0 of the running job, on the very object it is running.
-That asks the Trainer to save from memory (no collective, so nothing can hang) and returns
-a DelayedSubmission of a fresh TrainJob on the same run directory, which submitit requeues.
+Stops are agreed. USR2 (preemption, the time limit) and SIGTERM (scontrol requeue, scancel)
+only ask the Trainer to stop; the request rides in the next step's allreduce, every rank
+stops after the same step, rank 0 writes one checkpoint and all ranks meet before any
+exits. Then every rank exits with STOP_EXIT, which slurm/train.sbatch requeues on; under
+submitit, rank 0 hands the stop to submitit's own USR2 handling, which calls
+`TrainJob.checkpoint()` (a DelayedSubmission of a fresh TrainJob on the same run directory;
+the checkpoint is already on disk) and requeues the job.
 """
 from __future__ import annotations
 
 import signal
 from pathlib import Path
+
+STOP_EXIT = 143  # stopped on a signal with a checkpoint on disk: requeue me
 
 from .. import config as config_mod
 from . import environment
@@ -31,30 +36,35 @@ class TrainJob:
         cfg = config_mod.from_dict(self.config)
         world = environment.job_world(Path(cfg.run_dir).resolve() / ".rendezvous")
         self._trainer = Trainer(cfg, world, log_to_stdout=self.log_to_stdout)
-        install_stop_handlers(self._trainer, usr2=not environment.under_submitit())
-        return self._trainer.run()
+        submitit_usr2 = signal.getsignal(signal.SIGUSR2) if environment.under_submitit() else None
+        install_stop_handlers(self._trainer)
+        summary = self._trainer.run()
+        if not summary.get("stopped"):
+            return summary
+        if world.is_chief and callable(submitit_usr2) and "SIGUSR2" in summary["stopped"]:
+            submitit_usr2(signal.SIGUSR2, None)  # submitit: checkpoint(), requeue, exit
+        raise SystemExit(STOP_EXIT)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        if self._trainer is not None:
-            self._trainer.checkpoint_now("preemption (USR2)")
+        trainer = self._trainer
+        if trainer is not None and not trainer.stop_reason:  # called mid-step by submitit itself
+            trainer.checkpoint_now("preemption (USR2)")
         return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.log_to_stdout))
 
 
-def install_stop_handlers(trainer, usr2: bool) -> None:
-    """SIGTERM (scontrol requeue, scancel, the time limit) and, unless submitit owns it, USR2.
+def install_stop_handlers(trainer) -> None:
+    """USR2 and SIGTERM ask the Trainer for an agreed stop; the handler itself does nothing else.
 
-    Slurm signals every task, so every rank exits; rank 0 checkpoints first. submitit's own
-    SIGTERM handler only logs, so this one replaces it.
+    This replaces submitit's handlers for the run of the Trainer (its SIGTERM handler only
+    logs; its USR2 handler is called once the agreed stop's checkpoint is on disk).
     """
     def stop(signum, frame):
         trainer.request_stop(f"signal {signal.Signals(signum).name}")
-        raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop)
-    if usr2:
-        signal.signal(signal.SIGUSR2, stop)
+    for signum in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(signum, stop)
 
 
 def preprocess_task(out: str, task: int, ntasks: int) -> dict:

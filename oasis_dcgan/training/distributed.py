@@ -173,6 +173,14 @@ def allreduce_mean(hvd, tensors, fp16: bool = False):
     return hvd.grouped_allreduce(list(tensors), op=hvd.Average)
 
 
+def barrier(hvd, name: str) -> None:
+    """Return once every rank got here."""
+    import tensorflow as tf
+
+    if hvd.size() > 1:
+        hvd.allreduce(tf.constant(0.0), name=name).numpy()
+
+
 def broadcast_flag(hvd, flag: bool) -> bool:
     """Rank 0's flag, on every rank."""
     import tensorflow as tf

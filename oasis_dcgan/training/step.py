@@ -123,7 +123,7 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
     world_size, rank = hvd.size(), hvd.rank()
 
     @tf.function
-    def train_step(images_uint8, slots):
+    def train_step(images_uint8, slots, want_stop):
         images = to_unit_tf(images_uint8)
         weights = tf.cast(slots[rank] >= 0, tf.float32)
         scale = world_size / tf.cast(tf.math.count_nonzero(slots >= 0), tf.float32)
@@ -144,19 +144,22 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         # checkpoint is the run's, and a resume is exact for any number of ranks.
         bn_stats = [tf.convert_to_tensor(v) for v in generator.non_trainable_variables]
         n_grads = len(g_grads) + len(d_grads)
-        if fp16_allreduce:  # only gradients travel in fp16; statistics and losses stay fp32
+        # A rank's wish to stop rides along: above zero on average means some rank asked, and
+        # every rank learns it from the same step.
+        extra = bn_stats + [g_loss, d_loss, want_stop]
+        if fp16_allreduce:  # only gradients travel in fp16; statistics, losses and the flag stay fp32
             grads = distributed.allreduce_mean(hvd, g_grads + d_grads, fp16=True)
-            rest = distributed.allreduce_mean(hvd, bn_stats + [g_loss, d_loss])
+            rest = distributed.allreduce_mean(hvd, extra)
         else:  # one fused allreduce for everything
-            both = distributed.allreduce_mean(hvd, g_grads + d_grads + bn_stats + [g_loss, d_loss])
+            both = distributed.allreduce_mean(hvd, g_grads + d_grads + extra)
             grads, rest = both[:n_grads], both[n_grads:]
         g_opt.apply_gradients(zip(grads[:len(g_grads)], generator.trainable_variables))
         d_opt.apply_gradients(zip(grads[len(g_grads):], discriminator.trainable_variables))
         if world_size > 1:
             for v, mean in zip(generator.non_trainable_variables, rest[:len(bn_stats)]):
                 v.assign(mean)
-        g_mean, d_mean = tf.cast(rest[-2], tf.float64), tf.cast(rest[-1], tf.float64)
+        g_mean, d_mean = tf.cast(rest[-3], tf.float64), tf.cast(rest[-2], tf.float64)
         state.record_step(g_mean, d_mean, slots)
-        return g_mean, d_mean
+        return g_mean, d_mean, rest[-1] > 0
 
     return train_step

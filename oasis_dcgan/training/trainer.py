@@ -39,7 +39,8 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir).resolve()
         self.chief = self.world.is_chief
         self.log = RunLog(self.run_dir, enabled=self.chief, echo=log_to_stdout)
-        self.stop_reason = ""
+        self.stop_reason = ""        # a stop every rank agreed on, in the step's allreduce
+        self._wanted_stop = ""       # what this rank was asked (a signal); rides in the next step
         self.stats = self.tensorboard = None   # rank 0's, once open_outputs has run
         self._saving = False
         self._ready = False          # models built and restored: a checkpoint now means something
@@ -215,15 +216,23 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def train_epochs(self) -> None:
+        """Epochs until done or until a stop is agreed; a stop writes one checkpoint, then every rank meets."""
+        from . import distributed
+
         progress = Progress(self.total_images, done=self.images_done(), unit="img") if self.chief else None
         try:
             while self.epoch < self.cfg.train.epochs and not self.stop_reason:
                 steps, seconds = self.train_epoch(progress)
-                if not self.stop_reason:
-                    self.end_epoch(steps, seconds)
+                c = self.state.read_counters()
+                if c["images_in_epoch"] >= c["epoch_images"]:
+                    self.end_epoch(steps, seconds)  # its checkpoint is also the stop's, if one was agreed
+                elif self.stop_reason and self.chief:
+                    self.save(self.stop_reason)
         finally:
             if progress:
                 progress.close()
+        if self.stop_reason:  # no rank leaves before rank 0's checkpoint is on disk
+            distributed.barrier(self.hvd, name=f"stop.{self.global_step}")
 
     def images_done(self) -> int:
         """Images trained on so far, over all epochs (what the progress bar and ETA count)."""
@@ -237,19 +246,33 @@ class Trainer:
         ds, n_steps = train_dataset(self.cfg.data.dataset, self.cfg.train.seed, self.epoch, self.cfg.train.batch_size,
                                     self.rank, self.size, start_image=c["images_in_epoch"], budget=c["epoch_images"],
                                     scaled=False)
-        t_epoch, steps = time.monotonic(), 0
+        t_epoch, steps, pending = time.monotonic(), 0, None
         for images, slots in ds:
             t_step = time.monotonic()
-            g_loss, d_loss = self.train_step(images, slots)
+            g_loss, d_loss, agreed = self.train_step(images, slots, self._stop_flag())
             steps += 1
             self.global_step += 1
+            # The previous step's verdict: reading it does not wait for the step just queued.
+            if pending is not None and bool(pending):
+                self._agree_stop()
+                break
+            pending = agreed
             if self.chief:
                 self._show_progress(progress, g_loss, d_loss, t_epoch, time.monotonic() - t_step)
                 if steps < n_steps:  # the epoch end saves anyway
                     self._periodic_checkpoint()
-            if self.stop_reason:
-                break
+        else:
+            if pending is not None and bool(pending):
+                self._agree_stop()
         return steps, time.monotonic() - t_epoch
+
+    def _stop_flag(self):
+        import tensorflow as tf
+
+        return tf.constant(1.0 if self._wanted_stop else 0.0)
+
+    def _agree_stop(self) -> None:
+        self.stop_reason = self._wanted_stop or "a stop another rank was asked for"
 
     def _show_progress(self, progress, g_loss, d_loss, t_epoch: float, step_time: float) -> None:
         """The bar on a terminal, and every tick_seconds a tick line in stats.jsonl (and the log)."""
@@ -290,7 +313,7 @@ class Trainer:
         self.state.advance_epoch()
         self.epoch += 1
         if self.chief:
-            self.save("epoch end")
+            self.save(f"{self.stop_reason} at the epoch end" if self.stop_reason else "epoch end")
             self._last_checkpoint = time.monotonic()
 
     def _write_epoch(self, steps: int, seconds: float) -> None:
@@ -348,7 +371,10 @@ class Trainer:
             self._saving = False
 
     def checkpoint_now(self, reason: str) -> bool:
-        """For a preemption handler: rank 0 saves between two steps. False when there is nothing to save."""
+        """Rank 0 saves the state in memory now, from between two steps, without any collective.
+
+        For a caller that cannot wait for an agreed stop. False when there is nothing to save.
+        """
         if not (self.chief and self._ready):
             return False
         try:
@@ -359,9 +385,12 @@ class Trainer:
         return True
 
     def request_stop(self, reason: str) -> None:
-        """Checkpoint now (rank 0) and end the loop at the next step boundary."""
-        self.stop_reason = reason
-        self.checkpoint_now(reason)
+        """Ask for a stop (safe from a signal handler: it only sets a flag).
+
+        The flag rides in the next step's allreduce, so every rank stops after the same step;
+        rank 0 then writes one checkpoint, all ranks meet, and run() returns with `stopped`.
+        """
+        self._wanted_stop = self._wanted_stop or reason
 
     # ------------------------------------------------------------------ the end
 

@@ -42,8 +42,14 @@ def wait_for_checkpoint(run: Path, timeout: float = 300, after_step: int = 0) ->
     raise AssertionError(f"no checkpoint in {run} after {timeout} s")
 
 
-def top_states(job_id: str) -> list[str]:
-    return [r["State"] for r in status.sacct([job_id]) if r["JobID"] == job_id]
+def top_states(job_id: str, timeout: float = 60) -> list[str]:
+    """The job's states from accounting, once it records the last run as ended (it lags the queue)."""
+    end = time.time() + timeout
+    while True:
+        states = [r["State"] for r in status.sacct([job_id]) if r["JobID"] == job_id]
+        if (states and states[-1] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED")) or time.time() > end:
+            return states
+        time.sleep(1)
 
 
 def assert_continuous(run: Path) -> None:

@@ -1,9 +1,10 @@
 """The callables a job runs: plain data in, pickled by submitit, or called in-process under srun.
 
 Stops are agreed. USR2 (preemption, the time limit) and SIGTERM (scontrol requeue, scancel)
-only ask the Trainer to stop; the request rides in the next step's allreduce, every rank
-stops after the same step, rank 0 writes one checkpoint and all ranks meet before any
-exits. Then every rank exits with STOP_EXIT, which slurm/train.sbatch requeues on; under
+ask the Trainer to stop; the request rides in the next step's allreduce, every rank stops
+after the same step, rank 0 writes one checkpoint and all ranks meet before any exits. On
+SIGTERM rank 0 writes that checkpoint at once, from the handler: SIGKILL follows within
+KillWait, and srun can force the step down sooner than a step takes. Then every rank exits with STOP_EXIT, which slurm/train.sbatch requeues on; under
 submitit, rank 0 hands the stop to submitit's own USR2 handling, which calls
 `TrainJob.checkpoint()` (a DelayedSubmission of a fresh TrainJob on the same run directory;
 the checkpoint is already on disk) and requeues the job.
@@ -55,13 +56,14 @@ class TrainJob:
 
 
 def install_stop_handlers(trainer) -> None:
-    """USR2 and SIGTERM ask the Trainer for an agreed stop; the handler itself does nothing else.
+    """USR2 and SIGTERM ask the Trainer for an agreed stop (SIGTERM also has rank 0 save at once).
 
     This replaces submitit's handlers for the run of the Trainer (its SIGTERM handler only
     logs; its USR2 handler is called once the agreed stop's checkpoint is on disk).
     """
     def stop(signum, frame):
-        trainer.request_stop(f"signal {signal.Signals(signum).name}")
+        # SIGKILL follows SIGTERM within KillWait, or at once when srun forces the step down.
+        trainer.request_stop(f"signal {signal.Signals(signum).name}", urgent=signum == signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(signum, stop)

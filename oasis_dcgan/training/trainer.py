@@ -41,6 +41,7 @@ class Trainer:
         self.log = RunLog(self.run_dir, enabled=self.chief, echo=log_to_stdout)
         self.stop_reason = ""        # a stop every rank agreed on, in the step's allreduce
         self._wanted_stop = ""       # what this rank was asked (a signal); rides in the next step
+        self._stop_saved = False     # rank 0 already checkpointed for this stop (an urgent one)
         self.stats = self.tensorboard = None   # rank 0's, once open_outputs has run
         self._saving = False
         self._ready = False          # models built and restored: a checkpoint now means something
@@ -226,7 +227,7 @@ class Trainer:
                 c = self.state.read_counters()
                 if c["images_in_epoch"] >= c["epoch_images"]:
                     self.end_epoch(steps, seconds)  # its checkpoint is also the stop's, if one was agreed
-                elif self.stop_reason and self.chief:
+                elif self.stop_reason and self.chief and not self._stop_saved:
                     self.save(self.stop_reason)
         finally:
             if progress:
@@ -313,7 +314,8 @@ class Trainer:
         self.state.advance_epoch()
         self.epoch += 1
         if self.chief:
-            self.save(f"{self.stop_reason} at the epoch end" if self.stop_reason else "epoch end")
+            stop = self.stop_reason and not self._stop_saved
+            self.save(f"{self.stop_reason} at the epoch end" if stop else "epoch end")
             self._last_checkpoint = time.monotonic()
 
     def _write_epoch(self, steps: int, seconds: float) -> None:
@@ -384,13 +386,20 @@ class Trainer:
             return False
         return True
 
-    def request_stop(self, reason: str) -> None:
-        """Ask for a stop (safe from a signal handler: it only sets a flag).
+    def request_stop(self, reason: str, urgent: bool = False) -> None:
+        """Ask for a stop (safe from a signal handler).
 
-        The flag rides in the next step's allreduce, so every rank stops after the same step;
-        rank 0 then writes one checkpoint, all ranks meet, and run() returns with `stopped`.
+        The request rides in the next step's allreduce, so every rank stops after the same
+        step; rank 0 then writes one checkpoint, all ranks meet, and run() returns with
+        `stopped`. `urgent` is for a signal that SIGKILL follows within seconds (SIGTERM from a
+        requeue or scancel, where srun may end the tasks at once): rank 0 checkpoints the
+        state in memory right away instead, and the agreed stop only ends the ranks together.
         """
-        self._wanted_stop = self._wanted_stop or reason
+        if self._wanted_stop:
+            return
+        self._wanted_stop = reason
+        if urgent:
+            self._stop_saved = self.checkpoint_now(reason)
 
     # ------------------------------------------------------------------ the end
 

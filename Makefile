@@ -51,7 +51,7 @@ test: setup cluster-up
 test-fast: setup
 	$(PY) -m pytest -m "not cluster and not slow"
 
-bench: setup
+bench: setup cluster-up
 	$(PY) -m bench.run_all
 
 clean:

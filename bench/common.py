@@ -57,7 +57,7 @@ def machine() -> dict:
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
         flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
-        info["simd"] = " ".join(f for f in ("avx2", "avx512f", "fma") if f" {f}" in flags)
+        info["simd"] = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f" {f}" in flags)
         mem = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
         info["memory_gib"] = round(int(mem.split()[1]) / 2**20, 1)
     except (OSError, StopIteration):
@@ -74,7 +74,7 @@ def machine() -> dict:
 
 def sample_release(n_cases: int = 32, resolution: int = 256) -> Path:
     """The offline sample brains in the OASIS PNG layout, made once and reused."""
-    from oasis_dcgan import sample_data
+    from oasis_dcgan.prep import sample_data
 
     root = WORK / f"release-{n_cases}-{resolution}"
     train = root / "keras_png_slices_data" / "keras_png_slices_train"

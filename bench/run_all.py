@@ -6,14 +6,14 @@ import io
 import sys
 import time
 
-from bench import bench_data, bench_ssim, bench_train
+from bench import bench_data, bench_preempt, bench_ssim, bench_train
 from bench.common import RESULTS, machine
 
 
 def main() -> int:
     sections = []
     for name, mod in (("Seed metric (max SSIM, 800 pairs)", bench_ssim), ("Data: packing and reading", bench_data),
-                      ("Training", bench_train)):
+                      ("Training", bench_train), ("Preemption (dev Slurm cluster)", bench_preempt)):
         print(f"== {name}", flush=True)
         buf = io.StringIO()
         t = time.time()

@@ -62,6 +62,10 @@ class TrainConfig:
     intra_op_threads: int = 0           # 0: TensorFlow's default
     max_steps_per_epoch: int = 0        # 0: the full epoch; >0 caps it (tests, smoke runs)
     allow_dataset_change: bool = False  # resume a run's checkpoints on a dataset other than the one it began on
+    # A rank that stops answering (a hung node, a lost link) ends the job after this long:
+    # the gloo collectives' timeout and Horovod's stall shutdown. It bounds how long rank 0
+    # may spend writing a checkpoint while the others wait, so keep it well above that.
+    peer_timeout_s: float = 300.0
 
 
 @dataclass
@@ -90,7 +94,7 @@ class ClusterConfig:
     preprocess_tasks: int = 2   # array tasks for packing
     postprocess_cpus: int = 2
     signal_delay_s: int = 90    # USR2 this long before the time limit
-    max_requeues: int = 5
+    max_requeues: int = 5       # requeues after a failed attempt (a dead rank), per job; preemptions do not count
     setup: list = field(default_factory=list)  # shell lines run before each job (module load ...)
 
 
@@ -126,6 +130,7 @@ class Config:
             ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be >= 1"),
             ("train.tick_seconds", t.tick_seconds > 0, "must be > 0"),
             ("train.max_steps_per_epoch", t.max_steps_per_epoch >= 0, "must be >= 0"),
+            ("train.peer_timeout_s", t.peer_timeout_s >= 5, "must be >= 5 seconds"),
             ("metrics.batches", m.batches >= 1, "must be >= 1"),
             ("metrics.batch_size", m.batch_size >= 1, "must be >= 1"),
             ("metrics.split", m.split in ("train", "validate", "test"), "must be train, validate or test"),
@@ -139,6 +144,7 @@ class Config:
             ("cluster.timeout_min", c.timeout_min >= 1, "must be >= 1"),
             ("cluster.preprocess_tasks", c.preprocess_tasks >= 1, "must be >= 1"),
             ("cluster.signal_delay_s", c.signal_delay_s >= 0, "must be >= 0"),
+            ("cluster.max_requeues", c.max_requeues >= 0, "must be >= 0"),
         ]
         for key, ok, why in checks:
             if not ok:

@@ -41,6 +41,16 @@ def dataset32(png_release, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dataset256(png_release, tmp_path_factory) -> Path:
+    """png_release packed at the reference's 256x256, for the full-size model's checkpoints."""
+    from oasis_dcgan.prep import pack
+
+    out = tmp_path_factory.mktemp("ds256")
+    pack.preprocess(png_release, out, resolution=256, shard_size=64, log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_run(dataset32, tmp_path_factory) -> Path:
     """A finished 3-epoch training run on dataset32, small metric settings, not yet post-processed."""
     from oasis_dcgan import config

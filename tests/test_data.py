@@ -146,7 +146,6 @@ def test_folder_layout_converts_and_counts(tmp_path):
 
 
 def _bad_corpus(root: Path) -> dict:
-    import imageio.v3 as iio
     from PIL import Image
 
     src = _folder_corpus(root)

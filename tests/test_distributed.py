@@ -24,7 +24,6 @@ def test_world_from_slurm_variables(monkeypatch):
     env = slurm_env(procid=3, nodeid=1, localid=1, restart=2)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    import os
 
     w = environment.job_world()
     assert (w.rank, w.size, w.local_rank, w.local_size, w.node, w.num_nodes) == (3, 4, 1, 2, 1, 2)
@@ -79,6 +78,7 @@ def test_horovod_env_mapping():
     assert env["HOROVOD_GLOO_RENDEZVOUS_ADDR"] == "10.0.0.1" and env["HOROVOD_GLOO_RENDEZVOUS_PORT"] == "5555"
     assert env["HOROVOD_CONTROLLER"] == env["HOROVOD_CPU_OPERATIONS"] == "gloo"
     assert env["HOROVOD_GLOO_IFACE"] == "ib0" and env["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "120"
+    assert env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "120" and env["HOROVOD_STALL_CHECK_TIME_SECONDS"] == "60"
 
 
 def test_requeued_attempt_gets_its_own_rendezvous_file(tmp_path):
@@ -90,7 +90,7 @@ def test_requeued_attempt_gets_its_own_rendezvous_file(tmp_path):
 def test_waiting_rank_times_out_with_a_clear_error(tmp_path):
     w = World(rank=1, size=2, local_rank=1, local_size=2, job_id="x", rendezvous_dir=str(tmp_path))
     with pytest.raises(RendezvousError, match="did not publish"):
-        distributed.init(w, timeout_s=1.0)
+        distributed.init(w, rendezvous_timeout_s=1.0)
 
 
 def _allreduce_and_broadcast(rdv_dir):

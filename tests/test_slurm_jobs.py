@@ -1,55 +1,22 @@
 """Preemption, requeue and the plain sbatch templates, on the real dev Slurm cluster."""
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from oasis_dcgan import config
+from oasis_dcgan import config, fsutil
 from oasis_dcgan.launch import executors, jobs, pipeline, status
 from oasis_dcgan.prep import manifest
 from oasis_dcgan.logs import read_stats
 
+from .slurmkit import sh, top_states, wait_for_checkpoint, wait_gone
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 30
-
-
-def sh(*cmd, **kw):
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=True, **kw).stdout.strip()
-
-
-def wait_gone(job_id: str, timeout: float = 600) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if not sh("squeue", "-h", "-j", job_id, "-o", "%i"):
-            return
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} still queued after {timeout} s")
-
-
-def wait_for_checkpoint(run: Path, timeout: float = 300, after_step: int = 0) -> int:
-    end = time.time() + timeout
-    while time.time() < end:
-        ck = run / "checkpoints"
-        steps = [int(p.name.split("-")[1]) for p in ck.glob("ckpt-*")] if ck.is_dir() else []
-        if steps and max(steps) > after_step:
-            return max(steps)
-        time.sleep(0.2)
-    raise AssertionError(f"no checkpoint in {run} after {timeout} s")
-
-
-def top_states(job_id: str, timeout: float = 60) -> list[str]:
-    """The job's states from accounting, once it records the last run as ended (it lags the queue)."""
-    end = time.time() + timeout
-    while True:
-        states = [r["State"] for r in status.sacct([job_id]) if r["JobID"] == job_id]
-        if (states and states[-1] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED")) or time.time() > end:
-            return states
-        time.sleep(1)
 
 
 def assert_continuous(run: Path) -> None:
@@ -88,21 +55,6 @@ def test_submitit_train_survives_scontrol_requeue(devcluster, dataset32, tmp_pat
     assert "COMPLETED, requeued 1x" in text and "training     finished" in text
 
 
-def test_submitit_train_survives_usr2_preemption(devcluster, dataset32, tmp_path):
-    run = tmp_path / "run"
-    job = submit_train(train_cfg(dataset32, run))
-    wait_for_checkpoint(run, after_step=5)
-    sh("scancel", "--signal=USR2", job.job_id)
-    wait_gone(job.job_id)
-    states = top_states(job.job_id)
-    assert "REQUEUED" in states[:-1] and states[-1] == "COMPLETED", states
-    log = (run / "log.txt").read_text()
-    assert log.count("(signal SIGUSR2") == 1, "every rank stopped after the same step; rank 0 saved once"
-    assert "resumed from" in log
-    assert_continuous(run)
-    assert len(job.results()) == 2
-
-
 def test_sbatch_templates_end_to_end(devcluster, png_release, tmp_path):
     env = {**os.environ, "OASIS_PYTHON": sys.executable, "PYTHONPATH": str(REPO)}
     ds, run = tmp_path / "data set", tmp_path / "run"
@@ -123,7 +75,7 @@ def test_sbatch_templates_end_to_end(devcluster, png_release, tmp_path):
     wait_gone(tr)
     assert top_states(tr)[-1] == "COMPLETED", top_states(tr)
     out = (tmp_path / f"oasis-train-{tr}.out").read_text()
-    assert "requeueing" in out and "restart 1" in out
+    assert "requeue: stopped (signal SIGUSR2)" in out and "restart 1" in out
     assert_continuous(run)
     # postprocess
     pp = sh("sbatch", "--parsable", f"--chdir={tmp_path}", str(REPO / "slurm/postprocess.sbatch"), str(run),
@@ -131,3 +83,52 @@ def test_sbatch_templates_end_to_end(devcluster, png_release, tmp_path):
     wait_gone(pp)
     assert top_states(pp)[-1] == "COMPLETED"
     assert (run / "report" / "report.html").is_file()
+
+
+def _wait_for_tick(run: Path, timeout: float = 600) -> None:
+    end = time.time() + timeout
+    while not any(r["kind"] == "tick" for r in read_stats(run / "stats.jsonl")):
+        assert time.time() < end, f"training in {run} did not start within {timeout} s"
+        time.sleep(0.5)
+
+
+def _assert_complete_checkpoint(ckpt: Path) -> None:
+    import tensorflow as tf
+
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["resolution"] == 256 and meta["reason"].startswith("signal SIGUSR2")
+    for name, digest in meta["files"].items():
+        assert fsutil.sha256_file(ckpt / name) == digest, f"{name} is complete"
+    shapes = tf.train.load_checkpoint(str(ckpt / "ckpt")).get_variable_to_shape_map()
+    assert sum(1 for k in shapes if k.startswith("generator/")) > 0 and meta["world_size"] == 2
+
+
+@pytest.mark.parametrize("path", ["sbatch", "submitit"])
+def test_usr2_at_256_with_2_ranks_saves_one_complete_checkpoint(devcluster, dataset256, tmp_path, path):
+    """The reference's full-size model (a checkpoint of ~335 MB), both launch paths: stop, requeue, resume."""
+    run = tmp_path / "run"
+    opts = ["train.epochs=1", "train.batch_size=2", "train.max_steps_per_epoch=12", "train.checkpoint_every_steps=0",
+            "train.checkpoint_every_minutes=0", "train.tick_seconds=1", "train.intra_op_threads=1"]
+    if path == "sbatch":
+        env = {**os.environ, "OASIS_PYTHON": sys.executable, "PYTHONPATH": str(REPO)}
+        job = sh("sbatch", "--parsable", f"--chdir={tmp_path}", str(REPO / "slurm/train.sbatch"), str(dataset256),
+                 str(run), *[x for o in opts for x in ("--set", o)], env=env)
+    else:
+        cfg = config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset256}"', *opts,
+                                 "cluster.tasks_per_node=2", "cluster.timeout_min=30"])
+        submitted = submit_train(cfg)
+        job = submitted.job_id
+    _wait_for_tick(run)
+    sh("scancel", "--signal=USR2", job)
+    wait_gone(job, timeout=900)
+    assert top_states(job)[-1] == "COMPLETED", top_states(job)
+    log = (run / "log.txt").read_text()
+    assert log.count("(signal SIGUSR2") == 1, "exactly one save for the stop"
+    stop_step = int(log.split("(signal SIGUSR2")[0].rsplit("checkpoint ckpt-", 1)[1].split()[0])
+    assert f"ckpt-{stop_step:09d} (epoch 0, step " in log and "resumed from" in log, "the requeued job loaded it"
+    assert 0 < stop_step < 12
+    _assert_complete_checkpoint(run / "checkpoints" / f"ckpt-{stop_step:09d}")
+    ranks = [json.loads((run / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"] and ranks[0]["global_step"] == 12
+    if path == "submitit":
+        assert len(submitted.results()) == 2, "submitit saw both ranks of the requeued job finish"

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 from ..config import Config
 
@@ -33,6 +36,15 @@ def _resources(cfg: Config, role: str) -> tuple[int, int, int, int]:
     if role == "postprocess":
         return 1, 1, 0, c.postprocess_cpus
     return 1, 1, 0, 1
+
+
+def _train_job_parameters(cfg: Config) -> dict:
+    """A dead rank ends the step at once; the batch script then requeues or fails the job (launch/retry.py)."""
+    retry = [sys.executable, "-m", "oasis_dcgan.launch.retry", str(Path(cfg.run_dir).resolve()),
+             "--max-requeues", str(cfg.cluster.max_requeues)]
+    return dict(slurm_srun_args=["--kill-on-bad-exit=1"],
+                # The first teardown line runs right after srun, so $? is the step's exit code.
+                slurm_teardown=[f"{shlex.join(retry)} --rc $?"])
 
 
 def _slurm_parameters(cfg: Config, dependency: str | None, array: int) -> dict:
@@ -78,6 +90,10 @@ def make_executor(cfg: Config, folder: str | os.PathLike, kind: str, role: str, 
         params["mem_gb"] = cfg.cluster.mem_gb
     if kind == "slurm":
         params.update(_slurm_parameters(cfg, dependency, array))
+        if role == "train":
+            params.update(_train_job_parameters(cfg))
+            # Requeueable even where the site's JobRequeue default says no.
+            params["slurm_additional_parameters"]["requeue"] = True
     ex.update_parameters(**params)
     return ex
 

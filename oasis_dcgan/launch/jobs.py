@@ -17,7 +17,7 @@ from pathlib import Path
 STOP_EXIT = 143  # stopped on a signal with a checkpoint on disk: requeue me
 
 from .. import config as config_mod
-from . import environment
+from . import environment, retry
 
 
 class TrainJob:
@@ -35,14 +35,21 @@ class TrainJob:
         from ..training.trainer import Trainer
 
         cfg = config_mod.from_dict(self.config)
-        world = environment.job_world(Path(cfg.run_dir).resolve() / ".rendezvous")
-        self._trainer = Trainer(cfg, world, log_to_stdout=self.log_to_stdout)
+        run_dir = Path(cfg.run_dir).resolve()
+        world = environment.job_world(run_dir / ".rendezvous")
         submitit_usr2 = signal.getsignal(signal.SIGUSR2) if environment.under_submitit() else None
-        install_stop_handlers(self._trainer)
-        summary = self._trainer.run()
+        try:
+            self._trainer = Trainer(cfg, world, log_to_stdout=self.log_to_stdout)
+            install_stop_handlers(self._trainer)
+            summary = self._trainer.run()
+        except Exception as e:  # the batch script's retry step reads this rank's note
+            retry.note_failure(run_dir, world, e)
+            raise
         if not summary.get("stopped"):
             return summary
-        if world.is_chief and callable(submitit_usr2) and "SIGUSR2" in summary["stopped"]:
+        by_submitit = world.is_chief and callable(submitit_usr2) and "SIGUSR2" in summary["stopped"]
+        retry.note_attempt(run_dir, world, "stopped", summary["stopped"], requeued_by="submitit" if by_submitit else "")
+        if by_submitit:
             submitit_usr2(signal.SIGUSR2, None)  # submitit: checkpoint(), requeue, exit
         raise SystemExit(STOP_EXIT)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import fsutil
 from ..logs import format_seconds, read_stats
 from .pipeline import JOBS_FILE
+from .retry import read_decisions
 
 SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "Elapsed", "Start", "End", "NodeList", "Reason")
 
@@ -54,11 +55,7 @@ def status(run_dir: str | os.PathLike) -> str:
     """A human summary of where a run stands: jobs, progress, ETA, losses, metrics, checkpoint."""
     run_dir = Path(run_dir)
     lines = [f"run {run_dir}"]
-    for j in job_states(run_dir):
-        extra = f", requeued {j['requeues']}x" if j["requeues"] else ""
-        lines.append(f"  {j['stage']:<12} job {j['job_id']:<10} {j['state']}{extra}")
-        if j["state"].startswith(("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")):
-            lines.append(f"    reason: {_failure_reason(run_dir, j)}")
+    lines += _job_lines(run_dir)
     opts = run_dir / "options.json"
     stats = read_stats(run_dir / "stats.jsonl")
     if opts.is_file():
@@ -86,6 +83,28 @@ def status(run_dir: str | os.PathLike) -> str:
     if (run_dir / "report" / "report.html").is_file():
         lines.append(f"  report       {run_dir / 'report' / 'report.html'}")
     return "\n".join(lines)
+
+
+def _job_lines(run_dir: Path) -> list[str]:
+    """Each job's state, with its requeues after failures (launch/retry.py) and why it failed."""
+    decisions, lines = read_decisions(run_dir), []
+    jobs = job_states(run_dir)
+    for j in jobs:
+        mine = [d for d in decisions if d["job_id"] == str(j["job_id"])]
+        retried = sum(1 for d in mine if d.get("counted"))
+        extra = f", requeued {j['requeues']}x" if j["requeues"] else ""
+        extra += f" ({retried} after a failure)" if retried else ""
+        lines.append(f"  {j['stage']:<12} job {j['job_id']:<10} {j['state']}{extra}")
+        if retried and mine[-1]["action"] == "requeue":
+            lines.append(f"    last failure: {mine[-1]['reason']}")
+        if j["state"].startswith(("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")):
+            gave_up = [d["reason"] for d in mine if d["action"] == "fail"]
+            lines.append(f"    reason: {gave_up[-1] if gave_up else _failure_reason(run_dir, j)}")
+    # Jobs submitted with slurm/train.sbatch are known only from their decisions.
+    last = {d["job_id"]: d for d in decisions if d["job_id"] not in {str(j["job_id"]) for j in jobs}}
+    for d in last.values():
+        lines.append(f"  train        job {d['job_id']:<10} attempt {d['attempt']}: {d['action']}: {d['reason']}")
+    return lines
 
 
 def _failure_reason(run_dir: Path, job: dict) -> str:

@@ -213,7 +213,7 @@ def build_document(run_dir: Path, options: dict, manifest: dict, m: dict, rows: 
     _metrics_section(doc, m)
     doc.heading("Dataset")
     doc.bullets([
-        [f"layout ", Code(str(manifest.get("layout"))), f", {manifest.get('resolution')}x{manifest.get('resolution')}, "
+        ["layout ", Code(str(manifest.get("layout"))), f", {manifest.get('resolution')}x{manifest.get('resolution')}, "
          f"from {', '.join(manifest.get('sources', []))}"],
         "images: " + ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items()),
         f"skipped bad files: {len(manifest.get('skipped', []))}; ignored: "

@@ -28,6 +28,16 @@ RUN_RECORD = ("checkpoints", "stats.jsonl", "samples", "ranks", "tensorboard", "
               "train_done.json", "report")
 
 
+def _test_delay(global_step: int) -> None:
+    """Tests only: hold a finished-but-unpublished checkpoint, so a kill can land mid-write.
+
+    OASIS_TEST_CHECKPOINT_DELAY="STEP:SECONDS" pauses the save of that global step.
+    """
+    spec = os.environ.get("OASIS_TEST_CHECKPOINT_DELAY", "")
+    if spec and int(spec.split(":")[0]) == global_step:
+        time.sleep(float(spec.split(":")[1]))
+
+
 class CheckpointError(RuntimeError):
     """No checkpoint can be resumed from, or the newest belongs to another kind of run."""
 
@@ -95,6 +105,7 @@ class CheckpointManager:
             fsutil.fsync_path(f)
         fsutil.write_json(tmp / "meta.json", {**meta, "global_step": global_step, "files": files,
                                               "saved_at": time.time()})
+        _test_delay(global_step)
         replaced = final.with_name(f".{final.name}{REPLACED}")
         if final.exists():  # the same step again (a stop right after an epoch end): the new one is complete first
             shutil.rmtree(replaced, ignore_errors=True)

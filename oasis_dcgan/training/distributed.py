@@ -60,7 +60,11 @@ def horovod_env(world: World, addr: str, port: int, iface: str, timeout_s: int) 
         "HOROVOD_CONTROLLER": "gloo",
         "HOROVOD_CPU_OPERATIONS": "gloo",
         "HOROVOD_GLOO_IFACE": iface,
+        # A rank that stops answering ends the job within timeout_s: gloo gives up on the
+        # collective, and Horovod's stall inspector shuts down if a rank never submits.
         "HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout_s),
+        "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(1, min(60, timeout_s // 2))),
+        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(timeout_s),
     }
 
 
@@ -126,9 +130,12 @@ def _wait_for_address(world: World, path: Path, timeout_s: float) -> tuple[str, 
     return info["addr"], int(info["port"])
 
 
-def init(world: World, timeout_s: float = 300.0):
+def init(world: World, timeout_s: float = 300.0, rendezvous_timeout_s: float | None = None):
     """Join (or, on rank 0, create) the job's Horovod world.
 
+    timeout_s bounds every collective (a peer that stops answering ends the job). Waiting
+    for rank 0's address allows at least five minutes unless told otherwise: rank 0 may be
+    slow to start (a cold file system, the lock of a previous attempt).
     Returns (the `horovod.tensorflow` module, rank 0's rendezvous server or None); the caller
     keeps the server referenced for as long as the ranks may need it.
     """
@@ -147,7 +154,7 @@ def init(world: World, timeout_s: float = 300.0):
         server, port = _publish(world, path, my_addr)
         addr = my_addr
     else:
-        addr, port = _wait_for_address(world, path, timeout_s)
+        addr, port = _wait_for_address(world, path, rendezvous_timeout_s or max(timeout_s, 300.0))
     os.environ.update(horovod_env(world, addr, port, iface, int(timeout_s)))
     hvd.init()
     if hvd.size() != world.size or hvd.rank() != world.rank:

@@ -77,7 +77,7 @@ class Trainer:
         if self.chief:  # before the rendezvous, which clears the run's old rendezvous files
             self.lock = RunLock(self.run_dir, self.world.job_id, self.world.attempt, log=self.log)
             self.lock.acquire()
-        self.hvd, self._rendezvous = distributed.init(self.world)
+        self.hvd, self._rendezvous = distributed.init(self.world, timeout_s=self.cfg.train.peer_timeout_s)
         self.rank, self.size = self.hvd.rank(), self.hvd.size()
         configure_tensorflow(self.cfg, self.hvd.local_rank())
 

@@ -1,0 +1,162 @@
+"""After the train step ends: requeue the job, or let it fail with the reason on record.
+
+Every rank leaves a note of how its attempt ended, in RUN_DIR/attempts/: `stopped` (a
+signal; the checkpoint is on disk) or `failed`, with whether a retry can help. A rank that
+was killed outright (SIGKILL, the out-of-memory killer, a lost node) leaves none. When srun
+returns, the batch script (slurm/train.sbatch, or submitit's teardown lines) runs
+
+    python -m oasis_dcgan.launch.retry RUN_DIR --rc $?
+
+which reads the notes and decides:
+- training finished, or the job is no longer running (cancelled, requeued by Slurm): nothing;
+- a stop whose requeue submitit already asked for: nothing;
+- a stop: requeue; preemptions are never counted;
+- a failure a retry cannot fix (bad config, bad data, an unloadable run, a busy run): fail;
+- any other failure, or a rank gone without a note: requeue, up to cluster.max_requeues for
+  this job; past that, fail.
+Each decision is appended to RUN_DIR/requeues.jsonl, which `oasis-dcgan status` reads.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import fsutil
+from ..config import ClusterConfig, ConfigError
+from ..logs import Stats, read_stats
+from ..prep.manifest import DataError
+from ..training.checkpoint import CheckpointError
+from ..training.runlock import RunLockError
+
+NOTES = "attempts"
+DECISIONS = "requeues.jsonl"
+# Errors that the same job would meet again: retrying only burns the allocation.
+FATAL = (ConfigError, DataError, CheckpointError, RunLockError, ValueError, FileNotFoundError, PermissionError)
+
+
+def note_path(run_dir, job_id: str, attempt: int, rank: int) -> Path:
+    return Path(run_dir) / NOTES / f"{job_id}.{attempt}" / f"rank-{rank}.json"
+
+
+def note_attempt(run_dir, world, outcome: str, reason: str, retry: bool = True, requeued_by: str = "") -> None:
+    """This rank's word on how its attempt ended (stopped or failed)."""
+    fsutil.write_json(note_path(run_dir, world.job_id, world.attempt, world.rank), {
+        "outcome": outcome, "reason": reason[-600:], "retry": retry, "requeued_by": requeued_by,
+        "rank": world.rank, "size": world.size, "host": world.hostname, "time": time.time()})
+
+
+def note_failure(run_dir, world, error: BaseException) -> None:
+    note_attempt(run_dir, world, "failed", f"{type(error).__name__}: {_why(error)}", retry=not isinstance(error, FATAL))
+
+
+def _why(error: BaseException) -> str:
+    """The line that says what went wrong. TensorFlow wraps an op's error in a header, the
+    op's Python traceback and the node name; only the op's own message is kept."""
+    lines = [x.strip() for x in str(error).splitlines()
+             if x.strip() and not x[:1].isspace() and not x.startswith(("Graph execution error", "Detected at node"))]
+    return (lines[0] if lines else "")[:240]
+
+
+def read_notes(run_dir, job_id: str, attempt: int) -> list[dict]:
+    folder = Path(run_dir) / NOTES / f"{job_id}.{attempt}"
+    return [fsutil.read_json(p) for p in sorted(folder.glob("rank-*.json"))] if folder.is_dir() else []
+
+
+def read_decisions(run_dir) -> list[dict]:
+    return read_stats(Path(run_dir) / DECISIONS)
+
+
+def _record(run_dir: Path, **decision) -> None:
+    log = Stats(run_dir / DECISIONS)
+    log.write(**decision)
+    log.sync()
+    log.close()
+
+
+@dataclass
+class Decision:
+    action: str        # requeue | fail | none
+    reason: str
+    counted: bool = False   # a requeue after a failure, which max_requeues limits
+
+
+def decide(run_dir, job_id: str, attempt: int, rc: int, max_requeues: int) -> Decision:
+    """What to do with a job whose train step just ended with exit code rc."""
+    run_dir = Path(run_dir)
+    if (run_dir / "train_done.json").is_file():
+        return Decision("none", "training finished")
+    notes = read_notes(run_dir, job_id, attempt)
+    fatal = [n for n in notes if n["outcome"] == "failed" and not n["retry"]]
+    if fatal:
+        return Decision("fail", f"rank {fatal[0]['rank']}: {fatal[0]['reason']} (a retry would fail the same way)")
+    if not notes and rc == 2:
+        return Decision("fail", "train step exit 2: a usage or configuration error (see the job's log)")
+    stops = [n for n in notes if n["outcome"] == "stopped"]
+    if any(n["requeued_by"] for n in stops):
+        return Decision("none", f"stopped ({stops[0]['reason']}); {stops[0]['requeued_by']} requeued it")
+    if stops and len(stops) == max(n["size"] for n in notes):
+        return Decision("requeue", f"stopped ({stops[0]['reason']}) with a checkpoint on disk")
+    reason = _failure(notes, rc)
+    used = sum(1 for d in read_decisions(run_dir) if d["job_id"] == job_id and d.get("counted"))
+    if used >= max_requeues:
+        return Decision("fail", f"{reason}; gave up after {used} requeue(s) (cluster.max_requeues = {max_requeues})")
+    return Decision("requeue", f"{reason}; requeue {used + 1} of {max_requeues}", counted=True)
+
+
+def _failure(notes: list[dict], rc: int) -> str:
+    failed = [n for n in notes if n["outcome"] == "failed"]
+    size = max((n["size"] for n in notes), default=0)
+    silent = sorted(set(range(size)) - {n["rank"] for n in notes})
+    parts = []
+    if silent:
+        parts.append(f"rank {', '.join(map(str, silent))} ended without a note (killed, out of memory, or its "
+                     "node failed)")
+    elif not notes:
+        parts.append("no rank left a note (killed, out of memory, or the node failed)")
+    if failed:
+        parts.append(f"rank {failed[0]['rank']}: {failed[0]['reason']}")
+    return f"train step exit {rc}: " + "; ".join(parts)
+
+
+def _job_state(job_id: str) -> str:
+    r = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    fields = dict(kv.split("=", 1) for kv in r.stdout.split() if "=" in kv)
+    return fields.get("JobState", "UNKNOWN")
+
+
+def _max_requeues(run_dir: Path) -> int:
+    opts = run_dir / "options.json"
+    if opts.is_file():
+        return int(fsutil.read_json(opts)["config"]["cluster"]["max_requeues"])
+    return ClusterConfig().max_requeues
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m oasis_dcgan.launch.retry", description=__doc__.splitlines()[0])
+    p.add_argument("run_dir")
+    p.add_argument("--rc", type=int, required=True, help="the train step's exit code")
+    p.add_argument("--max-requeues", type=int, default=None, help="default: the run's cluster.max_requeues")
+    a = p.parse_args(argv)
+    run_dir = Path(a.run_dir).resolve()
+    job_id, attempt = os.environ["SLURM_JOB_ID"], int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    limit = a.max_requeues if a.max_requeues is not None else _max_requeues(run_dir)
+    d = decide(run_dir, job_id, attempt, a.rc, limit)
+    if d.action == "requeue" and _job_state(job_id) != "RUNNING":
+        d = Decision("none", f"job is {_job_state(job_id)}, not running: Slurm has it in hand")
+    print(f"[retry] job {job_id} attempt {attempt}: {d.action}: {d.reason}", flush=True)
+    if d.action != "none":
+        _record(run_dir, job_id=job_id, attempt=attempt, rc=a.rc, action=d.action, reason=d.reason,
+                counted=d.counted)
+    if d.action == "requeue":
+        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+        return 0
+    return (a.rc or 1) if d.action == "fail" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Helpers for the tests that drive the real dev Slurm cluster: wait, read accounting, find ranks."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from oasis_dcgan.launch import status
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=True, **kw).stdout.strip()
+
+
+def wait_gone(job_id: str, timeout: float = 600) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if not sh("squeue", "-h", "-j", job_id, "-o", "%i"):
+            return
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} still queued after {timeout} s")
+
+
+def checkpoint_steps(run: Path) -> list[int]:
+    ck = Path(run) / "checkpoints"
+    return sorted(int(p.name.split("-")[1]) for p in ck.glob("ckpt-*")) if ck.is_dir() else []
+
+
+def wait_for_checkpoint(run: Path, timeout: float = 300, after_step: int = 0) -> int:
+    end = time.time() + timeout
+    while time.time() < end:
+        steps = checkpoint_steps(run)
+        if steps and steps[-1] > after_step:
+            return steps[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint after step {after_step} in {run} after {timeout} s")
+
+
+def top_states(job_id: str, timeout: float = 60) -> list[str]:
+    """The job's states from accounting, once it records the last run as ended (it lags the queue)."""
+    end = time.time() + timeout
+    while True:
+        states = [r["State"] for r in status.sacct([job_id]) if r["JobID"] == job_id]
+        if (states and states[-1] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED")) or time.time() > end:
+            return states
+        time.sleep(1)
+
+
+def rank_pids(job_id: str, attempt: int | None = None) -> dict[int, int]:
+    """{rank: pid} of the job's Python ranks on this machine (its single node), from /proc."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = dict(kv.split("=", 1) for kv in (d / "environ").read_text().split("\0") if "=" in kv)
+            argv0 = (d / "cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, ValueError):
+            continue
+        if (env.get("SLURM_JOB_ID") == job_id and "SLURM_STEP_ID" in env and "python" in Path(argv0).name
+                and (attempt is None or int(env.get("SLURM_RESTART_COUNT", "0") or 0) == attempt)):
+            found[int(env["SLURM_PROCID"])] = int(d.name)
+    return found
+
+
+def wait_for_ranks(job_id: str, n: int, attempt: int, timeout: float = 300) -> dict[int, int]:
+    end = time.time() + timeout
+    while time.time() < end:
+        pids = rank_pids(job_id, attempt)
+        if len(pids) == n:
+            return pids
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} attempt {attempt}: {n} ranks did not start in {timeout} s")
+
+
+def kill(pids, sig=signal.SIGKILL) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass

@@ -443,12 +443,18 @@ def configure_tensorflow(cfg: Config, local_rank: int) -> None:
             tf.config.experimental.set_memory_growth(g, True)
         tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
     threads = cfg.train.intra_op_threads
+    if cfg.train.deterministic and not gpus and not threads:
+        # Several CPU threads split a kernel's sums differently from run to run: measured,
+        # bit-identical runs need one.
+        threads = 1
     if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
         except RuntimeError:  # TF already ran something in this process; a job's fresh process never has
-            print("warning: train.intra_op_threads ignored: TensorFlow is already initialised", flush=True)
+            print("warning: train.intra_op_threads ignored: TensorFlow is already initialised"
+                  + (" (so --deterministic cannot promise bit-identical runs)" if cfg.train.deterministic else ""),
+                  flush=True)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(cfg.train.seed)

@@ -1,36 +1,69 @@
-"""`make bench`: every benchmark, one after another, then one results table (bench/results/RESULTS.md)."""
+"""`make bench`: every benchmark, one after another, then one results table (bench/results/RESULTS.md).
+
+`python -m bench.run_all multinode preempt` runs only those and replaces their sections in the
+existing RESULTS.md; each section names the machine and the time it was measured on.
+"""
 from __future__ import annotations
 
 import contextlib
 import io
+import re
 import sys
 import time
 
-from bench import bench_data, bench_preempt, bench_ssim, bench_train
+from bench import bench_data, bench_multinode, bench_preempt, bench_ssim, bench_train
 from bench.common import RESULTS, machine
 
+SECTIONS = {  # short name: (heading, module)
+    "ssim": ("Seed metric (max SSIM, 800 pairs)", bench_ssim),
+    "data": ("Data: packing and reading", bench_data),
+    "train": ("Training", bench_train),
+    "preempt": ("Preemption (dev Slurm cluster)", bench_preempt),
+    "multinode": ("Two hosts (dev Slurm cluster, partition multi)", bench_multinode),
+}
+HEAD = ("# Benchmark results\n\nEvery ratio is against the seed's approach (the baseline script seed_style_bench.py) run "
+        "in the same session on the same data. Each section says when and on what it was measured.\n\n")
 
-def main() -> int:
-    sections = []
-    for name, mod in (("Seed metric (max SSIM, 800 pairs)", bench_ssim), ("Data: packing and reading", bench_data),
-                      ("Training", bench_train), ("Preemption (dev Slurm cluster)", bench_preempt)):
-        print(f"== {name}", flush=True)
-        buf = io.StringIO()
-        t = time.time()
-        with contextlib.redirect_stdout(buf):
-            mod.main()
-        print(buf.getvalue(), flush=True)
-        sections.append(f"## {name}\n\n{buf.getvalue().strip()}\n\n(took {time.time() - t:.0f} s)\n")
+
+def describe_machine() -> str:
     m = machine()
-    head = (f"# Benchmark results\n\nMeasured {time.strftime('%Y-%m-%d %H:%M')} on: {m.get('cpu')}, {m['cores']} cores "
-            f"({m.get('simd')}), {m.get('memory_gib')} GiB, no GPU; Python {m['python']}, TensorFlow "
-            f"{m.get('tensorflow')}, numpy {m['numpy']}.\nEvery ratio is against the seed's approach "
-            "(the baseline script seed_style_bench.py) run in the same session on the same data.\n\n")
+    return (f"Measured {time.strftime('%Y-%m-%d %H:%M')} on: {m.get('cpu')}, {m['cores']} cores ({m.get('simd')}), "
+            f"{m.get('memory_gib')} GiB, no GPU; Python {m['python']}, TensorFlow {m.get('tensorflow')}, "
+            f"numpy {m['numpy']}.")
+
+
+def run_section(heading: str, mod) -> str:
+    print(f"== {heading}", flush=True)
+    buf, t = io.StringIO(), time.time()
+    with contextlib.redirect_stdout(buf):
+        mod.main()
+    print(buf.getvalue(), flush=True)
+    return f"## {heading}\n\n{describe_machine()}\n\n{buf.getvalue().strip()}\n\n(took {time.time() - t:.0f} s)\n"
+
+
+def existing_sections() -> dict[str, str]:
+    path = RESULTS / "RESULTS.md"
+    text = path.read_text() if path.is_file() else ""
+    parts = re.split(r"(?m)^(?=## )", text)
+    return {p.splitlines()[0][3:].strip(): p.rstrip() + "\n" for p in parts if p.startswith("## ")}
+
+
+def main(argv: list[str]) -> int:
+    unknown = [a for a in argv if a not in SECTIONS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    chosen = argv or list(SECTIONS)
+    done = existing_sections() if argv else {}
+    for name in chosen:
+        heading, mod = SECTIONS[name]
+        done[heading] = run_section(heading, mod)
+    body = "\n".join(done[h] for h, _ in SECTIONS.values() if h in done)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "RESULTS.md").write_text(head + "\n".join(sections))
+    (RESULTS / "RESULTS.md").write_text(HEAD + body)
     print(f"written: {RESULTS / 'RESULTS.md'}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

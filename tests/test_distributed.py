@@ -70,11 +70,11 @@ def test_uneven_tasks_are_refused(monkeypatch):
 def test_horovod_env_mapping():
     w = World(rank=3, size=4, local_rank=1, local_size=2, node=1, num_nodes=2, hostnames=("a", "b"),
               job_id="9", attempt=1)
-    env = distributed.horovod_env(w, "10.0.0.1", 5555, "ib0", 120)
+    env = distributed.horovod_env(w, "10.0.0.1", 5555, ("ib0", "10.0.0.2"), 120)
     assert env["HOROVOD_RANK"] == "3" and env["HOROVOD_SIZE"] == "4"
     assert env["HOROVOD_LOCAL_RANK"] == "1" and env["HOROVOD_LOCAL_SIZE"] == "2"
     assert env["HOROVOD_CROSS_RANK"] == "1" and env["HOROVOD_CROSS_SIZE"] == "2"
-    assert env["HOROVOD_HOSTNAME"] == "b"
+    assert env["HOROVOD_HOSTNAME"] == "10.0.0.2", "a node is named by its link's address, not its hostname"
     assert env["HOROVOD_GLOO_RENDEZVOUS_ADDR"] == "10.0.0.1" and env["HOROVOD_GLOO_RENDEZVOUS_PORT"] == "5555"
     assert env["HOROVOD_CONTROLLER"] == env["HOROVOD_CPU_OPERATIONS"] == "gloo"
     assert env["HOROVOD_GLOO_IFACE"] == "ib0" and env["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "120"
@@ -85,6 +85,32 @@ def test_requeued_attempt_gets_its_own_rendezvous_file(tmp_path):
     a = distributed.rendezvous_file(tmp_path, World(job_id="5", attempt=0))
     b = distributed.rendezvous_file(tmp_path, World(job_id="5", attempt=1))
     assert a != b
+
+
+def test_a_second_job_step_gets_its_own_rendezvous_file(tmp_path):
+    a = distributed.rendezvous_file(tmp_path, World(job_id="5", step="0"))
+    assert a != distributed.rendezvous_file(tmp_path, World(job_id="5", step="1"))
+    assert distributed.rendezvous_file(tmp_path, World(job_id="5"), "node-1").name == "rendezvous-5-0-0.node-1.json"
+
+
+def test_rank_0_is_reached_at_the_first_address_that_answers_and_the_route_names_the_interface():
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        # 127.0.0.2 is loopback too, but nothing listens there on that port: refused at once.
+        cands = [("mgmt0", "127.0.0.2"), ("eth0", "127.0.0.1")]
+        assert distributed.first_reachable(cands, port) == "127.0.0.1"
+        assert distributed.first_reachable(cands[:1], port) is None
+    assert distributed.route_to("127.0.0.1") == ("lo", "127.0.0.1")
+
+
+def test_an_unknown_gloo_interface_is_named_in_the_error(monkeypatch):
+    monkeypatch.setenv("HOROVOD_GLOO_IFACE", "ib7")
+    with pytest.raises(RendezvousError, match="HOROVOD_GLOO_IFACE=ib7: no such interface"):
+        distributed._forced_interface()
 
 
 def test_waiting_rank_times_out_with_a_clear_error(tmp_path):

@@ -57,7 +57,8 @@ def job_world(rendezvous_dir: str | os.PathLike = "") -> World:
                               "order; submit with the default (block) task distribution")
     return World(rank=je.global_rank, size=size, local_rank=je.local_rank, local_size=local_size,
                  node=je.node, num_nodes=nodes, hostnames=hostnames, job_id=str(je.job_id),
-                 attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0), rendezvous_dir=str(rendezvous_dir))
+                 attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+                 step=os.environ.get("SLURM_STEP_ID", "0"), rendezvous_dir=str(rendezvous_dir))
 
 
 def use_dev_cluster(start: bool = True) -> str:

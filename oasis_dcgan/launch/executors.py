@@ -42,7 +42,7 @@ def _train_job_parameters(cfg: Config) -> dict:
     """A dead rank ends the step at once; the batch script then requeues or fails the job (launch/retry.py)."""
     retry = [sys.executable, "-m", "oasis_dcgan.launch.retry", str(Path(cfg.run_dir).resolve()),
              "--max-requeues", str(cfg.cluster.max_requeues)]
-    return dict(slurm_srun_args=["--kill-on-bad-exit=1"],
+    return dict(slurm_srun_args=[f"--cpus-per-task={cfg.cluster.cpus_per_task}", "--kill-on-bad-exit=1"],
                 # The first teardown line runs right after srun, so $? is the step's exit code.
                 slurm_teardown=[f"{shlex.join(retry)} --rc $?"])
 
@@ -84,6 +84,9 @@ def make_executor(cfg: Config, folder: str | os.PathLike, kind: str, role: str, 
                          "or run on Slurm")
     params = dict(name=name, timeout_min=cfg.cluster.timeout_min, nodes=nodes, tasks_per_node=tasks,
                   cpus_per_task=cpus)
+    if kind == "slurm":
+        # srun does not inherit sbatch's --cpus-per-task on Slurm 22.05 to 23.02.
+        params["slurm_srun_args"] = [f"--cpus-per-task={cpus}"]
     if gpus:
         params["gpus_per_node"] = gpus
     if cfg.cluster.mem_gb:
@@ -98,10 +101,17 @@ def make_executor(cfg: Config, folder: str | os.PathLike, kind: str, role: str, 
     return ex
 
 
-def sbatch_text(ex) -> str:
-    """The sbatch script submitit would submit with this executor (for --dry-run)."""
+def sbatch_text(ex, array: int = 0) -> str:
+    """The sbatch script submitit would submit with this executor (for --dry-run); `array` tasks."""
     inner = getattr(ex, "_executor", ex)
     make = getattr(inner, "_make_submission_file_text", None)
     if make is None:
         return "(the local executor submits no sbatch script)"
-    return make(inner._submitit_command_str, "DRYRUN")
+    saved = dict(inner.parameters)
+    if array:  # what submitit sets when it submits an array
+        inner.parameters["map_count"] = array
+    try:
+        return make(inner._submitit_command_str, "DRYRUN")
+    finally:
+        inner.parameters.clear()
+        inner.parameters.update(saved)

@@ -7,6 +7,7 @@ Every submitted job is recorded in RUN_DIR/jobs.json for `status`.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class Pipeline:
         ex = make_executor(self.cfg, self.folder, self.kind, role, f"oasis-{name}", dependency=self.dependency,
                            array=array)
         if self.dry_run:
-            self.scripts[name] = sbatch_text(ex)
+            self.scripts[name] = sbatch_text(ex, array)
             return None
         if array:
             submitted = ex.map_array(fn, *args)
@@ -94,7 +95,9 @@ def submit_pipeline(cfg: Config, executor: str = "auto", dry_run: bool = False, 
     kind = resolve_executor(executor if executor != "auto" else cfg.cluster.executor)
     run_dir, dataset = Path(cfg.run_dir).resolve(), Path(cfg.data.dataset).resolve()
     cfg.run_dir, cfg.data.dataset = str(run_dir), str(dataset)
-    chain = Pipeline(cfg, kind, run_dir / "slurm", record_in=run_dir, dry_run=dry_run,
+    # A dry run renders the sbatch scripts even where no controller answers (srun must be installed).
+    render = "slurm" if dry_run and shutil.which("srun") else kind
+    chain = Pipeline(cfg, render, run_dir / "slurm", record_in=run_dir, dry_run=dry_run,
                      wait=kind == "local" if wait is None else wait, log=log)
     out: dict = {"executor": kind, "run_dir": str(run_dir), "dataset": str(dataset), "jobs": chain.job_ids}
     runlock.check_free(run_dir)

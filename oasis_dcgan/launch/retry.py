@@ -146,8 +146,9 @@ def main(argv=None) -> int:
     job_id, attempt = os.environ["SLURM_JOB_ID"], int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     limit = a.max_requeues if a.max_requeues is not None else _max_requeues(run_dir)
     d = decide(run_dir, job_id, attempt, a.rc, limit)
-    if d.action == "requeue" and _job_state(job_id) != "RUNNING":
-        d = Decision("none", f"job is {_job_state(job_id)}, not running: Slurm has it in hand")
+    state = _job_state(job_id) if d.action == "requeue" else ""
+    if d.action == "requeue" and state != "RUNNING":
+        d = Decision("none", f"job is {state}, not running: Slurm has it in hand")
     print(f"[retry] job {job_id} attempt {attempt}: {d.action}: {d.reason}", flush=True)
     if d.action != "none":
         _record(run_dir, job_id=job_id, attempt=attempt, rc=a.rc, action=d.action, reason=d.reason,

@@ -101,7 +101,8 @@ def _job_lines(run_dir: Path) -> list[str]:
             gave_up = [d["reason"] for d in mine if d["action"] == "fail"]
             lines.append(f"    reason: {gave_up[-1] if gave_up else _failure_reason(run_dir, j)}")
     # Jobs submitted with slurm/train.sbatch are known only from their decisions.
-    last = {d["job_id"]: d for d in decisions if d["job_id"] not in {str(j["job_id"]) for j in jobs}}
+    known = {str(j["job_id"]) for j in jobs}
+    last = {d["job_id"]: d for d in decisions if d["job_id"] not in known}
     for d in last.values():
         lines.append(f"  train        job {d['job_id']:<10} attempt {d['attempt']}: {d['action']}: {d['reason']}")
     return lines

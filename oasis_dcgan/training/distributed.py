@@ -1,10 +1,11 @@
 """Horovod ranks without horovodrun: a World from the launch layer becomes a gloo rendezvous.
 
 This is the only module that imports Horovod. The launch layer reads the job environment
-and hands over a `World` (rank, size, local rank, nodes, hostnames, rendezvous directory).
-Rank 0 runs Horovod's rendezvous server and publishes `addr:port` in the rendezvous
-directory; the others wait for that file; all of them call `hvd.init()` with the gloo
-controller. A world of one is a plain `hvd.init()`.
+and hands over a `World` (rank, size, local rank, nodes, hostnames, job step, rendezvous
+directory). Rank 0 runs Horovod's rendezvous server; through files in the rendezvous
+directory the ranks agree which of rank 0's addresses the other nodes reach and which
+interface each node uses; then all of them call `hvd.init()` with the gloo controller.
+A world of one is a plain `hvd.init()`.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class World:
     hostnames: tuple = ("localhost",)
     job_id: str = "local"
     attempt: int = 0            # how often the scheduler restarted the job: each gets a fresh rendezvous
+    step: str = "0"             # the Slurm job step: a second srun step in one job gets its own rendezvous
     rendezvous_dir: str = ""    # shared by all nodes; rank 0 publishes its address here
 
     @property
@@ -44,8 +46,8 @@ class World:
         return self.rank == 0
 
 
-def horovod_env(world: World, addr: str, port: int, iface: str, timeout_s: int) -> dict:
-    """The variables Horovod's gloo controller reads in hvd.init()."""
+def horovod_env(world: World, addr: str, port: int, link: tuple, timeout_s: int) -> dict:
+    """The variables Horovod's gloo controller reads in hvd.init(); link is this node's (interface, address)."""
     return {
         "HOROVOD_RANK": str(world.rank),
         "HOROVOD_SIZE": str(world.size),
@@ -53,13 +55,14 @@ def horovod_env(world: World, addr: str, port: int, iface: str, timeout_s: int) 
         "HOROVOD_LOCAL_SIZE": str(world.local_size),
         "HOROVOD_CROSS_RANK": str(world.node),
         "HOROVOD_CROSS_SIZE": str(world.num_nodes),
-        # Must be the same string for every rank of a node: gloo groups local ranks by it.
-        "HOROVOD_HOSTNAME": world.hostname,
+        # The same string for every rank of a node (gloo groups local ranks by it), and the
+        # node's name in rank 0's rendezvous plan: its link's address.
+        "HOROVOD_HOSTNAME": link[1],
         "HOROVOD_GLOO_RENDEZVOUS_ADDR": addr,
         "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port),
         "HOROVOD_CONTROLLER": "gloo",
         "HOROVOD_CPU_OPERATIONS": "gloo",
-        "HOROVOD_GLOO_IFACE": iface,
+        "HOROVOD_GLOO_IFACE": link[0],
         # A rank that stops answering ends the job within timeout_s: gloo gives up on the
         # collective, and Horovod's stall inspector shuts down if a rank never submits.
         "HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout_s),
@@ -68,76 +71,146 @@ def horovod_env(world: World, addr: str, port: int, iface: str, timeout_s: int) 
     }
 
 
-def rendezvous_file(directory: str | os.PathLike, world: World) -> Path:
-    """Where rank 0 publishes its address: one file per job and attempt."""
-    return Path(directory) / f"rendezvous-{world.job_id}-{world.attempt}.json"
+def rendezvous_file(directory: str | os.PathLike, world: World, part: str = "") -> Path:
+    """Where the ranks of one job step and attempt exchange addresses (a requeue or a second srun
+    step gets fresh files). Without `part`, rank 0's final word: the address to reach it at."""
+    key = f"{world.job_id}-{world.step}-{world.attempt}"
+    return Path(directory) / (f"rendezvous-{key}.{part}.json" if part else f"rendezvous-{key}.json")
 
 
-def _iface_and_addr(world: World) -> tuple[str, str]:
-    """Pick the network interface gloo binds to, and the address others reach rank 0 at."""
-    if world.num_nodes == 1:
-        return "lo", "127.0.0.1"
-    iface = os.environ.get("HOROVOD_GLOO_IFACE", "")
+# --- which network connects the nodes -----------------------------------------------------------
+# The hostname often names the management network, which may not reach the other nodes (or is
+# slow). Rank 0 publishes every address it has; the first rank of each other node connects to
+# rank 0's rendezvous server at each in turn and keeps the first that answers; its interface is
+# the one the kernel routes that address through. Rank 0 then takes the interface holding the
+# address the nodes reached. HOROVOD_GLOO_IFACE, when set, decides on every rank instead.
+
+def _ipv4_interfaces() -> list[tuple[str, str]]:
+    """(interface, address) for every interface that is up, loopback left out."""
     import psutil  # a Horovod dependency
 
-    addrs = {name: [a.address for a in lst if a.family == socket.AF_INET]
-             for name, lst in psutil.net_if_addrs().items()}
+    up = {name for name, st in psutil.net_if_stats().items() if st.isup}
+    return [(name, a.address) for name, addrs in psutil.net_if_addrs().items() if name in up
+            for a in addrs if a.family == socket.AF_INET and not a.address.startswith("127.")]
+
+
+def _forced_interface() -> tuple[str, str] | None:
+    iface = os.environ.get("HOROVOD_GLOO_IFACE", "")
     if not iface:
+        return None
+    mine = [c for c in _ipv4_interfaces() if c[0] == iface]
+    if not mine:
+        names = ", ".join(sorted({n for n, _ in _ipv4_interfaces()}))
+        raise RendezvousError(f"HOROVOD_GLOO_IFACE={iface}: no such interface with an IPv4 address on "
+                              f"{socket.gethostname()}; it has: {names}")
+    return mine[0]
+
+
+def route_to(addr: str) -> tuple[str, str]:
+    """The local (interface, address) the kernel uses to reach addr."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((addr, 9))  # a UDP connect sends nothing: it only picks the route
+        local = s.getsockname()[0]
+    return next(((n, a) for n, a in _ipv4_interfaces() if a == local), ("lo", local))
+
+
+def first_reachable(candidates: list, port: int, timeout_s: float = 2.0) -> str | None:
+    for _iface, addr in candidates:
         try:
-            mine = socket.gethostbyname(socket.gethostname())
+            with socket.create_connection((addr, port), timeout=timeout_s):
+                return addr
         except OSError:
-            mine = ""
-        iface = next((n for n, ips in addrs.items() if mine in ips and not mine.startswith("127.")), "")
-    if not iface or not addrs.get(iface):
-        raise RendezvousError("cannot tell which network interface connects the nodes; set HOROVOD_GLOO_IFACE "
-                              f"(e.g. ib0 or eth0). Interfaces here: {', '.join(sorted(addrs))}")
-    return iface, addrs[iface][0]
+            continue
+    return None
 
 
-def _start_server(world: World):
-    from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
-    from horovod.runner.http.http_server import RendezvousServer
-
-    server = RendezvousServer(verbose=0)
-    port = server.start()
-    hosts = parse_hosts(",".join(f"{h}:{world.local_size}" for h in world.hostnames))
-    server.init(get_host_assignments(hosts, world.size, world.size))
-    return server, port
-
-
-def _publish(world: World, path: Path, addr: str):
-    """Rank 0: start the rendezvous server and write its address where the others look."""
-    for stale in path.parent.glob("rendezvous-*.json"):
-        if stale != path:
-            stale.unlink(missing_ok=True)
-    server, port = _start_server(world)
-    fsutil.write_json(path, {"addr": addr, "port": port, "job_id": world.job_id, "attempt": world.attempt,
-                             "size": world.size, "hosts": list(world.hostnames), "time": time.time()})
-    return server, port
-
-
-def _wait_for_address(world: World, path: Path, timeout_s: float) -> tuple[str, int]:
-    """Any other rank: wait for rank 0's file, and check it was written for a world of this size."""
+def _wait_json(path: Path, what: str, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         if time.monotonic() > deadline:
-            raise RendezvousError(f"rank {world.rank}: rank 0 did not publish {path} within {timeout_s:.0f} s. "
-                                  "Is rank 0 running, and is that directory on storage all nodes share?")
+            raise RendezvousError(f"{what} did not publish {path} within {timeout_s:.0f} s. Is it running, "
+                                  "and is that directory on storage all nodes share?")
         time.sleep(0.2)
-    info = fsutil.read_json(path)
+    return fsutil.read_json(path)
+
+
+def _chief(world: World, timeout_s: float):
+    """Rank 0: serve the rendezvous, learn every node's link, publish them with the address to use."""
+    from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
+    from horovod.runner.http.http_server import RendezvousServer
+
+    final = rendezvous_file(world.rendezvous_dir, world)
+    for stale in final.parent.glob("rendezvous-*.json"):
+        stale.unlink(missing_ok=True)
+    server = RendezvousServer(verbose=0)
+    port = server.start()  # listens on every interface: the other nodes probe it
+    info = {"port": port, "size": world.size, "job_id": world.job_id, "step": world.step,
+            "attempt": world.attempt, "hosts": list(world.hostnames), "time": time.time()}
+    links = _chief_links(world, info, timeout_s)
+    # Nodes are named by their link's address, not their hostname: Horovod resolves the name
+    # again for some of its connections, and a hostname may resolve to another network.
+    plan = parse_hosts(",".join(f"{addr}:{world.local_size}" for _iface, addr in links))
+    server.init(get_host_assignments(plan, world.size, world.size))
+    fsutil.write_json(final, {**info, "addr": links[0][1], "links": links})
+    return server
+
+
+def _chief_links(world: World, info: dict, timeout_s: float) -> list:
+    if world.num_nodes == 1:
+        return [("lo", "127.0.0.1")]
+    fsutil.write_json(rendezvous_file(world.rendezvous_dir, world, "candidates"),
+                      {**info, "candidates": _ipv4_interfaces()})
+    nodes = [_wait_json(rendezvous_file(world.rendezvous_dir, world, f"node-{k}"),
+                        f"the first rank on node {k} ({world.hostnames[k]})", timeout_s)
+             for k in range(1, world.num_nodes)]
+    mine = _forced_interface()
+    if mine is None:
+        reached = nodes[0]["reached"]  # node 1's choice, should the nodes disagree
+        mine = next((c for c in _ipv4_interfaces() if c[1] == reached), None)
+        if mine is None:
+            raise RendezvousError(f"node 1 reached rank 0 at {reached}, which {world.hostnames[0]} does not have")
+    return [tuple(mine)] + [tuple(n["link"]) for n in nodes]
+
+
+def _node_leader(world: World, timeout_s: float) -> None:
+    """The first rank of another node: find the route to rank 0 and say which interface it takes."""
+    cand = _wait_json(rendezvous_file(world.rendezvous_dir, world, "candidates"), "rank 0", timeout_s)
+    link, reached = _forced_interface(), None
+    if link is None:
+        reached = first_reachable(cand["candidates"], cand["port"])
+        if reached is None:
+            tried = ", ".join(f"{a} ({n})" for n, a in cand["candidates"])
+            raise RendezvousError(f"{world.hostname} reaches none of rank 0's addresses on {world.hostnames[0]}: "
+                                  f"{tried}. Set HOROVOD_GLOO_IFACE to the interface that connects the nodes.")
+        link = route_to(reached)
+    fsutil.write_json(rendezvous_file(world.rendezvous_dir, world, f"node-{world.node}"),
+                      {"reached": reached, "link": list(link), "host": world.hostname})
+
+
+def _address_and_link(world: World, timeout_s: float) -> tuple:
+    """(rank 0's rendezvous address and port, every node's (interface, address), rank 0's server)."""
+    server = _chief(world, timeout_s) if world.is_chief else None
+    if not world.is_chief and world.local_rank == 0 and world.num_nodes > 1:
+        _node_leader(world, timeout_s)
+    path = rendezvous_file(world.rendezvous_dir, world)
+    info = _wait_json(path, "rank 0", timeout_s)
     if info.get("size") != world.size:
         raise RendezvousError(f"{path}: written for {info.get('size')} ranks, this job has {world.size}")
-    return info["addr"], int(info["port"])
+    return info["addr"], int(info["port"]), [tuple(x) for x in info["links"]], server
 
 
-def init(world: World, timeout_s: float = 300.0, rendezvous_timeout_s: float | None = None):
+def describe_links(world: World, links: list) -> str:
+    return "; ".join(f"node {k} ({world.hostnames[k]}): {iface} {addr}" for k, (iface, addr) in enumerate(links))
+
+
+def init(world: World, timeout_s: float = 300.0, rendezvous_timeout_s: float | None = None, log=None):
     """Join (or, on rank 0, create) the job's Horovod world.
 
     timeout_s bounds every collective (a peer that stops answering ends the job). Waiting
     for rank 0's address allows at least five minutes unless told otherwise: rank 0 may be
-    slow to start (a cold file system, the lock of a previous attempt).
-    Returns (the `horovod.tensorflow` module, rank 0's rendezvous server or None); the caller
-    keeps the server referenced for as long as the ranks may need it.
+    slow to start (a cold file system, the lock of a previous attempt). Rank 0 logs which
+    interface and address each node uses. Returns (the `horovod.tensorflow` module, rank 0's
+    rendezvous server or None); the caller keeps the server referenced while the ranks run.
     """
     import horovod.tensorflow as hvd
 
@@ -146,20 +219,15 @@ def init(world: World, timeout_s: float = 300.0, rendezvous_timeout_s: float | N
         return hvd, None
     if not world.rendezvous_dir:
         raise RendezvousError(f"a world of {world.size} ranks needs a rendezvous directory on shared storage")
-    path = rendezvous_file(world.rendezvous_dir, world)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iface, my_addr = _iface_and_addr(world)
-    server = None
-    if world.is_chief:
-        server, port = _publish(world, path, my_addr)
-        addr = my_addr
-    else:
-        addr, port = _wait_for_address(world, path, rendezvous_timeout_s or max(timeout_s, 300.0))
-    os.environ.update(horovod_env(world, addr, port, iface, int(timeout_s)))
+    Path(world.rendezvous_dir).mkdir(parents=True, exist_ok=True)
+    addr, port, links, server = _address_and_link(world, rendezvous_timeout_s or max(timeout_s, 300.0))
+    os.environ.update(horovod_env(world, addr, port, links[world.node], int(timeout_s)))
     hvd.init()
     if hvd.size() != world.size or hvd.rank() != world.rank:
         raise RendezvousError(f"Horovod reports rank {hvd.rank()}/{hvd.size()}, the job says "
                               f"{world.rank}/{world.size}")
+    if log and world.is_chief:
+        log(f"network: {describe_links(world, links)}; rendezvous at {addr}:{port}")
     return hvd, server
 
 

@@ -77,7 +77,7 @@ class Trainer:
         if self.chief:  # before the rendezvous, which clears the run's old rendezvous files
             self.lock = RunLock(self.run_dir, self.world.job_id, self.world.attempt, log=self.log)
             self.lock.acquire()
-        self.hvd, self._rendezvous = distributed.init(self.world, timeout_s=self.cfg.train.peer_timeout_s)
+        self.hvd, self._rendezvous = distributed.init(self.world, timeout_s=self.cfg.train.peer_timeout_s, log=self.log)
         self.rank, self.size = self.hvd.rank(), self.hvd.size()
         configure_tensorflow(self.cfg, self.hvd.local_rank())
 
@@ -409,7 +409,8 @@ class Trainer:
         summary = {"rank": self.rank, "size": self.size, "epochs": self.cfg.train.epochs,
                    "global_step": self.state.read_counters()["global_step"],
                    "weights_sha256": weights_digest(self.generator, self.discriminator), "host": platform.node(),
-                   "pid": os.getpid(), "stopped": self.stop_reason or None}
+                   "pid": os.getpid(), "cross_rank": self.hvd.cross_rank(), "cross_size": self.hvd.cross_size(),
+                   "stopped": self.stop_reason or None}
         if self.stop_reason:
             self.log(f"stopped at global step {summary['global_step']}: {self.stop_reason}")
             return summary

@@ -11,13 +11,14 @@ import re
 import sys
 import time
 
-from bench import bench_data, bench_multinode, bench_preempt, bench_ssim, bench_train
+from bench import bench_checkpoint, bench_data, bench_multinode, bench_preempt, bench_ssim, bench_train
 from bench.common import RESULTS, machine
 
 SECTIONS = {  # short name: (heading, module)
     "ssim": ("Seed metric (max SSIM, 800 pairs)", bench_ssim),
     "data": ("Data: packing and reading", bench_data),
     "train": ("Training", bench_train),
+    "checkpoint": ("Checkpoints off the critical path", bench_checkpoint),
     "preempt": ("Preemption (dev Slurm cluster)", bench_preempt),
     "multinode": ("Two hosts (dev Slurm cluster, partition multi)", bench_multinode),
 }

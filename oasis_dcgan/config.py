@@ -57,6 +57,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0     # 0: off
     checkpoint_every_minutes: float = 10.0  # 0: off
     keep_checkpoints: int = 3
+    checkpoint_in_background: bool = True  # write periodic and epoch-end checkpoints while training goes on
     snapshot_every_epoch: bool = False  # keep a generator-only .keras file per epoch
     tick_seconds: float = 60.0          # batch-log tick interval
     intra_op_threads: int = 0           # 0: TensorFlow's default

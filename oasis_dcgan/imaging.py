@@ -71,8 +71,16 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
 
 
 def grid_figure(images, title: str = ""):
-    """A figure of a batch in (-1, 1) as one near-square grid, with an optional title."""
-    fig, ax = pyplot().subplots(figsize=(4, 4.3 if title else 4))
+    """A figure of a batch in (-1, 1) as one near-square grid, with an optional title.
+
+    Made without pyplot's global state, so training can render it in a background thread.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 4.3 if title else 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.imshow(tile(images), cmap="gray", vmin=-1, vmax=1)
     ax.axis("off")
     if title:

@@ -60,6 +60,23 @@ def test_one_rank_run_directory_and_checkpoint_format(dataset32, tmp_path):
     assert any("g_optimizer" in k for k in keys) and any("state" in k and "global_step" in k for k in keys)
 
 
+def test_checkpoints_are_written_in_the_background_and_each_is_logged_once(dataset32, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    # The write of step 2 is held for 1.5 s: the loop must go on meanwhile, and step 3's save waits for it.
+    monkeypatch.setenv("OASIS_TEST_CHECKPOINT_DELAY", "2:1.5")
+    s = trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.checkpoint_every_steps=1",
+                            "train.keep_checkpoints=8"), log_to_stdout=False)
+    saves = [r for r in read_stats(run / "stats.jsonl") if r["kind"] == "checkpoint"]
+    assert [r["global_step"] for r in saves] == list(range(1, s["global_step"] + 1)), "every step's save, once"
+    held, after = saves[1], saves[2]
+    assert held["write_s"] >= 1.5 and held["blocking_s"] < 0.5 * held["write_s"], "the loop did not wait for it"
+    assert after["blocking_s"] > 0.5, "the next save waited for the write in flight"
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [f"ckpt-{k:09d}" for k in range(1, 9)]
+    assert not list((run / "checkpoints").glob(".*")), "no temp left"
+    last = json.loads((run / "checkpoints" / "ckpt-000000008" / "meta.json").read_text())
+    assert last["global_step"] == 8 and last["epoch"] == 2, "the final save holds the final state"
+
+
 def test_lr_scaling():
     c = config.load(None, ["train.lr_scaling=\"sqrt\""])
     assert trainer.lr_for(c, 4) == pytest.approx(2e-4)

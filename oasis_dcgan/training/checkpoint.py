@@ -3,7 +3,13 @@
 A checkpoint is a directory `checkpoints/ckpt-<global step, 9 digits>/` holding a
 tf.train.Checkpoint (`ckpt.index`, `ckpt.data-*`) and `meta.json` with the counters and
 the sha256 of each file. It is written under a temp name and renamed whole, so a reader
-never sees half of one. Variables are keyed by their Keras path under `generator/`,
+never sees half of one.
+
+Saving blocks the training loop only for a snapshot: every variable is copied into a shadow
+variable in host memory (a device-to-host copy on a GPU, tens of milliseconds for the 256
+model), and a background thread writes, hashes, fsyncs and renames from the shadows while the
+steps go on. One write is in flight at a time; the next save, a stop and the end of training
+wait for it. Variables are keyed by their Keras path under `generator/`,
 `discriminator/`, `g_optimizer/`, `d_optimizer/` and `state/`, so `tf.train.load_checkpoint`
 reads them by name.
 
@@ -16,7 +22,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import fsutil
@@ -75,6 +83,17 @@ def variable_groups(generator, discriminator, g_opt, d_opt, state: dict) -> dict
     }
 
 
+@dataclass
+class SaveRecord:
+    """One save, as the training loop reports it once the write has ended."""
+    global_step: int
+    reason: str
+    blocking_s: float = 0.0     # how long the training loop waited: the previous write, the snapshot
+    write_s: float = 0.0        # the whole write: checkpoint files, hashes, fsync, rename
+    path: Path | None = None
+    error: BaseException | None = None
+
+
 class CheckpointManager:
     """Save, list, verify and restore the run's checkpoints; keeps the newest `keep`."""
 
@@ -84,7 +103,13 @@ class CheckpointManager:
         self.dir = Path(directory)
         self.keep = keep
         self.log = log
+        self._groups = groups
         self._ckpt = tf.train.Checkpoint(**groups)
+        self._shadows = None        # (live, shadow) pairs, made at the first save
+        self._shadow_ckpt = None
+        self._thread: threading.Thread | None = None
+        self._inflight: SaveRecord | None = None
+        self._ended: list[SaveRecord] = []
 
     def list(self) -> list[Path]:
         """Finished checkpoints, oldest first."""
@@ -92,13 +117,95 @@ class CheckpointManager:
             return []
         return sorted(p for p in self.dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX + "-"))
 
-    def save(self, global_step: int, meta: dict) -> Path:
+    def save(self, global_step: int, meta: dict, reason: str = "", background: bool = False) -> SaveRecord:
+        """Checkpoint the variables as they are now.
+
+        With `background`, return once they are snapshotted; the record comes back from
+        `ended()` when the write is over. Without (a stop, or background writes turned off),
+        return after the write, which raises if it failed.
+        """
+        t0 = time.perf_counter()
+        rec = SaveRecord(global_step, reason)
+        if background:
+            self.wait()  # one write in flight: its shadows are about to be overwritten
+            self._snapshot()
+            rec.blocking_s = time.perf_counter() - t0
+            self._inflight = rec
+            self._thread = threading.Thread(target=self._write_in_background, args=(rec, meta),
+                                            name="checkpoint-writer", daemon=True)
+            self._thread.start()
+            return rec
+        if self._thread is not None and self._inflight.global_step == global_step:
+            same = self._inflight  # this very state is being written: let that write be the one
+            self.wait()
+            if same.error is None:
+                rec.path, rec.write_s = same.path, same.write_s
+                rec.reason = f"{reason}; written by the {same.reason} save of this step"
+                rec.blocking_s = time.perf_counter() - t0
+                return rec
+        # A stop does not wait for an older write in flight (SIGKILL may follow within a second):
+        # the loop is paused, so it writes from the live variables, beside the other write.
+        self._write(rec, meta, self._ckpt)
+        rec.blocking_s = time.perf_counter() - t0
+        if rec.error:
+            raise rec.error
+        return rec
+
+    def wait(self) -> None:
+        """Until the write in flight, if any, has ended."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def ended(self) -> list[SaveRecord]:
+        """Background saves whose write ended since the last call; raises the first that failed."""
+        done, self._ended = self._ended, []
+        failed = next((r for r in done if r.error), None)
+        if failed:
+            raise failed.error
+        return done
+
+    def _snapshot(self) -> None:
+        import tensorflow as tf
+
+        if self._shadows is None:
+            with tf.device("CPU:0"):
+                shadow_groups = {g: {k: tf.Variable(tf.convert_to_tensor(v), trainable=False, name=f"shadow.{k}")
+                                     for k, v in vs.items()} for g, vs in self._groups.items()}
+            # Same groups, same keys: the checkpoint reads back into the live variables.
+            self._shadow_ckpt = tf.train.Checkpoint(**shadow_groups)
+            self._shadows = [(v, shadow_groups[g][k]) for g, vs in self._groups.items() for k, v in vs.items()]
+            return
+        for live, shadow in self._shadows:
+            shadow.assign(tf.convert_to_tensor(live))
+
+    def _write_in_background(self, rec: SaveRecord, meta: dict) -> None:
+        self._write(rec, meta, self._shadow_ckpt)
+        self._ended.append(rec)
+
+    def _write(self, rec: SaveRecord, meta: dict, ckpt) -> None:
+        t0 = time.perf_counter()
+        try:
+            rec.path = self._write_files(rec.global_step, meta, ckpt)
+        except BaseException as e:  # noqa: BLE001 -- handed to the training loop, which raises it
+            rec.error = e
+        rec.write_s = time.perf_counter() - t0
+
+    def _write_files(self, global_step: int, meta: dict, ckpt) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.dir / f"{PREFIX}-{global_step:09d}"
-        tmp = self.dir / f".{final.name}.{os.getpid()}.tmp"
+        tmp = self.dir / f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        self._ckpt.write(str(tmp / PREFIX))
+        try:
+            self._publish(tmp, final, global_step, meta, ckpt)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+            raise
+        return final
+
+    def _publish(self, tmp: Path, final: Path, global_step: int, meta: dict, ckpt) -> None:
+        ckpt.write(str(tmp / PREFIX))
         files = {}
         for f in sorted(tmp.iterdir()):
             files[f.name] = fsutil.sha256_file(f)
@@ -115,7 +222,6 @@ class CheckpointManager:
         shutil.rmtree(replaced, ignore_errors=True)
         for old in self.list()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
-        return final
 
     def verify(self, ckpt_dir: Path) -> str | None:
         """Why this checkpoint cannot be trusted, or None."""

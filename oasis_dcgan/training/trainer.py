@@ -46,6 +46,7 @@ class Trainer:
         self._saving = False
         self._ready = False          # models built and restored: a checkpoint now means something
         self._rendezvous = None      # rank 0's rendezvous server, alive while the ranks run
+        self._renders = []           # sample grids being drawn off the training loop (rank 0)
         self.lock = None             # rank 0's hold on the run directory
 
     def run(self) -> dict:
@@ -233,6 +234,7 @@ class Trainer:
             if progress:
                 progress.close()
         if self.stop_reason:  # no rank leaves before rank 0's checkpoint is on disk
+            self._wait_for_saves()
             distributed.barrier(self.hvd, name=f"stop.{self.global_step}")
 
     def images_done(self) -> int:
@@ -300,11 +302,13 @@ class Trainer:
                      f"g {g:.4f} d {d:.4f} {rate:.1f} img/s ETA {format_seconds(eta or float('inf'))}")
 
     def _periodic_checkpoint(self) -> None:
+        if not self._saving:
+            self._report_saves([])  # a background write that has ended since the last step
         every_k = self.cfg.train.checkpoint_every_steps
         every_s = self.cfg.train.checkpoint_every_minutes * 60
         now = time.monotonic()
         if (every_k and self.global_step % every_k == 0) or (every_s and now - self._last_checkpoint >= every_s):
-            self.save("periodic")
+            self.save("periodic", background=True)
             self._last_checkpoint = now
 
     def end_epoch(self, steps: int, seconds: float) -> None:
@@ -315,7 +319,8 @@ class Trainer:
         self.epoch += 1
         if self.chief:
             stop = self.stop_reason and not self._stop_saved
-            self.save(f"{self.stop_reason} at the epoch end" if stop else "epoch end")
+            self.save(f"{self.stop_reason} at the epoch end" if stop else "epoch end",
+                      background=not self.stop_reason)
             self._last_checkpoint = time.monotonic()
 
     def _write_epoch(self, steps: int, seconds: float) -> None:
@@ -328,7 +333,7 @@ class Trainer:
         with fsutil.atomic_path(samples / f"epoch_{number:04d}.npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, fake)
-        save_grid(fake, samples / f"epoch_{number:04d}.png", f"epoch {number}")
+        self._render(save_grid, fake, samples / f"epoch_{number:04d}.png", f"epoch {number}")
         counters = self.state.read_counters()
         rec = dict(kind="epoch", epoch=number, global_step=self.global_step, kimg=counters["images_seen"] / 1000,
                    **self.state.epoch_losses(), **self.state.epoch_visits(),
@@ -347,30 +352,64 @@ class Trainer:
 
             save_model(self.generator, self.run_dir / "snapshots" / f"generator_epoch_{number:04d}.keras")
 
+    def _render(self, fn, *args) -> None:
+        """Draw a picture in a background thread (matplotlib takes ~0.2 s a grid, a GPU epoch ~3 s)."""
+        import threading
+
+        self._wait_for_renders()  # one at a time: a slow disk must not pile them up
+        t = threading.Thread(target=self._render_logged, args=(fn, *args), name="sample-render", daemon=True)
+        t.start()
+        self._renders.append(t)
+
+    def _render_logged(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # a picture is not worth the run: say so and go on
+            self.log(f"WARNING: could not draw {args[1] if len(args) > 1 else fn.__name__}: {e}")
+
+    def _wait_for_renders(self) -> None:
+        for t in self._renders:
+            t.join()
+        self._renders = []
+
     # ------------------------------------------------------------------ saving and stopping
 
-    def save(self, reason: str) -> None:
-        """Rank 0: checkpoint the state in memory now. Runs no collective."""
+    def save(self, reason: str, background: bool = False) -> None:
+        """Rank 0: checkpoint the state in memory now. Runs no collective.
+
+        `background` returns after the snapshot and leaves the write to a thread; a stop's
+        checkpoint is always written before this returns.
+        """
         if self._saving:  # a signal arrived mid-save: the save in progress (or the one before) stands
             self.log(f"checkpoint for '{reason}' skipped: a checkpoint is being written")
             return
         self._saving = True
         try:
             counters = self.state.read_counters()
-            t0 = time.perf_counter()
-            path = self.checkpoints.save(counters["global_step"], {
+            background = background and self.cfg.train.checkpoint_in_background
+            rec = self.checkpoints.save(counters["global_step"], {
                 **counters, "reason": reason, "world_size": self.size, "data_seed": self.cfg.train.seed,
                 "resolution": self.resolution, "noise_dim": self.cfg.train.noise_dim,
                 "batch_size": self.cfg.train.batch_size, "learning_rate": self.lr,
-                "dataset_manifest_sha256": self.dataset_hash})
-            if self.stats:
-                self.stats.write(kind="checkpoint", global_step=counters["global_step"], epoch=counters["epoch"],
-                                 reason=reason, seconds=time.perf_counter() - t0)
-                self.stats.sync()
-            self.log(f"checkpoint {path.name} ({reason})")
-            self.lock.touch()
+                "dataset_manifest_sha256": self.dataset_hash}, reason=reason, background=background)
+            self._report_saves([] if background else [rec])
         finally:
             self._saving = False
+
+    def _report_saves(self, done: list) -> None:
+        """Log the saves whose write has ended (a background write's failure raises here)."""
+        for rec in self.checkpoints.ended() + done:
+            if self.stats:
+                self.stats.write(kind="checkpoint", global_step=rec.global_step, reason=rec.reason,
+                                 blocking_s=rec.blocking_s, write_s=rec.write_s, seconds=rec.write_s)
+                self.stats.sync()
+            self.log(f"checkpoint {rec.path.name} ({rec.reason})")
+            self.lock.touch()
+
+    def _wait_for_saves(self) -> None:
+        if self.chief and self._ready:
+            self.checkpoints.wait()
+            self._report_saves([])
 
     def checkpoint_now(self, reason: str) -> bool:
         """Rank 0 saves the state in memory now, from between two steps, without any collective.
@@ -406,6 +445,8 @@ class Trainer:
     def finish(self) -> dict:
         from .model import save_model
 
+        self._wait_for_saves()  # the last epoch's checkpoint is on disk before anything says "done"
+        self._wait_for_renders()
         summary = {"rank": self.rank, "size": self.size, "epochs": self.cfg.train.epochs,
                    "global_step": self.state.read_counters()["global_step"],
                    "weights_sha256": weights_digest(self.generator, self.discriminator), "host": platform.node(),

@@ -8,8 +8,9 @@ never sees half of one.
 Saving blocks the training loop only for a snapshot: every variable is copied into a shadow
 variable in host memory (a device-to-host copy on a GPU, tens of milliseconds for the 256
 model), and a background thread writes, hashes, fsyncs and renames from the shadows while the
-steps go on. One write is in flight at a time; the next save, a stop and the end of training
-wait for it. Variables are keyed by their Keras path under `generator/`,
+steps go on. One write is in flight at a time; the next save and the end of training wait
+for it. A stop writes its own checkpoint at once, from the live variables with the loop paused,
+and waits for the write in flight before the ranks meet. Variables are keyed by their Keras path under `generator/`,
 `discriminator/`, `g_optimizer/`, `d_optimizer/` and `state/`, so `tf.train.load_checkpoint`
 reads them by name.
 

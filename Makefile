@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo demo-cluster test test-fast bench cluster-up cluster-down clean
+.PHONY: setup setup-gpu demo demo-cluster test test-fast bench cluster-up cluster-down clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,15 @@ $(STAMP): setup.cfg Makefile $(wildcard patches/*)
 	whl=$$(patches/build-horovod $(PY)) && \
 	  $(PY) -m pip install -q --force-reinstall --no-deps "$$whl" && $(PY) -m pip install -q "$$whl"
 	$(PY) -c "import horovod.tensorflow as hvd, horovod.common.oasis_patches; assert hvd.gloo_built(), 'horovod built without gloo'"
+	$(if $(HOROVOD_GPU_OPERATIONS),$(PY) -c "import horovod.tensorflow as hvd; assert hvd.nccl_built(), 'horovod built without NCCL'")
 	touch $(STAMP)
+
+# GPU nodes: TensorFlow with CUDA, and Horovod reducing on the GPUs with NCCL (a gloo-only
+# build moves every step's gradients through host memory; training warns about it). Needs
+# the CUDA toolkit and NCCL headers on the build node (module load cuda nccl, or NCCL_HOME).
+setup-gpu:
+	rm -f $(STAMP)
+	$(MAKE) setup TF_PKG='tensorflow[and-cuda]==2.18.1' HOROVOD_GPU_OPERATIONS=NCCL
 
 # The whole pipeline on a sample brain dataset, 64x64, 2 Horovod ranks, no cluster.
 demo: setup

@@ -11,7 +11,8 @@ import re
 import sys
 import time
 
-from bench import bench_checkpoint, bench_data, bench_multinode, bench_preempt, bench_ssim, bench_train
+from bench import (bench_checkpoint, bench_data, bench_multinode, bench_overhead, bench_precision, bench_preempt,
+                   bench_ssim, bench_train, projection)
 from bench.common import RESULTS, machine
 
 SECTIONS = {  # short name: (heading, module)
@@ -21,6 +22,10 @@ SECTIONS = {  # short name: (heading, module)
     "checkpoint": ("Checkpoints off the critical path", bench_checkpoint),
     "preempt": ("Preemption (dev Slurm cluster)", bench_preempt),
     "multinode": ("Two hosts (dev Slurm cluster, partition multi)", bench_multinode),
+    "overhead": ("Host overhead per step, and the reader's headroom", bench_overhead),
+    "precision": ("Mixed precision", bench_precision),
+    # Last: it reads what overhead and checkpoint measured.
+    "projection": ("Projection: data-parallel efficiency on H200 clusters", projection),
 }
 HEAD = ("# Benchmark results\n\nEvery ratio is against the seed's approach (the baseline script seed_style_bench.py) run "
         "in the same session on the same data. Each section says when and on what it was measured.\n\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 RESOLUTIONS = (32, 64, 128, 256)
 LAYOUTS = ("auto", "oasis-png", "oasis-raw", "folder")
 EXECUTORS = ("auto", "local", "slurm", "inprocess")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -54,8 +55,14 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     fp16_allreduce: bool = False
-    checkpoint_every_steps: int = 0     # 0: off
+    # fp32 is the seed's. bf16 and fp16 compute in half precision with fp32 variables, logits
+    # and losses (Keras mixed policies); fp16 adds dynamic loss scaling. A speed-up on GPUs only.
+    precision: str = "fp32"
+    # When to checkpoint besides every stop and the end of training. By time, because a GPU
+    # epoch lasts seconds: see the README, "Choosing the checkpoint cadence".
     checkpoint_every_minutes: float = 10.0  # 0: off
+    checkpoint_every_steps: int = 0     # 0: off
+    checkpoint_every_epochs: int = 0    # 0: off
     keep_checkpoints: int = 3
     checkpoint_in_background: bool = True  # write periodic and epoch-end checkpoints while training goes on
     snapshot_every_epoch: bool = False  # keep a generator-only .keras file per epoch
@@ -128,6 +135,8 @@ class Config:
             ("train.noise_dim", t.noise_dim >= 1, "must be >= 1"),
             ("train.checkpoint_every_steps", t.checkpoint_every_steps >= 0, "must be >= 0"),
             ("train.checkpoint_every_minutes", t.checkpoint_every_minutes >= 0, "must be >= 0"),
+            ("train.checkpoint_every_epochs", t.checkpoint_every_epochs >= 0, "must be >= 0"),
+            ("train.precision", t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be >= 1"),
             ("train.tick_seconds", t.tick_seconds > 0, "must be > 0"),
             ("train.max_steps_per_epoch", t.max_steps_per_epoch >= 0, "must be >= 0"),

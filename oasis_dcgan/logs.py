@@ -100,10 +100,16 @@ class Progress:
         self.active = self.stream.isatty()
         self.total, self.start_done, self.unit = total, done, unit
         self.t0 = time.monotonic()
+        self.last_draw = 0.0
+
+    def due(self, every_s: float = 0.25) -> bool:
+        """Whether a redraw is worth its cost: what it shows may wait for the device to finish a step."""
+        return self.active and time.monotonic() - self.last_draw >= every_s
 
     def update(self, done: int, text: str = "") -> None:
         if not self.active:
             return
+        self.last_draw = time.monotonic()
         rate = (done - self.start_done) / max(time.monotonic() - self.t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         width = 30

@@ -81,6 +81,23 @@ def test_horovod_env_mapping():
     assert env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "120" and env["HOROVOD_STALL_CHECK_TIME_SECONDS"] == "60"
 
 
+class _FakeHorovod:
+    def __init__(self, nccl: bool):
+        self.nccl = nccl
+
+    def nccl_built(self):
+        return self.nccl
+
+
+@pytest.mark.parametrize("gpus,nccl,warned", [(0, False, False), (2, True, False), (2, False, True)])
+def test_gpus_without_an_nccl_horovod_are_warned_about_with_the_fix(gpus, nccl, warned):
+    lines = []
+    ok = distributed.check_gpu_build(_FakeHorovod(nccl), gpus, log=lines.append)
+    assert ok is not warned and len(lines) == int(warned)
+    if warned:
+        assert "without NCCL" in lines[0] and "make setup-gpu" in lines[0]
+
+
 def test_requeued_attempt_gets_its_own_rendezvous_file(tmp_path):
     a = distributed.rendezvous_file(tmp_path, World(job_id="5", attempt=0))
     b = distributed.rendezvous_file(tmp_path, World(job_id="5", attempt=1))

@@ -53,6 +53,9 @@ def test_one_rank_run_directory_and_checkpoint_format(dataset32, tmp_path):
         assert {"g_loss", "d_loss", "images_per_s", "wall_time", "global_step", "step_time"} <= set(r)
         assert r["g_loss_min"] <= r["g_loss"] <= r["g_loss_max"], "the epoch mean lies within its steps"
     assert np.load(run / "samples" / "epoch_0002.npy").shape == (16, 32, 32, 1)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["ckpt-000000008"], \
+        "by default an epoch end writes no checkpoint (10 minutes had not passed); the end of training does"
+    assert json.loads((run / "checkpoints" / "ckpt-000000008" / "meta.json").read_text())["reason"] == "end of training"
     ckpt = sorted((run / "checkpoints").iterdir())[-1]
     keys = tf.train.load_checkpoint(str(ckpt / "ckpt")).get_variable_to_shape_map()
     assert any("generator" in k and "g_dense" in k for k in keys)
@@ -75,6 +78,24 @@ def test_checkpoints_are_written_in_the_background_and_each_is_logged_once(datas
     assert not list((run / "checkpoints").glob(".*")), "no temp left"
     last = json.loads((run / "checkpoints" / "ckpt-000000008" / "meta.json").read_text())
     assert last["global_step"] == 8 and last["epoch"] == 2, "the final save holds the final state"
+
+
+def test_the_epoch_end_checkpoints_when_due_and_always_at_a_stop_or_the_end(tmp_path):
+    t = trainer.Trainer(cfg_for(tmp_path / "ds", tmp_path / "run", "train.epochs=10",
+                                "train.checkpoint_every_epochs=3", "train.checkpoint_every_minutes=1"))
+    t.global_step, t._last_checkpoint = 7, time.monotonic()
+    reasons = {}
+    for epoch in range(1, 11):
+        t.epoch = epoch
+        reasons[epoch] = t._epoch_end_reason()
+    assert reasons == {1: "", 2: "", 3: "epoch end", 4: "", 5: "", 6: "epoch end", 7: "", 8: "", 9: "epoch end",
+                       10: "end of training"}
+    t.epoch, t._last_checkpoint = 4, time.monotonic() - 61
+    assert t._epoch_end_reason() == "periodic", "a minute passed"
+    t.stop_reason = "signal SIGUSR2"
+    assert t._epoch_end_reason() == "signal SIGUSR2 at the epoch end"
+    t._stop_saved = True
+    assert t._epoch_end_reason() == "epoch end", "the stop's own save came first; the new epoch's state is saved"
 
 
 def test_lr_scaling():
@@ -205,6 +226,36 @@ def test_the_config_sets_the_learning_rate_on_resume(dataset32, tmp_path):
     assert len(rates) == 2 and all(r == pytest.approx(5e-4) for r in rates), rates
     assert json.loads((ckpt / "meta.json").read_text())["learning_rate"] == pytest.approx(5e-4)
     assert "learning rate was 0.0001" in (run / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("first,then", [("bf16", "bf16"), ("fp32", "fp16")])
+def test_half_precision_trains_resumes_and_is_recorded(dataset32, tmp_path, first, then):
+    import tensorflow as tf
+
+    from oasis_dcgan.training import model
+
+    g = model.build_generator(32, 100, then)
+    assert g.get_layer("g_deconv1").compute_dtype == {"bf16": "bfloat16", "fp16": "float16"}[then]
+    assert all(v.dtype == "float32" for v in g.trainable_variables), "variables stay fp32"
+    run = tmp_path / "run"
+    trainer.run(cfg_for(dataset32, run, "train.epochs=1", f'train.precision="{first}"'), log_to_stdout=False)
+    s = trainer.run(cfg_for(dataset32, run, "train.epochs=2", f'train.precision="{then}"'), log_to_stdout=False)
+    assert s["global_step"] == 8
+    log = (run / "log.txt").read_text()
+    assert f"lr 0.0001, {first}" in log and "resumed from" in log
+    if first != then:
+        assert f"train.precision was {first}" in log and "holds no loss_scale state" in log
+    assert json.loads((run / "options.json").read_text())["config"]["train"]["precision"] == then
+    ckpt = sorted((run / "checkpoints").iterdir())[-1]
+    assert json.loads((ckpt / "meta.json").read_text())["precision"] == then
+    epochs = [r for r in read_stats(run / "stats.jsonl") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(np.isfinite(r["g_loss"]) for r in epochs)
+    assert np.load(run / "samples" / "epoch_0002.npy").dtype == np.float32
+    reader = tf.train.load_checkpoint(str(ckpt / "ckpt"))
+    scales = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith("loss_scale/g_scale")]
+    assert (len(scales) == 1 and 0 < scales[0] < np.inf) if then == "fp16" else not scales
+    images = model.generate(model.load_generator(run / "generator.keras"), 4, seed=0)
+    assert images.dtype == np.float32 and np.isfinite(images).all() and images.shape == (4, 32, 32)
 
 
 def test_a_second_train_on_a_live_run_is_refused_naming_the_first(dataset32, tmp_path):

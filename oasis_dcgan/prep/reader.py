@@ -124,7 +124,7 @@ def step_slots(perm: np.ndarray, budget: int, position: int, batch_size: int, wo
 
 def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
                   start_image: int = 0, budget: int = 0, split: str = "train", scaled: bool = True,
-                  block: int = 8, prefetch: int = 8):
+                  block: int = 8, prefetch: int = 8, autotune: bool = False):
     """A tf.data.Dataset of this rank's steps for the rest of one epoch, and how many there are.
 
     Each element is (images [B, H, W, 1], slots [W, B] int64): the images of this rank's
@@ -161,7 +161,13 @@ def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0
     ds = ds.flat_map(lambda images, slots: tf.data.Dataset.from_tensor_slices((images, slots)))
     if scaled:
         ds = ds.map(lambda images, slots: (to_unit_tf(images), slots), num_parallel_calls=1, deterministic=True)
-    return ds.prefetch(prefetch), steps
+    # tf.data's autotuner, measured on 2-core CPUs: in about half the epochs it settles on a
+    # setting that costs the training step a third of its speed for the whole epoch (47
+    # against 70 img/s at 64x64, the same figure each time; bench_train shows it). The
+    # pipeline is one generator and a fixed prefetch: nothing to tune.
+    options = tf.data.Options()
+    options.autotune.enabled = autotune
+    return ds.prefetch(prefetch).with_options(options), steps
 
 
 def read_batches(dataset, split: str, batches) -> np.ndarray:

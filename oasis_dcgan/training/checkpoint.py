@@ -74,14 +74,24 @@ def _keyed(variables) -> dict:
     return {f"{i:03d}.{v.path.split('/', 1)[-1].replace('/', '.')}": v for i, v in enumerate(variables)}
 
 
+# Groups a checkpoint may lack: restoring one leaves their variables at their start values.
+OPTIONAL_GROUPS = ("loss_scale",)
+
+
 def variable_groups(generator, discriminator, g_opt, d_opt, state: dict) -> dict:
-    return {
+    """The checkpoint's layout. Adam's slots are keyed the same whatever the precision, so a run
+    may resume under another train.precision; fp16's loss-scale state is a group of its own."""
+    groups = {
         "generator": _keyed(generator.variables),
         "discriminator": _keyed(discriminator.variables),
-        "g_optimizer": _keyed(g_opt.variables),
-        "d_optimizer": _keyed(d_opt.variables),
+        "g_optimizer": _keyed(getattr(g_opt, "inner_optimizer", g_opt).variables),
+        "d_optimizer": _keyed(getattr(d_opt, "inner_optimizer", d_opt).variables),
         "state": dict(state),
     }
+    if hasattr(g_opt, "dynamic_scale"):
+        groups["loss_scale"] = {"g_scale": g_opt.dynamic_scale, "g_steps": g_opt.step_counter,
+                                "d_scale": d_opt.dynamic_scale, "d_steps": d_opt.step_counter}
+    return groups
 
 
 @dataclass
@@ -251,6 +261,18 @@ class CheckpointManager:
                 os.rename(old, final)
         fsutil.remove_stale_temps(self.dir)
 
+    def _reader_for(self, ckpt_dir: Path):
+        """A checkpoint object for the groups this checkpoint holds (optional ones may be absent)."""
+        import tensorflow as tf
+
+        held = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(str(ckpt_dir / PREFIX))}
+        absent = [g for g in OPTIONAL_GROUPS if g in self._groups and g not in held]
+        if not absent:
+            return self._ckpt
+        self.log(f"{ckpt_dir.name} holds no {', '.join(absent)} state (written under another train.precision): "
+                 "starting it afresh")
+        return tf.train.Checkpoint(**{g: v for g, v in self._groups.items() if g not in absent})
+
     def restore_latest(self, check=None) -> dict | None:
         """Restore the newest checkpoint that verifies and loads; log and skip the others.
 
@@ -265,7 +287,7 @@ class CheckpointManager:
                 if check:
                     check(meta, ckpt_dir)
                 try:
-                    self._ckpt.read(str(ckpt_dir / PREFIX)).assert_existing_objects_matched()
+                    self._reader_for(ckpt_dir).read(str(ckpt_dir / PREFIX)).assert_existing_objects_matched()
                     self.log(f"resumed from {ckpt_dir} (epoch {meta['epoch']}, step {meta['step_in_epoch']}, "
                              f"global step {meta['global_step']})")
                     return meta

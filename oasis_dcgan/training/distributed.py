@@ -231,6 +231,19 @@ def init(world: World, timeout_s: float = 300.0, rendezvous_timeout_s: float | N
     return hvd, server
 
 
+def check_gpu_build(hvd, n_gpus: int, log=print) -> bool:
+    """Warn when this rank has GPUs but Horovod cannot reduce on them. True when all is well.
+
+    A gloo-only Horovod still trains on GPUs, but every step's gradients (111 MB at 256)
+    go to host memory and back, which costs more than the step itself on a fast GPU.
+    """
+    if not n_gpus or hvd.nccl_built():
+        return True
+    log(f"WARNING: {n_gpus} GPU(s) visible, but Horovod was built without NCCL: gradients will cross host memory "
+        "through gloo. On GPU nodes run `make setup-gpu` (HOROVOD_GPU_OPERATIONS=NCCL, TensorFlow with CUDA)")
+    return False
+
+
 # --- collectives used by training --------------------------------------------------------------
 # With Keras 3 variables, hvd.DistributedGradientTape and hvd.broadcast_variables fail; a
 # grouped allreduce of plain tensors and one named broadcast per variable work.

@@ -17,41 +17,54 @@ import tensorflow as tf
 from .. import fsutil
 
 L = tf.keras.layers
+# train.precision -> the Keras dtype policy of the hidden layers. Mixed policies keep every
+# variable in fp32 and compute in half precision.
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
-def build_generator(resolution: int = 256, noise_dim: int = 100) -> tf.keras.Model:
-    s = resolution // 8
+def build_generator(resolution: int = 256, noise_dim: int = 100, precision: str = "fp32") -> tf.keras.Model:
+    s, p = resolution // 8, POLICIES[precision]
     return tf.keras.Sequential([
         L.Input((noise_dim,)),
-        L.Dense(s * s * 256, use_bias=False, name="g_dense"),
-        L.BatchNormalization(name="g_bn0"),
-        L.LeakyReLU(name="g_act0"),
-        L.Reshape((s, s, 256), name="g_reshape"),
-        L.Conv2DTranspose(128, 3, strides=2, padding="same", use_bias=False, name="g_deconv1"),
-        L.BatchNormalization(name="g_bn1"),
-        L.LeakyReLU(name="g_act1"),
-        L.Conv2DTranspose(64, 3, strides=2, padding="same", use_bias=False, name="g_deconv2"),
-        L.BatchNormalization(name="g_bn2"),
-        L.LeakyReLU(name="g_act2"),
-        L.Conv2DTranspose(1, 3, strides=2, padding="same", use_bias=False, activation="tanh", name="g_out"),
+        L.Dense(s * s * 256, use_bias=False, name="g_dense", dtype=p),
+        L.BatchNormalization(name="g_bn0", dtype=p),
+        L.LeakyReLU(name="g_act0", dtype=p),
+        L.Reshape((s, s, 256), name="g_reshape", dtype=p),
+        L.Conv2DTranspose(128, 3, strides=2, padding="same", use_bias=False, name="g_deconv1", dtype=p),
+        L.BatchNormalization(name="g_bn1", dtype=p),
+        L.LeakyReLU(name="g_act1", dtype=p),
+        L.Conv2DTranspose(64, 3, strides=2, padding="same", use_bias=False, name="g_deconv2", dtype=p),
+        L.BatchNormalization(name="g_bn2", dtype=p),
+        L.LeakyReLU(name="g_act2", dtype=p),
+        # fp32 out: images keep more than bf16's 8 bits near +-1, and every consumer
+        # (samples, the metric, a saved generator) gets float32 whatever the precision.
+        L.Conv2DTranspose(1, 3, strides=2, padding="same", use_bias=False, activation="tanh", name="g_out",
+                          dtype="float32"),
     ], name="generator")
 
 
-def build_discriminator(resolution: int = 256) -> tf.keras.Model:
+def build_discriminator(resolution: int = 256, precision: str = "fp32") -> tf.keras.Model:
+    p = POLICIES[precision]
     return tf.keras.Sequential([
         L.Input((resolution, resolution, 1)),
-        L.Conv2D(64, 3, strides=2, padding="same", name="d_conv1"),
-        L.LeakyReLU(name="d_act1"),
-        L.Dropout(0.4, name="d_drop1"),
-        L.Conv2D(128, 3, strides=2, padding="same", name="d_conv2"),
-        L.LeakyReLU(name="d_act2"),
-        L.Dropout(0.2, name="d_drop2"),
-        L.Conv2D(256, 3, strides=2, padding="same", name="d_conv3"),
-        L.LeakyReLU(name="d_act3"),
-        L.Dropout(0.2, name="d_drop3"),
-        L.Flatten(name="d_flatten"),
-        L.Dense(1, name="d_logit"),
+        L.Conv2D(64, 3, strides=2, padding="same", name="d_conv1", dtype=p),
+        L.LeakyReLU(name="d_act1", dtype=p),
+        L.Dropout(0.4, name="d_drop1", dtype=p),
+        L.Conv2D(128, 3, strides=2, padding="same", name="d_conv2", dtype=p),
+        L.LeakyReLU(name="d_act2", dtype=p),
+        L.Dropout(0.2, name="d_drop2", dtype=p),
+        L.Conv2D(256, 3, strides=2, padding="same", name="d_conv3", dtype=p),
+        L.LeakyReLU(name="d_act3", dtype=p),
+        L.Dropout(0.2, name="d_drop3", dtype=p),
+        L.Flatten(name="d_flatten", dtype=p),
+        L.Dense(1, name="d_logit", dtype="float32"),  # fp32 logits: the losses' log-sigmoid needs the range
     ], name="discriminator")
+
+
+def build_optimizer(lr: float, precision: str = "fp32"):
+    """The seed's Adam; under fp16, wrapped in dynamic loss scaling (fp16 gradients underflow)."""
+    opt = tf.keras.optimizers.Adam(lr)
+    return tf.keras.optimizers.LossScaleOptimizer(opt) if precision == "fp16" else opt
 
 
 def _bce(label: float, logits):

@@ -137,8 +137,11 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
             fake_logits = discriminator(fake, training=True)
             g_loss = tf.reduce_sum(model.generator_loss_per_image(fake_logits) * weights) * scale
             d_loss = tf.reduce_sum(model.discriminator_loss_per_image(real_logits, fake_logits) * weights) * scale
-        g_grads = g_tape.gradient(g_loss, generator.trainable_variables)
-        d_grads = d_tape.gradient(d_loss, discriminator.trainable_variables)
+            # Under fp16 the optimizers scale the losses up (and the gradients back down, skipping
+            # a step whose gradients overflowed); otherwise scale_loss returns the loss as it is.
+            g_scaled, d_scaled = g_opt.scale_loss(g_loss), d_opt.scale_loss(d_loss)
+        g_grads = g_tape.gradient(g_scaled, generator.trainable_variables)
+        d_grads = d_tape.gradient(d_scaled, discriminator.trainable_variables)
         # The forward pass moved G's BatchNorm statistics by this rank's batch; averaging them
         # with the gradients keeps every rank's whole state identical, so any rank's
         # checkpoint is the run's, and a resume is exact for any number of ranks.

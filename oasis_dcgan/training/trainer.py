@@ -80,11 +80,11 @@ class Trainer:
             self.lock.acquire()
         self.hvd, self._rendezvous = distributed.init(self.world, timeout_s=self.cfg.train.peer_timeout_s, log=self.log)
         self.rank, self.size = self.hvd.rank(), self.hvd.size()
-        configure_tensorflow(self.cfg, self.hvd.local_rank())
+        gpus = configure_tensorflow(self.cfg, self.hvd.local_rank())
+        if self.world.local_rank == 0:
+            distributed.check_gpu_build(self.hvd, len(gpus), self.log if self.chief else print)
 
     def build(self) -> None:
-        import tensorflow as tf
-
         from . import model
         from .checkpoint import CheckpointManager, variable_groups
         from .step import TrainState, build_train_step
@@ -101,9 +101,9 @@ class Trainer:
         self.steps_per_epoch = steps_left(self.budget, 0, t.batch_size, self.size)
         self.total_images = self.budget * t.epochs
         self.lr = lr_for(self.cfg, self.size)
-        self.generator = model.build_generator(self.resolution, t.noise_dim)
-        self.discriminator = model.build_discriminator(self.resolution)
-        self.g_opt, self.d_opt = tf.keras.optimizers.Adam(self.lr), tf.keras.optimizers.Adam(self.lr)
+        self.generator = model.build_generator(self.resolution, t.noise_dim, t.precision)
+        self.discriminator = model.build_discriminator(self.resolution, t.precision)
+        self.g_opt, self.d_opt = model.build_optimizer(self.lr, t.precision), model.build_optimizer(self.lr, t.precision)
         # Adam's slots are created lazily; build them now so they are checkpointed and broadcast.
         self.g_opt.build(self.generator.trainable_variables)
         self.d_opt.build(self.discriminator.trainable_variables)
@@ -165,6 +165,7 @@ class Trainer:
         for key, theirs, ours in (("learning rate", resumed.get("learning_rate"), self.lr),
                                   ("train.batch_size", resumed.get("batch_size"), self.cfg.train.batch_size),
                                   ("ranks", resumed.get("world_size"), self.size),
+                                  ("train.precision", resumed.get("precision", "fp32"), self.cfg.train.precision),
                                   ("dataset", resumed.get("dataset_manifest_sha256"), self.dataset_hash)):
             if theirs is not None and theirs != ours:
                 self.log(f"resume: {key} was {theirs} when the checkpoint was written, now {ours}; the config wins")
@@ -188,7 +189,7 @@ class Trainer:
         else:
             self.log(f"new run: {self.resolution}x{self.resolution}, {self.size} rank(s), global batch "
                      f"{self.global_batch}, {self.steps_per_epoch} steps/epoch, {self.cfg.train.epochs} epochs, "
-                     f"lr {self.lr:g}")
+                     f"lr {self.lr:g}, {self.cfg.train.precision}")
         self.stats = Stats(self.run_dir / "stats.jsonl")
         self.tensorboard = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
         (self.run_dir / "samples").mkdir(exist_ok=True)
@@ -272,7 +273,9 @@ class Trainer:
     def _stop_flag(self):
         import tensorflow as tf
 
-        return tf.constant(1.0 if self._wanted_stop else 0.0)
+        if not hasattr(self, "_flags"):  # made once: a new constant each step costs host time
+            self._flags = (tf.constant(0.0), tf.constant(1.0))
+        return self._flags[bool(self._wanted_stop)]
 
     def _agree_stop(self) -> None:
         self.stop_reason = self._wanted_stop or "a stop another rank was asked for"
@@ -281,7 +284,7 @@ class Trainer:
         """The bar on a terminal, and every tick_seconds a tick line in stats.jsonl (and the log)."""
         now = time.monotonic()
         tick = now - self._last_tick >= self.cfg.train.tick_seconds
-        if not (progress.active or tick):
+        if not (progress.due() or tick):
             return  # reading the losses waits for the step to finish: only when they are shown
         g, d = float(g_loss), float(d_loss)
         c = self.state.read_counters()
@@ -304,24 +307,37 @@ class Trainer:
     def _periodic_checkpoint(self) -> None:
         if not self._saving:
             self._report_saves([])  # a background write that has ended since the last step
-        every_k = self.cfg.train.checkpoint_every_steps
-        every_s = self.cfg.train.checkpoint_every_minutes * 60
-        now = time.monotonic()
-        if (every_k and self.global_step % every_k == 0) or (every_s and now - self._last_checkpoint >= every_s):
+        if self._checkpoint_due():
             self.save("periodic", background=True)
-            self._last_checkpoint = now
+            self._last_checkpoint = time.monotonic()
+
+    def _checkpoint_due(self) -> bool:
+        t = self.cfg.train
+        return bool((t.checkpoint_every_steps and self.global_step % t.checkpoint_every_steps == 0)
+                    or (t.checkpoint_every_minutes
+                        and time.monotonic() - self._last_checkpoint >= 60 * t.checkpoint_every_minutes))
 
     def end_epoch(self, steps: int, seconds: float) -> None:
-        """Every rank ran the same steps; rank 0 writes the epoch's samples, stats and checkpoint."""
+        """Every rank ran the same steps; rank 0 writes the epoch's samples and stats, and a checkpoint if due."""
         if self.chief:
             self._write_epoch(steps, seconds)
         self.state.advance_epoch()
         self.epoch += 1
-        if self.chief:
-            stop = self.stop_reason and not self._stop_saved
-            self.save(f"{self.stop_reason} at the epoch end" if stop else "epoch end",
-                      background=not self.stop_reason)
+        reason = self._epoch_end_reason()
+        if self.chief and reason:
+            self.save(reason, background=not self.stop_reason)
             self._last_checkpoint = time.monotonic()
+
+    def _epoch_end_reason(self) -> str:
+        """Why to checkpoint at this epoch end, or "" not to. A stop and the last epoch always do."""
+        t = self.cfg.train
+        if self.stop_reason:
+            return "epoch end" if self._stop_saved else f"{self.stop_reason} at the epoch end"
+        if self.epoch >= t.epochs:
+            return "end of training"
+        if t.checkpoint_every_epochs and self.epoch % t.checkpoint_every_epochs == 0:
+            return "epoch end"
+        return "periodic" if self._checkpoint_due() else ""
 
     def _write_epoch(self, steps: int, seconds: float) -> None:
         import tensorflow as tf
@@ -390,7 +406,7 @@ class Trainer:
             rec = self.checkpoints.save(counters["global_step"], {
                 **counters, "reason": reason, "world_size": self.size, "data_seed": self.cfg.train.seed,
                 "resolution": self.resolution, "noise_dim": self.cfg.train.noise_dim,
-                "batch_size": self.cfg.train.batch_size, "learning_rate": self.lr,
+                "batch_size": self.cfg.train.batch_size, "learning_rate": self.lr, "precision": self.cfg.train.precision,
                 "dataset_manifest_sha256": self.dataset_hash}, reason=reason, background=background)
             self._report_saves([] if background else [rec])
         finally:
@@ -474,8 +490,8 @@ def run(cfg: Config, world: World | None = None, log_to_stdout: bool = True) -> 
 
 # ---------------------------------------------------------------------- helpers
 
-def configure_tensorflow(cfg: Config, local_rank: int) -> None:
-    """One GPU per rank by local rank, thread counts, determinism and the global seed."""
+def configure_tensorflow(cfg: Config, local_rank: int) -> list:
+    """One GPU per rank by local rank, thread counts, determinism and the global seed. Returns the GPUs."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -500,6 +516,7 @@ def configure_tensorflow(cfg: Config, local_rank: int) -> None:
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(cfg.train.seed)
+    return gpus
 
 
 def weights_digest(*models) -> str:

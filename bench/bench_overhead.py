@@ -1,0 +1,234 @@
+"""The training loop's host cost per step, and the reader's headroom, at 256x256 and batch 16.
+
+On a GPU the seed's step takes 5.8 ms (H200, TF32), so what the loop does around the step
+(the reader, the compiled call, Horovod's negotiation, stats) must be a fraction of a
+millisecond. This runs the real job (Trainer, reader, Horovod, stats, checkpoint checks)
+with the two networks swapped for stand-ins of the same inputs and outputs whose arithmetic
+is negligible, and subtracts the stand-ins' bare step (the seed's loop: one compiled call
+on a constant batch, nothing else), measured in the same run. The rest is host overhead.
+
+Reader headroom: the HDF5 reader's images per second per CPU core at 256 (process CPU
+time, so it holds whatever the core count), against the seed's PNG loop on the same
+images, and the cores one GPU needs at the seed step's 2,771 img/s.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from bench.common import WORK, anchor, save, table
+from bench.bench_train import dataset
+
+RES, BATCH = 256, 16
+H200_STEP_MS, H200_IMG_S = 5.8, 2771
+
+
+def stand_in_generator(resolution: int, noise_dim: int = 100, precision: str = "fp32"):
+    """Noise -> one number -> an image of zeros but one pixel: the job's shapes, next to no arithmetic."""
+    import tensorflow as tf
+
+    L = tf.keras.layers
+    return tf.keras.Sequential([L.Input((noise_dim,)), L.Dense(1, name="g_dense"), L.Reshape((1, 1, 1)),
+                                L.ZeroPadding2D(((0, resolution - 1), (0, resolution - 1)))], name="generator")
+
+
+def stand_in_discriminator(resolution: int, precision: str = "fp32"):
+    import tensorflow as tf
+
+    L = tf.keras.layers
+    return tf.keras.Sequential([L.Input((resolution, resolution, 1)),
+                                L.Cropping2D(((0, resolution - 1), (0, resolution - 1))), L.Flatten(),
+                                L.Dense(1, name="d_logit")], name="discriminator")
+
+
+def _use_stand_ins() -> None:
+    from oasis_dcgan.training import model
+
+    model.build_generator, model.build_discriminator = stand_in_generator, stand_in_discriminator
+
+
+def bare_step_ms(steps: int = 400) -> float:
+    """The stand-ins in the seed's loop: uint8 batch scaled in the step, both updates, nothing else."""
+    import tensorflow as tf
+
+    G, D = stand_in_generator(RES), stand_in_discriminator(RES)
+    g_opt, d_opt = tf.keras.optimizers.Adam(1e-4), tf.keras.optimizers.Adam(1e-4)
+    bce = tf.keras.losses.BinaryCrossentropy(from_logits=True)
+
+    @tf.function
+    def step(images_uint8):
+        images = tf.cast(images_uint8, tf.float32) / 127.5 - 1
+        with tf.GradientTape() as gt, tf.GradientTape() as dt:
+            fake = G(tf.random.normal([BATCH, 100]), training=True)
+            real, fake_out = D(images, training=True), D(fake, training=True)
+            g_loss = bce(tf.ones_like(fake_out), fake_out)
+            d_loss = bce(tf.ones_like(real), real) + bce(tf.zeros_like(fake_out), fake_out)
+        g_opt.apply_gradients(zip(gt.gradient(g_loss, G.trainable_variables), G.trainable_variables))
+        d_opt.apply_gradients(zip(dt.gradient(d_loss, D.trainable_variables), D.trainable_variables))
+        return g_loss, d_loss
+
+    x = tf.zeros([BATCH, RES, RES, 1], tf.uint8)
+    for _ in range(5):
+        step(x)
+    t = time.perf_counter()
+    for _ in range(steps):
+        out = step(x)
+    float(out[0])
+    return (time.perf_counter() - t) / steps * 1000
+
+
+def our_step_ms(steps: int = 40) -> float:
+    """Our compiled step with the stand-ins on a constant batch: the step's own bookkeeping
+    (counters, loss accumulators, the visit record, the stop flag) beside the bare step."""
+    import tensorflow as tf
+
+    from oasis_dcgan import config
+    from oasis_dcgan.training.trainer import Trainer
+
+    _use_stand_ins()
+    run = WORK / "overhead-step"
+    shutil.rmtree(run, ignore_errors=True)
+    t = Trainer(config.load(None, _options(run, 1)), log_to_stdout=False)
+    t.setup_process()
+    t.build()
+    t.restore_and_broadcast()
+    x = tf.zeros([BATCH, RES, RES, 1], tf.uint8)
+    slots, flag = tf.constant(np.arange(BATCH)[None], tf.int64), tf.constant(0.0)
+    for _ in range(5):
+        out = t.train_step(x, slots, flag)
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = t.train_step(x, slots, flag)
+    float(out[0])
+    t.lock.release()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def _options(run_dir, steps: int, extra: tuple = ()) -> list:
+    return [f'run_dir="{run_dir}"', f'data.dataset="{dataset(RES)}"', f"train.batch_size={BATCH}", "train.epochs=3",
+            f"train.max_steps_per_epoch={steps}", "train.checkpoint_every_minutes=0", *extra]
+
+
+def _step_ms(run_dir) -> tuple[float, float]:
+    """From stats.jsonl: the median time per step of the epochs after the first (which pays
+    tracing), and the median time between two epochs' loops (samples, stats, the next
+    epoch's reader), in ms."""
+    ep = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
+    ep = [r for r in ep if r["kind"] == "epoch"]
+    loop_end = [r["wall_time"] - r["sample_s"] for r in ep]  # wall_time is stamped after the samples
+    loop_start = [e - r["epoch_time"] for e, r in zip(loop_end, ep)]
+    gaps = [b - a for a, b in zip(loop_end, loop_start[1:])]
+    return float(np.median([r["step_time"] for r in ep][1:])) * 1000, float(np.median(gaps)) * 1000
+
+
+def job_step_ms_one_rank(name: str, steps: int, extra: tuple = ()) -> tuple[float, float]:
+    from oasis_dcgan import config
+    from oasis_dcgan.training import trainer
+
+    _use_stand_ins()
+    run = WORK / f"overhead-{name}"
+    shutil.rmtree(run, ignore_errors=True)
+    trainer.run(config.load(None, _options(run, steps, extra)), log_to_stdout=False)
+    return _step_ms(run)
+
+
+def _rank_worker(run_dir: str, steps: int, extra: tuple) -> None:
+    from pathlib import Path
+
+    from oasis_dcgan import config
+    from oasis_dcgan.launch.environment import job_world
+    from oasis_dcgan.training import trainer
+
+    _use_stand_ins()
+    trainer.run(config.load(None, _options(Path(run_dir), steps, extra)), job_world(run_dir + ".rdv"),
+                log_to_stdout=False)
+
+
+def job_step_ms_two_ranks(name: str, steps: int, env: dict | None = None) -> tuple[float, float]:
+    import submitit
+
+    run = WORK / f"overhead-{name}"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(f"{run}.rdv", ignore_errors=True)
+    saved = dict(os.environ)
+    os.environ.update(env or {})  # the local executor's tasks inherit this process's environment
+    try:
+        ex = submitit.AutoExecutor(folder=str(WORK / "overhead-jobs"), cluster="local")
+        ex.update_parameters(tasks_per_node=2, nodes=1, timeout_min=20)
+        ex.submit(_rank_worker, str(run), steps, ("train.intra_op_threads=1",)).results()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return _step_ms(run)
+
+
+def reader_per_core(n_images: int = 2048) -> float:
+    """Images per CPU-second through the job's own input pipeline (uint8, as the step takes it)."""
+    from oasis_dcgan.prep.reader import train_dataset
+
+    ds, steps = train_dataset(dataset(RES), seed=0, epoch=0, batch_size=BATCH, scaled=False)
+    n, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
+    for images, _ in ds:
+        n += int(images.shape[0])
+        if n >= n_images:
+            break
+    cpu = time.process_time() - cpu0
+    return n / cpu, n / (time.perf_counter() - wall0)
+
+
+def main():
+    import tensorflow as tf
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf.config.threading.set_intra_op_parallelism_threads(1)  # the 1-rank job below is told the same
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    steps = 64  # the sample dataset's whole epoch at 256 (1,024 images)
+    bare = bare_step_ms()
+    ours = our_step_ms()
+    one, one_gap = job_step_ms_one_rank("1rank", steps, ("train.intra_op_threads=1",))
+    two, two_gap = job_step_ms_two_ranks("2ranks", steps)
+    two_fast, _ = job_step_ms_two_ranks("2ranks-cycle0.1", steps, {"HOROVOD_CYCLE_TIME": "0.1"})
+    per_core, wall = reader_per_core()
+    png = anchor("png", str(_png_folder()), "--limit", "400", "--res", str(RES))["images_per_s"]
+    rows = [("bare stand-in step (the seed's loop)", bare, None),
+            ("our compiled step alone, constant batch", ours, ours - bare),
+            ("the job, 1 rank", one, one - bare),
+            ("the job, 2 ranks (gloo, Horovod defaults)", two, two - bare),
+            ("the job, 2 ranks, HOROVOD_CYCLE_TIME=0.1 ms", two_fast, two_fast - bare)]
+    result = save("overhead", {
+        "resolution": RES, "batch": BATCH, "steps_per_epoch": steps,
+        "rows": [{"case": c, "step_ms": s, "overhead_ms": o} for c, s, o in rows],
+        "epoch_gap_ms": {"1rank": one_gap, "2ranks": two_gap},
+        "reader_img_per_cpu_s": per_core, "reader_img_per_s_wall": wall, "seed_png_img_per_s": png,
+        "cores_per_gpu_at_2771": H200_IMG_S / per_core})
+    print(table([(c, f"{s:.2f}", "" if o is None else f"{o * 1000:.0f}",
+                  "" if o is None else f"{100 * o / H200_STEP_MS:.1f}%") for c, s, o in rows],
+                ("256x256, batch 16, stand-in networks", "ms per step", "host overhead, us per step",
+                 "of the H200 step (5.8 ms)")))
+    print()
+    print(f"The input pipeline spends {BATCH / per_core * 1000:.2f} ms of CPU a step at 256 (in a background thread: "
+          "on a GPU node another core; here it competes with the step for the same 2 cores).")
+    print()
+    print(f"Between two epochs the loop pauses {one_gap:.0f} ms on 1 rank and {two_gap:.0f} ms on 2 "
+          "(the epoch's samples and stats, the next epoch's reader), with the default cadence writing no checkpoint.")
+    print()
+    print(table([("HDF5 reader (the job's pipeline, uint8)", f"{per_core:.0f}", f"{per_core / png:.1f}x",
+                  f"{H200_IMG_S / per_core:.2f}"),
+                 ("seed: PNG read, decode, resize (one core)", f"{png:.0f}", "1.0x", f"{H200_IMG_S / png:.1f}")],
+                ("input at 256x256", "img/s per core", "vs seed", "cores per GPU at 2,771 img/s")))
+    return result
+
+
+def _png_folder():
+    from bench.common import sample_release
+
+    return sample_release() / "keras_png_slices_data" / "keras_png_slices_train"
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -27,7 +27,8 @@ $(STAMP): setup.cfg Makefile $(wildcard patches/*)
 	whl=$$(patches/build-horovod $(PY)) && \
 	  $(PY) -m pip install -q --force-reinstall --no-deps "$$whl" && $(PY) -m pip install -q "$$whl"
 	$(PY) -c "import horovod.tensorflow as hvd, horovod.common.oasis_patches; assert hvd.gloo_built(), 'horovod built without gloo'"
-	$(if $(HOROVOD_GPU_OPERATIONS),$(PY) -c "import horovod.tensorflow as hvd; assert hvd.nccl_built(), 'horovod built without NCCL'")
+	if [ -n "$$HOROVOD_GPU_OPERATIONS" ]; then \
+	  $(PY) -c "import horovod.tensorflow as hvd; assert hvd.nccl_built(), 'horovod built without NCCL'"; fi
 	touch $(STAMP)
 
 # GPU nodes: TensorFlow with CUDA, and Horovod reducing on the GPUs with NCCL (a gloo-only

@@ -47,6 +47,7 @@ class Trainer:
         self._ready = False          # models built and restored: a checkpoint now means something
         self._rendezvous = None      # rank 0's rendezvous server, alive while the ranks run
         self._renders = []           # sample grids being drawn off the training loop (rank 0)
+        self._in_step_s = 0.0        # this epoch's time inside the compiled step
         self.lock = None             # rank 0's hold on the run directory
 
     def run(self) -> dict:
@@ -251,9 +252,11 @@ class Trainer:
                                     self.rank, self.size, start_image=c["images_in_epoch"], budget=c["epoch_images"],
                                     scaled=False)
         t_epoch, steps, pending = time.monotonic(), 0, None
+        self._in_step_s = 0.0  # the epoch's time inside the compiled step; the rest is the loop's own
         for images, slots in ds:
             t_step = time.monotonic()
             g_loss, d_loss, agreed = self.train_step(images, slots, self._stop_flag())
+            self._in_step_s += time.monotonic() - t_step
             steps += 1
             self.global_step += 1
             # The previous step's verdict: reading it does not wait for the step just queued.
@@ -355,6 +358,7 @@ class Trainer:
                    **self.state.epoch_losses(), **self.state.epoch_visits(),
                    images_per_s=steps * self.global_batch / max(seconds, 1e-9),
                    step_time=seconds / max(steps, 1), epoch_time=seconds,
+                   host_s_per_step=(seconds - self._in_step_s) / max(steps, 1),
                    sample_s=time.perf_counter() - t0, wall_time=time.time())
         self.stats.write(**rec)
         with self.tensorboard.as_default():

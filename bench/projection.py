@@ -100,20 +100,24 @@ def measured_overheads() -> Overheads:
 
 
 def main():
-    o = measured_overheads()
+    o, lean = measured_overheads(), Overheads(source="none")
     rows, out = [], []
     cases = [(8, "NVLink")] + [(n, net) for net in IB for n in (16, 32, 64)]
     for gpus, network in cases:
         for wire in ("fp32", "fp16"):
-            effs = []
+            effs, comm = [], []
             for batch in (16, 64, 256):
                 r = step_breakdown(gpus, batch, "fp32", wire, network, o)
                 effs.append(r)
-                out.append({"gpus": gpus, "network": network, "wire": wire, "batch": batch, **r})
-            b90 = batch_for(0.9, gpus, "fp32", wire, network, o) if gpus == 32 else None
+                comm.append(step_breakdown(gpus, batch, "fp32", wire, network, lean))
+                out.append({"gpus": gpus, "network": network, "wire": wire, "batch": batch, **r,
+                            "efficiency_communication_only": comm[-1]["efficiency"]})
+            b90 = [batch_for(0.9, gpus, "fp32", wire, network, x) for x in (o, lean)] if gpus == 32 else None
             rows.append((gpus, network, wire, f"{effs[0]['allreduce_ms']:.2f}",
-                         *(f"{e['efficiency'] * 100:.0f}%" for e in effs), b90 or ""))
-    b90_bf16 = {net: batch_for(0.9, 32, "bf16", "fp16", net, o) for net in IB}
+                         " / ".join(f"{e['efficiency'] * 100:.0f}%" for e in effs),
+                         " / ".join(f"{e['efficiency'] * 100:.0f}%" for e in comm),
+                         " / ".join(str(b or "none up to 4096") for b in b90) if b90 else ""))
+    b90_bf16 = {net: [batch_for(0.9, 32, "bf16", "fp16", net, x) for x in (o, lean)] for net in IB}
     result = save("projection", {"overheads": o.__dict__,
                                  "assumed": {"nvlink_bus_Bps": NVLINK_BUS, "ib_Bps": IB, "latency_s": LATENCY_S},
                                  "cases": out, "batch_for_90pct_32gpus_bf16_fp16wire": b90_bf16})
@@ -123,11 +127,12 @@ def main():
     print(f"Assumed: NVLink all-reduce bus bandwidth {NVLINK_BUS / 1e9:.0f} GB/s; one NIC per GPU at 85% of line "
           "rate; no overlap of the allreduce with the backward pass.")
     print()
-    print(table(rows, ("GPUs", "link", "gradients on the wire", "allreduce ms", "eff. batch 16", "batch 64",
-                       "batch 256", "batch/GPU for 90% (32 GPUs)")))
+    print(table(rows, ("GPUs", "link", "gradients on the wire", "allreduce ms (batch-independent)",
+                       "efficiency at batch 16 / 64 / 256, with this machine's overheads",
+                       "the same, allreduce only", "batch/GPU for 90%, 32 GPUs: with overheads / allreduce only")))
     print()
-    print("32 GPUs, bf16 compute and fp16 gradients: 90% from batch "
-          + ", ".join(f"{b} per GPU on {net}" for net, b in b90_bf16.items()))
+    print("32 GPUs, bf16 compute and fp16 gradients, batch/GPU for 90% (with overheads / allreduce only): "
+          + "; ".join(f"{net}: {' / '.join(str(b or 'none up to 4096') for b in bs)}" for net, bs in b90_bf16.items()))
     return result
 
 

@@ -86,6 +86,8 @@ class Trainer:
             distributed.check_gpu_build(self.hvd, len(gpus), self.log if self.chief else print)
 
     def build(self) -> None:
+        import tensorflow as tf
+
         from . import model
         from .checkpoint import CheckpointManager, variable_groups
         from .step import TrainState, build_train_step
@@ -113,6 +115,7 @@ class Trainer:
                                       self.state.variables())
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.groups, keep=t.keep_checkpoints,
                                              log=self.log)
+        self._flags = (tf.constant(0.0), tf.constant(1.0))  # the step's stop flag: made once, not each step
         self.train_step = build_train_step(self.generator, self.discriminator, self.g_opt, self.d_opt, self.state,
                                            self.hvd, t.batch_size, t.noise_dim, seed=t.seed,
                                            fp16_allreduce=t.fp16_allreduce)
@@ -274,10 +277,6 @@ class Trainer:
         return steps, time.monotonic() - t_epoch
 
     def _stop_flag(self):
-        import tensorflow as tf
-
-        if not hasattr(self, "_flags"):  # made once: a new constant each step costs host time
-            self._flags = (tf.constant(0.0), tf.constant(1.0))
         return self._flags[bool(self._wanted_stop)]
 
     def _agree_stop(self) -> None:

@@ -21,10 +21,11 @@ import time
 
 import numpy as np
 
-from bench.common import WORK, anchor, save, table
+from bench.common import WORK, anchor, epoch_gaps, our_step_ms, save, table
 from bench.bench_train import dataset
 
 RES, BATCH = 256, 16
+ROUNDS = 5  # this machine's step times wander by ~1 ms: medians of rounds, each case beside its seed
 H200_STEP_MS, H200_IMG_S = 5.8, 2771
 
 
@@ -52,8 +53,9 @@ def _use_stand_ins() -> None:
     model.build_generator, model.build_discriminator = stand_in_generator, stand_in_discriminator
 
 
-def bare_step_ms(steps: int = 400) -> float:
-    """The stand-ins in the seed's loop: uint8 batch scaled in the step, both updates, nothing else."""
+def bare_step_ms(steps: int = 400, hvd=None) -> float:
+    """The stand-ins in the seed's loop: uint8 batch scaled in the step, both updates, nothing else.
+    With `hvd`, the gradients are averaged over the ranks first: the least a data-parallel step does."""
     import tensorflow as tf
 
     G, D = stand_in_generator(RES), stand_in_discriminator(RES)
@@ -68,8 +70,12 @@ def bare_step_ms(steps: int = 400) -> float:
             real, fake_out = D(images, training=True), D(fake, training=True)
             g_loss = bce(tf.ones_like(fake_out), fake_out)
             d_loss = bce(tf.ones_like(real), real) + bce(tf.zeros_like(fake_out), fake_out)
-        g_opt.apply_gradients(zip(gt.gradient(g_loss, G.trainable_variables), G.trainable_variables))
-        d_opt.apply_gradients(zip(dt.gradient(d_loss, D.trainable_variables), D.trainable_variables))
+        g_grads, d_grads = gt.gradient(g_loss, G.trainable_variables), dt.gradient(d_loss, D.trainable_variables)
+        if hvd is not None:
+            both = hvd.grouped_allreduce(g_grads + d_grads, op=hvd.Average)
+            g_grads, d_grads = both[:len(g_grads)], both[len(g_grads):]
+        g_opt.apply_gradients(zip(g_grads, G.trainable_variables))
+        d_opt.apply_gradients(zip(d_grads, D.trainable_variables))
         return g_loss, d_loss
 
     x = tf.zeros([BATCH, RES, RES, 1], tf.uint8)
@@ -82,11 +88,10 @@ def bare_step_ms(steps: int = 400) -> float:
     return (time.perf_counter() - t) / steps * 1000
 
 
-def our_step_ms(steps: int = 40) -> float:
-    """Our compiled step with the stand-ins on a constant batch: the step's own bookkeeping
-    (counters, loss accumulators, the visit record, the stop flag) beside the bare step."""
-    import tensorflow as tf
-
+def our_steps_ms(steps: int = 48) -> dict:
+    """Our compiled steps with the stand-ins on a constant batch: the step's own bookkeeping
+    (counters, loss accumulators, the visit record, the stop flag) beside the bare step, with
+    one step a call (the call's cost paid each step) and with the default steps a call."""
     from oasis_dcgan import config
     from oasis_dcgan.training.trainer import Trainer
 
@@ -97,35 +102,27 @@ def our_step_ms(steps: int = 40) -> float:
     t.setup_process()
     t.build()
     t.restore_and_broadcast()
-    x = tf.zeros([BATCH, RES, RES, 1], tf.uint8)
-    slots, flag = tf.constant(np.arange(BATCH)[None], tf.int64), tf.constant(0.0)
-    for _ in range(5):
-        out = t.train_step(x, slots, flag)
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = t.train_step(x, slots, flag)
-    float(out[0])
+    k = t.cfg.train.steps_per_call
+    out = {"1": our_step_ms(t, RES, BATCH, steps, 1), str(k): our_step_ms(t, RES, BATCH, steps, k)}
     t.lock.release()
-    return (time.perf_counter() - start) / steps * 1000
+    return out
 
 
 def _options(run_dir, steps: int, extra: tuple = ()) -> list:
-    return [f'run_dir="{run_dir}"', f'data.dataset="{dataset(RES)}"', f"train.batch_size={BATCH}", "train.epochs=3",
+    return [f'run_dir="{run_dir}"', f'data.dataset="{dataset(RES)}"', f"train.batch_size={BATCH}", "train.epochs=4",
             f"train.max_steps_per_epoch={steps}", "train.checkpoint_every_minutes=0", *extra]
 
 
 def _step_ms(run_dir) -> dict:
     """From stats.jsonl, in ms: the median time per step of the epochs after the first (which
-    pays tracing); of it, the loop's own time outside the compiled call; and the median pause
-    between two epochs' loops (samples, stats, the next epoch's reader)."""
+    pays tracing); of it, the loop's own time outside the compiled calls; and the median pause
+    between two epochs' loops after the first (which traces the epoch-end functions)."""
     ep = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
     ep = [r for r in ep if r["kind"] == "epoch"]
-    loop_end = [r["wall_time"] - r["sample_s"] for r in ep]  # wall_time is stamped after the samples
-    loop_start = [e - r["epoch_time"] for e, r in zip(loop_end, ep)]
-    gaps = [b - a for a, b in zip(loop_end, loop_start[1:])]
+    gaps = epoch_gaps(ep)
     return {"step": float(np.median([r["step_time"] for r in ep][1:])) * 1000,
             "outside": float(np.median([r["host_s_per_step"] for r in ep][1:])) * 1000,
-            "gap": float(np.median(gaps)) * 1000}
+            "gap": float(np.median(gaps[1:])) * 1000}
 
 
 def job_step_ms_one_rank(name: str, steps: int, extra: tuple = ()) -> dict:
@@ -151,21 +148,46 @@ def _rank_worker(run_dir: str, steps: int, extra: tuple) -> None:
                 log_to_stdout=False)
 
 
-def job_step_ms_two_ranks(name: str, steps: int, env: dict | None = None) -> dict:
+def _bare_hvd_worker(rendezvous: str) -> float:
+    import tensorflow as tf
+
+    from oasis_dcgan.launch.environment import job_world
+    from oasis_dcgan.training import distributed
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    hvd, server = distributed.init(job_world(rendezvous))
+    ms = bare_step_ms(200, hvd=hvd)
+    distributed.barrier(hvd, "bare.done")
+    return ms
+
+
+def _two_ranks(fn, *args, env: dict | None = None) -> list:
+    """fn(*args) in 2 tasks of submitit's local executor (Horovod over gloo, this machine)."""
     import submitit
 
-    run = WORK / f"overhead-{name}"
-    shutil.rmtree(run, ignore_errors=True)
-    shutil.rmtree(f"{run}.rdv", ignore_errors=True)
     saved = dict(os.environ)
     os.environ.update(env or {})  # the local executor's tasks inherit this process's environment
     try:
         ex = submitit.AutoExecutor(folder=str(WORK / "overhead-jobs"), cluster="local")
         ex.update_parameters(tasks_per_node=2, nodes=1, timeout_min=20)
-        ex.submit(_rank_worker, str(run), steps, ("train.intra_op_threads=1",)).results()
+        return ex.submit(fn, *args).results()
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def bare_step_ms_two_ranks() -> float:
+    rdv = WORK / "overhead-bare.rdv"
+    shutil.rmtree(rdv, ignore_errors=True)
+    return _two_ranks(_bare_hvd_worker, str(rdv))[0]
+
+
+def job_step_ms_two_ranks(name: str, steps: int, env: dict | None = None) -> dict:
+    run = WORK / f"overhead-{name}"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(f"{run}.rdv", ignore_errors=True)
+    _two_ranks(_rank_worker, str(run), steps, ("train.intra_op_threads=1",), env=env)
     return _step_ms(run)
 
 
@@ -183,30 +205,48 @@ def reader_per_core(n_images: int = 2048) -> float:
     return n / cpu, n / (time.perf_counter() - wall0)
 
 
+def one_round(steps: int = 64) -> dict:
+    """Every case once, each against the seed's loop on as many ranks, measured beside it: on 2
+    ranks that loop also averages its gradients with Horovod, so what is left is what the job adds.
+    64 steps: the sample dataset's whole epoch at 256 (1,024 images)."""
+    bare = bare_step_ms()
+    bare_two = bare_step_ms_two_ranks()
+    ours = our_steps_ms()
+    one = job_step_ms_one_rank("1rank", steps, ("train.intra_op_threads=1",))
+    two = job_step_ms_two_ranks("2ranks", steps)
+    two_fast = job_step_ms_two_ranks("2ranks-cycle0.1", steps, {"HOROVOD_CYCLE_TIME": "0.1"})
+    rows = {"seed's loop, 1 rank: one call a step": {"step": bare},
+            **{f"our compiled steps alone, constant batch, {k} a call": {"step": ms, "base": bare}
+               for k, ms in ours.items()},
+            "the job, 1 rank": {**one, "base": bare},
+            "seed's loop + Horovod allreduce, 2 ranks": {"step": bare_two},
+            "the job, 2 ranks (gloo, Horovod defaults)": {**two, "base": bare_two},
+            "the job, 2 ranks, HOROVOD_CYCLE_TIME=0.1 ms": {**two_fast, "base": bare_two}}
+    for r in rows.values():
+        if "base" in r:
+            r["over_seed"] = r["step"] - r["base"]
+    return rows
+
+
 def main():
     import tensorflow as tf
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tf.config.threading.set_intra_op_parallelism_threads(1)  # the 1-rank job below is told the same
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    steps = 64  # the sample dataset's whole epoch at 256 (1,024 images)
-    bare = bare_step_ms()
-    ours = our_step_ms()
-    one = job_step_ms_one_rank("1rank", steps, ("train.intra_op_threads=1",))
-    two = job_step_ms_two_ranks("2ranks", steps)
-    two_fast = job_step_ms_two_ranks("2ranks-cycle0.1", steps, {"HOROVOD_CYCLE_TIME": "0.1"})
     per_core, wall = reader_per_core()
     png = anchor("png", str(_png_folder()), "--limit", "400", "--res", str(RES))["images_per_s"]
-    rows = [("bare stand-in step (the seed's loop)", {"step": bare}),
-            ("our compiled step alone, constant batch", {"step": ours}),
-            ("the job, 1 rank", one),
-            ("the job, 2 ranks (gloo, Horovod defaults)", two),
-            ("the job, 2 ranks, HOROVOD_CYCLE_TIME=0.1 ms", two_fast)]
-    for _, r in rows[1:]:
-        r["over_bare"] = r["step"] - bare
+    rounds = [one_round() for _ in range(ROUNDS)]
+    rows = [(case, {k: float(np.median([r[case][k] for r in rounds])) for k in rounds[0][case]})
+            for case in rounds[0]]
+    for case, r in rows:
+        if "over_seed" in r:
+            r["over_seed_each"] = [x[case]["over_seed"] for x in rounds]
+    one, two = dict(rows)["the job, 1 rank"], dict(rows)["the job, 2 ranks (gloo, Horovod defaults)"]
     result = save("overhead", {
-        "resolution": RES, "batch": BATCH, "steps_per_epoch": steps,
+        "resolution": RES, "batch": BATCH, "steps_per_epoch": 64, "rounds": ROUNDS,
         "rows": [{"case": c, **r} for c, r in rows],
+        "job_over_seed_ms": {"1rank": one["over_seed"], "2ranks": two["over_seed"]},
         "host_outside_step_ms": max(one["outside"], two["outside"]),
         "epoch_gap_ms": {"1rank": one["gap"], "2ranks": two["gap"]},
         "reader_img_per_cpu_s": per_core, "reader_img_per_s_wall": wall, "seed_png_img_per_s": png,
@@ -215,16 +255,21 @@ def main():
     def us(r, k):
         return f"{r[k] * 1000:.0f}" if k in r else ""
 
-    print(table([(c, f"{r['step']:.2f}", us(r, "over_bare"), us(r, "outside"),
-                  f"{100 * r['outside'] / H200_STEP_MS:.1f}%" if "outside" in r else "") for c, r in rows],
-                ("256x256, batch 16, stand-in networks", "ms per step", "over the bare step, us",
-                 "loop's own time outside the step call, us", "that, of the H200 step (5.8 ms)")))
+    def rounds_us(r):
+        return f"{r['over_seed'] * 1000:.0f} ({', '.join(f'{x * 1000:.0f}' for x in r['over_seed_each'])})"
+
+    print(table([(c, f"{r['step']:.2f}", rounds_us(r) if "over_seed" in r else "",
+                  f"{100 * r['over_seed'] / H200_STEP_MS:+.1f}%" if "over_seed" in r else "", us(r, "outside"))
+                 for c, r in rows],
+                ("256x256, batch 16, stand-in networks", "ms per step", f"over the seed's loop, us: median (each of {ROUNDS})",
+                 "that, of the H200 step (5.8 ms)", "loop's own time outside the compiled calls, us")))
     print()
     print(f"The input pipeline spends {BATCH / per_core * 1000:.2f} ms of CPU a step at 256 (in a background thread: "
           "on a GPU node another core; here it competes with the step for the same 2 cores).")
     print()
     print(f"Between two epochs the loop pauses {one['gap']:.0f} ms on 1 rank and {two['gap']:.0f} ms on 2 "
-          "(the epoch's samples and stats, the next epoch's reader), with the default cadence writing no checkpoint.")
+          "(the epoch's samples and stats; the pictures are drawn in a thread), with the default cadence "
+          "writing no checkpoint.")
     print()
     print(table([("HDF5 reader (the job's pipeline, uint8)", f"{per_core:.0f}", f"{per_core / png:.1f}x",
                   f"{H200_IMG_S / per_core:.2f}"),

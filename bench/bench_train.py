@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import REPO, WORK, anchor, sample_release, save, table
+from bench.common import REPO, WORK, anchor, epoch_gaps, sample_release, save, table
 
 REFERENCE_STEPS_PER_EPOCH = 604  # 9664 / 16: the seed's epoch, for the overhead projection
 ROUNDS = 3
@@ -46,14 +46,18 @@ def our_run(res: int, steps: int, epochs: int, ranks: int = 1, threads: int = 0,
     cmd += ["--executor", "inprocess"] if ranks == 1 else ["--executor", "local", "--ranks", str(ranks)]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
     stats = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
-    ep = [r for r in stats if r["kind"] == "epoch"][1:]  # the first epoch pays tracing and warm-up
-    ck = [r["seconds"] for r in stats if r["kind"] == "checkpoint"][1:]
+    every = [r for r in stats if r["kind"] == "epoch"]
+    ep = every[1:]  # the first epoch pays tracing and warm-up
     step_time = float(np.median([r["step_time"] for r in ep]))
-    end_cost = float(np.median([r["sample_s"] for r in ep])) + float(np.median(ck))
+    end_cost = float(np.median(epoch_gaps(every)[1:]))  # with a checkpoint at every epoch end
     return {"images_per_s": float(np.median([r["images_per_s"] for r in ep])), "step_time_s": step_time,
             "epoch_end_s": end_cost,
             "overhead_pct_seed_epoch": 100 * end_cost / (REFERENCE_STEPS_PER_EPOCH * step_time),
             "overhead_pct_this_run": 100 * end_cost / (steps * step_time)}
+
+
+def seed_run(res: int, steps: int) -> float:
+    return anchor("train", "--res", str(res), "--steps", str(steps))["images_per_s"]
 
 
 def allreduce_cost(res: int) -> dict:
@@ -97,13 +101,20 @@ def main():
         # Three rounds, each the seed's step, then our job, then our job as it was before
         # (tf.data autotuning on): on a shared 2-core machine figures drift between runs, so
         # each ratio is against the seed measured right beside it.
+        # The seed runs before and after each of ours, and ours is against the mean of the two
+        # beside it, so a drift of the machine's speed during a round cancels to first order.
         rounds = []
+        seed_next = seed_run(res, steps)
         for _ in range(ROUNDS):
-            seed = anchor("train", "--res", str(res), "--steps", str(steps))["images_per_s"]
+            seed_a = seed_next
             ours = our_run(res, steps=steps, epochs=3)
+            seed_b = seed_run(res, steps)
             before = our_run(res, steps=steps, epochs=3, autotune=True)
-            rounds.append({"seed_img_s": seed, **ours, "before_img_s": before["images_per_s"],
-                           "x_vs_seed": ours["images_per_s"] / seed, "before_x_vs_seed": before["images_per_s"] / seed})
+            seed_next = seed_run(res, steps)
+            seed, seed_before = (seed_a + seed_b) / 2, (seed_b + seed_next) / 2
+            rounds.append({"seed_img_s": seed, "seed_runs_img_s": [seed_a, seed_b, seed_next], **ours,
+                           "before_img_s": before["images_per_s"], "x_vs_seed": ours["images_per_s"] / seed,
+                           "before_x_vs_seed": before["images_per_s"] / seed_before})
         ratios = [r["x_vs_seed"] for r in rounds]
         res_rows.append({"res": res, "rounds": rounds, **{k: float(np.median([r[k] for r in rounds])) for k in (
             "seed_img_s", "images_per_s", "before_img_s", "epoch_end_s", "overhead_pct_seed_epoch", "x_vs_seed",

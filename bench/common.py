@@ -95,3 +95,32 @@ def table(rows: list[tuple], header: tuple) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def our_step_ms(trainer, resolution: int, batch: int, steps: int, per_call: int) -> float:
+    """Milliseconds a step of a built Trainer's compiled steps, `per_call` steps a call, on one
+    constant batch (no reader): the step and its bookkeeping, and the call's own cost."""
+    import numpy as np
+    import tensorflow as tf
+
+    x = tf.zeros([batch, resolution, resolution, 1], tf.uint8)
+    slots = tf.constant(np.arange(batch)[None], tf.int64)
+    batches = iter(tf.data.Dataset.from_tensors((x, slots)).repeat())
+    flag, n = tf.constant(0.0), tf.constant(per_call)
+    for _ in range(2):
+        out = trainer.train_steps(batches, flag, n)
+    float(out[0])
+    calls = max(1, steps // per_call)
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = trainer.train_steps(batches, flag, n)
+    float(out[0])
+    return (time.perf_counter() - start) / (calls * per_call) * 1000
+
+
+def epoch_gaps(epoch_records: list[dict]) -> list[float]:
+    """Seconds between one epoch's last step and the next epoch's first, from stats.jsonl's
+    epoch lines: what the epoch end held every rank up (samples, stats, a checkpoint)."""
+    ends = [r["loop_end_time"] for r in epoch_records]
+    starts = [e - r["epoch_time"] for e, r in zip(ends, epoch_records)]
+    return [b - a for a, b in zip(ends, starts[1:])]

@@ -86,10 +86,11 @@ def measured_overheads() -> Overheads:
     p = RESULTS / "overhead.json"
     if p.is_file():
         d = json.loads(p.read_text())
-        # The loop's own time outside the compiled call: on the critical path whatever runs the
-        # step. (The rest of what the job adds here is the reader's CPU, which on a GPU node has
-        # cores of its own, and gloo's allreduce, which the model above replaces.)
-        host = d["host_outside_step_ms"]
+        # The loop's own time outside the compiled calls, or what the 1-rank job adds to the
+        # seed's loop if more: on the critical path whatever runs the step. (On 2 ranks the job
+        # adds more here, the reader's CPU on cores the step needs, which a GPU node has to
+        # spare, and gloo's allreduce, which the model above replaces.)
+        host = max(d["host_outside_step_ms"], d.get("job_over_seed_ms", {}).get("1rank", 0.0))
         gap = max(d["epoch_gap_ms"].values())
         src.append("overhead.json")
     p = RESULTS / "checkpoint.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ class RunLog:
         self.echo = echo
         self.run_dir = Path(run_dir)
         self._f = None
+        self._lock = threading.Lock()
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._f = open(self.run_dir / "log.txt", "a", encoding="utf-8", buffering=1)
@@ -26,9 +28,10 @@ class RunLog:
         if not self.enabled:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        if self.echo:
-            print(line, flush=True)
-        self._f.write(line + "\n")
+        with self._lock:  # the training loop and the thread that publishes epochs both log
+            if self.echo:
+                print(line, flush=True)
+            self._f.write(line + "\n")
 
     def close(self) -> None:
         if self._f:
@@ -41,11 +44,13 @@ class Stats:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._f = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()
 
     def write(self, **record) -> None:
         record.setdefault("time", time.time())
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+        with self._lock:  # the training loop and the thread that publishes epochs both write
+            self._f.write(json.dumps(record) + "\n")
+            self._f.flush()
 
     def sync(self) -> None:
         self._f.flush()

@@ -323,6 +323,15 @@ def test_reader_resumes_at_an_image_with_another_world_size(dataset32):
     images, slots = next(iter(first))
     assert images.shape == (8, 32, 32, 1) and images.numpy().min() >= -1 and images.numpy().max() <= 1
     assert slots.numpy()[1].tolist() == full_idx[8:16], "rank 1 of 2 takes the second batch of a step"
+    # One stream across epoch ends: the resumed epoch's rest, then whole epochs with their own order.
+    stream, total = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, start_image=48, epochs=3,
+                                  later_budget=64)
+    next_epoch, _ = train_dataset(dataset32, seed=1, epoch=4, batch_size=8, budget=64)
+    assert total == 18 + 8 + 8
+    streamed = indices(stream, 0)
+    assert streamed[:144] == full_idx[48:] and streamed[144:208] == indices(next_epoch, 0)
+    n = len(ShardReader(dataset32))
+    assert streamed[208:] == epoch_permutation(n, 1, 5)[:64].tolist(), "each epoch its own order"
 
 
 @pytest.mark.cluster

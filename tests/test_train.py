@@ -319,3 +319,25 @@ def test_world_size_2_then_1_then_2_visits_every_image_once_an_epoch(dataset32, 
     assert epochs(run) == epochs(ref) and [e[1] for e in epochs(ref)] == [192, 192]
     last = [x for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"][-1]
     assert last["kimg"] == pytest.approx(0.384)
+
+
+def test_several_steps_a_call_train_exactly_as_one_a_call(dataset32, tmp_path, monkeypatch):
+    """Steps run in one compiled call must be the same steps: epoch ends, step checkpoints and the
+    weights fall exactly where one step a call puts them."""
+    monkeypatch.setattr(trainer, "FAST_STEP_S", 60.0)  # whatever this CPU's speed: several a call
+    runs = {}
+    for k in (1, 4):
+        run = tmp_path / f"k{k}"
+        s = trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.max_steps_per_epoch=7",
+                                "train.deterministic=true", "train.checkpoint_every_steps=5",
+                                "train.keep_checkpoints=8", f"train.steps_per_call={k}"), log_to_stdout=False)
+        stats = read_stats(run / "stats.jsonl")
+        runs[k] = (s, [r for r in stats if r["kind"] == "epoch"], [r["global_step"] for r in stats
+                                                                    if r["kind"] == "checkpoint"])
+    (one, ep1, ck1), (four, ep4, ck4) = runs[1], runs[4]
+    assert one["weights_sha256"] == four["weights_sha256"] and one["global_step"] == four["global_step"] == 14
+    assert ck1 == ck4 == [5, 10, 14], "step checkpoints land on their steps, the last at the end"
+    assert [r["calls"] for r in ep1] == [7, 7] and [r["calls"] for r in ep4] == [3, 2], \
+        "k=4: 1 step (the first call, timed) + 4 (to the step-5 checkpoint) + 2 (to the epoch end), then 3 + 4"
+    for a, b in zip(ep1, ep4):
+        assert (a["g_loss"], a["d_loss"], a["images_sha256"]) == (b["g_loss"], b["d_loss"], b["images_sha256"])

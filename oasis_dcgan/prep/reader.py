@@ -124,9 +124,14 @@ def step_slots(perm: np.ndarray, budget: int, position: int, batch_size: int, wo
 
 def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
                   start_image: int = 0, budget: int = 0, split: str = "train", scaled: bool = True,
-                  block: int = 8, prefetch: int = 8, autotune: bool = False):
-    """A tf.data.Dataset of this rank's steps for the rest of one epoch, and how many there are.
+                  block: int = 8, prefetch: int = 8, autotune: bool = False, epochs: int = 1,
+                  later_budget: int = 0):
+    """A tf.data.Dataset of this rank's steps for the rest of `epoch` and the `epochs - 1` after
+    it, and how many steps that is.
 
+    The first epoch resumes at `start_image` with its own `budget`; the later ones start at 0
+    with `later_budget` (both default to the whole split). One stream across epoch ends keeps
+    the prefetch full there, where a new pipeline per epoch paused every rank.
     Each element is (images [B, H, W, 1], slots [W, B] int64): the images of this rank's
     row of `slots` (zeros where a slot is empty), and every rank's indices for that step, so
     the consumer can weight partial batches and record what the epoch visited. Images are
@@ -138,22 +143,27 @@ def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0
 
     reader = ShardReader(dataset, split)
     n = len(reader)
-    budget = budget or epoch_budget(n, batch_size)
-    if budget < batch_size:
+    plans = [(epoch, budget or epoch_budget(n, batch_size), start_image)]
+    plans += [(e, later_budget or epoch_budget(n, batch_size), 0) for e in range(epoch + 1, epoch + epochs)]
+    if min(b for _, b, _ in plans) < batch_size:
         raise DataError(f"{dataset}: {n} {split} images cannot fill one batch of {batch_size}")
-    perm = epoch_permutation(n, seed, epoch)
     res, stride = reader.resolution, batch_size * world_size
-    steps = steps_left(budget, start_image, batch_size, world_size)
+    total = sum(steps_left(b, s, batch_size, world_size) for _, b, s in plans)
 
     def blocks():
-        for s0 in range(0, steps, block):
-            k = min(block, steps - s0)
-            slots = np.stack([step_slots(perm, budget, start_image + (s0 + j) * stride, batch_size, world_size)
-                              for j in range(k)])
-            mine = slots[:, rank].reshape(-1)
-            images = np.zeros((len(mine), res, res), np.uint8)
-            images[mine >= 0] = reader.read(mine[mine >= 0])
-            yield images.reshape(k, batch_size, res, res, 1), slots
+        for e, b, start in plans:
+            perm, steps = epoch_permutation(n, seed, e), steps_left(b, start, batch_size, world_size)
+            for s0 in range(0, steps, block):
+                k = min(block, steps - s0)
+                slots = np.stack([step_slots(perm, b, start + (s0 + j) * stride, batch_size, world_size)
+                                  for j in range(k)])
+                mine = slots[:, rank].reshape(-1)
+                if mine.min() >= 0:  # full batches (all but an epoch's last step): one copy, not two
+                    images = reader.read(mine)
+                else:
+                    images = np.zeros((len(mine), res, res), np.uint8)
+                    images[mine >= 0] = reader.read(mine[mine >= 0])
+                yield images.reshape(k, batch_size, res, res, 1), slots
 
     ds = tf.data.Dataset.from_generator(blocks, output_signature=(
         tf.TensorSpec((None, batch_size, res, res, 1), tf.uint8),
@@ -167,7 +177,7 @@ def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0
     # pipeline is one generator and a fixed prefetch: nothing to tune.
     options = tf.data.Options()
     options.autotune.enabled = autotune
-    return ds.prefetch(prefetch).with_options(options), steps
+    return ds.prefetch(prefetch).with_options(options), total
 
 
 def read_batches(dataset, split: str, batches) -> np.ndarray:

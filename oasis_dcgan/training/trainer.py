@@ -24,7 +24,12 @@ from ..logs import Progress, RunLog, Stats, format_seconds
 from ..prep.manifest import load_manifest, manifest_hash
 from ..prep.reader import ShardReader, epoch_budget, steps_left, train_dataset
 from .distributed import World
-from .step import seed_dropout
+from .step import COUNTERS, seed_dropout
+
+
+# Below this a step is short enough to run train.steps_per_call of them a call. Ranks may
+# choose differently: their steps and allreduces pair up in order all the same.
+FAST_STEP_S = 0.1
 
 
 def lr_for(cfg: Config, world_size: int) -> float:
@@ -48,6 +53,7 @@ class Trainer:
         self._rendezvous = None      # rank 0's rendezvous server, alive while the ranks run
         self._renders = []           # sample grids being drawn off the training loop (rank 0)
         self._in_step_s = 0.0        # this epoch's time inside the compiled step
+        self._step_s = None          # the last call's seconds a step
         self.lock = None             # rank 0's hold on the run directory
 
     def run(self) -> dict:
@@ -116,7 +122,8 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.groups, keep=t.keep_checkpoints,
                                              log=self.log)
         self._flags = (tf.constant(0.0), tf.constant(1.0))  # the step's stop flag: made once, not each step
-        self.train_step = build_train_step(self.generator, self.discriminator, self.g_opt, self.d_opt, self.state,
+        self.close_epoch = tf.function(self._close_epoch)
+        self.train_steps = build_train_step(self.generator, self.discriminator, self.g_opt, self.d_opt, self.state,
                                            self.hvd, t.batch_size, t.noise_dim, seed=t.seed,
                                            fp16_allreduce=t.fp16_allreduce)
 
@@ -227,11 +234,12 @@ class Trainer:
         from . import distributed
 
         progress = Progress(self.total_images, done=self.images_done(), unit="img") if self.chief else None
+        stream = None
         try:
             while self.epoch < self.cfg.train.epochs and not self.stop_reason:
-                steps, seconds = self.train_epoch(progress)
-                c = self.state.read_counters()
-                if c["images_in_epoch"] >= c["epoch_images"]:
+                stream = stream or self.input_stream()
+                steps, seconds, complete = self.train_epoch(stream, progress)
+                if complete:
                     self.end_epoch(steps, seconds)  # its checkpoint is also the stop's, if one was agreed
                 elif self.stop_reason and self.chief and not self._stop_saved:
                     self.save(self.stop_reason)
@@ -242,39 +250,61 @@ class Trainer:
             self._wait_for_saves()
             distributed.barrier(self.hvd, name=f"stop.{self.global_step}")
 
+    def input_stream(self):
+        """This rank's batches from the next unseen image to the end of training, as one iterator:
+        its prefetch runs on across epoch ends, where a pipeline per epoch left every rank waiting."""
+        t = self.cfg.train
+        c = dict(zip(COUNTERS, self.state.begin_epoch(self.budget).numpy().tolist()))
+        ds, _ = train_dataset(self.cfg.data.dataset, t.seed, self.epoch, t.batch_size, self.rank, self.size,
+                              start_image=c["images_in_epoch"], budget=c["epoch_images"], scaled=False,
+                              epochs=max(t.epochs - self.epoch, 1), later_budget=self.budget,
+                              block=max(8, t.steps_per_call), prefetch=max(8, 2 * t.steps_per_call))
+        return iter(ds)
+
     def images_done(self) -> int:
         """Images trained on so far, over all epochs (what the progress bar and ETA count)."""
         c = self.state.read_counters()
         return c["epoch"] * self.budget + c["images_in_epoch"]
 
-    def train_epoch(self, progress) -> tuple[int, float]:
-        """The rest of the current epoch, from its next unseen image. Returns (steps run, seconds)."""
-        self.state.start_epoch(self.budget)
-        c = self.state.read_counters()
-        ds, n_steps = train_dataset(self.cfg.data.dataset, self.cfg.train.seed, self.epoch, self.cfg.train.batch_size,
-                                    self.rank, self.size, start_image=c["images_in_epoch"], budget=c["epoch_images"],
-                                    scaled=False)
-        t_epoch, steps, pending = time.monotonic(), 0, None
-        self._in_step_s = 0.0  # the epoch's time inside the compiled step; the rest is the loop's own
-        for images, slots in ds:
-            t_step = time.monotonic()
-            g_loss, d_loss, agreed = self.train_step(images, slots, self._stop_flag())
-            self._in_step_s += time.monotonic() - t_step
-            steps += 1
-            self.global_step += 1
-            # The previous step's verdict: reading it does not wait for the step just queued.
-            if pending is not None and bool(pending):
+    def train_epoch(self, batches, progress) -> tuple[int, float, bool]:
+        """The rest of the current epoch, from its next unseen image.
+        Returns (steps run, seconds, whether the epoch is complete)."""
+        import tensorflow as tf
+
+        c = dict(zip(COUNTERS, self.state.begin_epoch(self.budget).numpy().tolist()))
+        n_steps = steps_left(c["epoch_images"], c["images_in_epoch"], self.cfg.train.batch_size, self.size)
+        t_epoch, steps, self._calls = time.monotonic(), 0, 0
+        self._in_step_s = 0.0  # the epoch's time inside the compiled calls; the rest is the loop's own
+        while steps < n_steps:
+            t_call = time.monotonic()
+            want = self._steps_for_call(n_steps - steps)
+            g_loss, d_loss, agreed, ran = self.train_steps(batches, self._stop_flag(), tf.constant(want))
+            ran = int(ran)  # waits for the call: every rank's allreduces are in it
+            self._calls += 1
+            self._step_s = (time.monotonic() - t_call) / max(ran, 1)
+            self._in_step_s += time.monotonic() - t_call
+            steps += ran
+            self.global_step += ran
+            if bool(agreed):
                 self._agree_stop()
                 break
-            pending = agreed
             if self.chief:
-                self._show_progress(progress, g_loss, d_loss, t_epoch, time.monotonic() - t_step)
+                self._show_progress(progress, g_loss, d_loss, t_epoch, (time.monotonic() - t_call) / max(ran, 1))
                 if steps < n_steps:  # the epoch end saves anyway
                     self._periodic_checkpoint()
-        else:
-            if pending is not None and bool(pending):
-                self._agree_stop()
-        return steps, time.monotonic() - t_epoch
+        self._loop_end = time.time()
+        return steps, time.monotonic() - t_epoch, steps >= n_steps
+
+    def _steps_for_call(self, left: int) -> int:
+        """train.steps_per_call once steps are short (a GPU's milliseconds), else one: a call
+        holds off signals, and the first one traces. Never past the epoch's end or a step
+        checkpoint, so those fall between calls, on the same step on every rank."""
+        fast = self._step_s is not None and self._step_s < FAST_STEP_S
+        n = min(self.cfg.train.steps_per_call if fast else 1, left)
+        every = self.cfg.train.checkpoint_every_steps
+        if every:
+            n = min(n, every - self.global_step % every)
+        return n
 
     def _stop_flag(self):
         return self._flags[bool(self._wanted_stop)]
@@ -321,14 +351,20 @@ class Trainer:
 
     def end_epoch(self, steps: int, seconds: float) -> None:
         """Every rank ran the same steps; rank 0 writes the epoch's samples and stats, and a checkpoint if due."""
+        fake, record = self.close_epoch(self.chief)
         if self.chief:
-            self._write_epoch(steps, seconds)
-        self.state.advance_epoch()
+            self._write_epoch(fake, record, steps, seconds)
         self.epoch += 1
         reason = self._epoch_end_reason()
         if self.chief and reason:
             self.save(reason, background=not self.stop_reason)
             self._last_checkpoint = time.monotonic()
+
+    def _close_epoch(self, with_samples: bool):
+        """Compiled: rank 0's samples of the fixed noise and every rank's epoch records, then the next
+        epoch's start. (Eagerly the samples alone took ~30 ms of Python, every rank waiting.)"""
+        fake = self.generator(self.state.fixed_noise, training=False) if with_samples else None
+        return fake, self.state.close_epoch()
 
     def _epoch_end_reason(self) -> str:
         """Why to checkpoint at this epoch end, or "" not to. A stop and the last epoch always do."""
@@ -341,50 +377,56 @@ class Trainer:
             return "epoch end"
         return "periodic" if self._checkpoint_due() else ""
 
-    def _write_epoch(self, steps: int, seconds: float) -> None:
+    def _write_epoch(self, fake, record: dict, steps: int, seconds: float) -> None:
+        """Rank 0: the epoch's samples, stats line, log line and TensorBoard scalars, written by a
+        background thread from what the epoch's close handed over, while the next epoch trains."""
+        rec = dict(kind="epoch", epoch=self.epoch + 1, global_step=self.global_step,
+                   images_per_s=steps * self.global_batch / max(seconds, 1e-9),
+                   step_time=seconds / max(steps, 1), epoch_time=seconds,
+                   host_s_per_step=(seconds - self._in_step_s) / max(steps, 1), calls=self._calls,
+                   loop_end_time=self._loop_end)
+        self._in_background(self._publish_epoch, fake, rec, record)
+        if self.cfg.train.snapshot_every_epoch:
+            from .model import save_model
+
+            save_model(self.generator, self.run_dir / "snapshots" / f"generator_epoch_{self.epoch + 1:04d}.keras")
+
+    def _publish_epoch(self, fake, rec: dict, record: dict) -> None:
         import tensorflow as tf
 
-        t0 = time.perf_counter()
-        number = self.epoch + 1
-        fake = self.generator(self.state.fixed_noise, training=False).numpy()
+        number = rec["epoch"]
+        losses = {k: v.numpy() for k, v in record.items() if k not in ("visits", "images_seen")}
+        rec.update(kimg=int(record["images_seen"]) / 1000, **self.state.epoch_losses(losses),
+                   **self.state.epoch_visits(record["visits"].numpy()), wall_time=time.time())
+        self.stats.write(**rec)
+        self.log(f"epoch {number}/{self.cfg.train.epochs} g_loss {rec['g_loss']:.4f} d_loss {rec['d_loss']:.4f} "
+                 f"{rec['images_per_s']:.1f} img/s ({format_seconds(rec['epoch_time'])})")
+        fake = fake.numpy()
         samples = self.run_dir / "samples"
         with fsutil.atomic_path(samples / f"epoch_{number:04d}.npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, fake)
-        self._render(save_grid, fake, samples / f"epoch_{number:04d}.png", f"epoch {number}")
-        counters = self.state.read_counters()
-        rec = dict(kind="epoch", epoch=number, global_step=self.global_step, kimg=counters["images_seen"] / 1000,
-                   **self.state.epoch_losses(), **self.state.epoch_visits(),
-                   images_per_s=steps * self.global_batch / max(seconds, 1e-9),
-                   step_time=seconds / max(steps, 1), epoch_time=seconds,
-                   host_s_per_step=(seconds - self._in_step_s) / max(steps, 1),
-                   sample_s=time.perf_counter() - t0, wall_time=time.time())
-        self.stats.write(**rec)
+        save_grid(fake, samples / f"epoch_{number:04d}.png", f"epoch {number}")
         with self.tensorboard.as_default():
             for k in ("g_loss", "d_loss", "images_per_s"):
                 tf.summary.scalar(k, rec[k], step=number)
         self.tensorboard.flush()
-        self.log(f"epoch {number}/{self.cfg.train.epochs} g_loss {rec['g_loss']:.4f} d_loss {rec['d_loss']:.4f} "
-                 f"{rec['images_per_s']:.1f} img/s ({format_seconds(seconds)})")
-        if self.cfg.train.snapshot_every_epoch:
-            from .model import save_model
 
-            save_model(self.generator, self.run_dir / "snapshots" / f"generator_epoch_{number:04d}.keras")
-
-    def _render(self, fn, *args) -> None:
-        """Draw a picture in a background thread (matplotlib takes ~0.2 s a grid, a GPU epoch ~3 s)."""
+    def _in_background(self, fn, *args) -> None:
+        """Run fn in a background thread: matplotlib takes ~0.2 s a grid and an fsync may take
+        longer, while a GPU epoch lasts ~3 s and a step 6 ms."""
         import threading
 
         self._wait_for_renders()  # one at a time: a slow disk must not pile them up
-        t = threading.Thread(target=self._render_logged, args=(fn, *args), name="sample-render", daemon=True)
+        t = threading.Thread(target=self._logged, args=(fn, *args), name="epoch-publish", daemon=True)
         t.start()
         self._renders.append(t)
 
-    def _render_logged(self, fn, *args) -> None:
+    def _logged(self, fn, *args) -> None:
         try:
             fn(*args)
-        except Exception as e:  # a picture is not worth the run: say so and go on
-            self.log(f"WARNING: could not draw {args[1] if len(args) > 1 else fn.__name__}: {e}")
+        except Exception as e:  # samples are not worth the run: say so and go on
+            self.log(f"WARNING: {fn.__name__.strip('_').replace('_', ' ')}: {type(e).__name__}: {e}")
 
     def _wait_for_renders(self) -> None:
         for t in self._renders:
@@ -417,7 +459,10 @@ class Trainer:
 
     def _report_saves(self, done: list) -> None:
         """Log the saves whose write has ended (a background write's failure raises here)."""
-        for rec in self.checkpoints.ended() + done:
+        ended = self.checkpoints.ended() + done
+        if ended:
+            self._wait_for_renders()  # the epoch's own line comes before its checkpoint's
+        for rec in ended:
             if self.stats:
                 self.stats.write(kind="checkpoint", global_step=rec.global_step, reason=rec.reason,
                                  blocking_s=rec.blocking_s, write_s=rec.write_s, seconds=rec.write_s)

@@ -19,7 +19,7 @@ class RunLog:
         self.echo = echo
         self.run_dir = Path(run_dir)
         self._f = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a signal handler that interrupted a write
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._f = open(self.run_dir / "log.txt", "a", encoding="utf-8", buffering=1)
@@ -44,7 +44,7 @@ class Stats:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._f = open(self.path, "a", encoding="utf-8", buffering=1)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a signal handler that interrupted a write
 
     def write(self, **record) -> None:
         record.setdefault("time", time.time())

@@ -459,10 +459,9 @@ class Trainer:
 
     def _report_saves(self, done: list) -> None:
         """Log the saves whose write has ended (a background write's failure raises here)."""
-        ended = self.checkpoints.ended() + done
-        if ended:
-            self._wait_for_renders()  # the epoch's own line comes before its checkpoint's
-        for rec in ended:
+        # (Not waiting for the epoch's writer thread here: this may run in a signal handler that
+        # interrupted the loop while it held the stats file's lock the writer needs.)
+        for rec in self.checkpoints.ended() + done:
             if self.stats:
                 self.stats.write(kind="checkpoint", global_step=rec.global_step, reason=rec.reason,
                                  blocking_s=rec.blocking_s, write_s=rec.write_s, seconds=rec.write_s)

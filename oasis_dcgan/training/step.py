@@ -43,7 +43,11 @@ class TrainState:
 
     def read_counters(self) -> dict:
         """All counters in one compiled read: each variable read alone costs a host round trip."""
-        return dict(zip(COUNTERS, self._counters().numpy().tolist()))
+        return self._as_dict(self._counters())
+
+    @staticmethod
+    def _as_dict(stacked) -> dict:
+        return dict(zip(COUNTERS, stacked.numpy().tolist()))
 
     @tf.function
     def _counters(self):
@@ -83,13 +87,16 @@ class TrainState:
         self.counters["step_in_epoch"].assign_add(1)
         self.counters["global_step"].assign_add(1)
 
-    @tf.function
-    def begin_epoch(self, budget):
+    def begin_epoch(self, budget: int) -> dict:
         """Fix the epoch's image budget, once (a resumed epoch keeps the one it started with);
-        returns the counters, as read_counters orders them."""
+        returns the counters."""
+        return self._as_dict(self._begin_epoch(budget))
+
+    @tf.function
+    def _begin_epoch(self, budget):
         if self.counters["epoch_images"] == 0:
             self.counters["epoch_images"].assign(budget)
-        return tf.stack([self.counters[k] for k in COUNTERS])
+        return self._counters()
 
     def close_epoch(self):
         """Inside a compiled call: the ended epoch's records, then the next epoch's start. One call,

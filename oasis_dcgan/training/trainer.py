@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..logs import Progress, RunLog, Stats, format_seconds
 from ..prep.manifest import load_manifest, manifest_hash
 from ..prep.reader import ShardReader, epoch_budget, steps_left, train_dataset
 from .distributed import World
-from .step import COUNTERS, seed_dropout
+from .step import seed_dropout
 
 
 # Below this a step is short enough to run train.steps_per_call of them a call. Ranks may
@@ -51,7 +52,7 @@ class Trainer:
         self._saving = False
         self._ready = False          # models built and restored: a checkpoint now means something
         self._rendezvous = None      # rank 0's rendezvous server, alive while the ranks run
-        self._renders = []           # sample grids being drawn off the training loop (rank 0)
+        self._publishing = []        # the thread writing the last epoch's records and samples (rank 0)
         self._in_step_s = 0.0        # this epoch's time inside the compiled step
         self._step_s = None          # the last call's seconds a step
         self.lock = None             # rank 0's hold on the run directory
@@ -254,7 +255,7 @@ class Trainer:
         """This rank's batches from the next unseen image to the end of training, as one iterator:
         its prefetch runs on across epoch ends, where a pipeline per epoch left every rank waiting."""
         t = self.cfg.train
-        c = dict(zip(COUNTERS, self.state.begin_epoch(self.budget).numpy().tolist()))
+        c = self.state.begin_epoch(self.budget)
         ds, _ = train_dataset(self.cfg.data.dataset, t.seed, self.epoch, t.batch_size, self.rank, self.size,
                               start_image=c["images_in_epoch"], budget=c["epoch_images"], scaled=False,
                               epochs=max(t.epochs - self.epoch, 1), later_budget=self.budget,
@@ -271,7 +272,7 @@ class Trainer:
         Returns (steps run, seconds, whether the epoch is complete)."""
         import tensorflow as tf
 
-        c = dict(zip(COUNTERS, self.state.begin_epoch(self.budget).numpy().tolist()))
+        c = self.state.begin_epoch(self.budget)
         n_steps = steps_left(c["epoch_images"], c["images_in_epoch"], self.cfg.train.batch_size, self.size)
         t_epoch, steps, self._calls = time.monotonic(), 0, 0
         self._in_step_s = 0.0  # the epoch's time inside the compiled calls; the rest is the loop's own
@@ -280,16 +281,17 @@ class Trainer:
             want = self._steps_for_call(n_steps - steps)
             g_loss, d_loss, agreed, ran = self.train_steps(batches, self._stop_flag(), tf.constant(want))
             ran = int(ran)  # waits for the call: every rank's allreduces are in it
+            took = time.monotonic() - t_call
             self._calls += 1
-            self._step_s = (time.monotonic() - t_call) / max(ran, 1)
-            self._in_step_s += time.monotonic() - t_call
+            self._step_s = took / max(ran, 1)
+            self._in_step_s += took
             steps += ran
             self.global_step += ran
             if bool(agreed):
                 self._agree_stop()
                 break
             if self.chief:
-                self._show_progress(progress, g_loss, d_loss, t_epoch, (time.monotonic() - t_call) / max(ran, 1))
+                self._show_progress(progress, g_loss, d_loss, t_epoch, self._step_s)
                 if steps < n_steps:  # the epoch end saves anyway
                     self._periodic_checkpoint()
         self._loop_end = time.time()
@@ -385,13 +387,25 @@ class Trainer:
                    step_time=seconds / max(steps, 1), epoch_time=seconds,
                    host_s_per_step=(seconds - self._in_step_s) / max(steps, 1), calls=self._calls,
                    loop_end_time=self._loop_end)
-        self._in_background(self._publish_epoch, fake, rec, record)
+        self._wait_for_publishing()  # one at a time: a slow disk must not pile them up
+        t = threading.Thread(target=self._publish_epoch, args=(fake, rec, record), name="epoch-publish", daemon=True)
+        t.start()
+        self._publishing.append(t)
         if self.cfg.train.snapshot_every_epoch:
             from .model import save_model
 
             save_model(self.generator, self.run_dir / "snapshots" / f"generator_epoch_{self.epoch + 1:04d}.keras")
 
     def _publish_epoch(self, fake, rec: dict, record: dict) -> None:
+        """In a thread: matplotlib takes ~0.2 s a grid and an fsync may take longer, while a GPU
+        epoch lasts ~3 s. Samples are not worth the run: a failure is logged, not raised."""
+        try:
+            self._write_epoch_records(fake, rec, record)
+        except Exception as e:
+            self.log(f"WARNING: epoch {rec['epoch']}'s records or samples were not all written: "
+                     f"{type(e).__name__}: {e}")
+
+    def _write_epoch_records(self, fake, rec: dict, record: dict) -> None:
         import tensorflow as tf
 
         number = rec["epoch"]
@@ -412,26 +426,10 @@ class Trainer:
                 tf.summary.scalar(k, rec[k], step=number)
         self.tensorboard.flush()
 
-    def _in_background(self, fn, *args) -> None:
-        """Run fn in a background thread: matplotlib takes ~0.2 s a grid and an fsync may take
-        longer, while a GPU epoch lasts ~3 s and a step 6 ms."""
-        import threading
-
-        self._wait_for_renders()  # one at a time: a slow disk must not pile them up
-        t = threading.Thread(target=self._logged, args=(fn, *args), name="epoch-publish", daemon=True)
-        t.start()
-        self._renders.append(t)
-
-    def _logged(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception as e:  # samples are not worth the run: say so and go on
-            self.log(f"WARNING: {fn.__name__.strip('_').replace('_', ' ')}: {type(e).__name__}: {e}")
-
-    def _wait_for_renders(self) -> None:
-        for t in self._renders:
+    def _wait_for_publishing(self) -> None:
+        for t in self._publishing:
             t.join()
-        self._renders = []
+        self._publishing = []
 
     # ------------------------------------------------------------------ saving and stopping
 
@@ -509,7 +507,7 @@ class Trainer:
         from .model import save_model
 
         self._wait_for_saves()  # the last epoch's checkpoint is on disk before anything says "done"
-        self._wait_for_renders()
+        self._wait_for_publishing()
         summary = {"rank": self.rank, "size": self.size, "epochs": self.cfg.train.epochs,
                    "global_step": self.state.read_counters()["global_step"],
                    "weights_sha256": weights_digest(self.generator, self.discriminator), "host": platform.node(),

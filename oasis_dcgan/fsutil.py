@@ -14,6 +14,21 @@ import tempfile
 from pathlib import Path
 
 
+def umask() -> int:
+    """This process's umask, read without changing it (os.umask can only swap it, and a swap
+    would briefly apply to every other thread's new files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def fsync_path(path: str | os.PathLike) -> None:
     """fsync a file or a directory by name (a directory's fsync makes a rename in it durable)."""
     fd = os.open(path, os.O_RDONLY)
@@ -40,6 +55,9 @@ def atomic_path(dest: str | os.PathLike):
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    # mkstemp makes 0600 whatever the umask; on shared storage the group must be able to read
+    # what the suite publishes, as it could a file made with open().
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     try:
         yield Path(tmp)

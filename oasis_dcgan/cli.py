@@ -81,6 +81,7 @@ def _train_config(a):
         if val is not None:
             setattr(t, key, val)
     t.deterministic = t.deterministic or a.deterministic
+    t.verify_data = t.verify_data or a.verify_data
     if a.ranks:
         cfg.cluster.nodes, cfg.cluster.tasks_per_node = 1, a.ranks
     res = load_manifest(cfg.data.dataset)["resolution"]
@@ -155,7 +156,7 @@ def cmd_status(a) -> int:
 def cmd_collect(a) -> int:
     from .launch import collect
 
-    collect.collect(a.run, a.dest, a.include_checkpoints)
+    collect.collect(a.run, a.dest, a.include_checkpoints, update=a.update)
     return 0
 
 
@@ -176,7 +177,8 @@ def cmd_sample_data(a) -> int:
     if a.layout == "oasis-png":
         root = sample_data.write_png_release(a.out, cases=tuple(a.cases), seed=a.seed)
     else:
-        root = sample_data.write_raw_release(a.out, subjects=sum(a.cases), seed=a.seed, fmt=a.format)
+        root = sample_data.write_raw_release(a.out, subjects=sum(a.cases), seed=a.seed, fmt=a.format,
+                                             discs=a.discs, rescans=a.rescans)
     print(f"sample data: {root}")
     return 0
 
@@ -210,8 +212,9 @@ def _add_job_commands(sub) -> None:
     p.add_argument("--task", type=int, help="run only array task TASK of --tasks (no seal); for sbatch arrays")
     p.add_argument("--seal", action="store_true", help="only verify the shards and write manifest.json")
     p.add_argument("--shard-size", type=int)
-    p.add_argument("--slices", type=int, help="raw volumes: central axial slices per volume (default 32)")
-    p.add_argument("--slice-range", help="raw volumes: axial slice range a:b instead of --slices")
+    p.add_argument("--slices", type=int,
+                   help="raw volumes: axial slices per volume, spread over the brain (default 32)")
+    p.add_argument("--slice-range", help="raw volumes: take them from RAS axial voxels a:b, not the brain's extent")
     p.add_argument("--executor", default="inprocess", choices=("auto", "local", "slurm", "inprocess"),
                    help=EXECUTOR_HELP)
     _config_options(p)
@@ -232,6 +235,8 @@ def _add_job_commands(sub) -> None:
     p.add_argument("--ranks", type=int, help="Horovod ranks (one node)")
     p.add_argument("--executor", default="auto", choices=("auto", "local", "slurm", "inprocess"), help=EXECUTOR_HELP)
     p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--verify-data", action="store_true",
+                   help="re-hash every shard at start (sha256), not only check sizes and headers")
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every-steps", type=int)
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
@@ -270,6 +275,8 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("run")
     p.add_argument("dest")
     p.add_argument("--include-checkpoints", action="store_true")
+    p.add_argument("--update", action="store_true",
+                   help="refresh an earlier collection of this run (it went on): replace the files that changed")
     p.set_defaults(fn=cmd_collect)
 
     p = sub.add_parser("generate", help="PNG samples from a trained generator")
@@ -283,7 +290,10 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("out")
     p.add_argument("--layout", choices=("oasis-png", "oasis-raw"), default="oasis-png")
     p.add_argument("--cases", type=int, nargs=3, default=[24, 4, 4], metavar=("TRAIN", "VALIDATE", "TEST"))
-    p.add_argument("--format", choices=("analyze", "nifti", "nifti-gz"), default="analyze")
+    p.add_argument("--format", choices=("analyze", "nifti", "nifti-gz", "nifti-lia", "nifti-gz-lia"),
+                   default="analyze", help="oasis-raw: the volumes' file format and voxel order")
+    p.add_argument("--discs", type=int, default=0, help="oasis-raw: deal the sessions into disc1/ ... discN/")
+    p.add_argument("--rescans", type=int, default=0, help="oasis-raw: this many subjects also get an MR2 session")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_sample_data)
 

@@ -30,19 +30,24 @@ class DataConfig:
     resolution: int = 256       # the reference trains at 256x256
     shard_size: int = 2048      # images per HDF5 shard
     skip_bad: bool = False
-    # raw volumes only
-    slices: int = 32            # central axial slices of the brain per volume
-    slice_range: str = ""       # "a:b" in voxel indices; overrides `slices` when set
+    allow_shared_cases: bool = False  # PNG release: pack even if a case appears in two splits
+    # raw volumes only: reoriented to RAS, then axial slices chosen as prep/pixels.py says
+    slices: int = 32            # slices per volume, spread over the brain's axial extent
+    slice_range: str = ""       # "a:b" in RAS voxel indices: the window to take them from
+    slice_spacing: int = 0      # voxels between slices; 0 spreads them evenly over the window
+    min_brain_fraction: float = 0.1  # end slices with less brain than this x the fullest are left out
     percentile: float = 99.5    # robust max for intensity scaling, per volume
-    split_fractions: list = field(default_factory=lambda: [0.85, 0.10, 0.05])  # train/validate/test
+    max_anisotropy: float = 1.5  # largest / smallest voxel size a volume may have
+    rescans: str = "keep"       # keep | drop: a subject's MR2, MR3 sessions (always in the MR1's split)
+    split_fractions: list = field(default_factory=lambda: [0.85, 0.10, 0.05])  # train/validate/test, by subject
     split_seed: int = 0
 
     def plan_kwargs(self) -> dict:
         """The arguments of data.plan() that this section sets."""
-        return {"resolution": self.resolution, "layout": self.layout, "shard_size": self.shard_size,
-                "skip_bad": self.skip_bad, "slices": self.slices, "slice_range": self.slice_range,
-                "percentile": self.percentile, "split_fractions": self.split_fractions,
-                "split_seed": self.split_seed}
+        keys = ("resolution", "layout", "shard_size", "skip_bad", "allow_shared_cases", "slices", "slice_range",
+                "slice_spacing", "min_brain_fraction", "percentile", "max_anisotropy", "rescans",
+                "split_fractions", "split_seed")
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
@@ -73,6 +78,9 @@ class TrainConfig:
     tick_seconds: float = 60.0          # batch-log tick interval
     intra_op_threads: int = 0           # 0: TensorFlow's default
     max_steps_per_epoch: int = 0        # 0: the full epoch; >0 caps it (tests, smoke runs)
+    # Every start checks each shard's size, header, shape and count against the manifest
+    # (milliseconds); this also re-hashes every shard, which reads the whole dataset.
+    verify_data: bool = False
     allow_dataset_change: bool = False  # resume a run's checkpoints on a dataset other than the one it began on
     # A rank that stops answering (a hung node, a lost link) ends the job after this long:
     # the gloo collectives' timeout and Horovod's stall shutdown. It bounds how long rank 0
@@ -132,6 +140,10 @@ class Config:
             ("data.split_fractions", len(d.split_fractions) == 3 and all(x >= 0 for x in d.split_fractions)
              and abs(sum(d.split_fractions) - 1) < 1e-6, "must be three non-negative numbers summing to 1"),
             ("data.slice_range", not d.slice_range or _is_range(d.slice_range), "must look like 'a:b' with a < b"),
+            ("data.slice_spacing", d.slice_spacing >= 0, "must be >= 0"),
+            ("data.min_brain_fraction", 0 <= d.min_brain_fraction < 1, "must be in [0, 1)"),
+            ("data.max_anisotropy", d.max_anisotropy >= 1, "must be >= 1"),
+            ("data.rescans", d.rescans in ("keep", "drop"), "must be keep or drop"),
             ("train.epochs", t.epochs >= 1, "must be >= 1"),
             ("train.batch_size", t.batch_size >= 1, "must be >= 1"),
             ("train.lr", t.lr > 0, "must be > 0"),

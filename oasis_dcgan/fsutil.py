@@ -29,6 +29,21 @@ def umask() -> int:
     return old
 
 
+def io_reason(e: BaseException) -> str:
+    """An I/O failure in a few words ("No space left on device"), not a page of library text.
+
+    h5py and TensorFlow report a full disk in their own words, with the errno inside.
+    """
+    errno_ = getattr(e, "errno", None)
+    if isinstance(errno_, int) and errno_ > 0:
+        return os.strerror(errno_)
+    text = str(e)
+    for known in (os.strerror(28), os.strerror(122), os.strerror(5), os.strerror(30)):  # ENOSPC EDQUOT EIO EROFS
+        if known.lower() in text.lower():
+            return known
+    return f"{type(e).__name__}: {text.strip().splitlines()[0] if text.strip() else 'no detail'}"
+
+
 def fsync_path(path: str | os.PathLike) -> None:
     """fsync a file or a directory by name (a directory's fsync makes a rename in it durable)."""
     fd = os.open(path, os.O_RDONLY)

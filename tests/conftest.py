@@ -62,3 +62,31 @@ def tiny_run(dataset32, tmp_path_factory) -> Path:
                              "metrics.nn_samples=12", "metrics.diversity_samples=6"])
     trainer.run(cfg, log_to_stdout=False)
     return run
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Mount a tmpfs of a given size at a fresh folder: a disk that fills up. Needs root."""
+    import shutil
+    import uuid
+
+    mounted = []
+
+    def make(size_kib: int) -> Path:
+        where = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+        where.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(where)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    def resize(where: Path, size_kib: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size_kib}k", str(where)], check=True)
+
+    make.resize = resize
+    yield make
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        shutil.rmtree(where, ignore_errors=True)

@@ -74,49 +74,6 @@ def test_area_resampling_to_lower_resolution(png_release, tmp_path):
     assert np.abs(r.read([7])[0].astype(np.float64) - block_mean).max() <= 0.5 + 1e-9
 
 
-@pytest.fixture(scope="module")
-def raw_tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("raw")
-    sample_data.write_raw_release(root, subjects=4, seed=3, fmt="analyze", log=lambda *a: None)
-    sample_data.write_raw_release(root / "more", subjects=1, seed=4, fmt="nifti-gz", log=lambda *a: None)
-    # Move the NIfTI subject beside the others, under a fresh subject number.
-    (src,) = list((root / "more").iterdir())
-    dst = root / "OAS1_0099_MR1"
-    shutil.move(str(src), dst)
-    for f in (dst / "PROCESSED" / "MPRAGE" / "T88_111").iterdir():
-        f.rename(f.with_name(f.name.replace(src.name, dst.name)))
-    shutil.rmtree(root / "more")
-    return root
-
-
-def test_raw_volumes_analyze_and_nifti_with_subject_level_splits(raw_tree, tmp_path):
-    m = pack.preprocess(raw_tree, tmp_path / "ds", resolution=64, shard_size=64,
-                        split_fractions=(0.6, 0.2, 0.2), split_seed=7, **quiet)
-    assert m["layout"] == "oasis-raw"
-    assert sum(m["counts"].values()) == 5 * 32
-    assign = m["split_assignment"]
-    assert set(assign) == {p.name for p in raw_tree.iterdir()} and "OAS1_0099_MR1" in assign
-    for split in m["splits"]:
-        for x in all_metadata(tmp_path / "ds", split):
-            assert assign[x["case"]] == split, "every slice of a subject is in that subject's split"
-    # slices of one subject are consecutive central slices of its brain
-    tr = all_metadata(tmp_path / "ds", "train")
-    first = [x["slice"] for x in tr if x["case"] == tr[0]["case"]]
-    assert first == list(range(first[0], first[0] + 32))
-    img = ShardReader(tmp_path / "ds", "train").read([16])[0]
-    assert img.max() > 200 and img[0, 0] == 0, "scaled to 8 bit with a black background"
-    # the assignment is seeded: the same seed gives the same split
-    m2 = pack.plan(raw_tree, resolution=64, split_fractions=(0.6, 0.2, 0.2), split_seed=7)
-    assert m2.split_assignment == assign
-
-
-def test_raw_slice_range_and_count(raw_tree, tmp_path):
-    p = pack.plan(raw_tree, resolution=32, slice_range="60:70")
-    assert p.images_per_unit() == 10
-    p = pack.plan(raw_tree, resolution=32, slices=8)
-    assert p.images_per_unit() == 8
-
-
 def _folder_corpus(root: Path):
     import imageio.v3 as iio
     from PIL import Image
@@ -347,3 +304,36 @@ def test_array_preprocess_on_the_dev_cluster(devcluster, png_release, tmp_path):
     assert m["counts"]["train"] == 192
     logs = list((out / ".submitit").glob("*_0_log.out")) + list((out / ".submitit").glob("*_1_log.out"))
     assert len(logs) == 2, "both array tasks ran under Slurm"
+
+
+def test_a_damaged_shard_stops_training_before_any_step_naming_it(dataset32, tmp_path):
+    from oasis_dcgan import config
+    from oasis_dcgan.training import trainer
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset32, ds)
+    shard = sorted(ds.glob("train-*.h5"))[1]
+    good = shard.read_bytes()
+
+    def train(*extra):
+        cfg = config.load(None, [f'run_dir="{tmp_path / "run"}"', f'data.dataset="{ds}"', "train.epochs=1",
+                                 "train.batch_size=8", "train.max_steps_per_epoch=2", *extra])
+        return trainer.run(cfg, log_to_stdout=False)
+
+    shard.write_bytes(good[: len(good) // 2])  # truncated, as by a full disk or a killed copy
+    with pytest.raises(DataError, match=f"{shard}: {len(good) // 2} bytes, the manifest recorded {len(good)}"):
+        train()
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    # One flipped pixel keeps the size and the header: only the hash sees it, on request.
+    entry = next(e for e in manifest.load_manifest(ds)["splits"]["train"]["shards"] if e["file"] == shard.name)
+    b = bytearray(good)
+    b[entry["images_offset"] + 100] ^= 0x01
+    shard.write_bytes(bytes(b))
+    assert manifest.verify(ds, full=False) == []
+    with pytest.raises(DataError, match=f"{shard}: sha256 mismatch"):
+        train("train.verify_data=true")
+    r = subprocess.run([sys.executable, "-m", "jobs.train", str(ds), str(tmp_path / "run2"), "--verify-data",
+                        "--executor", "inprocess", "--epochs", "1"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1 and f"{shard}: sha256 mismatch" in r.stderr
+    shard.write_bytes(good)
+    assert train("train.verify_data=true")["global_step"] == 2

@@ -1,16 +1,23 @@
 """Copy a run's results off scratch: resumable, verified, never silently overwriting.
 
-Every file is copied to a temp name, fsynced, renamed, then re-hashed at the destination.
-A destination file that already matches is skipped (so an interrupted collect resumes);
-one that differs is an error, not an overwrite. DEST/SHA256SUMS lists what was collected.
+Every file is copied to a temp name while its bytes are hashed, fsynced, renamed, then
+re-read at the destination and compared with the hash of what was copied. The log and
+stats.jsonl may still be growing (a run in progress, or one requeued): they are copied as
+they stood when the copy began, cut at their last complete line. A destination file that
+already matches is skipped (so an interrupted collect resumes); one that differs is an error
+unless `update` (collecting again after the run went on). DEST/SHA256SUMS lists what was
+collected.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 from pathlib import Path
 
 from .. import fsutil
+
+GROWING = ("log.txt", "stats.jsonl")  # append-only while a run is live
+CHUNK = 1 << 20
 
 
 class CollectError(RuntimeError):
@@ -31,41 +38,114 @@ def files_to_collect(run_dir: Path, include_checkpoints: bool) -> list[Path]:
     return wanted
 
 
+def _snapshot_size(src: Path) -> int:
+    """How much of a growing file to take: its size now, back to the end of its last full line."""
+    size = src.stat().st_size
+    with open(src, "rb") as f:
+        back = min(size, 1 << 16)
+        f.seek(size - back)
+        tail = f.read(back)
+    cut = tail.rfind(b"\n")
+    return size - back + cut + 1 if cut >= 0 else size
+
+
+def copy_hashed(src: Path, dest: Path, limit: int | None = None) -> str:
+    """Copy `src` (its first `limit` bytes) to `dest` atomically; return the sha256 of what was copied."""
+    h = hashlib.sha256()
+    left = src.stat().st_size if limit is None else limit
+    with fsutil.atomic_path(dest) as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
+        while left > 0:
+            chunk = fin.read(min(CHUNK, left))
+            if not chunk:
+                raise CollectError(f"{src}: shrank while it was copied")
+            h.update(chunk)
+            fout.write(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def _copy_one(src: Path, target: Path, growing: bool) -> str:
+    """Copy and check; a file other than the log and stats that changes mid-copy is copied again."""
+    for _ in range(3):
+        before = src.stat()
+        digest = copy_hashed(src, target, _snapshot_size(src) if growing else None)
+        after = src.stat()
+        if growing or (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
+            break
+    else:
+        raise CollectError(f"{src}: kept changing while it was copied; collect again once the job has ended")
+    if fsutil.sha256_file(target) != digest:
+        raise CollectError(f"{target}: reads back different from what was copied from {src} (storage error?)")
+    return digest
+
+
+def _sources(run_dir: Path, include_checkpoints: bool) -> list[tuple[Path, Path]]:
+    """(relative destination, source) pairs; the dataset manifest travels with the results."""
+    pairs = [(f, run_dir / f) for f in files_to_collect(run_dir, include_checkpoints)]
+    opts = fsutil.read_json(run_dir / "options.json")
+    manifest = Path(opts["config"]["data"]["dataset"]) / "manifest.json"
+    if manifest.is_file():
+        pairs.append((Path("dataset_manifest.json"), manifest))
+    return pairs
+
+
+def _matches(target: Path, src: Path, growing: bool) -> str | None:
+    """The target's hash when it already holds what would be copied now, else None."""
+    have = fsutil.sha256_file(target)
+    if growing:
+        n = _snapshot_size(src)
+        if target.stat().st_size != n:
+            return None
+        h = hashlib.sha256()
+        with open(src, "rb") as f:
+            while n > 0 and (chunk := f.read(min(CHUNK, n))):
+                h.update(chunk)
+                n -= len(chunk)
+        return have if h.hexdigest() == have else None
+    return have if fsutil.sha256_file(src) == have else None
+
+
 def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpoints: bool = False,
-            log=print) -> dict:
+            update: bool = False, log=print) -> dict:
     run_dir, dest = Path(run_dir).resolve(), Path(dest).resolve()
     if not (run_dir / "options.json").is_file():
         raise CollectError(f"{run_dir}: not a run directory (no options.json)")
     dest.mkdir(parents=True, exist_ok=True)
-    files = files_to_collect(run_dir, include_checkpoints)
-    # The dataset manifest travels with the results: it says what the model was trained on.
-    extra = {}
-    opts = fsutil.read_json(run_dir / "options.json")
-    manifest = Path(opts["config"]["data"]["dataset"]) / "manifest.json"
-    if manifest.is_file():
-        extra[Path("dataset_manifest.json")] = manifest
-    sums, copied, skipped = {}, 0, 0
-    conflicts = []
-    for rel, src in [(f, run_dir / f) for f in files] + list(extra.items()):
-        digest = fsutil.sha256_file(src)
-        target = dest / rel
+    sums, counts, conflicts = {}, {"copied": 0, "skipped": 0, "updated": 0}, []
+    for rel, src in _sources(run_dir, include_checkpoints):
+        target, growing = dest / rel, str(rel) in GROWING
         if target.exists():
-            if fsutil.sha256_file(target) == digest:
-                skipped += 1
-                sums[str(rel)] = digest
+            same = _matches(target, src, growing)
+            if same:
+                counts["skipped"] += 1
+                sums[str(rel)] = same
                 continue
-            conflicts.append(str(target))
-            continue
-        with fsutil.atomic_path(target) as tmp:
-            shutil.copyfile(src, tmp)
-        if fsutil.sha256_file(target) != digest:
-            raise CollectError(f"{target}: copy does not match its source {src} (storage error?)")
-        sums[str(rel)] = digest
-        copied += 1
+            if not update:
+                conflicts.append(str(target))
+                continue
+        existed = target.exists()
+        try:
+            sums[str(rel)] = _copy_one(src, target, growing)
+        except OSError as e:
+            _write_sums(dest, sums, quiet=True)
+            raise CollectError(f"{target}: cannot copy {src} ({fsutil.io_reason(e)}); the partial copy was "
+                               f"removed. Intact in {dest}: the {len(sums)} file(s) listed in SHA256SUMS. Free "
+                               "space and collect again: it copies only what is missing.") from e
+        counts["updated" if existed else "copied"] += 1
     if conflicts:
+        _write_sums(dest, sums, quiet=True)
         raise CollectError(f"{len(conflicts)} file(s) in {dest} differ from the run's and were left as they are "
-                           "(collect never overwrites; move them away or pick another DEST):\n"
-                           + "\n".join(f"  {c}" for c in conflicts))
-    fsutil.write_text(dest / "SHA256SUMS", "".join(f"{d}  {r}\n" for r, d in sorted(sums.items())))
-    log(f"collected {copied} new file(s), {skipped} already there, into {dest}")
-    return {"dest": str(dest), "copied": copied, "skipped": skipped, "files": len(sums)}
+                           "(a run that went on: collect --update refreshes them; otherwise move them away or "
+                           "pick another DEST):\n" + "\n".join(f"  {c}" for c in conflicts))
+    _write_sums(dest, sums)
+    log(f"collected {counts['copied']} new file(s), refreshed {counts['updated']}, {counts['skipped']} already "
+        f"there, into {dest}")
+    return {"dest": str(dest), **counts, "files": len(sums)}
+
+
+def _write_sums(dest: Path, sums: dict, quiet: bool = False) -> None:
+    try:
+        fsutil.write_text(dest / "SHA256SUMS", "".join(f"{d}  {r}\n" for r, d in sorted(sums.items())))
+    except OSError:
+        if not quiet:
+            raise

@@ -3,8 +3,10 @@
   oasis-png  keras_png_slices_{train,validate,test}/case_NNN_slice_K.nii.png (the OASIS PNG
              release; 32 slices a case, segmentation masks in keras_png_slices_seg_*),
              possibly nested one level deeper
-  oasis-raw  OAS1_NNNN_MR1/PROCESSED/MPRAGE/T88_111/*_t88_masked_gfc.{img,nii,nii.gz}
-             (raw OASIS-1: Analyze 7.5 or NIfTI, 176x208x176 at 1 mm, brain-masked)
+  oasis-raw  OAS1_NNNN_MRk/PROCESSED/MPRAGE/T88_111/*_t88_masked_gfc.{img,nii,nii.gz}
+             (raw OASIS-1: Analyze 7.5 or NIfTI, 176x208x176 at 1 mm, brain-masked), in
+             any number of folders side by side (the release's disc1/ ... disc12/); MR2 is
+             a rescan of subject NNNN
   folder     any folder of PNG/JPEG/TIFF/BMP images: one training split
 
 A scan lists the input files (units) without decoding pixels; `check_*` look at each file's
@@ -25,7 +27,7 @@ from .manifest import SPLITS, DataError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 PNG_NAME = re.compile(r"^case_(\d+)_slice_(\d+)\.nii\.png$")
-RAW_SUBJECT = re.compile(r"^OAS1_(\d+)_MR\d+$")
+RAW_SESSION = re.compile(r"^(OAS1_\d+)_MR(\d+)$")
 RAW_VOLUME_GLOB = "*_t88_masked_gfc"
 
 
@@ -44,6 +46,7 @@ class Scan:
     skipped: list = field(default_factory=list)   # [{"path", "reason"}]
     ignored: dict = field(default_factory=dict)   # what was left out on purpose, counted
     split_assignment: dict | None = None          # subject -> split (raw layout)
+    summary: dict = field(default_factory=dict)   # per split: cases (PNG), or sessions and subjects (raw)
 
 
 def natural_key(s: str):
@@ -75,20 +78,19 @@ def detect_layout(src: Path) -> tuple[str, Path]:
     png_roots = _find_dirs(src, lambda d: (d / "keras_png_slices_train").is_dir())
     if png_roots:
         return "oasis-png", png_roots[0]
-    raw = _find_dirs(src, lambda d: any(RAW_SUBJECT.match(p.name) for p in _subdirs(d)), depth=1)
-    if raw:
-        return "oasis-raw", raw[0]
+    if _session_folders(src):
+        return "oasis-raw", src
     if any(p.suffix.lower() in IMAGE_EXTS for p in src.rglob("*") if p.is_file()):
         return "folder", src
     if not any(src.iterdir()):
         raise DataError(f"{src}: the directory is empty")
     raise DataError(
         f"{src}: no recognised layout. Looked for: keras_png_slices_train/ (the OASIS PNG release, up to two "
-        f"levels down); OAS1_NNNN_MR1/ subject folders (raw OASIS-1); or image files "
+        f"levels down); OAS1_NNNN_MRk/ session folders (raw OASIS-1, up to two levels down); or image files "
         f"({', '.join(sorted(IMAGE_EXTS))}) anywhere below it")
 
 
-def scan_png(root: Path) -> Scan:
+def scan_png(root: Path, allow_shared_cases: bool = False) -> Scan:
     scan = Scan()
     scan.ignored["segmentation_masks"] = sum(1 for d in root.glob("keras_png_slices_seg_*") if d.is_dir()
                                              for _ in d.iterdir())
@@ -112,7 +114,23 @@ def scan_png(root: Path) -> Scan:
         for case, sl, p in sorted(found, key=lambda t: (t[0], t[1])):
             scan.units.append(Unit(split, str(p), f"{case:03d}", sl))
     scan.ignored["non_image_files"] = non_image
+    cases = {split: sorted({u.case for u in scan.units if u.split == split}) for split in SPLITS}
+    scan.summary = {split: {"cases": len(c)} for split, c in cases.items() if c}
+    _check_cases_disjoint(root, cases, allow_shared_cases)
     return scan
+
+
+def _check_cases_disjoint(root: Path, cases: dict, allow: bool) -> None:
+    """One case in two splits would let the metric compare a brain with its own other slices."""
+    where: dict = {}
+    for split, names in cases.items():
+        for c in names:
+            where.setdefault(c, []).append(split)
+    shared = {c: s for c, s in where.items() if len(s) > 1}
+    if shared and not allow:
+        lines = "\n".join(f"  case {c}: {', '.join(s)}" for c, s in sorted(shared.items()))
+        raise DataError(f"{root}: {len(shared)} case(s) appear in more than one split; nothing was written. "
+                        f"Remove the duplicates, or set data.allow_shared_cases=true to pack them anyway:\n{lines}")
 
 
 def _raw_volume(subject_dir: Path) -> Path | None:
@@ -133,21 +151,58 @@ def assign_splits(names: list[str], fractions, seed: int) -> dict:
             for pos, i in enumerate(order)}
 
 
-def scan_raw(root: Path, fractions, seed: int) -> Scan:
+def _session_folders(root: Path) -> list[Path]:
+    """Every OAS1_NNNN_MRk folder in root or up to two levels below it (disc1/, disc2/, ...)."""
+    holders = _find_dirs(root, lambda d: any(RAW_SESSION.match(p.name) for p in _subdirs(d)), depth=2)
+    return [p for d in holders for p in _subdirs(d) if RAW_SESSION.match(p.name)]
+
+
+def _unique_sessions(root: Path, folders: list[Path]) -> dict:
+    """session name -> folder; one session unpacked twice (two discs, a copy) is an error."""
+    by_name: dict = {}
+    for f in folders:
+        by_name.setdefault(f.name, []).append(f)
+    twice = {n: fs for n, fs in by_name.items() if len(fs) > 1}
+    if twice:
+        lines = "\n".join(f"  {n}: {', '.join(str(f) for f in fs)}" for n, fs in sorted(twice.items()))
+        raise DataError(f"{root}: {len(twice)} session(s) are present more than once; keep one copy of each:\n{lines}")
+    return {n: fs[0] for n, fs in by_name.items()}
+
+
+def _sessions_kept(sessions: dict, rescans: str, scan: Scan) -> dict:
+    """rescans="keep": every session; "drop": each subject's lowest-numbered session only."""
+    if rescans not in ("keep", "drop"):
+        raise DataError(f"data.rescans={rescans!r}: expected 'keep', or 'drop' for each subject's first session only")
+    if rescans == "keep":
+        return sessions
+    first: dict = {}
+    for name in sorted(sessions, key=natural_key):
+        first.setdefault(RAW_SESSION.match(name).group(1), name)
+    scan.ignored["rescans"] = len(sessions) - len(first)
+    return {n: sessions[n] for n in first.values()}
+
+
+def scan_raw(root: Path, fractions, seed: int, rescans: str = "keep") -> Scan:
     scan = Scan()
-    subjects = sorted((p for p in _subdirs(root) if RAW_SUBJECT.match(p.name)), key=lambda p: natural_key(p.name))
+    sessions = _sessions_kept(_unique_sessions(root, _session_folders(root)), rescans, scan)
     found = []
-    for s in subjects:
-        vol = _raw_volume(s)
+    for name in sorted(sessions, key=natural_key):
+        vol = _raw_volume(sessions[name])
         if vol is None:
-            scan.skipped.append({"path": str(s), "reason": f"no PROCESSED/MPRAGE/T88_111/{RAW_VOLUME_GLOB}"
-                                                           ".img|.nii|.nii.gz volume"})
+            scan.skipped.append({"path": str(sessions[name]), "reason": f"no PROCESSED/MPRAGE/T88_111/"
+                                                                      f"{RAW_VOLUME_GLOB}.img|.nii|.nii.gz volume"})
         else:
-            found.append((s.name, vol))
-    # Split by session folder, seeded: its slices never straddle train and test.
-    scan.split_assignment = assign_splits([name for name, _ in found], fractions, seed)
-    scan.units = sorted((Unit(scan.split_assignment[name], str(vol), name) for name, vol in found),
+            found.append((name, vol))
+    # Split by subject, seeded: a subject's sessions (MR1 and its rescans) share one split, so
+    # no brain is in train and in test.
+    subject_of = {name: RAW_SESSION.match(name).group(1) for name, _ in found}
+    scan.split_assignment = assign_splits(sorted(set(subject_of.values()), key=natural_key), fractions, seed)
+    scan.units = sorted((Unit(scan.split_assignment[subject_of[name]], str(vol), name) for name, vol in found),
                         key=lambda u: (SPLITS.index(u.split), natural_key(u.case)))
+    for split in SPLITS:
+        names = [u.case for u in scan.units if u.split == split]
+        if names:
+            scan.summary[split] = {"sessions": len(names), "subjects": len({subject_of[n] for n in names})}
     return scan
 
 
@@ -182,21 +237,21 @@ def check_image(path: str) -> str | None:
     return None
 
 
-def check_volume(path: str) -> str | None:
-    """Header-level check of a volume: readable, 3-D, and (Analyze) as long as its header says."""
+def check_volume(path: str, max_anisotropy: float = 1.5) -> str | None:
+    """Header-level check of a volume: readable, 3-D, near-isotropic, and (Analyze) as long as its header says."""
     import nibabel as nib
+
+    from .pixels import volume_problem
 
     try:
         if os.path.getsize(path) == 0:
             return "zero bytes"
         img = nib.load(path)
-        shape = tuple(int(s) for s in img.shape)
-        if len(shape) == 4 and shape[3] == 1:
-            shape = shape[:3]
-        if len(shape) != 3:
-            return f"wrong dimensionality: shape {shape}, expected a 3D volume"
+        why = volume_problem(img, max_anisotropy)
+        if why:
+            return why
         if path.endswith(".img"):
-            need = int(np.prod(shape)) * img.get_data_dtype().itemsize + int(img.dataobj.offset)
+            need = int(np.prod(img.shape)) * img.get_data_dtype().itemsize + int(img.dataobj.offset)
             have = os.path.getsize(path)
             if have < need:
                 return f"truncated: {have} bytes, the header needs {need}"

@@ -10,6 +10,7 @@ was written is kept, so a rerun after a kill finishes only what is missing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ class Plan:
     skipped: list = field(default_factory=list)       # [{"path", "reason"}]
     ignored: dict = field(default_factory=dict)       # what was left out on purpose, counted
     split_assignment: dict | None = None              # subject -> split (raw layout)
+    summary: dict = field(default_factory=dict)       # per split: cases, or sessions and subjects
     options: dict = field(default_factory=dict)       # slicing/scaling settings that shape the pixels
 
     def to_dict(self) -> dict:
@@ -65,17 +67,18 @@ class Plan:
 
 # --------------------------------------------------------------------------- plan
 
-def _scan(layout: str, root: Path, split_fractions, split_seed: int) -> layouts.Scan:
+def _scan(layout: str, root: Path, o: dict) -> layouts.Scan:
     if layout == "oasis-png":
-        return layouts.scan_png(root)
+        return layouts.scan_png(root, o["allow_shared_cases"])
     if layout == "oasis-raw":
-        return layouts.scan_raw(root, split_fractions, split_seed)
+        return layouts.scan_raw(root, o["split_fractions"], o["split_seed"], o["rescans"])
     return layouts.scan_folder(root)
 
 
 def _drop_bad_units(p: Plan, skip_bad: bool, root: Path) -> None:
     """Check every input's header in parallel; fail naming each bad file, or record and skip them."""
-    check = layouts.check_volume if p.layout == "oasis-raw" else layouts.check_image
+    check = (functools.partial(layouts.check_volume, max_anisotropy=p.options["max_anisotropy"])
+             if p.layout == "oasis-raw" else layouts.check_image)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         reasons = list(pool.map(check, [u.path for u in p.units]))
     p.skipped += [{"path": u.path, "reason": r} for u, r in zip(p.units, reasons) if r]
@@ -89,21 +92,27 @@ def _drop_bad_units(p: Plan, skip_bad: bool, root: Path) -> None:
 
 
 def plan(src: str | os.PathLike, resolution: int = 256, layout: str = "auto", shard_size: int = 2048,
-         skip_bad: bool = False, slices: int = 32, slice_range: str = "", percentile: float = 99.5,
-         split_fractions=(0.85, 0.10, 0.05), split_seed: int = 0) -> Plan:
+         skip_bad: bool = False, slices: int = 32, slice_range: str = "", slice_spacing: int = 0,
+         min_brain_fraction: float = 0.1, percentile: float = 99.5, max_anisotropy: float = 1.5,
+         split_fractions=(0.85, 0.10, 0.05), split_seed: int = 0, rescans: str = "keep",
+         allow_shared_cases: bool = False) -> Plan:
     """Scan and validate the source. Raises DataError naming every bad file unless skip_bad."""
     src = Path(src).expanduser().resolve()
     detected, root = layouts.detect_layout(src)
     if layout != "auto" and layout != detected:
         detected, root = layout, src
-    scan = _scan(detected, root, split_fractions, split_seed)
-    p = Plan(layout=detected, source=str(root), resolution=resolution, units=scan.units, skipped=scan.skipped,
-             ignored=scan.ignored, split_assignment=scan.split_assignment,
-             options={"slices": slices, "slice_range": slice_range, "percentile": percentile,
-                      "split_fractions": list(split_fractions), "split_seed": split_seed,
-                      "skip_bad": bool(skip_bad)})
+    options = {"slices": slices, "slice_range": slice_range, "percentile": percentile,
+               "split_fractions": list(split_fractions), "split_seed": split_seed, "skip_bad": bool(skip_bad)}
     if detected == "oasis-raw":
-        p.options["slices_per_volume"] = pixels.slices_per_volume(slices, slice_range)
+        options.update(slice_spacing=slice_spacing, min_brain_fraction=min_brain_fraction,
+                       max_anisotropy=max_anisotropy, rescans=rescans, orientation="RAS (nibabel as_closest_canonical)",
+                       slice_selection=_slice_rule(slices, slice_range, slice_spacing, min_brain_fraction),
+                       slices_per_volume=pixels.slices_per_volume(slices, slice_range))
+    if detected == "oasis-png":
+        options["allow_shared_cases"] = bool(allow_shared_cases)
+    scan = _scan(detected, root, {**options, "rescans": rescans, "allow_shared_cases": allow_shared_cases})
+    p = Plan(layout=detected, source=str(root), resolution=resolution, units=scan.units, skipped=scan.skipped,
+             ignored=scan.ignored, split_assignment=scan.split_assignment, summary=scan.summary, options=options)
     _drop_bad_units(p, skip_bad, root)
     units_per_shard = max(1, shard_size // p.images_per_unit())
     for split in SPLITS:
@@ -113,10 +122,22 @@ def plan(src: str | os.PathLike, resolution: int = 256, layout: str = "auto", sh
     return p
 
 
+def _slice_rule(count: int, slice_range: str, spacing: int, min_brain: float) -> str:
+    """The raw layout's slice choice in words, for the manifest."""
+    window = (f"voxels {slice_range} of the RAS axial axis" if slice_range else
+              f"the brain's axial extent, without end slices holding under {min_brain:g} of the fullest slice's brain")
+    how = f"{count} slices {spacing} apart, centred" if spacing else f"{count} slices spread evenly end to end"
+    return f"{how} in {window}"
+
+
 def save_plan(p: Plan, out: str | os.PathLike) -> Path:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fsutil.write_json(out / PLAN_FILE, p.to_dict())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fsutil.write_json(out / PLAN_FILE, p.to_dict())
+    except OSError as e:
+        raise DataError(f"{out / PLAN_FILE}: cannot write the packing plan ({fsutil.io_reason(e)}); "
+                        "no shard was written by this attempt.") from e
     return out / PLAN_FILE
 
 
@@ -161,8 +182,7 @@ def _read_units(p: Plan, units: list) -> _ShardContent:
     for u in units:
         try:
             if p.layout == "oasis-raw":
-                for k, img in pixels.load_volume_slices(u.path, p.resolution, o["slices"], o["slice_range"],
-                                                        o["percentile"]):
+                for k, img in pixels.load_volume_slices(u.path, p.resolution, o):
                     content.add(img, u.path, u.case, k)
             else:
                 img, note = pixels.load_image(u.path, p.resolution)
@@ -200,6 +220,14 @@ def _write_shard(dest: Path, split: str, c: _ShardContent, resolution: int) -> i
         return image_block_offset(tmp)
 
 
+def _slices_by_case(c: _ShardContent) -> dict:
+    """case -> the axial slice indices (RAS) taken from its volume."""
+    out: dict = {}
+    for case, k in zip(c.cases, c.slices):
+        out.setdefault(case, []).append(int(k))
+    return out
+
+
 def _pack_shard(out: Path, p: Plan, name: str, split: str, units: list) -> int | None:
     """Write one shard and its task record, unless an identical one is there. Returns images written."""
     dest, record = out / name, out / TASK_DIR / (name + ".json")
@@ -215,10 +243,18 @@ def _pack_shard(out: Path, p: Plan, name: str, split: str, units: list) -> int |
     if c.skipped and not p.options.get("skip_bad"):
         lines = "\n".join(f"  {s['path']}: {s['reason']}" for s in c.skipped)
         raise DataError(f"shard {name}: {len(c.skipped)} file(s) failed to decode; shard not written:\n{lines}")
-    offset = _write_shard(dest, split, c, p.resolution)
-    fsutil.write_json(record, {"file": name, "count": len(c.images), "sha256": fsutil.sha256_file(dest),
-                               "images_offset": offset, "inputs_hash": inputs, "skipped": c.skipped,
-                               "notes": c.notes})
+    slices = _slices_by_case(c) if p.layout == "oasis-raw" else {}
+    try:
+        offset = _write_shard(dest, split, c, p.resolution)
+        fsutil.write_json(record, {"file": name, "count": len(c.images), "sha256": fsutil.sha256_file(dest),
+                                   "images_offset": offset, "inputs_hash": inputs, "skipped": c.skipped,
+                                   "notes": c.notes, "volume_slices": slices})
+    except OSError as e:  # a full disk, a quota, a read-only mount: say so in one line
+        # A shard without its record would be rewritten by the rerun anyway; leave only whole pairs.
+        dest.unlink(missing_ok=True)
+        raise DataError(f"{dest}: cannot write the shard ({fsutil.io_reason(e)}). Every shard already in {out} "
+                        "is complete and kept; the partial file was removed. Free space and run preprocess again: "
+                        "it writes only the missing shards.") from e
     return len(c.images)
 
 
@@ -256,7 +292,7 @@ def run_task(src, out, task: int, ntasks: int, log=print, **plan_kwargs) -> dict
 
 def _collect_records(out: Path, p: Plan) -> tuple[dict, list, dict]:
     """Each planned shard checked against its task record: (splits, skipped, notes)."""
-    splits, skipped, notes, problems = {}, list(p.skipped), {}, []
+    splits, skipped, notes, problems = {}, list(p.skipped), {"volume_slices": {}}, []
     for split, i, total, _ in p.shard_list():
         name = shard_name(split, i, total)
         record = out / TASK_DIR / (name + ".json")
@@ -271,10 +307,11 @@ def _collect_records(out: Path, p: Plan) -> tuple[dict, list, dict]:
         s = splits.setdefault(split, {"count": 0, "shards": []})
         s["count"] += rec["count"]
         s["shards"].append({"file": name, "count": rec["count"], "sha256": digest,
-                            "images_offset": rec.get("images_offset")})
+                            "bytes": (out / name).stat().st_size, "images_offset": rec.get("images_offset")})
         skipped += rec.get("skipped", [])
         for k, v in rec.get("notes", {}).items():
             notes[k] = notes.get(k, 0) + v
+        notes["volume_slices"].update(rec.get("volume_slices", {}))
     if problems:
         raise DataError(f"{out}: cannot seal the dataset:\n" + "\n".join(f"  {x}" for x in problems))
     return splits, skipped, notes
@@ -285,6 +322,7 @@ def seal(out: str | os.PathLike) -> dict:
     out = Path(out)
     p = load_plan(out)
     splits, skipped, notes = _collect_records(out, p)
+    volume_slices = notes.pop("volume_slices")
     fsutil.remove_stale_temps(out)  # every task has finished: anything left is a killed attempt's
     fsutil.remove_stale_temps(out / TASK_DIR)
     planned = {shard_name(split, i, total) for split, i, total, _ in p.shard_list()}
@@ -306,9 +344,15 @@ def seal(out: str | os.PathLike) -> dict:
         "ignored": p.ignored,
         "converted": notes,
         "split_assignment": p.split_assignment,
+        "summary": p.summary,
+        "volume_slices": volume_slices or None,  # raw layout: case -> axial slices taken (RAS voxel index)
         "options": p.options,
     }
-    fsutil.write_json(out / MANIFEST, manifest)
+    try:
+        fsutil.write_json(out / MANIFEST, manifest)
+    except OSError as e:
+        raise DataError(f"{out / MANIFEST}: cannot write the manifest ({fsutil.io_reason(e)}); every shard is "
+                        "complete and verified. Free space and run preprocess --seal.") from e
     return manifest
 
 

@@ -53,19 +53,61 @@ def load_image(path: str, resolution: int) -> tuple[np.ndarray, str]:
     return round_to_uint8(to_square(img, resolution)), note
 
 
+def _window(slice_range: str) -> tuple[int, int]:
+    try:
+        a, b = (int(x) for x in slice_range.split(":"))
+    except ValueError:
+        raise DataError(f"data.slice_range={slice_range!r}: expected 'a:b' in voxel indices") from None
+    return a, b
+
+
 def slices_per_volume(slices: int, slice_range: str) -> int:
     if slice_range:
-        a, b = (int(x) for x in slice_range.split(":"))
-        return b - a
+        a, b = _window(slice_range)
+        return min(slices, b - a)
     return slices
 
 
-def volume_slices(vol: np.ndarray, slices: int = 32, slice_range: str = "", percentile: float = 99.5):
-    """Axial slices of a brain volume as float images on 0..255, oriented like the PNG release.
+def choose_slices(area: np.ndarray, count: int, slice_range: str = "", spacing: int = 0,
+                  min_brain: float = 0.1) -> list[int]:
+    """Which axial slices to take, given each slice's brain area (voxels).
 
-    The slab is the `slices` central slices of the brain's extent along the last axis (the
-    nonzero voxels, since OASIS T88 volumes are brain-masked), or `slice_range` when given.
-    Intensities are scaled per volume: the `percentile` of brain voxels maps to 255.
+    The window is `slice_range` or else the brain's axial extent, leaving out the near-empty
+    slices at its top and bottom (less brain than `min_brain` times the fullest slice). In it,
+    `count` slices spread evenly from end to end, as the PNG release's 32 a case span the
+    brain; or, with `spacing`, `count` slices that far apart, centred in the window.
+    """
+    n = len(area)
+    if slice_range:
+        a, b = _window(slice_range)
+        if a < 0 or b > n or a >= b:
+            raise DataError(f"slice range {a}:{b} is outside the volume's {n} axial slices")
+    else:
+        full = np.flatnonzero(area >= min_brain * area.max()) if area.max() > 0 else []
+        if not len(full):
+            raise DataError("volume is empty (all zero)")
+        a, b = int(full[0]), int(full[-1]) + 1
+    span = b - a
+    if spacing:
+        need = (count - 1) * spacing + 1
+        if need > span:
+            raise DataError(f"{count} slices {spacing} apart span {need} slices; the window {a}:{b} has {span}")
+        start = a + (span - need) // 2
+        return list(range(start, start + need, spacing))
+    if slice_range and count >= span:
+        return list(range(a, b))
+    if count > span:
+        raise DataError(f"the brain spans {span} axial slices ({a}:{b}), fewer than the {count} asked for")
+    # Steps of at least one slice: rounding keeps the indices distinct and in order.
+    return [int(k) for k in np.rint(np.linspace(a, b - 1, count))]
+
+
+def volume_slices(vol: np.ndarray, slices: int = 32, slice_range: str = "", percentile: float = 99.5,
+                  spacing: int = 0, min_brain: float = 0.1):
+    """Axial slices of a brain volume in RAS order as float images on 0..255, oriented like the PNG release.
+
+    The slices are chosen by `choose_slices` from the nonzero voxels (OASIS T88 volumes are
+    brain-masked). Intensities are scaled per volume: the `percentile` of brain voxels maps to 255.
     """
     vol = np.asarray(vol, dtype=np.float32)
     if vol.ndim == 4 and vol.shape[3] == 1:
@@ -74,29 +116,55 @@ def volume_slices(vol: np.ndarray, slices: int = 32, slice_range: str = "", perc
         raise DataError(f"expected a 3D volume, got shape {vol.shape}")
     vol = np.nan_to_num(vol)
     nz = vol > 0
-    if slice_range:
-        a, b = (int(x) for x in slice_range.split(":"))
-    else:
-        zs = np.flatnonzero(nz.any(axis=(0, 1)))
-        if zs.size == 0:
-            raise DataError("volume is empty (all zero)")
-        centre = (zs[0] + zs[-1] + 1) // 2
-        a = max(0, min(centre - slices // 2, vol.shape[2] - slices))
-        b = a + slices
-    if a < 0 or b > vol.shape[2]:
-        raise DataError(f"slice range {a}:{b} is outside the volume's {vol.shape[2]} axial slices")
+    chosen = choose_slices(nz.sum(axis=(0, 1)), slices, slice_range, spacing, min_brain)
     brain = vol[nz]
     hi = float(np.percentile(brain, percentile)) if brain.size else 0.0
     scale = 255.0 / hi if hi > 0 else 0.0
-    # Analyze/T88 axes are x (left-right), y (posterior-anterior), z (inferior-superior);
+    # RAS axes are x (left to right), y (posterior to anterior), z (inferior to superior);
     # rot90 puts anterior at the top, as the PNG release shows it.
-    return [(k, np.rot90(vol[:, :, k]) * scale) for k in range(a, b)]
+    return [(k, np.rot90(vol[:, :, k]) * scale) for k in chosen]
 
 
-def load_volume_slices(path: str, resolution: int, slices: int, slice_range: str, percentile: float):
-    """A volume file's chosen axial slices as [(slice index, uint8 [res, res])]."""
+def volume_problem(img, max_anisotropy: float) -> str | None:
+    """Why a loaded volume cannot be sliced axially as it is, or None."""
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        return f"wrong dimensionality: shape {shape}, expected a 3D volume"
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    if min(zooms) <= 0:
+        return f"voxel sizes {zooms} in the header are not positive"
+    if max(zooms) / min(zooms) > max_anisotropy:
+        return (f"voxel sizes {' x '.join(f'{z:g}' for z in zooms)} mm are far from isotropic (ratio "
+                f"{max(zooms) / min(zooms):.2f} > data.max_anisotropy {max_anisotropy:g}); resample it first")
+    return None
+
+
+def canonical_volume(path: str, max_anisotropy: float = 1.5) -> np.ndarray:
+    """The volume's voxels reordered to RAS, whatever order the file stores them in.
+
+    Slicing the stored array's third axis is only axial when the file is RAS-like; FreeSurfer
+    writes LIA, for one. The header's affine says which way each axis points.
+    """
     import nibabel as nib
 
-    vol = nib.load(path).get_fdata(dtype=np.float32)
+    img = nib.load(path)
+    why = volume_problem(img, max_anisotropy)
+    if why:
+        raise DataError(f"{path}: {why}")
+    if len(img.shape) == 4:
+        img = img.slicer[..., 0]
+    return nib.as_closest_canonical(img).get_fdata(dtype=np.float32)
+
+
+def load_volume_slices(path: str, resolution: int, o: dict):
+    """A volume file's chosen axial slices as [(slice index in RAS, uint8 [res, res])].
+
+    `o` is the plan's options: slices, slice_range, slice_spacing, min_brain_fraction,
+    percentile, max_anisotropy.
+    """
+    vol = canonical_volume(path, o.get("max_anisotropy", 1.5))
     return [(k, round_to_uint8(to_square(np.clip(img, 0, 255), resolution)))
-            for k, img in volume_slices(vol, slices, slice_range, percentile)]
+            for k, img in volume_slices(vol, o["slices"], o["slice_range"], o["percentile"],
+                                        o.get("slice_spacing", 0), o.get("min_brain_fraction", 0.1))]

@@ -109,31 +109,55 @@ def write_png_release(out: str | Path, cases=(24, 4, 4), slices: int = 32, resol
     return root
 
 
-def write_raw_release(out: str | Path, subjects: int = 6, seed: int = 0, fmt: str = "analyze",
-                      log=print) -> Path:
-    """Write OAS1_NNNN_MR1/PROCESSED/MPRAGE/T88_111/*_t88_masked_gfc volumes (Analyze or NIfTI)."""
+def _save_volume(stem: Path, data: np.ndarray, fmt: str) -> None:
+    """Save a RAS-ordered array as OASIS-1 does (Analyze 7.5), or as NIfTI in RAS or LIA order."""
     import nibabel as nib
 
+    if fmt == "analyze":
+        # Analyze has no orientation field; readers take its first axis as right to left
+        # (radiological), so the array is stored mirrored.
+        nib.save(nib.AnalyzeImage(np.ascontiguousarray(data[::-1]), None), str(stem) + ".img")
+        return
+    img = nib.Nifti1Image(data, np.eye(4))
+    if fmt.endswith("-lia"):  # the voxel order FreeSurfer writes
+        o = nib.orientations
+        img = img.as_reoriented(o.ornt_transform(o.axcodes2ornt("RAS"), o.axcodes2ornt("LIA")))
+    nib.save(img, str(stem) + (".nii.gz" if fmt.startswith("nifti-gz") else ".nii"))
+
+
+def _t88_canvas(vol: np.ndarray) -> np.ndarray:
+    """Crop/pad to OASIS T88's 176x208x176 grid around the centre, as OASIS's 16-bit intensities."""
+    canvas = np.zeros(OASIS_T88_SHAPE, dtype=np.float32)
+    src = [slice(max(0, (a - b) // 2), max(0, (a - b) // 2) + min(a, b)) for a, b in zip(vol.shape, canvas.shape)]
+    dst = [slice(max(0, (b - a) // 2), max(0, (b - a) // 2) + min(a, b)) for a, b in zip(vol.shape, canvas.shape)]
+    canvas[tuple(dst)] = vol[tuple(src)]
+    return np.clip(canvas * 1200, 0, 32767).astype(np.int16)
+
+
+def write_raw_release(out: str | Path, subjects: int = 6, seed: int = 0, fmt: str = "analyze",
+                      discs: int = 0, rescans: int = 0, log=print) -> Path:
+    """Write OAS1_NNNN_MRk/PROCESSED/MPRAGE/T88_111/*_t88_masked_gfc volumes.
+
+    fmt: analyze (as OASIS-1 ships), nifti, nifti-gz, or nifti-lia / nifti-gz-lia (LIA voxel
+    order). `discs` > 0 deals the sessions into disc1/ ... discN/ as the release's tarballs
+    unpack; the first `rescans` subjects also get an MR2 session, a second scan of the same brain.
+    """
     rng = np.random.default_rng(seed)
     root = Path(out)
     template = load_template()
-    for n in _case_numbers(rng, 1, subjects):
+    sessions = []
+    for i, n in enumerate(_case_numbers(rng, 1, subjects)):
         vol = make_subject(template, rng)
-        # Crop/pad to OASIS T88's 176x208x176 grid around the centre.
-        canvas = np.zeros(OASIS_T88_SHAPE, dtype=np.float32)
-        src = [slice(max(0, (a - b) // 2), max(0, (a - b) // 2) + min(a, b)) for a, b in zip(vol.shape, canvas.shape)]
-        dst = [slice(max(0, (b - a) // 2), max(0, (b - a) // 2) + min(a, b)) for a, b in zip(vol.shape, canvas.shape)]
-        canvas[tuple(dst)] = vol[tuple(src)]
-        data = np.clip(canvas * 1200, 0, 32767).astype(np.int16)  # OASIS stores 16-bit intensities
-        name = f"OAS1_{n:04d}_MR1"
-        d = root / name / "PROCESSED" / "MPRAGE" / "T88_111"
+        sessions.append((f"OAS1_{n:04d}_MR1", _t88_canvas(vol)))
+        if i < rescans:  # the same brain again: new noise and a slightly different gain
+            again = vol * rng.uniform(0.95, 1.05) + np.where(vol > 0, rng.normal(0, 0.01, vol.shape), 0)
+            sessions.append((f"OAS1_{n:04d}_MR2", _t88_canvas(again.astype(np.float32))))
+    for j, (name, data) in enumerate(sessions):
+        base = root / f"disc{1 + j * discs // len(sessions)}" if discs else root
+        d = base / name / "PROCESSED" / "MPRAGE" / "T88_111"
         d.mkdir(parents=True, exist_ok=True)
-        (root / name / "RAW").mkdir(exist_ok=True)
-        (root / name / "FSL_SEG").mkdir(exist_ok=True)
-        stem = d / f"{name}_mpr_n4_anon_111_t88_masked_gfc"
-        if fmt == "analyze":
-            nib.save(nib.AnalyzeImage(data, np.eye(4)), str(stem) + ".img")
-        else:
-            nib.save(nib.Nifti1Image(data, np.eye(4)), str(stem) + (".nii.gz" if fmt == "nifti-gz" else ".nii"))
-    log(f"[sample-data] {subjects} raw OASIS-1 subjects ({fmt}) -> {root}")
+        (base / name / "RAW").mkdir(exist_ok=True)
+        (base / name / "FSL_SEG").mkdir(exist_ok=True)
+        _save_volume(d / f"{name}_mpr_n4_anon_111_t88_masked_gfc", data, fmt)
+    log(f"[sample-data] {subjects} raw OASIS-1 subjects, {len(sessions)} sessions ({fmt}) -> {root}")
     return root

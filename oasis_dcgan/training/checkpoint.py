@@ -198,9 +198,21 @@ class CheckpointManager:
         t0 = time.perf_counter()
         try:
             rec.path = self._write_files(rec.global_step, meta, ckpt)
-        except BaseException as e:  # noqa: BLE001 -- handed to the training loop, which raises it
+        except Exception as e:  # noqa: BLE001 -- handed to the training loop, which raises it
+            rec.error = self._write_failed(rec.global_step, e)
+        except BaseException as e:  # noqa: BLE001
             rec.error = e
         rec.write_s = time.perf_counter() - t0
+
+    def _write_failed(self, global_step: int, e: Exception) -> CheckpointError:
+        """One line for a failed write (a full disk, most often): what failed and what is intact."""
+        good = [c for c in self.list() if self.verify(c) is None]
+        err = CheckpointError(
+            f"{self.dir / f'{PREFIX}-{global_step:09d}'}: cannot write the checkpoint of step {global_step} "
+            f"({fsutil.io_reason(e)}); its temp files were removed. Newest intact checkpoint: "
+            f"{good[-1] if good else 'none'}. Free space, then run train again to resume from it.")
+        err.__cause__ = e
+        return err
 
     def _write_files(self, global_step: int, meta: dict, ckpt) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)

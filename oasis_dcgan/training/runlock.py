@@ -86,7 +86,7 @@ class RunLock:
     def acquire(self) -> None:
         for _ in range(3):  # another taker may win a race for a stale lock: look again
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 self._take_over_if_stale()
                 continue

@@ -22,7 +22,7 @@ from .. import __version__, fsutil
 from ..config import Config
 from ..imaging import save_grid
 from ..logs import Progress, RunLog, Stats, format_seconds
-from ..prep.manifest import load_manifest, manifest_hash
+from ..prep.manifest import check_before_training, load_manifest, manifest_hash
 from ..prep.reader import ShardReader, epoch_budget, steps_left, train_dataset
 from .distributed import World
 from .step import seed_dropout
@@ -100,6 +100,9 @@ class Trainer:
         from .step import TrainState, build_train_step
 
         t = self.cfg.train
+        # Every rank checks: they all read the same files and reach the same verdict, so none
+        # is left waiting in a collective for a rank that stopped.
+        check_before_training(self.cfg.data.dataset, full=t.verify_data)
         self.resolution = int(load_manifest(self.cfg.data.dataset)["resolution"])
         self.dataset_hash = manifest_hash(self.cfg.data.dataset)
         n_train = len(ShardReader(self.cfg.data.dataset, "train"))

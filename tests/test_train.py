@@ -80,6 +80,29 @@ def test_checkpoints_are_written_in_the_background_and_each_is_logged_once(datas
     assert last["global_step"] == 8 and last["epoch"] == 2, "the final save holds the final state"
 
 
+def test_a_signal_that_lands_while_tensorflow_traces_still_checkpoints(dataset32, tmp_path):
+    import tensorflow as tf
+
+    t = trainer.Trainer(cfg_for(dataset32, tmp_path / "run", "train.epochs=1"), log_to_stdout=False)
+    t.setup_process()
+    try:
+        t.build()
+        t.open_outputs(t.restore_and_broadcast())
+        saved = []
+
+        @tf.function(autograph=False)  # a handler's code runs as written, not converted
+        def traced(x):  # a handler runs between two bytecodes: here, in the middle of a trace
+            saved.append(t.checkpoint_now("signal SIGTERM"))
+            return x + 1
+
+        traced(tf.constant(1))
+        assert saved == [True], (tmp_path / "run" / "log.txt").read_text()
+        (ckpt,) = list((tmp_path / "run" / "checkpoints").iterdir())
+        assert t.checkpoints.verify(ckpt) is None
+    finally:
+        t.lock.release()
+
+
 def test_the_epoch_end_checkpoints_when_due_and_always_at_a_stop_or_the_end(tmp_path):
     t = trainer.Trainer(cfg_for(tmp_path / "ds", tmp_path / "run", "train.epochs=10",
                                 "train.checkpoint_every_epochs=3", "train.checkpoint_every_minutes=1"))

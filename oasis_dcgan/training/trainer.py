@@ -480,10 +480,15 @@ class Trainer:
 
         For a caller that cannot wait for an agreed stop. False when there is nothing to save.
         """
+        import tensorflow as tf
+
         if not (self.chief and self._ready):
             return False
         try:
-            self.save(reason)
+            # A signal can land while TensorFlow traces a function; init_scope steps out of that
+            # graph, so the save reads the variables' values rather than building symbolic reads.
+            with tf.init_scope():
+                self.save(reason)
         except Exception as e:  # a failed save must not hide the signal; the periodic checkpoints stand
             self.log(f"could not checkpoint ({reason}): {e}")
             return False

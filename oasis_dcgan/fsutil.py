@@ -105,11 +105,14 @@ def read_json(path: str | os.PathLike):
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20, limit: int | None = None) -> str:
+    """sha256 of the file, or of its first `limit` bytes."""
     h = hashlib.sha256()
+    left = float("inf") if limit is None else limit
     with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
+        while left > 0 and (chunk := f.read(int(min(bufsize, left)))):
             h.update(chunk)
+            left -= len(chunk)
     return h.hexdigest()
 
 

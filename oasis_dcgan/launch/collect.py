@@ -91,18 +91,11 @@ def _sources(run_dir: Path, include_checkpoints: bool) -> list[tuple[Path, Path]
 
 def _matches(target: Path, src: Path, growing: bool) -> str | None:
     """The target's hash when it already holds what would be copied now, else None."""
+    limit = _snapshot_size(src) if growing else None
+    if growing and target.stat().st_size != limit:
+        return None
     have = fsutil.sha256_file(target)
-    if growing:
-        n = _snapshot_size(src)
-        if target.stat().st_size != n:
-            return None
-        h = hashlib.sha256()
-        with open(src, "rb") as f:
-            while n > 0 and (chunk := f.read(min(CHUNK, n))):
-                h.update(chunk)
-                n -= len(chunk)
-        return have if h.hexdigest() == have else None
-    return have if fsutil.sha256_file(src) == have else None
+    return have if fsutil.sha256_file(src, limit=limit) == have else None
 
 
 def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpoints: bool = False,

@@ -67,11 +67,12 @@ class Plan:
 
 # --------------------------------------------------------------------------- plan
 
-def _scan(layout: str, root: Path, o: dict) -> layouts.Scan:
+def _scan(layout: str, root: Path, split_fractions, split_seed: int, rescans: str,
+          allow_shared_cases: bool) -> layouts.Scan:
     if layout == "oasis-png":
-        return layouts.scan_png(root, o["allow_shared_cases"])
+        return layouts.scan_png(root, allow_shared_cases)
     if layout == "oasis-raw":
-        return layouts.scan_raw(root, o["split_fractions"], o["split_seed"], o["rescans"])
+        return layouts.scan_raw(root, split_fractions, split_seed, rescans)
     return layouts.scan_folder(root)
 
 
@@ -110,7 +111,7 @@ def plan(src: str | os.PathLike, resolution: int = 256, layout: str = "auto", sh
                        slices_per_volume=pixels.slices_per_volume(slices, slice_range))
     if detected == "oasis-png":
         options["allow_shared_cases"] = bool(allow_shared_cases)
-    scan = _scan(detected, root, {**options, "rescans": rescans, "allow_shared_cases": allow_shared_cases})
+    scan = _scan(detected, root, split_fractions, split_seed, rescans, allow_shared_cases)
     p = Plan(layout=detected, source=str(root), resolution=resolution, units=scan.units, skipped=scan.skipped,
              ignored=scan.ignored, split_assignment=scan.split_assignment, summary=scan.summary, options=options)
     _drop_bad_units(p, skip_bad, root)
@@ -290,9 +291,9 @@ def run_task(src, out, task: int, ntasks: int, log=print, **plan_kwargs) -> dict
 
 # --------------------------------------------------------------------------- seal
 
-def _collect_records(out: Path, p: Plan) -> tuple[dict, list, dict]:
-    """Each planned shard checked against its task record: (splits, skipped, notes)."""
-    splits, skipped, notes, problems = {}, list(p.skipped), {"volume_slices": {}}, []
+def _collect_records(out: Path, p: Plan) -> tuple[dict, list, dict, dict]:
+    """Each planned shard checked against its task record: (splits, skipped, notes, volume slices)."""
+    splits, skipped, notes, volume_slices, problems = {}, list(p.skipped), {}, {}, []
     for split, i, total, _ in p.shard_list():
         name = shard_name(split, i, total)
         record = out / TASK_DIR / (name + ".json")
@@ -311,18 +312,17 @@ def _collect_records(out: Path, p: Plan) -> tuple[dict, list, dict]:
         skipped += rec.get("skipped", [])
         for k, v in rec.get("notes", {}).items():
             notes[k] = notes.get(k, 0) + v
-        notes["volume_slices"].update(rec.get("volume_slices", {}))
+        volume_slices.update(rec.get("volume_slices", {}))
     if problems:
         raise DataError(f"{out}: cannot seal the dataset:\n" + "\n".join(f"  {x}" for x in problems))
-    return splits, skipped, notes
+    return splits, skipped, notes, volume_slices
 
 
 def seal(out: str | os.PathLike) -> dict:
     """Check every planned shard against its task record and publish manifest.json."""
     out = Path(out)
     p = load_plan(out)
-    splits, skipped, notes = _collect_records(out, p)
-    volume_slices = notes.pop("volume_slices")
+    splits, skipped, notes, volume_slices = _collect_records(out, p)
     fsutil.remove_stale_temps(out)  # every task has finished: anything left is a killed attempt's
     fsutil.remove_stale_temps(out / TASK_DIR)
     planned = {shard_name(split, i, total) for split, i, total, _ in p.shard_list()}

@@ -110,8 +110,6 @@ def volume_slices(vol: np.ndarray, slices: int = 32, slice_range: str = "", perc
     brain-masked). Intensities are scaled per volume: the `percentile` of brain voxels maps to 255.
     """
     vol = np.asarray(vol, dtype=np.float32)
-    if vol.ndim == 4 and vol.shape[3] == 1:
-        vol = vol[..., 0]
     if vol.ndim != 3:
         raise DataError(f"expected a 3D volume, got shape {vol.shape}")
     vol = np.nan_to_num(vol)

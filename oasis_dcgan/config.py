@@ -97,6 +97,14 @@ class MetricsConfig:
     nn_samples: int = 256       # generated images for the nearest-neighbour check
     diversity_samples: int = 64  # images for the MS-SSIM diversity figure
     fid_weights: str = ""       # local path to an Inception-style feature extractor; never downloaded
+    # With an extractor: all the split's real images (or this many, when > 0) against as many
+    # generated ones (or more); KID over subsets; precision/recall with k neighbours.
+    fid_real_images: int = 0
+    fid_generated_images: int = 0
+    fid_preprocessing: str = "tanh"  # what the extractor takes: tanh (-1..1, Inception's), unit (0..1), 0-255
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    pr_neighbours: int = 3
 
 
 @dataclass
@@ -163,6 +171,12 @@ class Config:
             ("metrics.split", m.split in ("train", "validate", "test"), "must be train, validate or test"),
             ("metrics.nn_samples", m.nn_samples >= 1, "must be >= 1"),
             ("metrics.diversity_samples", m.diversity_samples >= 2, "must be >= 2"),
+            ("metrics.fid_real_images", m.fid_real_images >= 0, "must be >= 0 (0: the whole split)"),
+            ("metrics.fid_generated_images", m.fid_generated_images >= 0, "must be >= 0"),
+            ("metrics.fid_preprocessing", m.fid_preprocessing in ("tanh", "unit", "0-255"), "must be tanh, unit or 0-255"),
+            ("metrics.kid_subsets", m.kid_subsets >= 1, "must be >= 1"),
+            ("metrics.kid_subset_size", m.kid_subset_size >= 2, "must be >= 2"),
+            ("metrics.pr_neighbours", m.pr_neighbours >= 1, "must be >= 1"),
             ("cluster.executor", c.executor in EXECUTORS, f"must be one of {', '.join(EXECUTORS)}"),
             ("cluster.nodes", c.nodes >= 1, "must be >= 1"),
             ("cluster.tasks_per_node", c.tasks_per_node >= 1, "must be >= 1"),

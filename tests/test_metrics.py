@@ -94,30 +94,43 @@ def test_ms_ssim_diversity_sees_collapse():
     assert metrics.pairwise_diversity(collapsed) > 0.95 > metrics.pairwise_diversity(varied)
 
 
-def test_nearest_neighbour_finds_a_memorised_image(dataset32):
+def test_exact_nearest_ssim_flags_copies_and_matches_a_skimage_search(dataset32):
+    from skimage.metrics import structural_similarity
+
     from oasis_dcgan.imaging import to_unit
     from oasis_dcgan.prep.reader import ShardReader
 
     r = ShardReader(dataset32, "train")
-    gen = np.concatenate([to_unit(r.read([17, 150])), structured(2, 32, 0)])
-    nn = metrics.nearest_neighbours(gen, r, candidates=len(r))
-    assert nn["exact"] and nn["index"][:2].tolist() == [17, 150]
-    np.testing.assert_allclose(nn["ssim"][:2], 1.0, atol=1e-5)
-    assert nn["ssim"][2:].max() < 0.9
-    # the L2 shortlist finds the same neighbours for memorised images
-    short = metrics.nearest_neighbours(gen[:2], r, candidates=8)
-    assert short["index"].tolist() == [17, 150]
+    reals = to_unit(r.read(np.arange(len(r))))
+    copies = reals[[17, 150]] + np.random.default_rng(0).normal(0, 0.01, (2, 32, 32)).astype(np.float32)
+    gen = np.concatenate([copies, structured(2, 32, 0)])
+    nn = metrics.nearest_ssim(gen, r, real_block=50, query_block=3)
+    assert nn["exact"] and nn["compared_with"] == len(r)
+    assert nn["index"][:2].tolist() == [17, 150] and nn["ssim"][:2].min() > 0.95, "a copying generator is flagged"
+
+    def sk(a, b):  # tf.image.ssim's definition in skimage's terms: 11-tap Gaussian, no sample covariance
+        return structural_similarity(a, b, data_range=2.0, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False)
+
+    for i in range(len(gen)):
+        scores = [sk(gen[i], y) for y in reals]
+        assert nn["ssim"][i] == pytest.approx(max(scores), abs=2e-4)
+        assert scores[nn["index"][i]] == pytest.approx(max(scores), abs=2e-4), "the neighbour it names is the best"
 
 
-def test_fid_kid_from_a_local_extractor(tmp_path):
+def test_fid_and_kid_from_a_local_extractor(tmp_path):
     import tensorflow as tf
+
+    from oasis_dcgan.post import features
 
     net = tf.keras.Sequential([tf.keras.layers.Input((32, 32, 1)), tf.keras.layers.Conv2D(4, 3, strides=2),
                                tf.keras.layers.GlobalAveragePooling2D()])
     net.save(tmp_path / "fx.keras")
+    net = features.load_extractor(str(tmp_path / "fx.keras"))
     a, b = structured(40, 32, 1), structured(40, 32, 2)
-    same = metrics.fid_kid(str(tmp_path / "fx.keras"), a, a)
-    diff = metrics.fid_kid(str(tmp_path / "fx.keras"), a, -b)
+    fa, fb = features.features(net, a), features.features(net, -b)
+    same, diff = features.frechet_distance(fa, fa), features.frechet_distance(fa, fb)
     assert abs(same["fid"]) < 1e-6 and diff["fid"] > same["fid"]
-    with pytest.raises(MetricError, match="not found"):
-        metrics.fid_kid(str(tmp_path / "missing.keras"), a, b)
+    assert features.kid(fa, fb, subsets=5, subset_size=20)["kid_mean"] > features.kid(fa, fa, 5, 20)["kid_mean"]
+    with pytest.raises(features.FeatureError, match="not found"):
+        features.load_extractor(str(tmp_path / "missing.keras"))

@@ -61,10 +61,9 @@ def _blur_fn():
 
 
 @functools.lru_cache(maxsize=None)
-def _pair_fn(max_val: float):
+def _combine_fn(max_val: float):
     import tensorflow as tf
 
-    blur = _blur_fn()
     c1, c2 = (K1 * max_val) ** 2, (K2 * max_val) ** 2
 
     @tf.function(jit_compile=True, reduce_retracing=True)
@@ -76,6 +75,15 @@ def _pair_fn(max_val: float):
         cs = (exy * 2.0 - num0 + c2) / (exx + eyy - den0 + c2)
         return tf.reduce_mean(lum * cs, axis=[-2, -1])
 
+    return combine
+
+
+@functools.lru_cache(maxsize=None)
+def _pair_fn(max_val: float):
+    import tensorflow as tf
+
+    blur, combine = _blur_fn(), _combine_fn(max_val)
+
     @tf.function(reduce_retracing=True)
     def ssim_with(mx, exx, x, y):
         """SSIM of x[i] and y[i], given x's filtered mean and mean square (which callers reuse).
@@ -86,6 +94,24 @@ def _pair_fn(max_val: float):
         return combine(mx, exx, blur(y), blur(y * y), blur(x * y))
 
     return ssim_with
+
+
+@functools.lru_cache(maxsize=None)
+def _cross_fn(max_val: float):
+    import tensorflow as tf
+
+    blur, combine = _blur_fn(), _combine_fn(max_val)
+
+    @tf.function(reduce_retracing=True)
+    def cross(x, mx, exx, y, my, eyy):
+        """SSIM of every x[i] with every y[j] -> [I, J]; both sides' means and mean squares given.
+
+        Each pair then costs one filtering (of x*y), not three.
+        """
+        exy = blur(x[:, None] * y[None, :])
+        return combine(mx[:, None], exx[:, None], my[None, :], eyy[None, :], exy)
+
+    return cross
 
 
 def _check_pair(x: np.ndarray, y: np.ndarray, max_val: float) -> None:
@@ -165,89 +191,32 @@ def pairwise_diversity(images, max_val: float = 2.0, seed: int = 0, max_pairs: i
     return float(np.mean(ms_ssim_pairs(images[i], images[j], max_val)))
 
 
-def nearest_neighbours(generated, reader, max_val: float = 2.0, candidates: int = 32, block: int = 2048,
-                       search_res: int = 64) -> dict:
-    """For each generated image, the training image with the highest SSIM to it.
+def nearest_ssim(queries, reader, max_val: float = 2.0, real_block: int = 64, query_block: int = 8) -> dict:
+    """Exact: for each query image, the highest SSIM to any image `reader` holds, and which.
 
-    Every training image is compared by L2 distance at `search_res` (a cheap matmul); the
-    `candidates` closest are then scored by full-resolution SSIM. With the whole set as
-    candidates this is the exact nearest neighbour by SSIM.
+    Every pair is scored (no shortlist, which could miss the true neighbour and understate
+    memorisation). Each image's local means and mean squares are filtered once; a pair
+    then needs only the filtering of their product.
     """
-    from skimage.transform import resize_local_mean
-
-    g = _squeeze(generated)
-    n_real = len(reader)
-    res = g.shape[1]
-
-    def small(a):
-        if res <= search_res:
-            return a.reshape(len(a), -1)
-        return np.stack([resize_local_mean(im, (search_res, search_res)) for im in a]).reshape(len(a), -1)
-
-    gs = small(g).astype(np.float32)
-    k = min(candidates, n_real)
-    best_d = np.full((len(g), k), np.inf, np.float32)
-    best_i = np.zeros((len(g), k), np.int64)
-    g2 = (gs * gs).sum(1)[:, None]
-    for s in range(0, n_real, block):
-        idx = np.arange(s, min(s + block, n_real))
-        rs = small(to_unit(reader.read(idx))).astype(np.float32)
-        d = g2 - 2.0 * gs @ rs.T + (rs * rs).sum(1)[None, :]
-        cat_d = np.concatenate([best_d, d], 1)
-        cat_i = np.concatenate([best_i, np.broadcast_to(idx, d.shape)], 1)
-        top = np.argpartition(cat_d, k - 1, axis=1)[:, :k]
-        best_d = np.take_along_axis(cat_d, top, 1)
-        best_i = np.take_along_axis(cat_i, top, 1)
-    flat = best_i.reshape(-1)
-    uniq, inv = np.unique(flat, return_inverse=True)
-    reals = to_unit(reader.read(uniq))[inv]
-    vals = ssim(np.repeat(g, k, axis=0), reals, max_val).reshape(len(g), k)
-    j = np.argmax(vals, axis=1)
-    nn_ssim = vals[np.arange(len(g)), j]
-    return {"ssim": nn_ssim, "index": best_i[np.arange(len(g)), j], "candidates": k, "exact": k == n_real}
-
-
-def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
-    from scipy import linalg
-
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    covmean = np.real(covmean)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
-
-
-def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray) -> float:
-    """Unbiased MMD^2 with the cubic polynomial kernel (KID)."""
-    d = f1.shape[1]
-    k = lambda a, b: (a @ b.T / d + 1.0) ** 3  # noqa: E731
-    m, n = len(f1), len(f2)
-    kxx, kyy, kxy = k(f1, f1), k(f2, f2), k(f1, f2)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-                 - 2 * kxy.mean())
-
-
-def fid_kid(weights_path: str, generated, real) -> dict:
-    """FID and KID with a feature extractor loaded from a local Keras file. Never downloads."""
-    import os
-
-    import tensorflow as tf
-
-    if not os.path.exists(weights_path):
-        raise MetricError(f"{weights_path}: feature extractor not found (metrics.fid_weights)")
-    net = tf.keras.models.load_model(weights_path, compile=False)
-    shape = net.input_shape[1:]
-
-    def feats(imgs):
-        x = _squeeze(imgs)[..., None]
-        x = tf.image.resize(x, shape[:2]) if tuple(x.shape[1:3]) != tuple(shape[:2]) else x
-        if shape[-1] == 3:
-            x = tf.repeat(x, 3, axis=-1)
-        return np.asarray(net.predict(x, batch_size=32, verbose=0)).reshape(len(imgs), -1).astype(np.float64)
-
-    fg, fr = feats(generated), feats(real)
-    return {"fid": frechet_distance(fg, fr), "kid": kernel_inception_distance(fg, fr),
-            "features": int(fg.shape[1]), "n_generated": len(fg), "n_real": len(fr)}
+    q = _squeeze(queries)
+    _check_pair(q, q, max_val)
+    blur, cross = _blur_fn(), _cross_fn(float(max_val))
+    qm, qe = blur(q), blur(q * q)
+    best = np.full(len(q), -np.inf, np.float32)
+    where = np.zeros(len(q), np.int64)
+    for s in range(0, len(reader), real_block):
+        idx = np.arange(s, min(s + real_block, len(reader)))
+        r = to_unit(reader.read(idx)).astype(np.float32)
+        if r.shape[1:] != q.shape[1:]:
+            raise MetricError(f"images of {q.shape[1:]} cannot be compared with the dataset's {r.shape[1:]}")
+        rm, re_ = blur(r), blur(r * r)
+        for t in range(0, len(q), query_block):
+            v = cross(q[t:t + query_block], qm[t:t + query_block], qe[t:t + query_block], r, rm, re_).numpy()
+            j = np.argmax(v, axis=1)
+            better = v[np.arange(len(v)), j] > best[t:t + query_block]
+            best[t:t + query_block] = np.where(better, v[np.arange(len(v)), j], best[t:t + query_block])
+            where[t:t + query_block] = np.where(better, idx[j], where[t:t + query_block])
+    return {"ssim": best, "index": where, "exact": True, "compared_with": len(reader)}
 
 
 def summary(values) -> dict:

@@ -22,7 +22,7 @@ from ..imaging import to_unit
 from ..logs import read_stats
 from ..prep.manifest import load_manifest, manifest_hash
 from ..prep.reader import ShardReader, read_batches, sample_batches
-from . import figures, metrics, samples as generated_samples
+from . import features, figures, metrics, samples as generated_samples
 from .document import Bold, Code, Document
 
 NOTABLE_EPOCHS = (1, 2, 3, 10, 25, 50)  # the reference's table of epochs, for a 50-epoch run
@@ -109,24 +109,65 @@ def checks_beyond_reference(run_dir: Path, last_batch: tuple[int, Path], reader:
         gen = figures.load_batch(last_batch[1])
         source = f"fixed-noise batch of epoch {last_batch[0]} (no final generator yet)"
     t0 = time.perf_counter()
-    nn = metrics.nearest_neighbours(gen, reader)
-    log(f"[postprocess] nearest neighbours of {len(gen)} images among {len(reader)} in "
-        f"{time.perf_counter() - t0:.1f} s")
+    nn = metrics.nearest_ssim(gen, reader)
+    held_out = holdout_baseline(dataset, reader, m, len(gen))
+    log(f"[postprocess] exact nearest neighbours of {len(gen)} generated and {held_out.get('n', 0)} held-out "
+        f"images among {len(reader)} in {time.perf_counter() - t0:.1f} s")
     k = min(m.diversity_samples, len(gen))
     _, real_div = sample_batches(dataset, 1, k, m.seed + 2, m.split)
     diversity = {"generated": metrics.pairwise_diversity(gen[:k]) if k >= 2 else None,
                  "real": metrics.pairwise_diversity(real_div[0]) if k >= 2 else None, "n": k}
-    if m.fid_weights:
-        _, real_fid = sample_batches(dataset, 1, len(gen), m.seed + 3, m.split)
-        fid = metrics.fid_kid(m.fid_weights, gen, real_fid[0])
-    else:
-        fid = {"fid": None, "kid": None, "note": "not computed: no feature-extractor weights were given "
-               "(set metrics.fid_weights to a local .keras file). Nothing is ever downloaded."}
+    fid = feature_checks(run_dir, dataset, cfg, log) if m.fid_weights else {
+        "fid": None, "kid": None, "note": "not computed: no feature-extractor weights were given "
+        "(set metrics.fid_weights to a local .keras file). Nothing is ever downloaded."}
     results = {"nn_ssim": {**metrics.summary(nn["ssim"]), "n": len(gen), "source": source,
-                           "candidates_per_image": nn["candidates"], "exact": bool(nn["exact"]),
-                           "nearest_index": nn["index"].tolist()},
+                           "candidates_per_image": len(reader), "exact": True, "split": m.split,
+                           "nearest_index": nn["index"].tolist(), "values": nn["ssim"].tolist()},
+               "nn_ssim_held_out": held_out,
                "ms_ssim_diversity": diversity, "fid": fid}
     return results, gen, nn
+
+
+def holdout_split(dataset: str, train_split: str) -> str | None:
+    """The split whose images stand for unseen brains: validate, else test, never the compared one."""
+    splits = load_manifest(dataset)["splits"]
+    return next((s for s in ("validate", "test") if s in splits and s != train_split), None)
+
+
+def holdout_baseline(dataset: str, reader: ShardReader, m, n: int) -> dict:
+    """The same nearest-neighbour SSIM for real images the generator never saw: what 'not copying' looks like."""
+    split = holdout_split(dataset, m.split)
+    if split is None:
+        return {"note": "no held-out split in the dataset: no baseline"}
+    held = ShardReader(dataset, split)
+    idx = np.sort(np.random.default_rng(m.seed + 5).choice(len(held), min(n, len(held)), replace=False))
+    nn = metrics.nearest_ssim(to_unit(held.read(idx)), reader)
+    return {**metrics.summary(nn["ssim"]), "n": len(idx), "split": split, "values": nn["ssim"].tolist()}
+
+
+def feature_checks(run_dir: Path, dataset: str, cfg: Config, log=print) -> dict:
+    """FID, KID and precision/recall: the split's real images against at least as many generated ones."""
+    m = cfg.metrics
+    reader = ShardReader(dataset, m.split)
+    n_real = min(len(reader), m.fid_real_images) if m.fid_real_images else len(reader)
+    idx = np.sort(np.random.default_rng(m.seed + 3).choice(len(reader), n_real, replace=False))
+    gen = generated_samples.generate(run_dir, max(n_real, m.fid_generated_images), m.seed + 4)
+    if gen is None:
+        return {"fid": None, "kid": None, "note": "not computed: the run has no final generator yet"}
+    t0 = time.perf_counter()
+    net = features.load_extractor(m.fid_weights)
+    f_real = features.features(net, to_unit(reader.read(idx)), m.fid_preprocessing)
+    f_gen = features.features(net, gen, m.fid_preprocessing)
+    out = {**features.frechet_distance(f_gen, f_real), **features.kid(f_gen, f_real, m.kid_subsets, m.kid_subset_size,
+                                                                         m.seed),
+           **features.precision_recall(f_real, f_gen, m.pr_neighbours),
+           "extractor": m.fid_weights, "input_size": list(features.input_size(net)), "features": int(f_real.shape[1]),
+           "preprocessing": m.fid_preprocessing, "n_real": n_real, "n_generated": len(gen), "split": m.split}
+    out["kid"] = out["kid_mean"]  # the key metrics.json has always had
+    log(f"[postprocess] FID {out['fid']:.2f}, KID {out['kid_mean']:.4f} +- {out['kid_std']:.4f}, precision "
+        f"{out['precision']:.2f}, recall {out['recall']:.2f} ({n_real} real, {len(gen)} generated, "
+        f"{time.perf_counter() - t0:.1f} s)")
+    return out
 
 
 def summarise(rows: list[dict], checks: dict, cfg: Config, epochs_done: int, run_complete: bool) -> dict:
@@ -163,9 +204,10 @@ def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], sample
     out.append(("Notable epochs", "notable_epochs.png"))
     figures.plot_side_by_side(figures.load_batch(samples[-1][1]), real_batch, last, report_dir / "last_vs_real.png")
     out.append((f"Epoch {last} beside a real batch", "last_vs_real.png"))
-    nearest = to_unit(reader.read(nn["index"][:8]))
-    figures.plot_nn_pairs(gen[:8], nearest, nn["ssim"][:8], report_dir / "nn_pairs.png")
-    out.append(("Generated images and their nearest training images", "nn_pairs.png"))
+    closest = np.argsort(-nn["ssim"])[:8]  # the pairs most like copies, not the first samples
+    nearest = to_unit(reader.read(nn["index"][closest]))
+    figures.plot_nn_pairs(gen[closest], nearest, nn["ssim"][closest], report_dir / "nn_pairs.png")
+    out.append(("The 8 generated images closest to a training image, and that image", "nn_pairs.png"))
     return out
 
 
@@ -192,10 +234,15 @@ def _metrics_section(doc: Document, m: dict) -> None:
     doc.table(["metric", "this run", "seed README"], [
         ["max SSIM vs 50 real batches (final epoch)", _fmt(ref["final"]), str(figures.REFERENCE_SSIM)],
         ["best max SSIM over epochs", _fmt(ref.get("best")), "-"],
-        [f"nearest-neighbour SSIM, median (n={m['nn_ssim'].get('n', 0)})", _fmt(m["nn_ssim"].get("median")), "-"],
+        [f"nearest-neighbour SSIM to the {m['nn_ssim'].get('split', 'train')} split, median "
+         f"(n={m['nn_ssim'].get('n', 0)}, exact)", _fmt(m["nn_ssim"].get("median")), "-"],
+        [f"the same for held-out {m.get('nn_ssim_held_out', {}).get('split', '-')} images (baseline: no copying)",
+         _fmt(m.get("nn_ssim_held_out", {}).get("median")), "-"],
         ["MS-SSIM diversity, generated / real", f"{_fmt(m['ms_ssim_diversity'].get('generated'))} / "
                                                 f"{_fmt(m['ms_ssim_diversity'].get('real'))}", "-"],
         ["FID / KID", f"{_fmt(m['fid'].get('fid'))} / {_fmt(m['fid'].get('kid'))}", "-"],
+        ["precision / recall (k-NN, extractor features)",
+         f"{_fmt(m['fid'].get('precision'))} / {_fmt(m['fid'].get('recall'))}", "-"],
     ])
     doc.paragraph(Bold("What the seed metric means, and what it does not."), " " + METRIC_MEANING)
     if m["fid"].get("note"):

@@ -65,6 +65,10 @@ class TrainConfig:
     precision: str = "fp32"
     # When to checkpoint besides every stop and the end of training. By time, because a GPU
     # epoch lasts seconds: see the README, "Choosing the checkpoint cadence".
+    # The generator average (G_ema): an exponential moving average of G's weights with this
+    # half-life in thousands of images. Samples, metrics and generator.keras use it; the raw
+    # G is saved beside it. It never feeds back into training. 0: off.
+    ema_kimg: float = 10.0
     checkpoint_every_minutes: float = 10.0  # 0: off
     checkpoint_every_steps: int = 0     # 0: off
     checkpoint_every_epochs: int = 0    # 0: off
@@ -157,6 +161,7 @@ class Config:
             ("train.lr", t.lr > 0, "must be > 0"),
             ("train.lr_scaling", t.lr_scaling in ("none", "linear", "sqrt"), "must be none, linear or sqrt"),
             ("train.noise_dim", t.noise_dim >= 1, "must be >= 1"),
+            ("train.ema_kimg", t.ema_kimg >= 0, "must be >= 0 (0: no generator average)"),
             ("train.checkpoint_every_steps", t.checkpoint_every_steps >= 0, "must be >= 0"),
             ("train.checkpoint_every_minutes", t.checkpoint_every_minutes >= 0, "must be >= 0"),
             ("train.checkpoint_every_epochs", t.checkpoint_every_epochs >= 0, "must be >= 0"),

@@ -75,10 +75,10 @@ def _keyed(variables) -> dict:
 
 
 # Groups a checkpoint may lack: restoring one leaves their variables at their start values.
-OPTIONAL_GROUPS = ("loss_scale",)
+OPTIONAL_GROUPS = ("loss_scale", "generator_ema")  # absent from checkpoints of runs without them
 
 
-def variable_groups(generator, discriminator, g_opt, d_opt, state: dict) -> dict:
+def variable_groups(generator, discriminator, g_opt, d_opt, state: dict, generator_ema=None) -> dict:
     """The checkpoint's layout. Adam's slots are keyed the same whatever the precision, so a run
     may resume under another train.precision; fp16's loss-scale state is a group of its own."""
     groups = {
@@ -88,6 +88,8 @@ def variable_groups(generator, discriminator, g_opt, d_opt, state: dict) -> dict
         "d_optimizer": _keyed(getattr(d_opt, "inner_optimizer", d_opt).variables),
         "state": dict(state),
     }
+    if generator_ema is not None:
+        groups["generator_ema"] = _keyed(generator_ema.variables)
     if hasattr(g_opt, "dynamic_scale"):
         groups["loss_scale"] = {"g_scale": g_opt.dynamic_scale, "g_steps": g_opt.step_counter,
                                 "d_scale": d_opt.dynamic_scale, "d_steps": d_opt.step_counter}
@@ -121,6 +123,7 @@ class CheckpointManager:
         self._thread: threading.Thread | None = None
         self._inflight: SaveRecord | None = None
         self._ended: list[SaveRecord] = []
+        self.absent: list[str] = []  # optional groups the restored checkpoint did not hold
 
     def list(self) -> list[Path]:
         """Finished checkpoints, oldest first."""
@@ -278,12 +281,12 @@ class CheckpointManager:
         import tensorflow as tf
 
         held = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(str(ckpt_dir / PREFIX))}
-        absent = [g for g in OPTIONAL_GROUPS if g in self._groups and g not in held]
-        if not absent:
+        self.absent = [g for g in OPTIONAL_GROUPS if g in self._groups and g not in held]
+        if not self.absent:
             return self._ckpt
-        self.log(f"{ckpt_dir.name} holds no {', '.join(absent)} state (written under another train.precision): "
-                 "starting it afresh")
-        return tf.train.Checkpoint(**{g: v for g, v in self._groups.items() if g not in absent})
+        self.log(f"{ckpt_dir.name} holds no {', '.join(self.absent)} state (written under another train.precision "
+                 "or before the generator average): starting it afresh")
+        return tf.train.Checkpoint(**{g: v for g, v in self._groups.items() if g not in self.absent})
 
     def restore_latest(self, check=None) -> dict | None:
         """Restore the newest checkpoint that verifies and loads; log and skip the others.

@@ -131,8 +131,24 @@ def seed_dropout(discriminator, seed: int, rank: int, global_step: int) -> None:
                                  dtype=state.dtype))
 
 
+def update_average(average, generator, beta: float) -> None:
+    """One step of the generator average: weights move a (1 - beta) part of the way to G's,
+    batch-norm statistics are copied. After G's update (and its statistics' allreduce), so it
+    is the same on every rank."""
+    for a, w in zip(average.trainable_variables, generator.trainable_variables):
+        a.assign(w + (a - w) * beta)
+    for a, w in zip(average.non_trainable_variables, generator.non_trainable_variables):
+        a.assign(tf.cast(w, a.dtype))
+
+
+def ema_beta(half_life_kimg: float, global_batch: int) -> float:
+    """The per-step decay that halves an image's weight in the average every half_life_kimg x 1000 images."""
+    return 0.5 ** (global_batch / (half_life_kimg * 1000.0)) if half_life_kimg > 0 else 0.0
+
+
 def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, hvd, batch_size: int,
-                     noise_dim: int, seed: int, fp16_allreduce: bool = False):
+                     noise_dim: int, seed: int, fp16_allreduce: bool = False, generator_ema=None,
+                     ema_beta: float = 0.0):
     """The reference's two-tape step, data-parallel: one fused allreduce, identical state on all ranks.
 
     Each rank's losses are sums over its own images times world_size / (images in the step),
@@ -180,6 +196,8 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         if world_size > 1:
             for v, mean in zip(generator.non_trainable_variables, rest[:len(bn_stats)]):
                 v.assign(mean)
+        if generator_ema is not None:
+            update_average(generator_ema, generator, ema_beta)
         g_mean, d_mean = tf.cast(rest[-3], tf.float64), tf.cast(rest[-2], tf.float64)
         state.record_step(g_mean, d_mean, slots)
         return g_mean, d_mean, rest[-1] > 0

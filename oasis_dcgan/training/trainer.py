@@ -97,7 +97,7 @@ class Trainer:
 
         from . import model
         from .checkpoint import CheckpointManager, variable_groups
-        from .step import TrainState, build_train_step
+        from .step import TrainState, build_train_step, ema_beta
 
         t = self.cfg.train
         # Every rank checks: they all read the same files and reach the same verdict, so none
@@ -116,20 +116,38 @@ class Trainer:
         self.lr = lr_for(self.cfg, self.size)
         self.generator = model.build_generator(self.resolution, t.noise_dim, t.precision)
         self.discriminator = model.build_discriminator(self.resolution, t.precision)
+        self.generator_ema = self._build_average(model, t)
         self.g_opt, self.d_opt = model.build_optimizer(self.lr, t.precision), model.build_optimizer(self.lr, t.precision)
         # Adam's slots are created lazily; build them now so they are checkpointed and broadcast.
         self.g_opt.build(self.generator.trainable_variables)
         self.d_opt.build(self.discriminator.trainable_variables)
         self.state = TrainState(t.noise_dim, t.seed, n_train)
         self.groups = variable_groups(self.generator, self.discriminator, self.g_opt, self.d_opt,
-                                      self.state.variables())
+                                      self.state.variables(), self.generator_ema)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.groups, keep=t.keep_checkpoints,
                                              log=self.log)
         self._flags = (tf.constant(0.0), tf.constant(1.0))  # the step's stop flag: made once, not each step
         self.close_epoch = tf.function(self._close_epoch)
         self.train_steps = build_train_step(self.generator, self.discriminator, self.g_opt, self.d_opt, self.state,
                                            self.hvd, t.batch_size, t.noise_dim, seed=t.seed,
-                                           fp16_allreduce=t.fp16_allreduce)
+                                           fp16_allreduce=t.fp16_allreduce, generator_ema=self.generator_ema,
+                                           ema_beta=ema_beta(t.ema_kimg, t.batch_size * self.size))
+
+    def models(self) -> list:
+        return [m for m in (self.generator, self.discriminator, self.generator_ema) if m is not None]
+
+    def _build_average(self, model, t):
+        """The generator average (G_ema): G's architecture in fp32, starting from G's weights. None when off."""
+        if t.ema_kimg <= 0:
+            return None
+        average = model.build_generator(self.resolution, t.noise_dim, "fp32")
+        average.set_weights(self.generator.get_weights())
+        return average
+
+    @property
+    def sampler(self):
+        """The generator that samples, reports and exports: the average when there is one."""
+        return self.generator_ema or self.generator
 
     def restore_and_broadcast(self) -> dict | None:
         from . import distributed
@@ -142,6 +160,8 @@ class Trainer:
                 resumed = self.checkpoints.restore_latest(check=self._check_compatible)
             except CheckpointError as e:
                 failure = str(e)
+            if resumed and self.generator_ema is not None and "generator_ema" in self.checkpoints.absent:
+                self.generator_ema.set_weights(self.generator.get_weights())  # an average starts from G
         # Every rank learns whether rank 0 could resume, so none waits for a rank that gave up.
         if distributed.broadcast_flag(self.hvd, bool(failure)):
             raise CheckpointError(failure or "rank 0 could not resume from this run's checkpoints (see its log)")
@@ -368,7 +388,7 @@ class Trainer:
     def _close_epoch(self, with_samples: bool):
         """Compiled: rank 0's samples of the fixed noise and every rank's epoch records, then the next
         epoch's start. (Eagerly the samples alone took ~30 ms of Python, every rank waiting.)"""
-        fake = self.generator(self.state.fixed_noise, training=False) if with_samples else None
+        fake = self.sampler(self.state.fixed_noise, training=False) if with_samples else None
         return fake, self.state.close_epoch()
 
     def _epoch_end_reason(self) -> str:
@@ -397,7 +417,7 @@ class Trainer:
         if self.cfg.train.snapshot_every_epoch:
             from .model import save_model
 
-            save_model(self.generator, self.run_dir / "snapshots" / f"generator_epoch_{self.epoch + 1:04d}.keras")
+            save_model(self.sampler, self.run_dir / "snapshots" / f"generator_epoch_{self.epoch + 1:04d}.keras")
 
     def _publish_epoch(self, fake, rec: dict, record: dict) -> None:
         """In a thread: matplotlib takes ~0.2 s a grid and an fsync may take longer, while a GPU
@@ -518,7 +538,7 @@ class Trainer:
         self._wait_for_publishing()
         summary = {"rank": self.rank, "size": self.size, "epochs": self.cfg.train.epochs,
                    "global_step": self.state.read_counters()["global_step"],
-                   "weights_sha256": weights_digest(self.generator, self.discriminator), "host": platform.node(),
+                   "weights_sha256": weights_digest(*self.models()), "host": platform.node(),
                    "pid": os.getpid(), "cross_rank": self.hvd.cross_rank(), "cross_size": self.hvd.cross_size(),
                    "stopped": self.stop_reason or None}
         if self.stop_reason:
@@ -527,7 +547,9 @@ class Trainer:
         # Every rank leaves a note: proof it ran, and a digest to compare replicas by.
         fsutil.write_json(self.run_dir / "ranks" / f"rank-{self.rank}.json", summary)
         if self.chief:
-            save_model(self.generator, self.run_dir / "generator.keras")
+            save_model(self.sampler, self.run_dir / "generator.keras")
+            if self.generator_ema is not None:  # the raw generator, beside the average
+                save_model(self.generator, self.run_dir / "generator_raw.keras")
             fsutil.write_json(self.run_dir / "train_done.json", {**summary, "finished": time.time()})
             self.log(f"done: {self.cfg.train.epochs} epochs, {summary['global_step']} steps. "
                      f"Run directory: {self.run_dir}")

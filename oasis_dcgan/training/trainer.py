@@ -147,7 +147,7 @@ class Trainer:
     @property
     def sampler(self):
         """The generator that samples, reports and exports: the average when there is one."""
-        return self.generator_ema or self.generator
+        return self.generator if self.generator_ema is None else self.generator_ema
 
     def restore_and_broadcast(self) -> dict | None:
         from . import distributed

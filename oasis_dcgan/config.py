@@ -97,6 +97,9 @@ class MetricsConfig:
     batches: int = 50           # the reference metric's 50 real batches
     batch_size: int = 16
     split: str = "train"        # the reference compares against its training images
+    # fixed: the same seeded batches every epoch, so epochs compare like with like; per_epoch:
+    # fresh random batches every epoch, as the seed's loop draws them
+    real_batches: str = "fixed"
     seed: int = 1234
     nn_samples: int = 256       # generated images for the nearest-neighbour check
     diversity_samples: int = 64  # images for the MS-SSIM diversity figure
@@ -175,6 +178,7 @@ class Config:
             ("metrics.batch_size", m.batch_size >= 1, "must be >= 1"),
             ("metrics.split", m.split in ("train", "validate", "test"), "must be train, validate or test"),
             ("metrics.nn_samples", m.nn_samples >= 1, "must be >= 1"),
+            ("metrics.real_batches", m.real_batches in ("fixed", "per_epoch"), "must be fixed or per_epoch"),
             ("metrics.diversity_samples", m.diversity_samples >= 2, "must be >= 2"),
             ("metrics.fid_real_images", m.fid_real_images >= 0, "must be >= 0 (0: the whole split)"),
             ("metrics.fid_generated_images", m.fid_generated_images >= 0, "must be >= 0"),

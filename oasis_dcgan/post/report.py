@@ -51,7 +51,8 @@ def notable_epochs(n_epochs: int) -> list[int]:
 def metric_batches(report_dir: Path, dataset: str, cfg: Config) -> dict:
     """The seeded selection of real batches; cached so every epoch and every rerun uses the same."""
     path = report_dir / "metric_batches.json"
-    want = {"split": cfg.metrics.split, "seed": cfg.metrics.seed, "batch_size": cfg.metrics.batch_size,
+    want = {"order": "as drawn", "split": cfg.metrics.split, "seed": cfg.metrics.seed,
+            "batch_size": cfg.metrics.batch_size,
             "n_batches": cfg.metrics.batches, "dataset_manifest_sha256": manifest_hash(dataset)}
     if path.is_file():
         cached = fsutil.read_json(path)
@@ -59,11 +60,19 @@ def metric_batches(report_dir: Path, dataset: str, cfg: Config) -> dict:
             return cached
     n = len(ShardReader(dataset, cfg.metrics.split))
     rng = np.random.default_rng(cfg.metrics.seed)
-    batches = [sorted(rng.choice(n, size=cfg.metrics.batch_size, replace=n < cfg.metrics.batch_size).tolist())
+    # In the order drawn: images are paired by position, and sorting would pair low indices
+    # (early cases) with the first positions every time.
+    batches = [rng.choice(n, size=cfg.metrics.batch_size, replace=n < cfg.metrics.batch_size).tolist()
                for _ in range(cfg.metrics.batches)]
     out = {**want, "batches": batches}
     fsutil.write_json(path, out)
     return out
+
+
+def epoch_batches(dataset: str, cfg: Config, epoch: int) -> np.ndarray:
+    """The seed's way (metrics.real_batches = "per_epoch"): new random batches every epoch, in random order."""
+    m = cfg.metrics
+    return sample_batches(dataset, m.batches, m.batch_size, m.seed * 100_003 + epoch, m.split)[1]
 
 
 def _digest(obj) -> str:
@@ -73,7 +82,7 @@ def _digest(obj) -> str:
 def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config, log=print) -> list[dict]:
     """The reference max-SSIM for every finished epoch; reuses values already in metrics.jsonl."""
     sel = metric_batches(report_dir, dataset, cfg)
-    key = _digest(sel["batches"])
+    key = _digest([sel["batches"], cfg.metrics.real_batches])
     path = report_dir / "metrics.jsonl"
     done = {}
     if path.is_file():
@@ -84,15 +93,18 @@ def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config
                 continue
             if r.get("batches_sha") == key:
                 done[r["epoch"]] = r
-    todo = [(e, p) for e, p in epoch_samples(run_dir) if e not in done]
+    # An epoch rewritten after a resume has new samples: the cache is keyed on their bytes too.
+    todo = [(e, p, fsutil.sha256_file(p)[:16]) for e, p in epoch_samples(run_dir)]
+    todo = [(e, p, h) for e, p, h in todo if done.get(e, {}).get("samples_sha") != h]
     if todo:
-        real = read_batches(dataset, sel["split"], sel["batches"])
+        fixed = read_batches(dataset, sel["split"], sel["batches"]) if cfg.metrics.real_batches == "fixed" else None
         t0 = time.perf_counter()
-        for e, p in todo:
+        for e, p, h in todo:
+            real = fixed if fixed is not None else epoch_batches(dataset, cfg, e)
             m = metrics.max_ssim_over_batches(figures.load_batch(p), real, max_val=2.0)
             done[e] = {"epoch": e, "seed_max_ssim": m["max"], "best_batch": m["batch"],
                        "best_position": m["position"], "mean_ssim": float(np.mean(m["values"])),
-                       "batches_sha": key}
+                       "batches_sha": key, "samples_sha": h}
         log(f"[postprocess] seed metric for {len(todo)} epoch(s) in {time.perf_counter() - t0:.2f} s")
     rows = [done[e] for e in sorted(done)]
     fsutil.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

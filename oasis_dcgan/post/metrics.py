@@ -167,10 +167,7 @@ def ms_ssim_pairs(x, y, max_val: float = 2.0) -> np.ndarray:
 
     x, y = _squeeze(x), _squeeze(y)
     _check_pair(x, y, max_val)
-    size = min(x.shape[1:])
-    scales = 1
-    while scales < len(MS_SSIM_WEIGHTS) and size // (2 ** scales) >= FILTER_SIZE:
-        scales += 1
+    scales = ms_ssim_scales(min(x.shape[1:]))
     w = np.array(MS_SSIM_WEIGHTS[:scales])
     w = (w / w.sum()).tolist()
     out = []
@@ -178,6 +175,36 @@ def ms_ssim_pairs(x, y, max_val: float = 2.0) -> np.ndarray:
         out.append(tf.image.ssim_multiscale(x[s:s + 512, ..., None], y[s:s + 512, ..., None], max_val,
                                             power_factors=w).numpy())
     return np.concatenate(out)
+
+
+def ms_ssim_scales(size: int) -> int:
+    """How many of MS-SSIM's 5 scales an image of `size` pixels allows (each halving must keep the 11-pixel window)."""
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and size // (2 ** scales) >= FILTER_SIZE:
+        scales += 1
+    return scales
+
+
+def diversity(images, max_val: float = 2.0, seed: int = 0, boot: int = 1000) -> dict:
+    """Mean MS-SSIM over all distinct pairs of a set, with a bootstrap 95% interval over the images.
+
+    Read in both directions against the real set's value: far above it, the images are too alike
+    (collapse); far below it, they are less alike than brains are (noise, inconsistent anatomy).
+    """
+    x = _squeeze(images)
+    n = len(x)
+    i, j = np.triu_indices(n, k=1)
+    v = ms_ssim_pairs(x[i], x[j], max_val)
+    mat = np.full((n, n), np.nan)
+    mat[i, j] = mat[j, i] = v
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(boot):
+        pick = rng.integers(0, n, n)
+        means.append(np.nanmean(mat[np.ix_(pick, pick)]))  # a repeated image's self-pair is nan: left out
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(v.mean()), "ci95": [float(lo), float(hi)], "pairs": int(len(v)), "images": n,
+            "scales": ms_ssim_scales(min(x.shape[1:]))}
 
 
 def pairwise_diversity(images, max_val: float = 2.0, seed: int = 0, max_pairs: int = 2016) -> float:

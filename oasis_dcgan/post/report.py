@@ -127,8 +127,11 @@ def checks_beyond_reference(run_dir: Path, last_batch: tuple[int, Path], reader:
         f"images among {len(reader)} in {time.perf_counter() - t0:.1f} s")
     k = min(m.diversity_samples, len(gen))
     _, real_div = sample_batches(dataset, 1, k, m.seed + 2, m.split)
-    diversity = {"generated": metrics.pairwise_diversity(gen[:k]) if k >= 2 else None,
-                 "real": metrics.pairwise_diversity(real_div[0]) if k >= 2 else None, "n": k}
+    gen_div = metrics.diversity(gen[:k], seed=m.seed) if k >= 2 else {}
+    real_div = metrics.diversity(real_div[0], seed=m.seed) if k >= 2 else {}
+    diversity = {"generated": gen_div.get("mean"), "real": real_div.get("mean"), "n": k,
+                 "generated_ci95": gen_div.get("ci95"), "real_ci95": real_div.get("ci95"),
+                 "scales": gen_div.get("scales"), "real_split": m.split}
     fid = feature_checks(run_dir, dataset, cfg, log) if m.fid_weights else {
         "fid": None, "kid": None, "note": "not computed: no feature-extractor weights were given "
         "(set metrics.fid_weights to a local .keras file). Nothing is ever downloaded."}

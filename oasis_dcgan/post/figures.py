@@ -85,7 +85,8 @@ def plot_side_by_side(generated: np.ndarray, real: np.ndarray, epoch: int, path:
     save_figure(fig, path)
 
 
-def plot_nn_pairs(generated: np.ndarray, nearest: np.ndarray, scores: np.ndarray, path: Path, n: int = 8) -> None:
+def plot_nn_pairs(generated: np.ndarray, nearest: np.ndarray, scores: np.ndarray, path: Path, n: int = 8,
+                  split: str = "train") -> None:
     n = min(n, len(generated))
     fig, axes = pyplot().subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
     for i in range(n):
@@ -94,7 +95,7 @@ def plot_nn_pairs(generated: np.ndarray, nearest: np.ndarray, scores: np.ndarray
         axes[1, i].imshow(nearest[i], cmap="gray", vmin=-1, vmax=1)
         for r in (0, 1):
             axes[r, i].axis("off")
-    for r, label in ((0, "generated"), (1, "nearest train")):
+    for r, label in ((0, "generated"), (1, f"nearest {split}")):
         axes[r, 0].text(-0.1, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right")
     fig.tight_layout()
     save_figure(fig, path)

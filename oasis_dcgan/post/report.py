@@ -221,8 +221,8 @@ def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], sample
     out.append((f"Epoch {last} beside a real batch", "last_vs_real.png"))
     closest = np.argsort(-nn["ssim"])[:8]  # the pairs most like copies, not the first samples
     nearest = to_unit(reader.read(nn["index"][closest]))
-    figures.plot_nn_pairs(gen[closest], nearest, nn["ssim"][closest], report_dir / "nn_pairs.png")
-    out.append(("The 8 generated images closest to a training image, and that image", "nn_pairs.png"))
+    figures.plot_nn_pairs(gen[closest], nearest, nn["ssim"][closest], report_dir / "nn_pairs.png", split=reader.split)
+    out.append((f"The 8 generated images closest to a {reader.split} image, and that image", "nn_pairs.png"))
     return out
 
 
@@ -243,12 +243,17 @@ def _fmt(x, digits: int = 4) -> str:
     return "n/a" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
 
-def _metrics_section(doc: Document, m: dict) -> None:
+def _metrics_section(doc: Document, m: dict, manifest: dict) -> None:
     ref = m["seed_max_ssim"]
+    res = manifest.get("resolution")
     doc.heading("Metrics")
-    doc.table(["metric", "this run", "seed README"], [
-        ["max SSIM vs 50 real batches (final epoch)", _fmt(ref["final"]), str(figures.REFERENCE_SSIM)],
-        ["best max SSIM over epochs", _fmt(ref.get("best")), "-"],
+    doc.paragraph(Bold("Data: "), f"{manifest.get('origin', 'as given')}, {res}x{res}. The seed README's figure is "
+                  "for real OASIS slices at 256x256: set beside a run on other data or another size, the two "
+                  "numbers measure different things.")
+    doc.table(["metric", f"this run ({res} px)", "seed README (OASIS, 256 px)"], [
+        [f"max SSIM vs {ref.get('batches', 50)} real {ref.get('split', 'train')} batches (final epoch)",
+         _fmt(ref["final"]), str(figures.REFERENCE_SSIM)],
+        ["best max SSIM over epochs (picked on these same batches, so optimistic)", _fmt(ref.get("best")), "-"],
         [f"nearest-neighbour SSIM to the {m['nn_ssim'].get('split', 'train')} split, median "
          f"(n={m['nn_ssim'].get('n', 0)}, exact)", _fmt(m["nn_ssim"].get("median")), "-"],
         [f"the same for held-out {m.get('nn_ssim_held_out', {}).get('split', '-')} images (baseline: no copying)",
@@ -272,7 +277,7 @@ def build_document(run_dir: Path, options: dict, manifest: dict, m: dict, rows: 
                f"Generated: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
                f"Epochs done: {m['epochs_done']} of {cfg.get('train', {}).get('epochs', '?')}"
                + ("" if m["run_complete"] else " (run still in progress; figures show the epochs so far)")])
-    _metrics_section(doc, m)
+    _metrics_section(doc, m, manifest)
     doc.heading("Dataset")
     doc.bullets([
         ["layout ", Code(str(manifest.get("layout"))), f", {manifest.get('resolution')}x{manifest.get('resolution')}, "

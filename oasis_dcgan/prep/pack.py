@@ -318,6 +318,15 @@ def _collect_records(out: Path, p: Plan) -> tuple[dict, list, dict, dict]:
     return splits, skipped, notes, volume_slices
 
 
+def _origin(source: Path) -> str:
+    """Sample brains or the user's data: the report must not set one beside the seed's OASIS figure as the other."""
+    from .sample_data import MARKER
+
+    if any((d / MARKER).is_file() for d in (source, *list(source.parents)[:2])):
+        return "sample brains (synthetic, made offline by oasis-dcgan sample-data; not OASIS)"
+    return "as given (not made by sample-data)"
+
+
 def seal(out: str | os.PathLike) -> dict:
     """Check every planned shard against its task record and publish manifest.json."""
     out = Path(out)
@@ -335,6 +344,7 @@ def seal(out: str | os.PathLike) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "layout": p.layout,
         "sources": [p.source],
+        "origin": _origin(Path(p.source)),
         "resolution": p.resolution,
         "dtype": "uint8",
         "scaling": "reader maps uint8 x to (x - 127.5) / 127.5, as the reference project does",

@@ -24,7 +24,7 @@ class ShardReader:
     """Random access to one split's images (uint8 [N, H, W]) across its shards."""
 
     def __init__(self, dataset: str | os.PathLike, split: str = "train"):
-        self.dataset = Path(dataset)
+        self.dataset, self.split = Path(dataset), split
         m = load_manifest(self.dataset)
         if split not in m["splits"] or m["splits"][split]["count"] == 0:
             raise DataError(f"{self.dataset}: split '{split}' has no images (have: {', '.join(m['splits'])})")

@@ -15,6 +15,13 @@ import numpy as np
 from .pixels import round_to_uint8, to_square, volume_slices
 
 OASIS_T88_SHAPE = (176, 208, 176)
+MARKER = "SAMPLE-DATA.txt"  # preprocess records a source holding this as synthetic
+
+
+def mark_synthetic(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("Synthetic brains made offline by oasis-dcgan sample-data from the MNI152 template "
+                               "(warped, re-shaded subjects). Not OASIS data.\n")
 
 
 def load_template() -> np.ndarray:
@@ -106,6 +113,7 @@ def write_png_release(out: str | Path, cases=(24, 4, 4), slices: int = 32, resol
                 iio.imwrite(img_dir / f"case_{case:03d}_slice_{k}.nii.png", px)
                 iio.imwrite(seg_dir / f"seg_{case:03d}_slice_{k}.nii.png", _segment(px))
         log(f"[sample-data] {split}: {count} cases x {slices} slices -> {img_dir}")
+    mark_synthetic(root)
     return root
 
 
@@ -159,5 +167,6 @@ def write_raw_release(out: str | Path, subjects: int = 6, seed: int = 0, fmt: st
         (base / name / "RAW").mkdir(exist_ok=True)
         (base / name / "FSL_SEG").mkdir(exist_ok=True)
         _save_volume(d / f"{name}_mpr_n4_anon_111_t88_masked_gfc", data, fmt)
+    mark_synthetic(root)
     log(f"[sample-data] {subjects} raw OASIS-1 subjects, {len(sessions)} sessions ({fmt}) -> {root}")
     return root

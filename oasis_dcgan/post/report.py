@@ -139,8 +139,21 @@ def checks_beyond_reference(run_dir: Path, last_batch: tuple[int, Path], reader:
                            "candidates_per_image": len(reader), "exact": True, "split": m.split,
                            "nearest_index": nn["index"].tolist(), "values": nn["ssim"].tolist()},
                "nn_ssim_held_out": held_out,
+               "raw_generator": raw_generator_checks(run_dir, reader, m, k),
                "ms_ssim_diversity": diversity, "fid": fid}
     return results, gen, nn
+
+
+def raw_generator_checks(run_dir: Path, reader: ShardReader, m, k: int) -> dict | None:
+    """With a generator average, the same checks for the raw generator saved beside it."""
+    path = run_dir / "generator_raw.keras"
+    if not path.is_file():
+        return None
+    raw = generated_samples.generate(path, m.nn_samples, m.seed + 1)
+    nn = metrics.nearest_ssim(raw, reader)
+    return {"nn_ssim": metrics.summary(nn["ssim"]),
+            "ms_ssim_diversity": metrics.diversity(raw[:k], seed=m.seed)["mean"] if k >= 2 else None,
+            "note": "the generator's own weights; everything else in this file uses the generator average"}
 
 
 def holdout_split(dataset: str, train_split: str) -> str | None:

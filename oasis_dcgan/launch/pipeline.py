@@ -21,6 +21,7 @@ from .environment import in_srun_step
 from .executors import make_executor, resolve_executor, sbatch_text
 
 JOBS_FILE = "jobs.json"
+WATCH_EVERY_S = 2.0
 
 
 def record_job(run_dir: str | Path, entry: dict) -> None:
@@ -49,9 +50,10 @@ class Pipeline:
     """Stages queued one after another on one executor kind; remembers the job ids."""
 
     def __init__(self, cfg: Config, kind: str, folder: Path, record_in: Path | None = None,
-                 dry_run: bool = False, wait: bool = False, log=print):
+                 dry_run: bool = False, wait: bool = False, log=print, watch=None):
         self.cfg, self.kind, self.folder = cfg, kind, folder
         self.record_in, self.dry_run, self.wait, self.log = record_in, dry_run, wait, log
+        self.watch = watch  # called with the stage's name every few seconds while a waited-for stage runs
         self.dependency: str | None = None
         self.job_ids: dict = {}
         self.scripts: dict = {}
@@ -76,6 +78,9 @@ class Pipeline:
         self.log(f"{name}: {self.kind} {'array ' if array else ''}job {job_id}")
         self.dependency = f"afterok:{job_id}"
         if self.wait:
+            while self.watch and not all(j.done() for j in submitted):
+                self.watch(name)
+                time.sleep(WATCH_EVERY_S)
             return [j.results() if all_ranks else j.result() for j in submitted]
         return None
 
@@ -90,7 +95,7 @@ class Pipeline:
 
 
 def submit_pipeline(cfg: Config, executor: str = "auto", dry_run: bool = False, collect_dest: str = "",
-                    wait: bool | None = None, log=print) -> dict:
+                    wait: bool | None = None, log=print, watch=None) -> dict:
     """The whole chain for one config. Returns the executor, paths, job ids (and scripts on a dry run)."""
     kind = resolve_executor(executor if executor != "auto" else cfg.cluster.executor)
     run_dir, dataset = Path(cfg.run_dir).resolve(), Path(cfg.data.dataset).resolve()
@@ -98,7 +103,7 @@ def submit_pipeline(cfg: Config, executor: str = "auto", dry_run: bool = False, 
     # A dry run renders the sbatch scripts even where no controller answers (srun must be installed).
     render = "slurm" if dry_run and shutil.which("srun") else kind
     chain = Pipeline(cfg, render, run_dir / "slurm", record_in=run_dir, dry_run=dry_run,
-                     wait=kind == "local" if wait is None else wait, log=log)
+                     wait=kind == "local" if wait is None else wait, log=log, watch=watch)
     out: dict = {"executor": kind, "run_dir": str(run_dir), "dataset": str(dataset), "jobs": chain.job_ids}
     runlock.check_free(run_dir)
     if dataset_ready(cfg, dataset):

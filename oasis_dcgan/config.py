@@ -56,6 +56,10 @@ class TrainConfig:
     batch_size: int = 16        # per rank; the global batch is batch_size x ranks
     lr: float = 1e-4
     lr_scaling: str = "none"    # none | linear | sqrt, by world size
+    # A documented recipe option, not the seed's: Adam beta_1 0.5 (the DCGAN paper's) and a
+    # discriminator learning rate of lr x d_lr_ratio. The seed's are 0.9 and 1.
+    adam_beta1: float = 0.9
+    d_lr_ratio: float = 1.0
     noise_dim: int = 100
     seed: int = 0
     deterministic: bool = False
@@ -162,6 +166,8 @@ class Config:
             ("train.epochs", t.epochs >= 1, "must be >= 1"),
             ("train.batch_size", t.batch_size >= 1, "must be >= 1"),
             ("train.lr", t.lr > 0, "must be > 0"),
+            ("train.adam_beta1", 0 <= t.adam_beta1 < 1, "must be in [0, 1)"),
+            ("train.d_lr_ratio", t.d_lr_ratio > 0, "must be > 0"),
             ("train.lr_scaling", t.lr_scaling in ("none", "linear", "sqrt"), "must be none, linear or sqrt"),
             ("train.noise_dim", t.noise_dim >= 1, "must be >= 1"),
             ("train.ema_kimg", t.ema_kimg >= 0, "must be >= 0 (0: no generator average)"),

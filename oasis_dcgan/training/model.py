@@ -61,9 +61,10 @@ def build_discriminator(resolution: int = 256, precision: str = "fp32") -> tf.ke
     ], name="discriminator")
 
 
-def build_optimizer(lr: float, precision: str = "fp32"):
-    """The seed's Adam; under fp16, wrapped in dynamic loss scaling (fp16 gradients underflow)."""
-    opt = tf.keras.optimizers.Adam(lr)
+def build_optimizer(lr: float, precision: str = "fp32", beta_1: float = 0.9):
+    """The seed's Adam (beta_1 0.9 is Keras's default; the DCGAN paper's is 0.5); under fp16,
+    wrapped in dynamic loss scaling (fp16 gradients underflow)."""
+    opt = tf.keras.optimizers.Adam(lr, beta_1=beta_1)
     return tf.keras.optimizers.LossScaleOptimizer(opt) if precision == "fp16" else opt
 
 

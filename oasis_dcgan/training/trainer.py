@@ -117,7 +117,8 @@ class Trainer:
         self.generator = model.build_generator(self.resolution, t.noise_dim, t.precision)
         self.discriminator = model.build_discriminator(self.resolution, t.precision)
         self.generator_ema = self._build_average(model, t)
-        self.g_opt, self.d_opt = model.build_optimizer(self.lr, t.precision), model.build_optimizer(self.lr, t.precision)
+        self.g_opt = model.build_optimizer(self.lr, t.precision, t.adam_beta1)
+        self.d_opt = model.build_optimizer(self.lr * t.d_lr_ratio, t.precision, t.adam_beta1)
         # Adam's slots are created lazily; build them now so they are checkpointed and broadcast.
         self.g_opt.build(self.generator.trainable_variables)
         self.d_opt.build(self.discriminator.trainable_variables)
@@ -194,7 +195,7 @@ class Trainer:
     def _apply_config(self, resumed: dict | None) -> None:
         """The config, not the checkpoint, decides what is not learned state: the learning rate above all."""
         self.g_opt.learning_rate = self.lr
-        self.d_opt.learning_rate = self.lr
+        self.d_opt.learning_rate = self.lr * self.cfg.train.d_lr_ratio
         if not (resumed and self.chief):
             return
         for key, theirs, ours in (("learning rate", resumed.get("learning_rate"), self.lr),

@@ -364,3 +364,30 @@ def test_several_steps_a_call_train_exactly_as_one_a_call(dataset32, tmp_path, m
         "k=4: 1 step (the first call, timed) + 4 (to the step-5 checkpoint) + 2 (to the epoch end), then 3 + 4"
     for a, b in zip(ep1, ep4):
         assert (a["g_loss"], a["d_loss"], a["images_sha256"]) == (b["g_loss"], b["d_loss"], b["images_sha256"])
+
+
+def test_the_generator_average_follows_its_formula_and_is_exported_beside_the_raw_generator(dataset32, tmp_path):
+    import tensorflow as tf
+
+    from oasis_dcgan.training import model
+    from oasis_dcgan.training.step import ema_beta, update_average
+
+    assert ema_beta(10.0, 16) == pytest.approx(0.5 ** (16 / 10_000))
+    assert ema_beta(0.0, 16) == 0.0
+    g, avg = model.build_generator(32), model.build_generator(32)
+    before = [v.numpy() for v in avg.variables]
+    update_average(avg, g, 0.9)
+    for a, w, b0, tv in zip(avg.variables, g.variables, before, [v.trainable for v in avg.variables]):
+        want = w.numpy() + (b0 - w.numpy()) * 0.9 if tv else w.numpy()
+        np.testing.assert_allclose(a.numpy(), want, rtol=1e-6, atol=1e-7)
+    run = tmp_path / "run"
+    trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.ema_kimg=0.05"), log_to_stdout=False)
+    avg_g, raw_g = model.load_generator(run / "generator.keras"), model.load_generator(run / "generator_raw.keras")
+    z = tf.random.normal([4, 100], seed=1)
+    assert not np.allclose(avg_g(z, training=False), raw_g(z, training=False)), "the average is not G itself"
+    # An older run's checkpoints hold no average: it starts from G's restored weights.
+    old = tmp_path / "old"
+    trainer.run(cfg_for(dataset32, old, "train.epochs=1", "train.ema_kimg=0"), log_to_stdout=False)
+    assert not (old / "generator_raw.keras").exists()
+    trainer.run(cfg_for(dataset32, old, "train.epochs=2"), log_to_stdout=False)
+    assert "holds no generator_ema" in (old / "log.txt").read_text()

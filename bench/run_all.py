@@ -12,7 +12,7 @@ import sys
 import time
 
 from bench import (bench_checkpoint, bench_data, bench_multinode, bench_overhead, bench_precision, bench_preempt,
-                   bench_ssim, bench_train, projection)
+                   bench_recipe, bench_ssim, bench_train, projection)
 from bench.common import RESULTS, machine
 
 SECTIONS = {  # short name: (heading, module)
@@ -24,6 +24,7 @@ SECTIONS = {  # short name: (heading, module)
     "multinode": ("Two hosts (dev Slurm cluster, partition multi)", bench_multinode),
     "overhead": ("Host overhead per step, and the reader's headroom", bench_overhead),
     "precision": ("Mixed precision", bench_precision),
+    "recipe": ("The demo's recipe: brains in its budget", bench_recipe),
     # Last: it reads what overhead and checkpoint measured.
     "projection": ("Projection: data-parallel efficiency on H200 clusters", projection),
 }

@@ -189,7 +189,8 @@ def cmd_demo(a) -> int:
 
     if a.cluster == "dev":
         environment.use_dev_cluster()
-    return demo.run(Path(a.out), executor="slurm" if a.cluster == "dev" else "local", epochs=a.epochs)
+    return demo.run(Path(a.out), executor="slurm" if a.cluster == "dev" else "local", epochs=a.epochs,
+                    overrides=a.set)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -301,6 +302,8 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("--out", default="demo-out")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--cluster", choices=("dev",), help="run through the dev Slurm cluster instead of locally")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override on top of the demo's (repeatable), e.g. train.adam_beta1=0.5")
     p.set_defaults(fn=cmd_demo)
 
 

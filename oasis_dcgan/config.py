@@ -67,12 +67,15 @@ class TrainConfig:
     # fp32 is the seed's. bf16 and fp16 compute in half precision with fp32 variables, logits
     # and losses (Keras mixed policies); fp16 adds dynamic loss scaling. A speed-up on GPUs only.
     precision: str = "fp32"
-    # When to checkpoint besides every stop and the end of training. By time, because a GPU
-    # epoch lasts seconds: see the README, "Choosing the checkpoint cadence".
     # The generator average (G_ema): an exponential moving average of G's weights with this
     # half-life in thousands of images. Samples, metrics and generator.keras use it; the raw
     # G is saved beside it. It never feeds back into training. 0: off.
     ema_kimg: float = 10.0
+    # The half-life is at most ema_rampup x the images seen so far, so a short run's average
+    # is not dominated by its first epochs. 0: a fixed half-life from the start.
+    ema_rampup: float = 0.05
+    # When to checkpoint besides every stop and the end of training. By time, because a GPU
+    # epoch lasts seconds: see the README, "Choosing the checkpoint cadence".
     checkpoint_every_minutes: float = 10.0  # 0: off
     checkpoint_every_steps: int = 0     # 0: off
     checkpoint_every_epochs: int = 0    # 0: off
@@ -171,6 +174,7 @@ class Config:
             ("train.lr_scaling", t.lr_scaling in ("none", "linear", "sqrt"), "must be none, linear or sqrt"),
             ("train.noise_dim", t.noise_dim >= 1, "must be >= 1"),
             ("train.ema_kimg", t.ema_kimg >= 0, "must be >= 0 (0: no generator average)"),
+            ("train.ema_rampup", t.ema_rampup >= 0, "must be >= 0 (0: a fixed half-life)"),
             ("train.checkpoint_every_steps", t.checkpoint_every_steps >= 0, "must be >= 0"),
             ("train.checkpoint_every_minutes", t.checkpoint_every_minutes >= 0, "must be >= 0"),
             ("train.checkpoint_every_epochs", t.checkpoint_every_epochs >= 0, "must be >= 0"),

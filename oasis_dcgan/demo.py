@@ -48,7 +48,7 @@ class TrainingWatch:
                  f"G {rec['g_loss']:.3f}  D {rec['d_loss']:.3f}  samples: {grid}")
 
 
-def run(out: Path, executor: str = "local", epochs: int = 40) -> int:
+def run(out: Path, executor: str = "local", epochs: int = 40, overrides: list[str] | None = None) -> int:
     t0 = time.time()
     out = out.resolve()
     src = out / "oasis"
@@ -69,6 +69,7 @@ def run(out: Path, executor: str = "local", epochs: int = 40) -> int:
         "cluster.preprocess_tasks=2",
         "cluster.timeout_min=60",
         "metrics.nn_samples=64",
+        *(overrides or []),
     ])
     res = pipeline.submit_pipeline(cfg, executor=executor, collect_dest=str(out / "results"), wait=True,
                                    watch=TrainingWatch(out / "run", epochs))

@@ -94,6 +94,40 @@ def test_ms_ssim_diversity_sees_collapse():
     assert metrics.pairwise_diversity(collapsed) > 0.95 > metrics.pairwise_diversity(varied)
 
 
+def numpy_ms_ssim_two_scales(x, y, max_val=2.0):
+    """MS-SSIM at 2 scales from its definition: contrast-structure at full size, whole SSIM after a
+    2x2 average, each a mean over valid 11x11 Gaussian windows (sigma 1.5), weights renormalised."""
+    from scipy.signal import convolve2d
+
+    t = np.exp(-0.5 * (np.arange(11) - 5.0) ** 2 / 1.5 ** 2)
+    win = np.outer(t, t) / t.sum() ** 2
+    c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+
+    def stats(a, b):
+        f = lambda z: convolve2d(z, win, mode="valid")  # noqa: E731
+        ma, mb = f(a), f(b)
+        va, vb, cov = f(a * a) - ma ** 2, f(b * b) - mb ** 2, f(a * b) - ma * mb
+        cs = (2 * cov + c2) / (va + vb + c2)
+        return cs.mean(), ((2 * ma * mb + c1) / (ma ** 2 + mb ** 2 + c1) * cs).mean()
+
+    w = np.array([0.0448, 0.2856]) / (0.0448 + 0.2856)
+    cs1, _ = stats(x.astype(np.float64), y.astype(np.float64))
+    half = lambda z: z.reshape(z.shape[0] // 2, 2, z.shape[1] // 2, 2).mean(axis=(1, 3))  # noqa: E731
+    _, s2 = stats(half(x.astype(np.float64)), half(y.astype(np.float64)))
+    return max(cs1, 0) ** w[0] * max(s2, 0) ** w[1]
+
+
+def test_diversity_matches_its_definition_and_flags_a_generator_of_one_image():
+    imgs = structured(6, 32, 4)
+    d = metrics.diversity(imgs, boot=200)
+    want = np.mean([numpy_ms_ssim_two_scales(imgs[i], imgs[j]) for i in range(6) for j in range(i + 1, 6)])
+    assert d["scales"] == 2 and d["pairs"] == 15
+    assert d["mean"] == pytest.approx(want, abs=2e-4)
+    assert d["ci95"][0] <= d["mean"] <= d["ci95"][1] and d["ci95"][1] - d["ci95"][0] > 0
+    one = metrics.diversity(np.stack([imgs[0]] * 6), boot=200)
+    assert one["mean"] == pytest.approx(1.0, abs=1e-5) and one["mean"] > d["ci95"][1], "one image is flagged"
+
+
 def test_exact_nearest_ssim_flags_copies_and_matches_a_skimage_search(dataset32):
     from skimage.metrics import structural_similarity
 

@@ -374,6 +374,9 @@ def test_the_generator_average_follows_its_formula_and_is_exported_beside_the_ra
 
     assert ema_beta(10.0, 16) == pytest.approx(0.5 ** (16 / 10_000))
     assert ema_beta(0.0, 16) == 0.0
+    # Ramp-up: the half-life is at most 5% of the images seen, this step's included.
+    assert float(ema_beta(10.0, 16, tf.constant(984, tf.int64), 0.05)) == pytest.approx(0.5 ** (16 / 50), rel=1e-6)
+    assert float(ema_beta(10.0, 16, tf.constant(10 ** 6, tf.int64), 0.05)) == pytest.approx(0.5 ** (16 / 10_000))
     g, avg = model.build_generator(32), model.build_generator(32)
     before = [v.numpy() for v in avg.variables]
     update_average(avg, g, 0.9)

@@ -141,14 +141,25 @@ def update_average(average, generator, beta: float) -> None:
         a.assign(tf.cast(w, a.dtype))
 
 
-def ema_beta(half_life_kimg: float, global_batch: int) -> float:
-    """The per-step decay that halves an image's weight in the average every half_life_kimg x 1000 images."""
-    return 0.5 ** (global_batch / (half_life_kimg * 1000.0)) if half_life_kimg > 0 else 0.0
+def ema_beta(half_life_kimg: float, global_batch: int, images_seen=None, rampup: float = 0.0):
+    """The per-step decay that halves an image's weight in the average every half_life_kimg x 1000 images.
+
+    With a ramp-up, the half-life is at most rampup x the images seen so far: a short run's
+    average then forgets its first, noise-like generators instead of carrying them for the
+    whole run. images_seen may be a tensor (inside the compiled step)."""
+    if half_life_kimg <= 0:
+        return 0.0
+    half_life = half_life_kimg * 1000.0
+    if rampup > 0 and images_seen is not None:
+        seen = tf.cast(images_seen, tf.float64) + global_batch  # this step's images count too
+        half_life = tf.minimum(tf.constant(half_life, tf.float64), rampup * seen)
+        return tf.cast(0.5 ** (global_batch / half_life), tf.float32)
+    return 0.5 ** (global_batch / half_life)
 
 
 def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, hvd, batch_size: int,
                      noise_dim: int, seed: int, fp16_allreduce: bool = False, generator_ema=None,
-                     ema_beta: float = 0.0):
+                     ema_kimg: float = 0.0, ema_rampup: float = 0.0):
     """The reference's two-tape step, data-parallel: one fused allreduce, identical state on all ranks.
 
     Each rank's losses are sums over its own images times world_size / (images in the step),
@@ -197,7 +208,8 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
             for v, mean in zip(generator.non_trainable_variables, rest[:len(bn_stats)]):
                 v.assign(mean)
         if generator_ema is not None:
-            update_average(generator_ema, generator, ema_beta)
+            beta = ema_beta(ema_kimg, batch_size * world_size, state.counters["images_seen"], ema_rampup)
+            update_average(generator_ema, generator, beta)
         g_mean, d_mean = tf.cast(rest[-3], tf.float64), tf.cast(rest[-2], tf.float64)
         state.record_step(g_mean, d_mean, slots)
         return g_mean, d_mean, rest[-1] > 0

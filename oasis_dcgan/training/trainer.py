@@ -97,7 +97,7 @@ class Trainer:
 
         from . import model
         from .checkpoint import CheckpointManager, variable_groups
-        from .step import TrainState, build_train_step, ema_beta
+        from .step import TrainState, build_train_step
 
         t = self.cfg.train
         # Every rank checks: they all read the same files and reach the same verdict, so none
@@ -132,7 +132,7 @@ class Trainer:
         self.train_steps = build_train_step(self.generator, self.discriminator, self.g_opt, self.d_opt, self.state,
                                            self.hvd, t.batch_size, t.noise_dim, seed=t.seed,
                                            fp16_allreduce=t.fp16_allreduce, generator_ema=self.generator_ema,
-                                           ema_beta=ema_beta(t.ema_kimg, t.batch_size * self.size))
+                                           ema_kimg=t.ema_kimg, ema_rampup=t.ema_rampup)
 
     def models(self) -> list:
         return [m for m in (self.generator, self.discriminator, self.generator_ema) if m is not None]

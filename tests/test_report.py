@@ -39,6 +39,8 @@ def test_postprocess_outputs(finished_run):
         assert f"({f})" in md, f
     assert html.count("<img") == len(FIGS) and "data:image/png;base64" in html and "src=\"report" not in html
     assert "0.65" in md and "does not" in md
+    assert "Training recipe" in md and "the seed's recipe" in md
+    assert "not the seed's recipe" in report.recipe({"adam_beta1": 0.5, "ema_kimg": 10})
     assert m["run_complete"] is True
 
 

@@ -23,7 +23,7 @@ def raw_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw")
     sample_data.write_raw_release(root, subjects=4, seed=3, fmt="analyze", discs=2, rescans=1, **quiet)
     sample_data.write_raw_release(root / "more", subjects=1, seed=4, fmt="nifti-gz", **quiet)
-    (src,) = list((root / "more").iterdir())
+    (src,) = [p for p in (root / "more").iterdir() if p.is_dir()]  # beside it: the sample-data marker
     dst = root / "disc3" / "OAS1_0099_MR1"
     dst.parent.mkdir()
     shutil.move(str(src), dst)
@@ -34,11 +34,11 @@ def raw_tree(tmp_path_factory):
 
 
 def sessions_on_disk(root):
-    return sorted(p.name for d in root.iterdir() for p in d.iterdir())
+    return sorted(p.name for d in root.iterdir() if d.is_dir() for p in d.iterdir())
 
 
 def test_every_disc_is_read_and_a_subjects_sessions_share_a_split(raw_tree, tmp_path):
-    assert sorted(p.name for p in raw_tree.iterdir()) == ["disc1", "disc2", "disc3"]
+    assert sorted(p.name for p in raw_tree.iterdir() if p.is_dir()) == ["disc1", "disc2", "disc3"]
     assert layouts.detect_layout(raw_tree) == ("oasis-raw", raw_tree)
     m = pack.preprocess(raw_tree, tmp_path / "ds", resolution=32, shard_size=64,
                         split_fractions=(0.6, 0.2, 0.2), split_seed=7, **quiet)

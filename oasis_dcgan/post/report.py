@@ -282,6 +282,19 @@ def _metrics_section(doc: Document, m: dict, manifest: dict) -> None:
         doc.paragraph(f"FID/KID: {m['fid']['note']}")
 
 
+def recipe(train: dict) -> str:
+    """The training recipe in words, saying where it departs from the seed's."""
+    beta1, ratio, ema = train.get("adam_beta1", 0.9), train.get("d_lr_ratio", 1.0), train.get("ema_kimg", 0)
+    seed = beta1 == 0.9 and ratio == 1.0
+    words = (f"Adam, learning rate {train.get('lr', 1e-4):g}, beta_1 {beta1:g}, discriminator learning rate x{ratio:g}, "
+             f"batch {train.get('batch_size', 16)} per rank: "
+             + ("the seed's recipe" if seed else "not the seed's recipe (beta_1 0.9, equal learning rates)"))
+    if ema:
+        words += (f"; samples and metrics come from the generator average (half-life {ema:g} kimg, ramp-up "
+                  f"{train.get('ema_rampup', 0):g}), which the seed did not have")
+    return words + "."
+
+
 def build_document(run_dir: Path, options: dict, manifest: dict, m: dict, rows: list[dict],
                    figure_list: list[tuple[str, str]]) -> Document:
     cfg = options.get("config", {})
@@ -290,6 +303,7 @@ def build_document(run_dir: Path, options: dict, manifest: dict, m: dict, rows: 
                f"Generated: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
                f"Epochs done: {m['epochs_done']} of {cfg.get('train', {}).get('epochs', '?')}"
                + ("" if m["run_complete"] else " (run still in progress; figures show the epochs so far)")])
+    doc.paragraph(Bold("Training recipe: "), recipe(cfg.get("train", {})))
     _metrics_section(doc, m, manifest)
     doc.heading("Dataset")
     doc.bullets([

@@ -7,7 +7,8 @@ import pytest
 
 from oasis_dcgan.post import figures, report
 
-FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png")
+FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png",
+        "nn_ssim.png")
 
 
 @pytest.fixture

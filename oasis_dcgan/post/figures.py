@@ -99,3 +99,21 @@ def plot_nn_pairs(generated: np.ndarray, nearest: np.ndarray, scores: np.ndarray
         axes[r, 0].text(-0.1, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_nn_distributions(generated: np.ndarray, held_out, path: Path, split: str = "train",
+                          held_split: str = "validate") -> None:
+    """Nearest-neighbour SSIM of generated images beside held-out real ones: the baseline is a
+    distribution, so the comparison is too."""
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
+    bins = np.linspace(min(np.min(generated), np.min(held_out, initial=1.0)), 1.0, 31)
+    ax.hist(generated, bins=bins, alpha=0.6, color="tab:blue", label=f"generated (median {np.median(generated):.3f})")
+    if len(held_out):
+        ax.hist(held_out, bins=bins, alpha=0.6, color="tab:gray",
+                label=f"held-out {held_split} (median {np.median(held_out):.3f})")
+    ax.set_xlabel(f"SSIM to the nearest {split} image")
+    ax.set_ylabel("images")
+    ax.set_title("Nearest-neighbour SSIM: right of the held-out images means copying")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)

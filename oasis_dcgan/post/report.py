@@ -216,7 +216,7 @@ def summarise(rows: list[dict], checks: dict, cfg: Config, epochs_done: int, run
 # ----------------------------------------------------------------------------- figures
 
 def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], samples: list, real_batch: np.ndarray,
-                   gen: np.ndarray, nn: dict, reader: ShardReader) -> list[tuple[str, str]]:
+                   gen: np.ndarray, nn: dict, reader: ShardReader, held: dict) -> list[tuple[str, str]]:
     """Every figure of the report; returns (title, file name) in report order."""
     out = []
     if any(r.get("kind") == "epoch" for r in stats):
@@ -236,6 +236,9 @@ def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], sample
     nearest = to_unit(reader.read(nn["index"][closest]))
     figures.plot_nn_pairs(gen[closest], nearest, nn["ssim"][closest], report_dir / "nn_pairs.png", split=reader.split)
     out.append((f"The 8 generated images closest to a {reader.split} image, and that image", "nn_pairs.png"))
+    figures.plot_nn_distributions(nn["ssim"], np.asarray(held.get("values", [])), report_dir / "nn_ssim.png",
+                                  reader.split, held.get("split", "-"))
+    out.append(("Nearest-neighbour SSIM, generated and held-out", "nn_ssim.png"))
     return out
 
 
@@ -363,7 +366,7 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     # ---- Figures and the report, Markdown and standalone HTML from the same document
     real_batch = to_unit(reader.read(metric_batches(report_dir, ds, cfg)["batches"][0]))
     figure_list = render_figures(report_dir, read_stats(run_dir / "stats.jsonl"), rows, samples, real_batch, gen,
-                                 nn, reader)
+                                 nn, reader, checks["nn_ssim_held_out"])
     reader.close()
     doc = build_document(run_dir, options, manifest, m, rows, figure_list)
     fsutil.write_text(report_dir / "report.md", doc.markdown())

@@ -344,16 +344,30 @@ def test_world_size_2_then_1_then_2_visits_every_image_once_an_epoch(dataset32, 
     assert last["kimg"] == pytest.approx(0.384)
 
 
-def test_several_steps_a_call_train_exactly_as_one_a_call(dataset32, tmp_path, monkeypatch):
+def test_several_steps_a_call_train_exactly_as_one_a_call(dataset32, tmp_path):
     """Steps run in one compiled call must be the same steps: epoch ends, step checkpoints and the
-    weights fall exactly where one step a call puts them."""
-    monkeypatch.setattr(trainer, "FAST_STEP_S", 60.0)  # whatever this CPU's speed: several a call
+    weights fall exactly where one step a call puts them.
+
+    Each run gets a fresh process: bit-identical CPU runs need one thread, and TensorFlow takes
+    thread settings only before it first runs (earlier tests in this process have run it)."""
     runs = {}
     for k in (1, 4):
         run = tmp_path / f"k{k}"
-        s = trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.max_steps_per_epoch=7",
-                                "train.deterministic=true", "train.checkpoint_every_steps=5",
-                                "train.keep_checkpoints=8", f"train.steps_per_call={k}"), log_to_stdout=False)
+        overrides = [f'run_dir="{run}"', f'data.dataset="{dataset32}"', "train.batch_size=8",
+                     "train.intra_op_threads=1", "train.epochs=2", "train.max_steps_per_epoch=7",
+                     "train.deterministic=true", "train.checkpoint_every_steps=5", "train.keep_checkpoints=8",
+                     f"train.steps_per_call={k}"]
+        script = ("import json, sys\n"
+                  "from oasis_dcgan import config\n"
+                  "from oasis_dcgan.training import trainer\n"
+                  "trainer.FAST_STEP_S = 60.0  # whatever this CPU's speed: several steps a call\n"
+                  "s = trainer.run(config.load(None, json.loads(sys.argv[1])), log_to_stdout=False)\n"
+                  "print(json.dumps({k: s[k] for k in ('weights_sha256', 'global_step')}))\n")
+        r = subprocess.run([sys.executable, "-c", script, json.dumps(overrides)], cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "intra_op_threads ignored" not in r.stdout + r.stderr
+        s = json.loads(r.stdout.strip().splitlines()[-1])
         stats = read_stats(run / "stats.jsonl")
         runs[k] = (s, [r for r in stats if r["kind"] == "epoch"], [r["global_step"] for r in stats
                                                                     if r["kind"] == "checkpoint"])

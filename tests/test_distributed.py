@@ -161,3 +161,24 @@ def test_two_real_ranks_through_submitit_local_executor(tmp_path):
     assert all(r["bcast"] == [1.0, 1.0, 1.0] for r in res)  # rank 0's value everywhere
     published = list((tmp_path / "rdv").glob("rendezvous-*.json"))
     assert len(published) == 1 and json.loads(published[0].read_text())["size"] == 2
+
+
+def test_a_world_of_one_trains_without_horovods_runtime():
+    """One rank: collectives are the identity, and Horovod's polling thread never starts (a fresh
+    process, so no earlier test's hvd.init() can hide it)."""
+    import subprocess
+    import sys
+
+    code = ("import tensorflow as tf, horovod.tensorflow as hvd, json\n"
+            "from oasis_dcgan.training import distributed\n"
+            "one, server = distributed.init(distributed.World(local_rank=0))\n"
+            "x = tf.constant([1.0, 2.0])\n"
+            "same = [one.grouped_allreduce([x], op=one.Average)[0] is x, one.allreduce(x) is x,\n"
+            "        one.broadcast(x, root_rank=0) is x]\n"
+            "print(json.dumps({'same': same, 'size': one.size(), 'rank': one.rank(), 'server': server is None,\n"
+            "                  'horovod_started': bool(hvd.is_initialized()), 'nccl': one.nccl_built() == bool(hvd.nccl_built())}))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {"same": [True, True, True], "size": 1, "rank": 0, "server": True, "horovod_started": False,
+                   "nccl": True}

@@ -176,7 +176,8 @@ def test_a_world_of_one_trains_without_horovods_runtime():
             "same = [one.grouped_allreduce([x], op=one.Average)[0] is x, one.allreduce(x) is x,\n"
             "        one.broadcast(x, root_rank=0) is x]\n"
             "print(json.dumps({'same': same, 'size': one.size(), 'rank': one.rank(), 'server': server is None,\n"
-            "                  'horovod_started': bool(hvd.is_initialized()), 'nccl': one.nccl_built() == bool(hvd.nccl_built())}))\n")
+            "                  'horovod_started': bool(hvd.is_initialized()),\n"
+            "                  'nccl': one.nccl_built() == bool(hvd.nccl_built())}))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])

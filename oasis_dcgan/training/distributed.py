@@ -253,7 +253,8 @@ def init(world: World, timeout_s: float = 300.0, rendezvous_timeout_s: float | N
     for rank 0's address allows at least five minutes unless told otherwise: rank 0 may be
     slow to start (a cold file system, the lock of a previous attempt). Rank 0 logs which
     interface and address each node uses. Returns (the `horovod.tensorflow` module, or OneRank
-    for a world of one; rank 0's rendezvous server or None); the caller keeps the server referenced while the ranks run.
+    for a world of one; rank 0's rendezvous server or None); the caller keeps the server
+    referenced while the ranks run.
     """
     if world.size == 1:
         return OneRank(world.local_rank), None

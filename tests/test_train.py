@@ -19,9 +19,13 @@ SMALL = ["--batch-size", "8", "--set", "train.max_steps_per_epoch=6", "--set", "
          "--set", "train.tick_seconds=0.5"]
 
 
+def overrides_for(dataset, run_dir, *overrides) -> list[str]:
+    return [f'run_dir="{run_dir}"', f'data.dataset="{dataset}"', "train.batch_size=8",
+            "train.max_steps_per_epoch=4", "train.intra_op_threads=1", *overrides]
+
+
 def cfg_for(dataset, run_dir, *overrides):
-    return config.load(None, [f'run_dir="{run_dir}"', f'data.dataset="{dataset}"', "train.batch_size=8",
-                              "train.max_steps_per_epoch=4", "train.intra_op_threads=1", *overrides])
+    return config.load(None, overrides_for(dataset, run_dir, *overrides))
 
 
 def train_cmd(dataset, run_dir, ranks, epochs, *extra):
@@ -353,10 +357,9 @@ def test_several_steps_a_call_train_exactly_as_one_a_call(dataset32, tmp_path):
     runs = {}
     for k in (1, 4):
         run = tmp_path / f"k{k}"
-        overrides = [f'run_dir="{run}"', f'data.dataset="{dataset32}"', "train.batch_size=8",
-                     "train.intra_op_threads=1", "train.epochs=2", "train.max_steps_per_epoch=7",
-                     "train.deterministic=true", "train.checkpoint_every_steps=5", "train.keep_checkpoints=8",
-                     f"train.steps_per_call={k}"]
+        overrides = overrides_for(dataset32, run, "train.epochs=2", "train.max_steps_per_epoch=7",
+                                  "train.deterministic=true", "train.checkpoint_every_steps=5",
+                                  "train.keep_checkpoints=8", f"train.steps_per_call={k}")
         script = ("import json, sys\n"
                   "from oasis_dcgan import config\n"
                   "from oasis_dcgan.training import trainer\n"

@@ -110,8 +110,11 @@ def job_against_seed(res: int, steps: int, epochs: int) -> dict:
     cancels to first order. The seed runs as many steps as our measured window holds, so both
     average over the same stretch of time. Then, once each, the job as it was before (tf.data
     autotuning on) and the job checkpointing at every epoch end, against the seed's median.
+    One short run of the job comes first and is discarded: in earlier runs the first round was
+    the slowest at both resolutions (cold page cache for the shards, first-touch memory).
     """
     seed_steps = steps * (epochs - 1)
+    our_run(res, steps=steps, epochs=2)
     seeds, rounds = [seed_run(res, seed_steps)], []
     for _ in range(ROUNDS):
         ours = our_run(res, steps=steps, epochs=epochs)

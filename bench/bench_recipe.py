@@ -19,12 +19,16 @@ import time
 from bench.common import REPO, WORK, save, table
 
 EPOCHS = int(os.environ.get("OASIS_RECIPE_EPOCHS", "40"))  # the demo's default
-SEED = ["train.lr=1e-4", "train.adam_beta1=0.9"]  # the demo itself runs the last variant's recipe
+# Every recipe key is spelled out in every variant, so none inherits the demo's own choice.
+SEED = ["train.lr=1e-4", "train.adam_beta1=0.9", "train.d_dropout_scale=1.0", "train.batch_size=16"]
+DCGAN = ["train.lr=2e-4", "train.adam_beta1=0.5"]  # the DCGAN paper's Adam
 VARIANTS = {  # name: overrides on top of the demo's settings
     "seed recipe (Adam 1e-4, betas 0.9/0.999), no average": [*SEED, "train.ema_kimg=0"],
     "seed recipe + generator average": SEED,
-    "Adam beta_1 0.5 + generator average": ["train.lr=1e-4", "train.adam_beta1=0.5"],
-    "DCGAN paper (Adam 2e-4, beta_1 0.5) + generator average": ["train.lr=2e-4", "train.adam_beta1=0.5"],
+    "Adam beta_1 0.5 + generator average": ["train.lr=1e-4", "train.adam_beta1=0.5", *SEED[2:]],
+    "DCGAN paper (Adam 2e-4, beta_1 0.5) + generator average": [*DCGAN, *SEED[2:]],
+    "the same, D without dropout": [*DCGAN, "train.d_dropout_scale=0", "train.batch_size=16"],
+    "the same, batch 8 per rank": [*DCGAN, "train.d_dropout_scale=0", "train.batch_size=8"],
 }
 
 

@@ -325,6 +325,22 @@ def test_dropout_masks_differ_across_ranks_and_follow_the_step():
     assert not np.array_equal(masks(0, 5), masks(0, 6))
 
 
+def test_discriminator_dropout_scale_multiplies_the_seeds_rates():
+    import tensorflow as tf
+
+    from oasis_dcgan.training import model
+
+    def rates(D):
+        return [layer.rate for layer in D.layers if isinstance(layer, tf.keras.layers.Dropout)]
+
+    assert rates(model.build_discriminator(32)) == [0.4, 0.2, 0.2], "the seed's by default"
+    assert rates(model.build_discriminator(32, dropout_scale=0.5)) == pytest.approx([0.2, 0.1, 0.1])
+    D = model.build_discriminator(32, dropout_scale=0)
+    x = tf.random.stateless_uniform([4, 32, 32, 1], seed=[1, 2])
+    np.testing.assert_array_equal(D(x, training=True).numpy(), D(x, training=False).numpy())
+    assert len(D.weights) == len(model.build_discriminator(32).weights), "checkpoints stay interchangeable"
+
+
 @pytest.mark.slow
 def test_world_size_2_then_1_then_2_visits_every_image_once_an_epoch(dataset32, tmp_path):
     """Preempted twice and resumed on another number of ranks: each epoch still trains on exactly its images."""

@@ -22,6 +22,9 @@ L = tf.keras.layers
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
+SEED_D_DROPOUT = (0.4, 0.2, 0.2)
+
+
 def build_generator(resolution: int = 256, noise_dim: int = 100, precision: str = "fp32") -> tf.keras.Model:
     s, p = resolution // 8, POLICIES[precision]
     return tf.keras.Sequential([
@@ -43,19 +46,22 @@ def build_generator(resolution: int = 256, noise_dim: int = 100, precision: str 
     ], name="generator")
 
 
-def build_discriminator(resolution: int = 256, precision: str = "fp32") -> tf.keras.Model:
+def build_discriminator(resolution: int = 256, precision: str = "fp32", dropout_scale: float = 1.0) -> tf.keras.Model:
+    """`dropout_scale` multiplies the seed's rates (a recipe option; 0 keeps the layers, weightless, at rate 0,
+    so checkpoints stay interchangeable)."""
     p = POLICIES[precision]
+    r1, r2, r3 = (rate * dropout_scale for rate in SEED_D_DROPOUT)
     return tf.keras.Sequential([
         L.Input((resolution, resolution, 1)),
         L.Conv2D(64, 3, strides=2, padding="same", name="d_conv1", dtype=p),
         L.LeakyReLU(name="d_act1", dtype=p),
-        L.Dropout(0.4, name="d_drop1", dtype=p),
+        L.Dropout(r1, name="d_drop1", dtype=p),
         L.Conv2D(128, 3, strides=2, padding="same", name="d_conv2", dtype=p),
         L.LeakyReLU(name="d_act2", dtype=p),
-        L.Dropout(0.2, name="d_drop2", dtype=p),
+        L.Dropout(r2, name="d_drop2", dtype=p),
         L.Conv2D(256, 3, strides=2, padding="same", name="d_conv3", dtype=p),
         L.LeakyReLU(name="d_act3", dtype=p),
-        L.Dropout(0.2, name="d_drop3", dtype=p),
+        L.Dropout(r3, name="d_drop3", dtype=p),
         L.Flatten(name="d_flatten", dtype=p),
         L.Dense(1, name="d_logit", dtype="float32"),  # fp32 logits: the losses' log-sigmoid needs the range
     ], name="discriminator")

@@ -115,7 +115,7 @@ class Trainer:
         self.total_images = self.budget * t.epochs
         self.lr = lr_for(self.cfg, self.size)
         self.generator = model.build_generator(self.resolution, t.noise_dim, t.precision)
-        self.discriminator = model.build_discriminator(self.resolution, t.precision)
+        self.discriminator = model.build_discriminator(self.resolution, t.precision, t.d_dropout_scale)
         self.generator_ema = self._build_average(model, t)
         self.g_opt = model.build_optimizer(self.lr, t.precision, t.adam_beta1)
         self.d_opt = model.build_optimizer(self.lr * t.d_lr_ratio, t.precision, t.adam_beta1)

@@ -22,6 +22,7 @@ L = tf.keras.layers
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
+# The seed's discriminator dropout, layer by layer; train.d_dropout_scale multiplies it.
 SEED_D_DROPOUT = (0.4, 0.2, 0.2)
 
 

@@ -20,8 +20,10 @@ from bench.common import REPO, WORK, save, table
 
 EPOCHS = int(os.environ.get("OASIS_RECIPE_EPOCHS", "40"))  # the demo's default
 # Every recipe key is spelled out in every variant, so none inherits the demo's own choice.
-SEED = ["train.lr=1e-4", "train.adam_beta1=0.9", "train.d_dropout_scale=1.0", "train.batch_size=16"]
-DCGAN = ["train.lr=2e-4", "train.adam_beta1=0.5"]  # the DCGAN paper's Adam
+SEED = ["train.lr=1e-4", "train.adam_beta1=0.9", "train.d_dropout_scale=1.0", "train.batch_size=16",
+        "train.lr_rampdown=0"]
+DCGAN = ["train.lr=2e-4", "train.adam_beta1=0.5", "train.lr_rampdown=0"]  # the DCGAN paper's Adam
+FAST = ["train.adam_beta1=0.5", "train.d_dropout_scale=0", "train.batch_size=8"]  # lr and its ramp-down vary
 VARIANTS = {  # name: overrides on top of the demo's settings
     "seed recipe (Adam 1e-4, betas 0.9/0.999), no average": [*SEED, "train.ema_kimg=0"],
     "seed recipe + generator average": SEED,
@@ -29,6 +31,9 @@ VARIANTS = {  # name: overrides on top of the demo's settings
     "DCGAN paper (Adam 2e-4, beta_1 0.5) + generator average": [*DCGAN, *SEED[2:]],
     "the same, D without dropout": [*DCGAN, "train.d_dropout_scale=0", "train.batch_size=16"],
     "the same, batch 8 per rank": [*DCGAN, "train.d_dropout_scale=0", "train.batch_size=8"],
+    "the same, Adam 4e-4 (the demo's recipe)": [*FAST, "train.lr=4e-4", "train.lr_rampdown=0"],
+    "the same, Adam 8e-4": [*FAST, "train.lr=8e-4", "train.lr_rampdown=0"],
+    "Adam 4e-4, falling over the last half": [*FAST, "train.lr=4e-4", "train.lr_rampdown=0.5"],
 }
 
 

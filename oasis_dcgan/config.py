@@ -63,6 +63,10 @@ class TrainConfig:
     # Another recipe option: the discriminator's dropout rates are the seed's (0.4, 0.2, 0.2)
     # times this. The seed's is 1.
     d_dropout_scale: float = 1.0
+    # Another: both learning rates fall linearly over this last fraction of the epochs, to
+    # 1/(its epochs) of lr in the last one, so the last epochs settle instead of oscillating.
+    # The seed's is 0: constant.
+    lr_rampdown: float = 0.0
     noise_dim: int = 100
     seed: int = 0
     deterministic: bool = False
@@ -175,6 +179,7 @@ class Config:
             ("train.adam_beta1", 0 <= t.adam_beta1 < 1, "must be in [0, 1)"),
             ("train.d_lr_ratio", t.d_lr_ratio > 0, "must be > 0"),
             ("train.d_dropout_scale", 0 <= t.d_dropout_scale < 2.5, "must be in [0, 2.5) (the first rate is 0.4x it)"),
+            ("train.lr_rampdown", 0 <= t.lr_rampdown <= 1, "must be in [0, 1] (a fraction of the epochs)"),
             ("train.lr_scaling", t.lr_scaling in ("none", "linear", "sqrt"), "must be none, linear or sqrt"),
             ("train.noise_dim", t.noise_dim >= 1, "must be >= 1"),
             ("train.ema_kimg", t.ema_kimg >= 0, "must be >= 0 (0: no generator average)"),

@@ -30,6 +30,7 @@ def test_toml_file_and_overrides(tmp_path):
     ("data.resolution=100", "data.resolution"),        # impossible value
     ("train.lr=-1", "train.lr"),
     ("train.d_dropout_scale=2.5", "train.d_dropout_scale"),  # a first rate of 1 drops everything
+    ("train.lr_rampdown=1.5", "train.lr_rampdown"),  # a fraction of the epochs
     ("cluster.executor=\"pbs\"", "cluster.executor"),
 ])
 def test_bad_values_are_refused_naming_the_key(override, key):

@@ -132,6 +132,12 @@ def test_lr_scaling():
     assert trainer.lr_for(c, 4) == pytest.approx(4e-4)
 
 
+def test_lr_rampdown_factor_falls_linearly_over_the_last_epochs():
+    assert [trainer.lr_factor(e, 10, 0.0) for e in range(10)] == [1.0] * 10
+    assert [trainer.lr_factor(e, 10, 0.4) for e in range(10)] == pytest.approx([1] * 7 + [0.75, 0.5, 0.25])
+    assert [trainer.lr_factor(e, 4, 1.0) for e in range(4)] == pytest.approx([1, 0.75, 0.5, 0.25])
+
+
 def _run_until_killed(cmd, run_dir, kill_at_step, timeout=300):
     """Start training in its own session and SIGKILL every process of it after `kill_at_step`."""
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -240,19 +246,23 @@ def test_a_checkpoint_of_another_model_or_dataset_is_refused_naming_the_key(data
     assert "dataset was" in (run / "log.txt").read_text()
 
 
-def test_the_config_sets_the_learning_rate_on_resume(dataset32, tmp_path):
+def test_the_config_sets_the_learning_rate_on_resume_and_the_rampdown_lowers_it_by_epoch(dataset32, tmp_path):
     import tensorflow as tf
 
     run = tmp_path / "run"
     trainer.run(cfg_for(dataset32, run, "train.epochs=1"), log_to_stdout=False)
-    trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.lr=5e-4"), log_to_stdout=False)
+    # Resumed with a new lr and a ramp-down over all (2) epochs: epoch 2 trains at half the new lr.
+    trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.lr=5e-4", "train.lr_rampdown=1.0"),
+                log_to_stdout=False)
     ckpt = sorted((run / "checkpoints").iterdir())[-1]
     reader = tf.train.load_checkpoint(str(ckpt / "ckpt"))
     rates = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
              if "optimizer" in k and k.split("/")[1].endswith("learning_rate")]
-    assert len(rates) == 2 and all(r == pytest.approx(5e-4) for r in rates), rates
+    assert len(rates) == 2 and all(r == pytest.approx(2.5e-4) for r in rates), rates
     assert json.loads((ckpt / "meta.json").read_text())["learning_rate"] == pytest.approx(5e-4)
     assert "learning rate was 0.0001" in (run / "log.txt").read_text()
+    lrs = [r["lr"] for r in read_stats(run / "stats.jsonl") if r["kind"] == "epoch"]
+    assert lrs == [pytest.approx(1e-4), pytest.approx(2.5e-4)]
 
 
 @pytest.mark.parametrize("first,then", [("bf16", "bf16"), ("fp32", "fp16")])

@@ -289,11 +289,13 @@ def recipe(train: dict) -> str:
     """The training recipe in words, saying where it departs from the seed's."""
     beta1, ratio, ema = train.get("adam_beta1", 0.9), train.get("d_lr_ratio", 1.0), train.get("ema_kimg", 0)
     lr, dropout, batch = train.get("lr", 1e-4), train.get("d_dropout_scale", 1.0), train.get("batch_size", 16)
-    seed = (lr, beta1, ratio, dropout, batch) == (1e-4, 0.9, 1.0, 1.0, 16)
-    words = (f"Adam, learning rate {lr:g}, beta_1 {beta1:g}, discriminator learning rate x{ratio:g}, "
+    rampdown = train.get("lr_rampdown", 0.0)
+    seed = (lr, beta1, ratio, dropout, batch, rampdown) == (1e-4, 0.9, 1.0, 1.0, 16, 0.0)
+    falling = f" falling linearly over the last {rampdown:.0%} of the epochs" if rampdown else ""
+    words = (f"Adam, learning rate {lr:g}{falling}, beta_1 {beta1:g}, discriminator learning rate x{ratio:g}, "
              f"discriminator dropout x{dropout:g}, batch {batch} per rank: "
-             + ("the seed's recipe" if seed else "not the seed's recipe (Adam 1e-4, beta_1 0.9, equal learning "
-                "rates, dropout 0.4/0.2/0.2, batch 16)"))
+             + ("the seed's recipe" if seed else "not the seed's recipe (Adam 1e-4 constant, beta_1 0.9, equal "
+                "learning rates, dropout 0.4/0.2/0.2, batch 16)"))
     if ema:
         words += (f"; samples and metrics come from the generator average (half-life {ema:g} kimg, ramp-up "
                   f"{train.get('ema_rampup', 0):g}), which the seed did not have")

@@ -38,6 +38,14 @@ def lr_for(cfg: Config, world_size: int) -> float:
     return cfg.train.lr * scale
 
 
+def lr_factor(epoch: int, epochs: int, rampdown: float) -> float:
+    """The learning rates' factor in 0-based `epoch`: 1, then falling linearly over the last
+    rampdown x epochs to 1/(rampdown x epochs) in the last one. By epoch, so a resumed epoch
+    trains at the rate it began with."""
+    span = rampdown * epochs
+    return 1.0 if span <= 0 else min(1.0, (epochs - epoch) / span)
+
+
 class Trainer:
     def __init__(self, cfg: Config, world: World | None = None, log_to_stdout: bool = True):
         self.cfg = cfg
@@ -297,6 +305,7 @@ class Trainer:
         import tensorflow as tf
 
         c = self.state.begin_epoch(self.budget)
+        self._set_learning_rates()
         n_steps = steps_left(c["epoch_images"], c["images_in_epoch"], self.cfg.train.batch_size, self.size)
         t_epoch, steps, self._calls = time.monotonic(), 0, 0
         self._in_step_s = 0.0  # the epoch's time inside the compiled calls; the rest is the loop's own
@@ -320,6 +329,12 @@ class Trainer:
                     self._periodic_checkpoint()
         self._loop_end = time.time()
         return steps, time.monotonic() - t_epoch, steps >= n_steps
+
+    def _set_learning_rates(self) -> None:
+        t = self.cfg.train
+        self.epoch_lr = self.lr * lr_factor(self.epoch, t.epochs, t.lr_rampdown)
+        self.g_opt.learning_rate = self.epoch_lr
+        self.d_opt.learning_rate = self.epoch_lr * t.d_lr_ratio
 
     def _steps_for_call(self, left: int) -> int:
         """train.steps_per_call once steps are short (a GPU's milliseconds), else one: a call
@@ -409,7 +424,7 @@ class Trainer:
         rec = dict(kind="epoch", epoch=self.epoch + 1, global_step=self.global_step,
                    images_per_s=steps * self.global_batch / max(seconds, 1e-9),
                    step_time=seconds / max(steps, 1), epoch_time=seconds,
-                   host_s_per_step=(seconds - self._in_step_s) / max(steps, 1), calls=self._calls,
+                   host_s_per_step=(seconds - self._in_step_s) / max(steps, 1), calls=self._calls, lr=self.epoch_lr,
                    loop_end_time=self._loop_end)
         self._wait_for_publishing()  # one at a time: a slow disk must not pile them up
         t = threading.Thread(target=self._publish_epoch, args=(fake, rec, record), name="epoch-publish", daemon=True)

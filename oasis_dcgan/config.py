@@ -64,8 +64,8 @@ class TrainConfig:
     # times this. The seed's is 1.
     d_dropout_scale: float = 1.0
     # Another: both learning rates fall linearly over this last fraction of the epochs, to
-    # 1/(its epochs) of lr in the last one, so the last epochs settle instead of oscillating.
-    # The seed's is 0: constant.
+    # 1/(its epochs) of lr in the last one, for runs whose last epochs oscillate (on the demo it
+    # did not help: README, "The demo's recipe"). The seed's is 0: constant.
     lr_rampdown: float = 0.0
     noise_dim: int = 100
     seed: int = 0

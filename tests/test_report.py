@@ -43,7 +43,8 @@ def test_postprocess_outputs(finished_run):
     assert "Training recipe" in md and "the seed's recipe" in md
     assert "not the seed's recipe" in report.recipe({"adam_beta1": 0.5, "ema_kimg": 10})
     assert "not the seed's" not in report.recipe({"lr": 1e-4, "adam_beta1": 0.9, "batch_size": 16})
-    for departs in ({"lr": 2e-4}, {"d_dropout_scale": 0.0}, {"batch_size": 8}, {"d_lr_ratio": 2.0}, {"lr_rampdown": 0.5}):
+    for departs in ({"lr": 2e-4}, {"d_dropout_scale": 0.0}, {"batch_size": 8}, {"d_lr_ratio": 2.0},
+                    {"lr_rampdown": 0.5}):
         assert "not the seed's recipe" in report.recipe(departs), departs
     assert m["run_complete"] is True
 

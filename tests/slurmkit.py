@@ -23,6 +23,17 @@ def wait_gone(job_id: str, timeout: float = 600) -> None:
     raise AssertionError(f"job {job_id} still queued after {timeout} s")
 
 
+def sacct_rows(job_id: str, fields: str, count: int, timeout: float = 60) -> list[str]:
+    """The job's accounting rows (-X: one per job or array task), once `count` are recorded:
+    slurmdbd can record one array task seconds after the other."""
+    end = time.time() + timeout
+    while True:
+        rows = sh("sacct", "-n", "-X", "-P", "-j", job_id, f"--format={fields}").splitlines()
+        if len(rows) >= count or time.time() > end:
+            return rows
+        time.sleep(1)
+
+
 def checkpoint_steps(run: Path) -> list[int]:
     ck = Path(run) / "checkpoints"
     return sorted(int(p.name.split("-")[1]) for p in ck.glob("ckpt-*")) if ck.is_dir() else []

@@ -19,7 +19,7 @@ from oasis_dcgan.launch import retry, status
 from oasis_dcgan.logs import read_stats
 from oasis_dcgan.prep import manifest
 
-from .slurmkit import kill, sh, top_states, wait_for_checkpoint, wait_for_ranks, wait_gone
+from .slurmkit import kill, sacct_rows, sh, top_states, wait_for_checkpoint, wait_for_ranks, wait_gone
 from .test_slurm_jobs import submit_train
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -122,7 +122,7 @@ def test_preprocess_array_runs_on_both_hosts_and_the_seal_sees_every_shard(twoho
     end = time.time() + 120
     while not (ds / "manifest.json").exists() and time.time() < end:
         time.sleep(1)
-    rows = sh("sacct", "-n", "-X", "-P", "-j", arr, "--format=JobID,NodeList,State").splitlines()
+    rows = sacct_rows(arr, "JobID,NodeList,State", count=2)
     assert sorted(r.split("|")[1] for r in rows) == ["node1", "node2"], rows
     assert manifest.verify(ds) == []
     m = manifest.load_manifest(ds)

@@ -95,12 +95,17 @@ def test_a_hung_then_a_killed_rank_end_the_job_in_time_and_it_requeues_and_finis
     kill([pids[1]])
     wait_gone(job.job_id)
     states = top_states(job.job_id)
-    assert states.count("REQUEUED") == 2 and states[-1] == "COMPLETED", states
-    second = retry.read_decisions(run)[1]
+    decisions = retry.read_decisions(run)
+    second = decisions[1]
     assert "rank 1 ended without a note" in second["reason"] and "requeue 2 of 5" in second["reason"]
+    # The two failures are the only counted requeues. On a starved 2-core host slurmd can miss a
+    # ping and Slurm cancel a healthy attempt: the job must then checkpoint and requeue uncounted.
+    extra = decisions[2:]
+    assert all(not d["counted"] and "with a checkpoint on disk" in d["reason"] for d in extra), extra
+    assert states.count("REQUEUED") == 2 + len(extra) and states[-1] == "COMPLETED", states
     assert_continuous(run)
     text = status.status(run)
-    assert "COMPLETED, requeued 2x (2 after a failure)" in text, text
+    assert f"COMPLETED, requeued {2 + len(extra)}x (2 after a failure)" in text, text
 
 
 def test_past_max_requeues_a_dead_rank_fails_the_job_with_the_reason(dataset32, tmp_path):

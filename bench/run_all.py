@@ -12,7 +12,7 @@ import sys
 import time
 
 from bench import (bench_checkpoint, bench_data, bench_multinode, bench_overhead, bench_precision, bench_preempt,
-                   bench_recipe, bench_ssim, bench_train, projection)
+                   bench_recipe, bench_ssim, bench_train, probe_generator, projection)
 from bench.common import RESULTS, machine
 
 SECTIONS = {  # short name: (heading, module)
@@ -25,6 +25,7 @@ SECTIONS = {  # short name: (heading, module)
     "overhead": ("Host overhead per step, and the reader's headroom", bench_overhead),
     "precision": ("Mixed precision", bench_precision),
     "recipe": ("The demo's recipe: brains in its budget", bench_recipe),
+    "probe": ("Why the demo's recipe stalls: the generator's upsampling, R1, more steps", probe_generator),
     # Last: it reads what overhead and checkpoint measured.
     "projection": ("Projection: data-parallel efficiency on H200 clusters", projection),
 }

@@ -40,7 +40,8 @@ def test_postprocess_outputs(finished_run):
         assert f"({f})" in md, f
     assert html.count("<img") == len(FIGS) and "data:image/png;base64" in html and "src=\"report" not in html
     assert "0.65" in md and "does not" in md
-    assert "Training recipe" in md and "the seed's recipe" in md
+    assert "**Training recipe:** " in md and "the seed's recipe" in md
+    assert "Nearest-neighbour SSIM: median" in md and "MS-SSIM diversity over" in md  # the readings
     assert "not the seed's recipe" in report.recipe({"adam_beta1": 0.5, "ema_kimg": 10})
     assert "not the seed's" not in report.recipe({"lr": 1e-4, "adam_beta1": 0.9, "batch_size": 16})
     for departs in ({"lr": 2e-4}, {"d_dropout_scale": 0.0}, {"batch_size": 8}, {"d_lr_ratio": 2.0},
@@ -104,3 +105,30 @@ def test_notable_epochs_scale_with_run_length():
     assert report.notable_epochs(100) == [1, 2, 3, 20, 50, 100]
     assert report.notable_epochs(10) == [1, 2, 3, 5, 10]
     assert report.notable_epochs(2) == [1, 2]
+
+
+def _checks(gen, held, div_gen, div_real):
+    return {"nn_ssim": {"median": gen}, "nn_ssim_held_out": {"median": held},
+            "ms_ssim_diversity": {"generated": div_gen, "real": div_real, "scales": 3, "n": 64, "real_split": "train",
+                                  "generated_ci95": [div_gen - 0.01, div_gen + 0.01], "real_ci95": [0.45, 0.52]}}
+
+
+def test_readings_say_which_way_each_check_points():
+    copying, alike = report.readings(_checks(0.95, 0.87, 0.50, 0.50))
+    assert "sign of copying" in copying and "no sign" not in copying and "+0.080" in copying
+    assert "vary as much" in alike and "ratio 1.00" in alike
+    near, collapsed = report.readings(_checks(0.84, 0.87, 0.60, 0.50))
+    assert "as close to the training images as unseen brains are" in near
+    assert "more alike" in collapsed and "ratio 1.20" in collapsed
+    far, noisy = report.readings(_checks(0.70, 0.87, 0.40, 0.50))
+    assert "no sign of copying" in far and "-0.170" in far
+    assert "less alike" in noisy and "3 scales" in noisy and "0.450-0.520" in noisy and "0.390-0.410" in noisy
+    only_diversity = _checks(0.70, None, 0.40, 0.50)
+    assert len(report.readings(only_diversity)) == 1  # no held-out split: no baseline to read against
+
+
+def test_markdown_markers_keep_spaces_outside():
+    from oasis_dcgan.post.document import Bold, Code, _md_inline
+
+    assert _md_inline([Bold("Data: "), "sample brains"]) == "**Data:** sample brains"
+    assert _md_inline(["a", Code(" x "), "b"]) == "a `x` b"

@@ -21,10 +21,18 @@ class Code:
     text: str
 
 
+def _md_marked(text: str, mark: str) -> str:
+    """`text` between Markdown markers, its outer spaces outside them: "**Data: **" is not bold."""
+    core = text.strip()
+    if not core:
+        return text
+    return text[:len(text) - len(text.lstrip())] + mark + core + mark + text[len(text.rstrip()):]
+
+
 def _md_inline(parts) -> str:
     parts = [parts] if isinstance(parts, (str, Bold, Code)) else parts
-    return "".join(f"**{p.text}**" if isinstance(p, Bold) else f"`{p.text}`" if isinstance(p, Code) else str(p)
-                   for p in parts)
+    return "".join(_md_marked(p.text, "**") if isinstance(p, Bold) else _md_marked(p.text, "`")
+                   if isinstance(p, Code) else str(p) for p in parts)
 
 
 def _html_inline(parts) -> str:

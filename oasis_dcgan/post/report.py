@@ -255,9 +255,9 @@ METRIC_MEANING = (
     "more alike than brains are, too little variety; far below: less alike than brains are, noise or inconsistent "
     "anatomy) are the checks that say more.")
 
-# The demo's goal, which the readings below measure against: the nearest-neighbour median within
-# this far under the held-out baseline (and not above it by more than COPYING: that would be
-# copying), and diversity within DIVERSITY_BAND of the real set's.
+# The bands the readings use, the demo's goal's (README, "The demo's recipe"): the nearest-neighbour
+# median at most NEAR_BASELINE under the held-out one, and not over it by more than COPYING (that
+# would be copying); diversity within DIVERSITY_BAND of the real set's.
 NEAR_BASELINE, COPYING, DIVERSITY_BAND = 0.05, 0.02, 0.10
 
 
@@ -271,8 +271,8 @@ def _nn_reading(m: dict) -> str | None:
         return head + "The samples are closer to training images than unseen brains are: a sign of copying."
     if gap >= -NEAR_BASELINE:
         return head + "The samples are as close to the training images as unseen brains are, and no closer."
-    return head + ("The samples are further from every training image than unseen brains are: no sign of copying, "
-                   "and not yet as brain-like as real slices.")
+    return head + ("A typical sample is further from its nearest training image than an unseen brain is: no sign "
+                   "of copying, and not yet as brain-like as real slices.")
 
 
 def _diversity_reading(d: dict) -> str | None:
@@ -325,8 +325,9 @@ def _metrics_section(doc: Document, m: dict, manifest: dict) -> None:
         ["precision / recall (k-NN, extractor features)",
          f"{_fmt(m['fid'].get('precision'))} / {_fmt(m['fid'].get('recall'))}", "-"],
     ])
-    if readings(m):
-        doc.bullets(readings(m))
+    said = readings(m)
+    if said:
+        doc.bullets(said)
     doc.paragraph(Bold("What the seed metric means, and what it does not."), " " + METRIC_MEANING)
     if m["fid"].get("note"):
         doc.paragraph(f"FID/KID: {m['fid']['note']}")

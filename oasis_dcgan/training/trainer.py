@@ -178,9 +178,9 @@ class Trainer:
         # counters and accumulators alike.
         for name, group in self.groups.items():
             distributed.broadcast_variables(self.hvd, list(group.values()), prefix=f"bcast.{name}")
-        self._apply_config(resumed)
         counters = self.state.read_counters()
         self.epoch, self.global_step = counters["epoch"], counters["global_step"]
+        self._apply_config(resumed)
         seed_dropout(self.discriminator, self.cfg.train.seed, self.rank, self.global_step)
         self._ready = True
         return resumed
@@ -202,8 +202,7 @@ class Trainer:
 
     def _apply_config(self, resumed: dict | None) -> None:
         """The config, not the checkpoint, decides what is not learned state: the learning rate above all."""
-        self.g_opt.learning_rate = self.lr
-        self.d_opt.learning_rate = self.lr * self.cfg.train.d_lr_ratio
+        self._set_learning_rates()
         if not (resumed and self.chief):
             return
         for key, theirs, ours in (("learning rate", resumed.get("learning_rate"), self.lr),

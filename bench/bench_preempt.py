@@ -30,9 +30,9 @@ def _sh(*cmd, **kw) -> str:
 
 
 def _stats(run: Path) -> list[dict]:
-    from oasis_dcgan.logs import read_stats
+    from oasis_dcgan.rundir import RunDir
 
-    return read_stats(run / "stats.jsonl")
+    return RunDir(run).read_stats()
 
 
 def _wait(cond, timeout: float, what: str):

@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     from .config import ConfigError
+    from .fsutil import StorageError
     from .launch.collect import CollectError
     from .post.metrics import MetricError
     from .prep.manifest import DataError
@@ -329,7 +330,7 @@ def main(argv=None) -> int:
         return a.fn(a) or 0
     except (ConfigError, DataError, CollectError, MetricError, FileNotFoundError, ValueError) as e:
         _die(str(e), 1 if isinstance(e, (DataError, CollectError)) else 2)
-    except (CheckpointError, RunLockError) as e:
+    except (CheckpointError, RunLockError, StorageError) as e:
         _die(str(e), 1)
 
 

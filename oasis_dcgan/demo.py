@@ -6,11 +6,10 @@ through submitit's local executor (or the dev Slurm cluster with --cluster dev).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from . import config
+from . import config, fsutil, rundir
 from .launch import pipeline
 from .logs import format_seconds
 from .prep import sample_data
@@ -20,7 +19,7 @@ class TrainingWatch:
     """What a person watching the demo wants while it trains: a line per finished epoch."""
 
     def __init__(self, run_dir: Path, epochs: int, log=print):
-        self.stats, self.samples, self.epochs, self.log = run_dir / "stats.jsonl", run_dir / "samples", epochs, log
+        self.run, self.epochs, self.log = rundir.RunDir(run_dir), epochs, log
         self.offset = 0
         self.stage = ""
 
@@ -28,22 +27,17 @@ class TrainingWatch:
         if stage != self.stage:
             self.stage = stage
             self.log(f"[demo] {stage} running...")
-        if stage != "train" or not self.stats.is_file():
+        if stage != "train":
             return
-        with open(self.stats, encoding="utf-8") as f:
-            f.seek(self.offset)
-            text = f.read()
-        done = text[:text.rfind("\n") + 1]  # a line still being written waits for the next look
-        self.offset += len(done.encode("utf-8"))
-        for line in done.splitlines():
-            rec = json.loads(line)
+        rows, self.offset = fsutil.follow_jsonl(self.run.stats, self.offset)
+        for rec in rows:
             if rec.get("kind") == "epoch":
                 self.show(rec)
 
     def show(self, rec: dict) -> None:
         e = rec["epoch"]
         eta = (self.epochs - e) * (rec["epoch_time"] + 0.5)
-        grid = self.samples / f"epoch_{e:04d}.png"
+        grid = self.run.sample(e, "png")
         self.log(f"[demo] epoch {e}/{self.epochs}  {rec['images_per_s']:.0f} img/s  ETA {format_seconds(eta)}  "
                  f"G {rec['g_loss']:.3f}  D {rec['d_loss']:.3f}  samples: {grid}")
 
@@ -82,7 +76,7 @@ def run(out: Path, executor: str = "local", epochs: int = 40, overrides: list[st
     ])
     res = pipeline.submit_pipeline(cfg, executor=executor, collect_dest=str(out / "results"), wait=True,
                                    watch=TrainingWatch(out / "run", epochs))
-    report = Path(res["run_dir"]) / "report" / "report.html"
+    report = rundir.RunDir(res["run_dir"]).report_file(rundir.REPORT_HTML)
     print(f"\n[demo] finished in {(time.time() - t0) / 60:.1f} min")
     print(f"[demo] run directory:  {res['run_dir']}")
     print(f"[demo] collected to:   {out / 'results'}")

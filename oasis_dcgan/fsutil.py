@@ -6,6 +6,7 @@ through here: write to a temp name in the same directory, fsync, rename, fsync t
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -77,9 +78,11 @@ def atomic_path(dest: str | os.PathLike):
     try:
         yield Path(tmp)
         publish(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, StorageError) and e.errno in STORAGE_ERRNOS:
+            raise storage_error(dest, "write", e, f"the previous {dest.name}, if there was one, is intact") from e
         raise
 
 
@@ -103,6 +106,53 @@ def read_json(path: str | os.PathLike):
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Every complete line of a JSONL file. A torn line (a kill mid-write) is skipped, and a
+    missing file is empty: these files are appended to by runs that may die at any moment."""
+    return follow_jsonl(path, 0)[0]
+
+
+def follow_jsonl(path: str | os.PathLike, offset: int) -> tuple[list[dict], int]:
+    """The complete lines after byte `offset`, and the offset after them (for a file that grows:
+    a line still being written waits for the next call)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    done = data[:data.rfind(b"\n") + 1]
+    rows = []
+    for line in done.decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows, offset + len(done)
+
+
+class StorageError(OSError):
+    """A write the run needs failed (a full disk, a quota, a read-only mount): one line that says
+    which path, what failed, what is intact and how to go on."""
+
+
+# A full disk, a quota, an I/O error, a read-only file system: the storage's fault, not the data's.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+
+
+def storage_error(path, what: str, e: BaseException, intact: str = "", then: str = "") -> StorageError:
+    msg = f"{path}: cannot {what} ({io_reason(e)})"
+    if intact:
+        msg += f"; {intact}"
+    msg += f". {then or 'Free space and run the command again'}"
+    err = StorageError(msg if msg.endswith(".") else msg + ".")
+    err.errno = getattr(e, "errno", None)  # io_reason() of it is still the short reason
+    err.__cause__ = e
+    return err
 
 
 def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20, limit: int | None = None) -> str:

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import fsutil
+from . import fsutil, rundir
 
 
 class RunLog:
@@ -22,7 +22,11 @@ class RunLog:
         self._lock = threading.RLock()  # re-entered by a signal handler that interrupted a write
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.run_dir / "log.txt", "a", encoding="utf-8", buffering=1)
+            self.path = rundir.RunDir(run_dir).log
+            try:
+                self._f = open(self.path, "a", encoding="utf-8", buffering=1)
+            except OSError as e:
+                raise fsutil.storage_error(self.path, "open the run's log", e) from e
 
     def __call__(self, msg: str) -> None:
         if not self.enabled:
@@ -31,7 +35,11 @@ class RunLog:
         with self._lock:  # the training loop and the thread that publishes epochs both log
             if self.echo:
                 print(line, flush=True)
-            self._f.write(line + "\n")
+            try:
+                self._f.write(line + "\n")
+            except OSError as e:
+                raise fsutil.storage_error(self.path, "append to the run's log", e,
+                                           "the lines before it, the checkpoints and stats are intact") from e
 
     def close(self) -> None:
         if self._f:
@@ -43,18 +51,31 @@ class Stats:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._f = open(self.path, "a", encoding="utf-8", buffering=1)
+        try:
+            self._f = open(self.path, "a", encoding="utf-8", buffering=1)
+        except OSError as e:
+            raise fsutil.storage_error(self.path, "open", e) from e
         self._lock = threading.RLock()  # re-entered by a signal handler that interrupted a write
 
     def write(self, **record) -> None:
         record.setdefault("time", time.time())
         with self._lock:  # the training loop and the thread that publishes epochs both write
-            self._f.write(json.dumps(record) + "\n")
-            self._f.flush()
+            try:
+                self._f.write(json.dumps(record) + "\n")
+                self._f.flush()
+            except OSError as e:
+                raise self._error(e) from e
+
+    def _error(self, e: OSError) -> fsutil.StorageError:
+        return fsutil.storage_error(self.path, "append a line", e, "the lines before it are intact (a torn last "
+                                    "line is dropped on resume)")
 
     def sync(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise self._error(e) from e
 
     def close(self) -> None:
         self._f.close()
@@ -65,36 +86,14 @@ class Stats:
 
         A run killed between logging and checkpointing would otherwise log that stretch twice.
         """
-        path = Path(path)
-        if not path.is_file():
-            return 0
-        keep, dropped = [], 0
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                dropped += 1  # a torn last line from a kill
-                continue
-            late = r.get("global_step", 0) > global_step or (r.get("kind") == "epoch" and r.get("epoch", 0) > epoch)
-            if late:
-                dropped += 1
-            else:
-                keep.append(line)
-        if dropped:
-            fsutil.write_text(path, "".join(x + "\n" for x in keep))
-        return dropped
-
-
-def read_stats(path: str | os.PathLike) -> list[dict]:
-    out = []
-    p = Path(path)
-    if p.is_file():
-        for line in p.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return out
+        rows = fsutil.read_jsonl(path)
+        keep = [r for r in rows if not (r.get("global_step", 0) > global_step
+                                        or (r.get("kind") == "epoch" and r.get("epoch", 0) > epoch))]
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        text = "".join(json.dumps(r) + "\n" for r in keep)
+        if len(keep) < len(rows) or len(text.encode("utf-8")) != size:  # late lines, or a torn last one
+            fsutil.write_text(path, text)
+        return len(rows) - len(keep)
 
 
 class Progress:

@@ -90,3 +90,22 @@ def small_disk(tmp_path):
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], check=False)
         shutil.rmtree(where, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the fault matrix
+# Tests marked `fault` each inflict one fault on a run directory (README: "Faults, and what is
+# kept"); the session's summary counts them: tried, and survived with nothing lost (passed).
+_faults: dict = {}
+
+
+def pytest_runtest_logreport(report):
+    if "fault" in report.keywords and (report.when == "call" or report.outcome != "passed"):
+        _faults[report.nodeid] = _faults.get(report.nodeid, True) and report.outcome == "passed"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _faults:
+        survived = sum(_faults.values())
+        terminalreporter.write_line(f"fault matrix: {len(_faults)} faults tried, {survived} survived with nothing "
+                                    f"lost" + ("" if survived == len(_faults) else
+                                               f"; not survived: {sorted(k for k, v in _faults.items() if not v)}"))

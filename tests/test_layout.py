@@ -94,3 +94,31 @@ def test_no_function_is_longer_than_a_screen():
 def test_the_code_cites_nothing_outside_the_repository():
     hits = [str(p.relative_to(PKG.parent)) for p in PKG.rglob("*.py") if "../shared" in p.read_text()]
     assert not hits, hits
+
+
+def _run_dir_names() -> tuple[set[str], set[str]]:
+    """rundir's file names (with a dot) and folder names, read from its module-level constants."""
+    from oasis_dcgan import rundir
+
+    names = {v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str) and k != "NEW"}
+    names -= {rundir.TRAINING, rundir.STOPPED, rundir.FAILED, rundir.FINISHED}
+    return {n for n in names if "." in n}, {n for n in names if "." not in n}
+
+
+def test_only_rundir_spells_a_run_directory_name():
+    """A file name of the run directory as a literal anywhere but rundir.py, or a folder name
+    joined onto a path (`x / "samples"`), is a second owner of it."""
+    files, folders = _run_dir_names()
+    assert {"stats.jsonl", "options.json", "generator.keras", "state.json"} <= files and "samples" in folders
+    bad = []
+    for module, path in modules().items():
+        if module == "oasis_dcgan.rundir":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in files:
+                bad.append(f"{path.name}:{node.lineno} {node.value!r}")
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) \
+                    and isinstance(node.right, ast.Constant) and node.right.value in folders \
+                    and ".parents[" not in ast.unparse(node.left):  # the repository's own slurm/, not a run's
+                bad.append(f"{path.name}:{node.lineno} / {node.right.value!r}")
+    assert not bad, "\n".join(bad)

@@ -16,7 +16,7 @@ import pytest
 
 from oasis_dcgan import config
 from oasis_dcgan.launch import retry, status
-from oasis_dcgan.logs import read_stats
+from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.prep import manifest
 
 from .slurmkit import kill, sacct_rows, sh, top_states, wait_for_checkpoint, wait_for_ranks, wait_gone
@@ -49,7 +49,7 @@ def assert_trained_across_two_hosts(run: Path, ranks: int) -> None:
     assert "network: node 0 (node1): eth0 10.77.0.11; node 1 (node2): eth0 10.77.0.12" in log, \
         "the route to rank 0 picked the bridge, not the interface the hostname names"
     every_image_once = hashlib.sha256(",".join(map(str, range(N_TRAIN))).encode()).hexdigest()
-    epochs = [r for r in read_stats(run / "stats.jsonl") if r["kind"] == "epoch"]
+    epochs = [r for r in RunDir(run).read_stats() if r["kind"] == "epoch"]
     assert [ep["epoch"] for ep in epochs] == list(range(1, EPOCHS + 1)), "every epoch logged exactly once"
     for ep in epochs:
         assert ep["images"] == N_TRAIN and ep["images_sha256"] == every_image_once, "disjoint shards cover the epoch"
@@ -62,6 +62,7 @@ def sbatch_train(tmp_path, dataset, run, tasks_per_node, *opts):
               "--epochs", str(EPOCHS), "--batch-size", "8", "--checkpoint-every-steps", "5", *sets, env=ENV)
 
 
+@pytest.mark.fault
 def test_submitit_on_two_hosts_one_rank_each_survives_usr2(twohost, dataset32, tmp_path):
     run = tmp_path / "run"
     cfg = config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset32}"', f"train.epochs={EPOCHS}",
@@ -79,6 +80,7 @@ def test_submitit_on_two_hosts_one_rank_each_survives_usr2(twohost, dataset32, t
     assert_trained_across_two_hosts(run, 2)
 
 
+@pytest.mark.fault
 def test_sbatch_template_on_two_hosts_two_ranks_each_survives_scontrol_requeue(twohost, dataset32, tmp_path):
     run = tmp_path / "run"
     job = sbatch_train(tmp_path, dataset32, run, 2)
@@ -91,6 +93,7 @@ def test_sbatch_template_on_two_hosts_two_ranks_each_survives_scontrol_requeue(t
     assert_trained_across_two_hosts(run, 4)
 
 
+@pytest.mark.fault
 def test_a_rank_killed_on_the_second_host_ends_the_attempt_in_time_and_requeues(twohost, dataset32, tmp_path):
     run, timeout = tmp_path / "run", 15
     job = sbatch_train(tmp_path, dataset32, run, 1, f"train.peer_timeout_s={timeout}")

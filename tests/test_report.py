@@ -76,7 +76,7 @@ def test_rerun_reuses_cached_values(finished_run):
 
 def test_running_run_reports_epochs_so_far(finished_run, tmp_path):
     run = tmp_path / "running"
-    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("report", "generator.keras", "train_done.json"))
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("report", "generator.keras", "state.json"))
     (run / "samples" / "epoch_0003.npy").unlink()
     m = report.postprocess(run, log=lambda *a: None)
     assert m["epochs_done"] == 2 and m["run_complete"] is False

@@ -1,8 +1,8 @@
 """What the batch script does after the train step ends: requeue, fail with a reason, or leave it."""
-import json
-
 import pytest
 
+from oasis_dcgan import rundir
+from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.config import ConfigError
 from oasis_dcgan.launch import retry
 from oasis_dcgan.training.distributed import World
@@ -53,9 +53,15 @@ def test_an_error_a_retry_cannot_fix_fails_at_once(tmp_path, error):
     assert retry.decide(tmp_path / "other", "7", 0, 2, max_requeues=5).action == "fail", "exit 2 is a usage error"
 
 
-def test_a_finished_run_is_left_alone(tmp_path):
-    (tmp_path / "train_done.json").write_text(json.dumps({"global_step": 3}))
+@pytest.mark.fault
+def test_a_finished_run_is_left_alone_but_a_finish_of_another_job_decides_nothing(tmp_path):
+    run = RunDir(tmp_path)
+    run.write_state(rundir.FINISHED, epochs=2, job_id="7", attempt=0)
     assert retry.decide(tmp_path, "7", 0, 1, max_requeues=5).action == "none"
+    # Job 8 extends the run and is stopped before it writes its own state: its stop is requeued.
+    retry.note_attempt(tmp_path, World(rank=0, size=1, job_id="8"), "stopped", "signal SIGUSR2")
+    d = retry.decide(tmp_path, "8", 0, 143, max_requeues=5)
+    assert d.action == "requeue" and not d.counted
 
 
 def test_main_fails_the_job_with_the_step_exit_code_and_records_why(tmp_path, monkeypatch, capsys):

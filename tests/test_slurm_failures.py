@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from oasis_dcgan.launch import retry, status
-from oasis_dcgan.logs import read_stats
+from oasis_dcgan.rundir import RunDir
 
 from .slurmkit import (checkpoint_steps, kill, sh, top_states, wait_for_checkpoint, wait_for_ranks, wait_gone)
 from .test_slurm_jobs import assert_continuous, submit_train, train_cfg
 from .test_train import digests, train_cmd
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.fault]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -55,7 +55,7 @@ def test_sigkill_mid_checkpoint_and_mid_run_then_requeued_resume_is_bit_identica
     pids = wait_for_ranks(job, ranks, attempt=1)
     wait_for_checkpoint(run, after_step=later - 1, timeout=300)
     kill(pids.values())
-    assert not (run / "train_done.json").exists(), "killed before the end"
+    assert not RunDir(run).finished(), "killed before the end"
     wait_gone(job)
     assert top_states(job)[-1] == "COMPLETED", top_states(job)
     decisions = retry.read_decisions(run)
@@ -64,8 +64,8 @@ def test_sigkill_mid_checkpoint_and_mid_run_then_requeued_resume_is_bit_identica
     log = (run / "log.txt").read_text()
     assert f"global step {mid_write - 1})" in log, "the first resume starts at the last published checkpoint"
     assert digests(run, ranks) == digests(ref, ranks), "weights bit-identical to the uninterrupted run"
-    run_ep = [x for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"]
-    ref_ep = [x for x in read_stats(ref / "stats.jsonl") if x["kind"] == "epoch"]
+    run_ep = [x for x in RunDir(run).read_stats() if x["kind"] == "epoch"]
+    ref_ep = [x for x in RunDir(ref).read_stats() if x["kind"] == "epoch"]
     assert [x["epoch"] for x in run_ep] == [1, 2]
     for key in ("g_loss", "d_loss", "images", "images_sha256"):
         assert [x[key] for x in run_ep] == [x[key] for x in ref_ep], key

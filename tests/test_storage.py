@@ -32,6 +32,7 @@ def no_temps(root: Path) -> bool:
     return not [p for p in root.rglob(".*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.fault
 def test_a_full_disk_in_preprocess_says_what_is_intact_and_a_rerun_finishes(png_release, tmp_path, small_disk):
     pack.preprocess(png_release, tmp_path / "full", resolution=32, shard_size=32, **quiet)
     need = sum(f.stat().st_size for f in (tmp_path / "full").rglob("*") if f.is_file()) // 1024
@@ -57,6 +58,7 @@ def cfg_for(dataset, run, epochs, *extra):
                               "train.batch_size=8", "train.max_steps_per_epoch=2", "train.intra_op_threads=1", *extra])
 
 
+@pytest.mark.fault
 def test_a_full_disk_at_a_checkpoint_names_the_newest_intact_one(dataset32, tmp_path, small_disk):
     probe = tmp_path / "probe"
     trainer.run(cfg_for(dataset32, probe, 1), log_to_stdout=False)
@@ -79,6 +81,7 @@ def test_a_full_disk_at_a_checkpoint_names_the_newest_intact_one(dataset32, tmp_
     assert trainer.run(cfg_for(dataset32, run, 2), log_to_stdout=False)["global_step"] == 4
 
 
+@pytest.mark.fault
 def test_a_full_disk_in_collect_says_what_is_intact(done_run, small_disk):
     dest = small_disk(200)
     with pytest.raises(CollectError) as e:

@@ -113,3 +113,30 @@ def test_submit_reuses_a_verified_dataset_of_the_same_source(dataset32, png_rele
     assert not pipeline.dataset_ready(config.load(None, base + ["data.resolution=64"]), dataset32)
     other = config.load(None, [f'data.dataset="{dataset32}"', 'data.source="/elsewhere"', "data.resolution=32"])
     assert not pipeline.dataset_ready(other, dataset32)
+
+
+@pytest.mark.fault
+def test_collect_takes_the_results_group_as_regular_files_only(done_run, tmp_path):
+    import shutil
+
+    run, outside, logs = tmp_path / "run", tmp_path / "outside.txt", []
+    shutil.copytree(done_run, run, symlinks=True)
+    outside.write_text("private")
+    outside.chmod(0o600)
+    (run / "report" / "link.txt").symlink_to(outside)       # leaves the run directory
+    (run / "report" / "private.txt").write_text("mine")
+    (run / "report" / "private.txt").chmod(0o600)
+    half = run / "checkpoints" / ".ckpt-000000099.123.456.tmp"  # a checkpoint being written
+    half.mkdir()
+    (half / "ckpt.index").write_bytes(b"half")
+    shutil.copy(run / "generator.keras", run / "generator_raw.keras")
+    (run / "requeues.jsonl").write_text('{"action": "requeue"}\n')
+    dest = tmp_path / "home"
+    collect.collect(run, dest, include_checkpoints=True, log=logs.append)
+    assert not (dest / "report" / "link.txt").exists() and any("link.txt" in x and "outside" in x for x in logs)
+    assert (dest / "report" / "private.txt").stat().st_mode & 0o777 == 0o600, "a private file stays private"
+    assert not list((dest / "checkpoints").glob(".*")), "no temp is ever collected"
+    assert (dest / "generator_raw.keras").is_file() and (dest / "requeues.jsonl").is_file()
+    (run / "report" / "private.txt").unlink()
+    r = collect.collect(run, dest, include_checkpoints=True, update=True, log=logs.append)
+    assert r["no_longer_in_run"] == ["report/private.txt"] and (dest / "report" / "private.txt").is_file()

@@ -12,7 +12,7 @@ import pytest
 
 from oasis_dcgan import config
 from oasis_dcgan.training import trainer
-from oasis_dcgan.logs import read_stats
+from oasis_dcgan.rundir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--batch-size", "8", "--set", "train.max_steps_per_epoch=6", "--set", "train.intra_op_threads=1",
@@ -45,13 +45,14 @@ def test_one_rank_run_directory_and_checkpoint_format(dataset32, tmp_path):
     run = tmp_path / "run"
     s = trainer.run(cfg_for(dataset32, run, "train.epochs=2"), log_to_stdout=False)
     assert s["global_step"] == 8
-    for rel in ("options.json", "stats.jsonl", "generator.keras", "train_done.json", "samples/epoch_0001.npy",
+    assert RunDir(run).read_state()["state"] == "finished" and RunDir(run).read_state()["epochs"] == 2
+    for rel in ("options.json", "stats.jsonl", "generator.keras", "state.json", "samples/epoch_0001.npy",
                 "samples/epoch_0002.png", "tensorboard"):
         assert (run / rel).exists(), rel
     opts = json.loads((run / "options.json").read_text())
     assert opts["world_size"] == 1 and opts["config"]["train"]["epochs"] == 2 and opts["steps_per_epoch"] == 4
     assert len(opts["dataset_manifest_sha256"]) == 64 and "tensorflow-cpu" in opts["versions"]
-    epochs = [r for r in read_stats(run / "stats.jsonl") if r["kind"] == "epoch"]
+    epochs = [r for r in RunDir(run).read_stats() if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
     for r in epochs:
         assert {"g_loss", "d_loss", "images_per_s", "wall_time", "global_step", "step_time"} <= set(r)
@@ -73,7 +74,7 @@ def test_checkpoints_are_written_in_the_background_and_each_is_logged_once(datas
     monkeypatch.setenv("OASIS_TEST_CHECKPOINT_DELAY", "2:1.5")
     s = trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.checkpoint_every_steps=1",
                             "train.keep_checkpoints=8"), log_to_stdout=False)
-    saves = [r for r in read_stats(run / "stats.jsonl") if r["kind"] == "checkpoint"]
+    saves = [r for r in RunDir(run).read_stats() if r["kind"] == "checkpoint"]
     assert [r["global_step"] for r in saves] == list(range(1, s["global_step"] + 1)), "every step's save, once"
     held, after = saves[1], saves[2]
     assert held["write_s"] >= 1.5 and held["blocking_s"] < 0.5 * held["write_s"], "the loop did not wait for it"
@@ -173,7 +174,7 @@ def test_corrupt_newest_checkpoint_falls_back(dataset32, tmp_path):
     assert "skipping checkpoint" in log and "ckpt-000000004" in log and "sha256" in log
     assert "global step 3)" in log
     assert s["global_step"] == 8
-    epochs = [x["epoch"] for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"]
+    epochs = [x["epoch"] for x in RunDir(run).read_stats() if x["kind"] == "epoch"]
     assert epochs == [1, 2]
     assert not half_written.exists()
 
@@ -198,7 +199,8 @@ def test_a_signal_stops_with_one_checkpoint_and_a_rerun_finishes_identically(dat
     log = (run / "log.txt").read_text()
     assert log.count("(signal SIGUSR2") == 1, "the stop wrote one checkpoint"
     stopped_at = int(log.split("(signal SIGUSR2")[0].rsplit("checkpoint ckpt-", 1)[1].split()[0])
-    assert 3 <= stopped_at < 12 and not (run / "train_done.json").exists()
+    state = RunDir(run).read_state()
+    assert 3 <= stopped_at < 12 and state["state"] == "stopped" and "SIGUSR2" in state["reason"]
     r = subprocess.run(train_cmd(dataset32, run, 1, 2), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"global step {stopped_at})" in (run / "log.txt").read_text()
@@ -224,9 +226,9 @@ def test_unloadable_checkpoints_stop_the_run_and_restart_moves_them_aside(datase
     assert r.returncode == 0, r.stderr[-2000:]
     (aside,) = (run / "set-aside").iterdir()
     assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == before
-    assert (aside / "stats.jsonl").is_file() and (run / "train_done.json").is_file()
+    assert (aside / "stats.jsonl").is_file() and RunDir(run).finished()
     assert "moved the previous checkpoints" in r.stdout
-    assert [x["epoch"] for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"] == [1], "a fresh record"
+    assert [x["epoch"] for x in RunDir(run).read_stats() if x["kind"] == "epoch"] == [1], "a fresh record"
 
 
 def test_a_checkpoint_of_another_model_or_dataset_is_refused_naming_the_key(dataset32, png_release, tmp_path):
@@ -261,7 +263,7 @@ def test_the_config_sets_the_learning_rate_on_resume_and_the_rampdown_lowers_it_
     assert len(rates) == 2 and all(r == pytest.approx(2.5e-4) for r in rates), rates
     assert json.loads((ckpt / "meta.json").read_text())["learning_rate"] == pytest.approx(5e-4)
     assert "learning rate was 0.0001" in (run / "log.txt").read_text()
-    lrs = [r["lr"] for r in read_stats(run / "stats.jsonl") if r["kind"] == "epoch"]
+    lrs = [r["lr"] for r in RunDir(run).read_stats() if r["kind"] == "epoch"]
     assert lrs == [pytest.approx(1e-4), pytest.approx(2.5e-4)]
 
 
@@ -285,7 +287,7 @@ def test_half_precision_trains_resumes_and_is_recorded(dataset32, tmp_path, firs
     assert json.loads((run / "options.json").read_text())["config"]["train"]["precision"] == then
     ckpt = sorted((run / "checkpoints").iterdir())[-1]
     assert json.loads((ckpt / "meta.json").read_text())["precision"] == then
-    epochs = [r for r in read_stats(run / "stats.jsonl") if r["kind"] == "epoch"]
+    epochs = [r for r in RunDir(run).read_stats() if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2] and all(np.isfinite(r["g_loss"]) for r in epochs)
     assert np.load(run / "samples" / "epoch_0002.npy").dtype == np.float32
     reader = tf.train.load_checkpoint(str(ckpt / "ckpt"))
@@ -367,10 +369,10 @@ def test_world_size_2_then_1_then_2_visits_every_image_once_an_epoch(dataset32, 
     assert "on 1 rank(s) (the checkpoint was written by 2)" in log and "on 2 rank(s) (the checkpoint was written by 1)" in log
 
     def epochs(d):
-        return [(x["epoch"], x["images"], x["images_sha256"]) for x in read_stats(d / "stats.jsonl") if x["kind"] == "epoch"]
+        return [(x["epoch"], x["images"], x["images_sha256"]) for x in RunDir(d).read_stats() if x["kind"] == "epoch"]
 
     assert epochs(run) == epochs(ref) and [e[1] for e in epochs(ref)] == [192, 192]
-    last = [x for x in read_stats(run / "stats.jsonl") if x["kind"] == "epoch"][-1]
+    last = [x for x in RunDir(run).read_stats() if x["kind"] == "epoch"][-1]
     assert last["kimg"] == pytest.approx(0.384)
 
 
@@ -397,7 +399,7 @@ def test_several_steps_a_call_train_exactly_as_one_a_call(dataset32, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         assert "intra_op_threads ignored" not in r.stdout + r.stderr
         s = json.loads(r.stdout.strip().splitlines()[-1])
-        stats = read_stats(run / "stats.jsonl")
+        stats = RunDir(run).read_stats()
         runs[k] = (s, [r for r in stats if r["kind"] == "epoch"], [r["global_step"] for r in stats
                                                                     if r["kind"] == "checkpoint"])
     (one, ep1, ck1), (four, ep4, ck4) = runs[1], runs[4]

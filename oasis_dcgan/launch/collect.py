@@ -1,41 +1,61 @@
 """Copy a run's results off scratch: resumable, verified, never silently overwriting.
 
-Every file is copied to a temp name while its bytes are hashed, fsynced, renamed, then
-re-read at the destination and compared with the hash of what was copied. The log and
-stats.jsonl may still be growing (a run in progress, or one requeued): they are copied as
-they stood when the copy began, cut at their last complete line. A destination file that
-already matches is skipped (so an interrupted collect resumes); one that differs is an error
-unless `update` (collecting again after the run went on). DEST/SHA256SUMS lists what was
-collected.
+What is copied is the run directory's results group (rundir.RESULTS, checkpoints when
+asked): regular files only, never a temp, never through a symlink that leaves the run
+directory (skipped, with a warning naming it), each with its permission bits. Every file is
+copied to a temp name while its bytes are hashed, fsynced, renamed, then re-read at the
+destination and compared with the hash of what was copied. The files that grow while a run
+is live (rundir.GROWING) are copied as they stood when the copy began, cut at their last
+complete line. A destination file that already matches is skipped (so an interrupted
+collect resumes); one that differs is an error unless `update` (collecting again after the
+run went on), which also lists what DEST holds that the run no longer has. DEST/SHA256SUMS
+lists what was collected.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
-from .. import fsutil
+from .. import fsutil, rundir
+from ..prep.manifest import MANIFEST
 
-GROWING = ("log.txt", "stats.jsonl")  # append-only while a run is live
 CHUNK = 1 << 20
+SUMS = "SHA256SUMS"
 
 
 class CollectError(RuntimeError):
     pass
 
 
-def files_to_collect(run_dir: Path, include_checkpoints: bool) -> list[Path]:
-    """Relative paths: report, figures, GIF, metrics, options, stats, samples, final generator."""
+def files_to_collect(run_dir: Path, include_checkpoints: bool, log=print) -> list[Path]:
+    """Relative paths of the results group's regular files; temps (dot names) left out."""
     wanted = []
-    for rel in ("options.json", "stats.jsonl", "log.txt", "generator.keras", "train_done.json", "jobs.json"):
-        if (run_dir / rel).is_file():
-            wanted.append(Path(rel))
-    for sub in ("report", "samples", "snapshots") + (("checkpoints",) if include_checkpoints else ()):
-        d = run_dir / sub
-        if d.is_dir():
-            wanted += sorted(p.relative_to(run_dir) for p in d.rglob("*")
-                             if p.is_file() and not p.name.startswith("."))
+    for name in rundir.RESULTS + ((rundir.CHECKPOINTS,) if include_checkpoints else ()):
+        top = run_dir / name
+        if top.is_dir() and not top.is_symlink():
+            for here, dirs, files in os.walk(top):  # does not descend into symlinked folders
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                wanted += [p for f in sorted(files) if not f.startswith(".")
+                           and (p := _collectable(run_dir, Path(here) / f, log))]
+        elif (p := _collectable(run_dir, top, log)) is not None:
+            wanted.append(p)
     return wanted
+
+
+def _collectable(run_dir: Path, path: Path, log) -> Path | None:
+    """The path relative to the run, if it is a regular file that stays inside the run directory."""
+    if path.is_symlink():
+        target = path.resolve()
+        if run_dir not in target.parents:
+            log(f"WARNING: collect: skipped {path}: a symlink to {target}, outside the run directory")
+            return None
+        if not target.is_file():
+            return None
+    elif not path.exists() or not stat.S_ISREG(path.lstat().st_mode):
+        return None
+    return path.relative_to(run_dir)
 
 
 def _snapshot_size(src: Path) -> int:
@@ -54,6 +74,7 @@ def copy_hashed(src: Path, dest: Path, limit: int | None = None) -> str:
     h = hashlib.sha256()
     left = src.stat().st_size if limit is None else limit
     with fsutil.atomic_path(dest) as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
+        os.fchmod(fout.fileno(), stat.S_IMODE(os.fstat(fin.fileno()).st_mode))  # a private file stays private
         while left > 0:
             chunk = fin.read(min(CHUNK, left))
             if not chunk:
@@ -79,13 +100,13 @@ def _copy_one(src: Path, target: Path, growing: bool) -> str:
     return digest
 
 
-def _sources(run_dir: Path, include_checkpoints: bool) -> list[tuple[Path, Path]]:
+def _sources(run_dir: Path, include_checkpoints: bool, log=print) -> list[tuple[Path, Path]]:
     """(relative destination, source) pairs; the dataset manifest travels with the results."""
-    pairs = [(f, run_dir / f) for f in files_to_collect(run_dir, include_checkpoints)]
-    opts = fsutil.read_json(run_dir / "options.json")
-    manifest = Path(opts["config"]["data"]["dataset"]) / "manifest.json"
+    pairs = [(f, run_dir / f) for f in files_to_collect(run_dir, include_checkpoints, log)]
+    opts = rundir.RunDir(run_dir).read_options()
+    manifest = Path(opts["config"]["data"]["dataset"]) / MANIFEST
     if manifest.is_file():
-        pairs.append((Path("dataset_manifest.json"), manifest))
+        pairs.append((Path("dataset_" + MANIFEST), manifest))
     return pairs
 
 
@@ -101,12 +122,16 @@ def _matches(target: Path, src: Path, growing: bool) -> str | None:
 def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpoints: bool = False,
             update: bool = False, log=print) -> dict:
     run_dir, dest = Path(run_dir).resolve(), Path(dest).resolve()
-    if not (run_dir / "options.json").is_file():
-        raise CollectError(f"{run_dir}: not a run directory (no options.json)")
+    if not rundir.RunDir(run_dir).options.is_file():
+        raise CollectError(f"{run_dir}: not a run directory (no {rundir.OPTIONS})")
+    state = rundir.RunDir(run_dir).read_state()
+    if state["state"] != rundir.FINISHED:  # the results of a run that goes on, or may: collect --update later
+        log(f"collect: the run is {state['state']}, not finished: collecting its results as they stand")
     dest.mkdir(parents=True, exist_ok=True)
+    before = _listed(dest)
     sums, counts, conflicts = {}, {"copied": 0, "skipped": 0, "updated": 0}, []
-    for rel, src in _sources(run_dir, include_checkpoints):
-        target, growing = dest / rel, str(rel) in GROWING
+    for rel, src in _sources(run_dir, include_checkpoints, log):
+        target, growing = dest / rel, str(rel) in rundir.GROWING
         if target.exists():
             same = _matches(target, src, growing)
             if same:
@@ -130,15 +155,28 @@ def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpo
         raise CollectError(f"{len(conflicts)} file(s) in {dest} differ from the run's and were left as they are "
                            "(a run that went on: collect --update refreshes them; otherwise move them away or "
                            "pick another DEST):\n" + "\n".join(f"  {c}" for c in conflicts))
-    _write_sums(dest, sums)
+    gone = sorted(set(before) - set(sums))
+    if gone:  # kept, not deleted: DEST is the user's
+        log(f"collect: {len(gone)} file(s) in {dest} are no longer in the run (kept): " + ", ".join(gone[:10])
+            + (" ..." if len(gone) > 10 else ""))
+    _write_sums(dest, {**{r: before[r] for r in gone}, **sums})
     log(f"collected {counts['copied']} new file(s), refreshed {counts['updated']}, {counts['skipped']} already "
         f"there, into {dest}")
-    return {"dest": str(dest), **counts, "files": len(sums)}
+    return {"dest": str(dest), **counts, "files": len(sums), "no_longer_in_run": gone}
+
+
+def _listed(dest: Path) -> dict:
+    """What an earlier collect into DEST listed in SHA256SUMS: {relative path: sha256}."""
+    path = dest / SUMS
+    if not path.is_file():
+        return {}
+    pairs = (line.split("  ", 1) for line in path.read_text(encoding="utf-8").splitlines() if "  " in line)
+    return {rel: digest for digest, rel in pairs}
 
 
 def _write_sums(dest: Path, sums: dict, quiet: bool = False) -> None:
     try:
-        fsutil.write_text(dest / "SHA256SUMS", "".join(f"{d}  {r}\n" for r, d in sorted(sums.items())))
+        fsutil.write_text(dest / SUMS, "".join(f"{d}  {r}\n" for r, d in sorted(sums.items())))
     except OSError:
         if not quiet:
             raise

@@ -11,6 +11,9 @@ from pathlib import Path
 from ..config import Config
 
 
+SUBMITIT_TIMEOUTS = 1_000_000
+
+
 def slurm_available() -> bool:
     """sbatch is installed and a controller answers (installed-but-down counts as no Slurm)."""
     if not shutil.which("sbatch") or not shutil.which("scontrol"):
@@ -74,8 +77,10 @@ def make_executor(cfg: Config, folder: str | os.PathLike, kind: str, role: str, 
 
     kind = resolve_executor(kind)
     if kind == "slurm":
-        # How many time-outs submitit requeues before giving up (preemptions do not count).
-        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=cfg.cluster.max_requeues)
+        # submitit stops requeueing after this many time-limit stops. A stop is never what limits a
+        # run here (cluster.max_requeues counts failures, in launch/retry.py), so the count is
+        # set past any run's needs.
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=SUBMITIT_TIMEOUTS)
     else:
         ex = submitit.AutoExecutor(folder=str(folder), cluster="local")
     nodes, tasks, gpus, cpus = _resources(cfg, role)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 STOP_EXIT = 143  # stopped on a signal with a checkpoint on disk: requeue me
 
-from .. import config as config_mod
+from .. import config as config_mod, rundir
 from . import environment, retry
 
 
@@ -36,10 +36,14 @@ class TrainJob:
 
         cfg = config_mod.from_dict(self.config)
         run_dir = Path(cfg.run_dir).resolve()
-        world = environment.job_world(run_dir / ".rendezvous")
+        world = environment.job_world(rundir.RunDir(run_dir).rendezvous)
         submitit_usr2 = signal.getsignal(signal.SIGUSR2) if environment.under_submitit() else None
+
+        def note_stop(reason: str) -> None:  # before the ranks meet: no rank's exit can cut it short
+            retry.note_attempt(run_dir, world, "stopped", reason)
+
         try:
-            self._trainer = Trainer(cfg, world, log_to_stdout=self.log_to_stdout)
+            self._trainer = Trainer(cfg, world, log_to_stdout=self.log_to_stdout, before_barrier=note_stop)
             install_stop_handlers(self._trainer)
             summary = self._trainer.run()
         except Exception as e:  # the batch script's retry step reads this rank's note
@@ -47,10 +51,8 @@ class TrainJob:
             raise
         if not summary.get("stopped"):
             return summary
-        by_submitit = world.is_chief and callable(submitit_usr2) and "SIGUSR2" in summary["stopped"]
-        retry.note_attempt(run_dir, world, "stopped", summary["stopped"], requeued_by="submitit" if by_submitit else "")
-        if by_submitit:
-            submitit_usr2(signal.SIGUSR2, None)  # submitit: checkpoint(), requeue, exit
+        if world.is_chief and callable(submitit_usr2) and "SIGUSR2" in summary["stopped"]:
+            hand_stop_to_submitit(submitit_usr2, run_dir, world, summary["stopped"])
         raise SystemExit(STOP_EXIT)
 
     def checkpoint(self, *args, **kwargs):
@@ -60,6 +62,20 @@ class TrainJob:
         if trainer is not None and not trainer.stop_reason:  # called mid-step by submitit itself
             trainer.checkpoint_now("preemption (USR2)")
         return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.log_to_stdout))
+
+
+def hand_stop_to_submitit(handler, run_dir: Path, world, reason: str) -> None:
+    """submitit's own USR2 handling: checkpoint() (the checkpoint is on disk already), requeue,
+    exit. The note says "requeued by submitit" only once submitit has requeued; when it did not
+    (or was cut short), the retry step requeues the stop itself, uncounted."""
+    try:
+        handler(signal.SIGUSR2, None)
+    except SystemExit:  # submitit requeued the job, and exits
+        retry.note_attempt(run_dir, world, "stopped", reason, requeued_by="submitit")
+        raise
+    except Exception as e:  # noqa: BLE001 -- its reason goes in the log; the retry step requeues
+        print(f"[train] submitit did not requeue the stop ({type(e).__name__}: {e}); the retry step will",
+              flush=True)
 
 
 def install_stop_handlers(trainer) -> None:
@@ -92,7 +108,7 @@ def postprocess_job(run_dir: str, dataset: str | None = None, batches: int | Non
     from ..post import report
 
     m = report.postprocess(run_dir, dataset, batches)
-    return {"max_ssim": m["seed_max_ssim"]["final"], "report": str(Path(run_dir) / "report" / "report.html")}
+    return {"max_ssim": m["seed_max_ssim"]["final"], "report": m["report"]}
 
 
 def collect_job(run_dir: str, dest: str, include_checkpoints: bool = False) -> dict:

@@ -11,22 +11,20 @@ import shutil
 import time
 from pathlib import Path
 
-from .. import fsutil
+from .. import fsutil, rundir
 from ..config import Config
 from ..prep import manifest, pack
 from ..training import runlock
-from ..training.checkpoint import set_aside
 from . import jobs
 from .environment import in_srun_step
 from .executors import make_executor, resolve_executor, sbatch_text
 
-JOBS_FILE = "jobs.json"
 WATCH_EVERY_S = 2.0
 
 
 def record_job(run_dir: str | Path, entry: dict) -> None:
     """Append a submitted job to RUN_DIR/jobs.json."""
-    path = Path(run_dir) / JOBS_FILE
+    path = rundir.RunDir(run_dir).jobs
     recorded = fsutil.read_json(path) if path.is_file() else {"jobs": []}
     recorded["jobs"].append({**entry, "submitted": time.time()})
     fsutil.write_json(path, recorded)
@@ -102,7 +100,7 @@ def submit_pipeline(cfg: Config, executor: str = "auto", dry_run: bool = False, 
     cfg.run_dir, cfg.data.dataset = str(run_dir), str(dataset)
     # A dry run renders the sbatch scripts even where no controller answers (srun must be installed).
     render = "slurm" if dry_run and shutil.which("srun") else kind
-    chain = Pipeline(cfg, render, run_dir / "slurm", record_in=run_dir, dry_run=dry_run,
+    chain = Pipeline(cfg, render, rundir.RunDir(run_dir).slurm, record_in=run_dir, dry_run=dry_run,
                      wait=kind == "local" if wait is None else wait, log=log, watch=watch)
     out: dict = {"executor": kind, "run_dir": str(run_dir), "dataset": str(dataset), "jobs": chain.job_ids}
     runlock.check_free(run_dir)
@@ -158,12 +156,12 @@ def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False, 
     if kind != "inprocess" or restart:
         runlock.check_free(cfg.run_dir)  # refuse before queueing; in-process ranks check as they start
     if restart:
-        moved = set_aside(cfg.run_dir)
+        moved = rundir.RunDir(cfg.run_dir).set_aside()
         log(f"train: moved the previous checkpoints and record to {moved}" if moved else
             "train: --restart: nothing to move aside")
     if kind == "inprocess":
         return [jobs.TrainJob(cfg.to_dict())()]
-    chain = Pipeline(cfg, kind, Path(cfg.run_dir) / "slurm", record_in=Path(cfg.run_dir), wait=wait, log=log)
+    chain = Pipeline(cfg, kind, rundir.RunDir(cfg.run_dir).slurm, record_in=Path(cfg.run_dir), wait=wait, log=log)
     results = chain.stage("train", "train", jobs.TrainJob(cfg.to_dict()), all_ranks=True)
     log(f"train: {cfg.world_size} rank(s); run directory {cfg.run_dir}")
     return results[0] if results else []
@@ -176,7 +174,6 @@ def postprocess(run_dir: str | Path, dataset: str | None, batches: int | None, e
     if kind == "inprocess":
         from ..post import report
 
-        report.postprocess(run_dir, dataset, batches, log=log)
-        return str(run_dir / "report" / "report.html")
-    chain = Pipeline(Config(), kind, run_dir / "slurm", wait=True, log=log)
+        return report.postprocess(run_dir, dataset, batches, log=log)["report"]
+    chain = Pipeline(Config(), kind, rundir.RunDir(run_dir).slurm, wait=True, log=log)
     return chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run_dir), dataset, batches)[0]["report"]

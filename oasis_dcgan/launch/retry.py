@@ -26,21 +26,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import fsutil
+from .. import fsutil, rundir
 from ..config import ClusterConfig, ConfigError
-from ..logs import Stats, read_stats
+from ..logs import Stats
 from ..prep.manifest import DataError
 from ..training.checkpoint import CheckpointError
 from ..training.runlock import RunLockError
 
-NOTES = "attempts"
-DECISIONS = "requeues.jsonl"
 # Errors that the same job would meet again: retrying only burns the allocation.
-FATAL = (ConfigError, DataError, CheckpointError, RunLockError, ValueError, FileNotFoundError, PermissionError)
+FATAL = (ConfigError, DataError, CheckpointError, RunLockError, fsutil.StorageError, ValueError, FileNotFoundError,
+         PermissionError)
 
 
 def note_path(run_dir, job_id: str, attempt: int, rank: int) -> Path:
-    return Path(run_dir) / NOTES / f"{job_id}.{attempt}" / f"rank-{rank}.json"
+    return rundir.RunDir(run_dir).attempt_dir(job_id, attempt) / f"rank-{rank}.json"
 
 
 def note_attempt(run_dir, world, outcome: str, reason: str, retry: bool = True, requeued_by: str = "") -> None:
@@ -51,7 +50,12 @@ def note_attempt(run_dir, world, outcome: str, reason: str, retry: bool = True, 
 
 
 def note_failure(run_dir, world, error: BaseException) -> None:
-    note_attempt(run_dir, world, "failed", f"{type(error).__name__}: {_why(error)}", retry=not isinstance(error, FATAL))
+    """A failed rank's note; if even that cannot be written, the job's log keeps the error."""
+    try:
+        note_attempt(run_dir, world, "failed", f"{type(error).__name__}: {_why(error)}",
+                     retry=not isinstance(error, FATAL))
+    except OSError as e:
+        print(f"[train] could not write this rank's note: {fsutil.io_reason(e)}", flush=True)
 
 
 def _why(error: BaseException) -> str:
@@ -63,16 +67,16 @@ def _why(error: BaseException) -> str:
 
 
 def read_notes(run_dir, job_id: str, attempt: int) -> list[dict]:
-    folder = Path(run_dir) / NOTES / f"{job_id}.{attempt}"
+    folder = rundir.RunDir(run_dir).attempt_dir(job_id, attempt)
     return [fsutil.read_json(p) for p in sorted(folder.glob("rank-*.json"))] if folder.is_dir() else []
 
 
 def read_decisions(run_dir) -> list[dict]:
-    return read_stats(Path(run_dir) / DECISIONS)
+    return fsutil.read_jsonl(rundir.RunDir(run_dir).requeues)
 
 
 def _record(run_dir: Path, **decision) -> None:
-    log = Stats(run_dir / DECISIONS)
+    log = Stats(rundir.RunDir(run_dir).requeues)
     log.write(**decision)
     log.sync()
     log.close()
@@ -88,8 +92,9 @@ class Decision:
 def decide(run_dir, job_id: str, attempt: int, rc: int, max_requeues: int) -> Decision:
     """What to do with a job whose train step just ended with exit code rc."""
     run_dir = Path(run_dir)
-    if (run_dir / "train_done.json").is_file():
-        return Decision("none", "training finished")
+    state = rundir.RunDir(run_dir).read_state()
+    if state["state"] == rundir.FINISHED and str(state.get("job_id")) == str(job_id):
+        return Decision("none", f"training finished ({state.get('epochs')} epochs)")
     notes = read_notes(run_dir, job_id, attempt)
     fatal = [n for n in notes if n["outcome"] == "failed" and not n["retry"]]
     if fatal:
@@ -130,9 +135,9 @@ def _job_state(job_id: str) -> str:
 
 
 def _max_requeues(run_dir: Path) -> int:
-    opts = run_dir / "options.json"
-    if opts.is_file():
-        return int(fsutil.read_json(opts)["config"]["cluster"]["max_requeues"])
+    run = rundir.RunDir(run_dir)
+    if run.options.is_file():
+        return int(run.read_options()["config"]["cluster"]["max_requeues"])
     return ClusterConfig().max_requeues
 
 

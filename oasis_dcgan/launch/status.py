@@ -7,9 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import fsutil
-from ..logs import format_seconds, read_stats
-from .pipeline import JOBS_FILE
+from .. import fsutil, rundir
+from ..logs import format_seconds
 from .retry import read_decisions
 
 SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "Elapsed", "Start", "End", "NodeList", "Reason")
@@ -34,7 +33,7 @@ def sacct(job_ids: list[str]) -> list[dict]:
 
 def job_states(run_dir: str | os.PathLike) -> list[dict]:
     """Each recorded job's final state: its last accounting row, with how often it was requeued."""
-    path = Path(run_dir) / JOBS_FILE
+    path = rundir.RunDir(run_dir).jobs
     if not path.is_file():
         return []
     jobs = fsutil.read_json(path)["jobs"]
@@ -54,12 +53,12 @@ def job_states(run_dir: str | os.PathLike) -> list[dict]:
 def status(run_dir: str | os.PathLike) -> str:
     """A human summary of where a run stands: jobs, progress, ETA, losses, metrics, checkpoint."""
     run_dir = Path(run_dir)
+    run = rundir.RunDir(run_dir)
     lines = [f"run {run_dir}"]
     lines += _job_lines(run_dir)
-    opts = run_dir / "options.json"
-    stats = read_stats(run_dir / "stats.jsonl")
-    if opts.is_file():
-        o = fsutil.read_json(opts)
+    stats = run.read_stats()
+    if run.options.is_file():
+        o = run.read_options()
         total = o["steps_per_epoch"] * o["config"]["train"]["epochs"]
         progress = [r for r in stats if r.get("kind") in ("tick", "epoch")]
         last = progress[-1] if progress else None
@@ -71,18 +70,29 @@ def status(run_dir: str | os.PathLike) -> str:
         ep = [r for r in stats if r.get("kind") == "epoch"]
         if ep:
             lines.append(f"  losses       g {ep[-1]['g_loss']:.4f}  d {ep[-1]['d_loss']:.4f} (epoch {ep[-1]['epoch']})")
-    mpath = run_dir / "report" / "metrics.json"
+    mpath = run.report_file(rundir.REPORT_METRICS)
     if mpath.is_file():
         m = fsutil.read_json(mpath)
         lines.append(f"  seed metric  max SSIM {m['seed_max_ssim']['final']:.4f} (epoch {m['epochs_done']})")
-    ck = sorted((run_dir / "checkpoints").glob("ckpt-*")) if (run_dir / "checkpoints").is_dir() else []
+    ck = sorted(run.checkpoints.glob("ckpt-*")) if run.checkpoints.is_dir() else []
     if ck:
         lines.append(f"  checkpoint   {ck[-1].name} ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ck[-1].stat().st_mtime))})")
-    if (run_dir / "train_done.json").is_file():
-        lines.append("  training     finished")
-    if (run_dir / "report" / "report.html").is_file():
-        lines.append(f"  report       {run_dir / 'report' / 'report.html'}")
+    lines.append(f"  training     {describe_state(run.read_state())}")
+    if run.report_file(rundir.REPORT_HTML).is_file():
+        lines.append(f"  report       {run.report_file(rundir.REPORT_HTML)}")
     return "\n".join(lines)
+
+
+def describe_state(state: dict) -> str:
+    """The run's state in words: what it is, and why when it stopped or failed."""
+    s = state["state"]
+    if s == rundir.FINISHED:
+        return f"finished ({state.get('epochs')} epochs, global step {state.get('global_step')})"
+    if s in (rundir.STOPPED, rundir.FAILED):
+        return f"{s} (job {state.get('job_id')}, attempt {state.get('attempt')}): {state.get('reason')}"
+    if s == rundir.TRAINING:
+        return f"training (job {state.get('job_id')}, attempt {state.get('attempt')}, {state.get('epochs')} epochs)"
+    return "not started"
 
 
 def _job_lines(run_dir: Path) -> list[str]:
@@ -113,7 +123,7 @@ def _failure_reason(run_dir: Path, job: dict) -> str:
         if r.get("Reason") and r["Reason"] not in ("None", ""):
             return f"{r['State']} ({r['Reason']}), exit {r['ExitCode']}"
     # submitit keeps each job's stderr in the run's slurm/ folder: its last line is the error.
-    for f in sorted((run_dir / "slurm").glob(f"{job['job_id']}*_log.err")):
+    for f in sorted(rundir.RunDir(run_dir).slurm.glob(f"{job['job_id']}*_log.err")):
         tail = [x for x in f.read_text(errors="replace").splitlines() if x.strip()]
         if tail:
             return tail[-1][:300]

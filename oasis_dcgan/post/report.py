@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import config as config_mod
-from .. import fsutil
+from .. import fsutil, rundir
 from ..config import Config
 from ..imaging import to_unit
-from ..logs import read_stats
 from ..prep.manifest import load_manifest, manifest_hash
 from ..prep.reader import ShardReader, read_batches, sample_batches
 from . import features, figures, metrics, samples as generated_samples
@@ -31,7 +30,7 @@ EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
 
 def epoch_samples(run_dir: Path) -> list[tuple[int, Path]]:
     """(epoch, file) for every finished epoch's fixed-noise batch, in epoch order (not string order)."""
-    d = run_dir / "samples"
+    d = rundir.RunDir(run_dir).samples
     found = [(int(m.group(1)), p) for p in d.glob("epoch_*.npy") if (m := EPOCH_FILE.match(p.name))] \
         if d.is_dir() else []
     return sorted(found)
@@ -84,15 +83,7 @@ def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config
     sel = metric_batches(report_dir, dataset, cfg)
     key = _digest([sel["batches"], cfg.metrics.real_batches])
     path = report_dir / "metrics.jsonl"
-    done = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if r.get("batches_sha") == key:
-                done[r["epoch"]] = r
+    done = {r["epoch"]: r for r in fsutil.read_jsonl(path) if r.get("batches_sha") == key}
     # An epoch rewritten after a resume has new samples: the cache is keyed on their bytes too.
     todo = [(e, p, fsutil.sha256_file(p)[:16]) for e, p in epoch_samples(run_dir)]
     todo = [(e, p, h) for e, p, h in todo if done.get(e, {}).get("samples_sha") != h]
@@ -111,12 +102,21 @@ def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config
     return rows
 
 
-def checks_beyond_reference(run_dir: Path, last_batch: tuple[int, Path], reader: ShardReader, dataset: str,
+def final_generators(run: rundir.RunDir) -> tuple[Path | None, Path | None]:
+    """The final generator and the raw one beside the average, of a finished run only: while a run
+    trains or after it stopped, the files there may be an earlier finish's."""
+    if not run.finished():
+        return None, None
+    return run.generator, (run.generator_raw if run.generator_raw.is_file() else None)
+
+
+def checks_beyond_reference(run: rundir.RunDir, last_batch: tuple[int, Path], reader: ShardReader, dataset: str,
                             cfg: Config, log=print) -> tuple[dict, np.ndarray, dict]:
     """Memorisation, collapse, and FID/KID when an extractor is at hand: (results, images, nn)."""
     m = cfg.metrics
-    gen = generated_samples.generate(run_dir, m.nn_samples, m.seed + 1)
-    source = "generator.keras"
+    final, raw = final_generators(run)
+    gen = generated_samples.generate(final, m.nn_samples, m.seed + 1) if final else None
+    source = final.name if final else ""
     if gen is None:
         gen = figures.load_batch(last_batch[1])
         source = f"fixed-noise batch of epoch {last_batch[0]} (no final generator yet)"
@@ -132,22 +132,21 @@ def checks_beyond_reference(run_dir: Path, last_batch: tuple[int, Path], reader:
     diversity = {"generated": gen_div.get("mean"), "real": real_div.get("mean"), "n": k,
                  "generated_ci95": gen_div.get("ci95"), "real_ci95": real_div.get("ci95"),
                  "scales": gen_div.get("scales"), "real_split": m.split}
-    fid = feature_checks(run_dir, dataset, cfg, log) if m.fid_weights else {
+    fid = feature_checks(final, dataset, cfg, log) if m.fid_weights else {
         "fid": None, "kid": None, "note": "not computed: no feature-extractor weights were given "
         "(set metrics.fid_weights to a local .keras file). Nothing is ever downloaded."}
     results = {"nn_ssim": {**metrics.summary(nn["ssim"]), "n": len(gen), "source": source,
                            "candidates_per_image": len(reader), "exact": True, "split": m.split,
                            "nearest_index": nn["index"].tolist(), "values": nn["ssim"].tolist()},
                "nn_ssim_held_out": held_out,
-               "raw_generator": raw_generator_checks(run_dir, reader, m, k),
+               "raw_generator": raw_generator_checks(raw, reader, m, k),
                "ms_ssim_diversity": diversity, "fid": fid}
     return results, gen, nn
 
 
-def raw_generator_checks(run_dir: Path, reader: ShardReader, m, k: int) -> dict | None:
+def raw_generator_checks(path: Path | None, reader: ShardReader, m, k: int) -> dict | None:
     """With a generator average, the same checks for the raw generator saved beside it."""
-    path = run_dir / "generator_raw.keras"
-    if not path.is_file():
+    if path is None:
         return None
     raw = generated_samples.generate(path, m.nn_samples, m.seed + 1)
     nn = metrics.nearest_ssim(raw, reader)
@@ -173,13 +172,13 @@ def holdout_baseline(dataset: str, reader: ShardReader, m, n: int) -> dict:
     return {**metrics.summary(nn["ssim"]), "n": len(idx), "split": split, "values": nn["ssim"].tolist()}
 
 
-def feature_checks(run_dir: Path, dataset: str, cfg: Config, log=print) -> dict:
+def feature_checks(final: Path | None, dataset: str, cfg: Config, log=print) -> dict:
     """FID, KID and precision/recall: the split's real images against at least as many generated ones."""
     m = cfg.metrics
     reader = ShardReader(dataset, m.split)
     n_real = min(len(reader), m.fid_real_images) if m.fid_real_images else len(reader)
     idx = np.sort(np.random.default_rng(m.seed + 3).choice(len(reader), n_real, replace=False))
-    gen = generated_samples.generate(run_dir, max(n_real, m.fid_generated_images), m.seed + 4)
+    gen = generated_samples.generate(final, max(n_real, m.fid_generated_images), m.seed + 4) if final else None
     if gen is None:
         return {"fid": None, "kid": None, "note": "not computed: the run has no final generator yet"}
     t0 = time.perf_counter()
@@ -385,10 +384,7 @@ def build_document(run_dir: Path, options: dict, manifest: dict, m: dict, rows: 
 
 def load_run(run_dir: Path, dataset: str | None, batches: int | None) -> tuple[dict, Config]:
     """options.json and the run's config, with the dataset and batch count overridden if given."""
-    opt_path = run_dir / "options.json"
-    if not opt_path.is_file():
-        raise FileNotFoundError(f"{opt_path}: not found; is {run_dir} a training run directory?")
-    options = fsutil.read_json(opt_path)
+    options = rundir.RunDir(run_dir).read_options()
     cfg = config_mod.from_dict(options["config"])
     if dataset:
         cfg.data.dataset = str(dataset)
@@ -400,10 +396,11 @@ def load_run(run_dir: Path, dataset: str | None, batches: int | None) -> tuple[d
 def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches: int | None = None,
                 log=print) -> dict:
     run_dir = Path(run_dir).resolve()
+    run = rundir.RunDir(run_dir)
     options, cfg = load_run(run_dir, dataset, batches)
     ds = cfg.data.dataset
     manifest = load_manifest(ds)
-    report_dir = run_dir / "report"
+    report_dir = run.report
     report_dir.mkdir(exist_ok=True)
     samples = epoch_samples(run_dir)
     if not samples:
@@ -412,17 +409,17 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     rows = per_epoch_metrics(run_dir, report_dir, ds, cfg, log=log)
     # ---- Memorisation, collapse, FID/KID on the final generator
     reader = ShardReader(ds, cfg.metrics.split)
-    checks, gen, nn = checks_beyond_reference(run_dir, samples[-1], reader, ds, cfg, log=log)
-    m = summarise(rows, checks, cfg, samples[-1][0], (run_dir / "train_done.json").is_file())
-    fsutil.write_json(report_dir / "metrics.json", m)
+    checks, gen, nn = checks_beyond_reference(run, samples[-1], reader, ds, cfg, log=log)
+    m = summarise(rows, checks, cfg, samples[-1][0], run.finished())
+    fsutil.write_json(run.report_file(rundir.REPORT_METRICS), m)
     # ---- Figures and the report, Markdown and standalone HTML from the same document
     real_batch = to_unit(reader.read(metric_batches(report_dir, ds, cfg)["batches"][0]))
-    figure_list = render_figures(report_dir, read_stats(run_dir / "stats.jsonl"), rows, samples, real_batch, gen,
+    figure_list = render_figures(report_dir, run.read_stats(), rows, samples, real_batch, gen,
                                  nn, reader, checks["nn_ssim_held_out"])
     reader.close()
     doc = build_document(run_dir, options, manifest, m, rows, figure_list)
-    fsutil.write_text(report_dir / "report.md", doc.markdown())
-    fsutil.write_text(report_dir / "report.html", doc.html(report_dir))
-    log(f"[postprocess] report: {report_dir / 'report.html'}")
-    m["per_epoch_rows"] = rows
+    fsutil.write_text(run.report_file(rundir.REPORT_MD), doc.markdown())
+    fsutil.write_text(run.report_file(rundir.REPORT_HTML), doc.html(report_dir))
+    log(f"[postprocess] report: {run.report_file(rundir.REPORT_HTML)}")
+    m["per_epoch_rows"], m["report"] = rows, str(run.report_file(rundir.REPORT_HTML))
     return m

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import fsutil
+from .. import fsutil, rundir
 from ..imaging import to_uint8
 from ..training import model
 
@@ -14,7 +14,7 @@ from ..training import model
 def generator_file(run_or_model: str | os.PathLike) -> Path:
     """A run directory's final generator, or the .keras file itself."""
     src = Path(run_or_model)
-    return src / "generator.keras" if src.is_dir() else src
+    return rundir.RunDir(src).generator if src.is_dir() else src
 
 
 def generate(run_or_model: str | os.PathLike, n: int, seed: int) -> np.ndarray | None:

@@ -125,11 +125,12 @@ def step_slots(perm: np.ndarray, budget: int, position: int, batch_size: int, wo
 def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
                   start_image: int = 0, budget: int = 0, split: str = "train", scaled: bool = True,
                   block: int = 8, prefetch: int = 8, autotune: bool = False, epochs: int = 1,
-                  later_budget: int = 0):
+                  later_budget: int = 0, first_seed: int | None = None):
     """A tf.data.Dataset of this rank's steps for the rest of `epoch` and the `epochs - 1` after
     it, and how many steps that is.
 
-    The first epoch resumes at `start_image` with its own `budget`; the later ones start at 0
+    The first epoch resumes at `start_image` with its own `budget` (and `first_seed`, when a
+    resumed epoch began under another seed); the later ones start at 0
     with `later_budget` (both default to the whole split). One stream across epoch ends keeps
     the prefetch full there, where a new pipeline per epoch paused every rank.
     Each element is (images [B, H, W, 1], slots [W, B] int64): the images of this rank's
@@ -143,16 +144,16 @@ def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0
 
     reader = ShardReader(dataset, split)
     n = len(reader)
-    plans = [(epoch, budget or epoch_budget(n, batch_size), start_image)]
-    plans += [(e, later_budget or epoch_budget(n, batch_size), 0) for e in range(epoch + 1, epoch + epochs)]
-    if min(b for _, b, _ in plans) < batch_size:
+    plans = [(epoch, budget or epoch_budget(n, batch_size), start_image, seed if first_seed is None else first_seed)]
+    plans += [(e, later_budget or epoch_budget(n, batch_size), 0, seed) for e in range(epoch + 1, epoch + epochs)]
+    if min(p[1] for p in plans) < batch_size:
         raise DataError(f"{dataset}: {n} {split} images cannot fill one batch of {batch_size}")
     res, stride = reader.resolution, batch_size * world_size
-    total = sum(steps_left(b, s, batch_size, world_size) for _, b, s in plans)
+    total = sum(steps_left(b, s, batch_size, world_size) for _, b, s, _ in plans)
 
     def blocks():
-        for e, b, start in plans:
-            perm, steps = epoch_permutation(n, seed, e), steps_left(b, start, batch_size, world_size)
+        for e, b, start, order_seed in plans:
+            perm, steps = epoch_permutation(n, order_seed, e), steps_left(b, start, batch_size, world_size)
             for s0 in range(0, steps, block):
                 k = min(block, steps - s0)
                 slots = np.stack([step_slots(perm, b, start + (s0 + j) * stride, batch_size, world_size)

@@ -15,14 +15,15 @@ and waits for the write in flight before the ranks meet. Variables are keyed by 
 reads them by name.
 
 A run never starts afresh by accident: when checkpoints exist and none loads, resuming is
-an error that names each one and why; `set_aside` moves them (and the run's record) out
-of the way, for a deliberate restart. A checkpoint is never removed before its successor
+an error that names each one and why; `rundir.RunDir.set_aside` moves them (and the run's record)
+out of the way, for a deliberate restart. A checkpoint is never removed before its successor
 is complete.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -31,12 +32,8 @@ from pathlib import Path
 from .. import fsutil
 
 PREFIX = "ckpt"
+META = "meta.json"
 REPLACED = ".replaced.tmp"
-# What a restart moves aside: everything a resume would read or extend.
-RUN_RECORD = ("checkpoints", "stats.jsonl", "samples", "ranks", "tensorboard", "snapshots", "generator.keras",
-              "train_done.json", "report")
-
-
 def _test_delay(global_step: int) -> None:
     """Tests only: hold a finished-but-unpublished checkpoint, so a kill can land mid-write.
 
@@ -49,20 +46,6 @@ def _test_delay(global_step: int) -> None:
 
 class CheckpointError(RuntimeError):
     """No checkpoint can be resumed from, or the newest belongs to another kind of run."""
-
-
-def set_aside(run_dir: str | os.PathLike) -> Path | None:
-    """Move a run's checkpoints and record into RUN_DIR/set-aside/<time>/; nothing is deleted."""
-    run_dir = Path(run_dir)
-    present = [name for name in RUN_RECORD if (run_dir / name).exists()]
-    if not present:
-        return None
-    dest = run_dir / "set-aside" / time.strftime("%Y%m%d-%H%M%S")
-    dest.mkdir(parents=True, exist_ok=False)
-    for name in present:
-        os.rename(run_dir / name, dest / name)
-    fsutil.fsync_path(run_dir)
-    return dest
 
 
 def _keyed(variables) -> dict:
@@ -213,17 +196,19 @@ class CheckpointManager:
         err = CheckpointError(
             f"{self.dir / f'{PREFIX}-{global_step:09d}'}: cannot write the checkpoint of step {global_step} "
             f"({fsutil.io_reason(e)}); its temp files were removed. Newest intact checkpoint: "
-            f"{good[-1] if good else 'none'}. Free space, then run train again to resume from it.")
+            f"{good[-1] if good else 'none'}. Free space, then run train again to "
+            f"{'resume from it' if good else 'start afresh'}.")
         err.__cause__ = e
         return err
 
     def _write_files(self, global_step: int, meta: dict, ckpt) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.dir / f"{PREFIX}-{global_step:09d}"
-        tmp = self.dir / f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        # A name no one can guess, made by mkdtemp (0700, so nothing can be planted in it while it
+        # is written), then opened to the group as a directory made by mkdir would be.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=self.dir))
         try:
+            os.chmod(tmp, 0o777 & ~fsutil.umask())
             self._publish(tmp, final, global_step, meta, ckpt)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
@@ -236,7 +221,7 @@ class CheckpointManager:
         for f in sorted(tmp.iterdir()):
             files[f.name] = fsutil.sha256_file(f)
             fsutil.fsync_path(f)
-        fsutil.write_json(tmp / "meta.json", {**meta, "global_step": global_step, "files": files,
+        fsutil.write_json(tmp / META, {**meta, "global_step": global_step, "files": files,
                                               "saved_at": time.time()})
         _test_delay(global_step)
         replaced = final.with_name(f".{final.name}{REPLACED}")
@@ -251,7 +236,7 @@ class CheckpointManager:
 
     def verify(self, ckpt_dir: Path) -> str | None:
         """Why this checkpoint cannot be trusted, or None."""
-        meta_path = ckpt_dir / "meta.json"
+        meta_path = ckpt_dir / META
         if not meta_path.is_file():
             return "no meta.json"
         try:
@@ -276,33 +261,37 @@ class CheckpointManager:
                 os.rename(old, final)
         fsutil.remove_stale_temps(self.dir)
 
-    def _reader_for(self, ckpt_dir: Path):
-        """A checkpoint object for the groups this checkpoint holds (optional ones may be absent)."""
+    def _reader_for(self, ckpt_dir: Path, leave_out: dict | None = None):
+        """A checkpoint object for the groups this checkpoint holds (optional ones may be absent),
+        without the variables `leave_out` names ({group: keys}), which keep their start values."""
         import tensorflow as tf
 
         held = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(str(ckpt_dir / PREFIX))}
         self.absent = [g for g in OPTIONAL_GROUPS if g in self._groups and g not in held]
-        if not self.absent:
+        if not self.absent and not leave_out:
             return self._ckpt
-        self.log(f"{ckpt_dir.name} holds no {', '.join(self.absent)} state (written under another train.precision "
-                 "or before the generator average): starting it afresh")
-        return tf.train.Checkpoint(**{g: v for g, v in self._groups.items() if g not in self.absent})
+        if self.absent:
+            self.log(f"{ckpt_dir.name} holds no {', '.join(self.absent)} state (written under another "
+                     "train.precision or before the generator average): starting it afresh")
+        skip = leave_out or {}
+        return tf.train.Checkpoint(**{g: {k: v for k, v in vs.items() if k not in skip.get(g, ())}
+                                      for g, vs in self._groups.items() if g not in self.absent})
 
     def restore_latest(self, check=None) -> dict | None:
         """Restore the newest checkpoint that verifies and loads; log and skip the others.
 
-        `check(meta)` may raise CheckpointError for a checkpoint of another kind of run. None
+        `check(meta, dir)` may raise CheckpointError for a checkpoint of another kind of run, and
+        returns the variables to leave out of the restore ({group: keys}) or nothing. None
         when there are no checkpoints; CheckpointError when there are and none can be used.
         """
         failures = []
         for ckpt_dir in reversed(self.list()):
             why = self.verify(ckpt_dir)
             if why is None:
-                meta = fsutil.read_json(ckpt_dir / "meta.json")
-                if check:
-                    check(meta, ckpt_dir)
+                meta = fsutil.read_json(ckpt_dir / META)
+                leave_out = check(meta, ckpt_dir) if check else None
                 try:
-                    self._reader_for(ckpt_dir).read(str(ckpt_dir / PREFIX)).assert_existing_objects_matched()
+                    self._reader_for(ckpt_dir, leave_out).read(str(ckpt_dir / PREFIX)).assert_existing_objects_matched()
                     self.log(f"resumed from {ckpt_dir} (epoch {meta['epoch']}, step {meta['step_in_epoch']}, "
                              f"global step {meta['global_step']})")
                     return meta

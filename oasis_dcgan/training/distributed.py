@@ -314,11 +314,16 @@ def barrier(hvd, name: str) -> None:
 
 def broadcast_flag(hvd, flag: bool) -> bool:
     """Rank 0's flag, on every rank."""
+    return bool(broadcast_int(hvd, int(flag), "bcast.flag"))
+
+
+def broadcast_int(hvd, value: int, name: str) -> int:
+    """Rank 0's integer, on every rank."""
     import tensorflow as tf
 
     if hvd.size() == 1:
-        return flag
-    return bool(hvd.broadcast(tf.constant(int(flag)), root_rank=0, name="bcast.flag").numpy())
+        return value
+    return int(hvd.broadcast(tf.constant(value, tf.int64), root_rank=0, name=name).numpy())
 
 
 def broadcast_variables(hvd, variables, prefix: str) -> None:

@@ -9,6 +9,8 @@ Layer names are fixed so checkpoints and saved generators read the same across v
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -91,12 +93,22 @@ def generator_loss_per_image(fake_logits):
 
 
 def save_model(model, dest: str | os.PathLike) -> None:
-    """Save atomically. Keras insists on a .keras suffix, so the temp name keeps it."""
+    """Save atomically. Keras insists on a .keras suffix, so the model is written inside a private
+    temp directory of an unpredictable name (made 0700 by mkdtemp: no one can plant a symlink in
+    it), then renamed over `dest`."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.tmp.keras")
-    model.save(str(tmp))
-    fsutil.publish(tmp, dest)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        tmp = tmp_dir / dest.name
+        model.save(str(tmp))
+        os.chmod(tmp, 0o666 & ~fsutil.umask())
+        fsutil.publish(tmp, dest)
+    except OSError as e:
+        raise fsutil.storage_error(dest, "save the model", e, f"the previous {dest.name}, if any, is intact",
+                                   "Free space and run the job again: it resumes from the last checkpoint") from e
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def load_generator(path: str | os.PathLike) -> tf.keras.Model:

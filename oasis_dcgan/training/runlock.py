@@ -1,67 +1,101 @@
 """One run, one writer: RUN_DIR/.lock names the job whose rank 0 is training into the directory.
 
-The lock is created with O_EXCL and holds the holder's job id, attempt, host and pid; the
-holder touches it at every tick and checkpoint. A lock is taken over (and the take-over
-logged) when its holder is a previous attempt of the same job, a process on this host that
-no longer exists, or silent for longer than `stale_after_s`; otherwise training is refused
-with the holder named.
+Run directories sit on shared storage, often NFS or Lustre, where O_EXCL is not atomic. The
+lock is therefore taken the NFS-safe way: the holder's record is written and fsynced to a
+file of its own, then link()ed to `.lock`, which either succeeds whole or fails because a
+lock exists. A lock is never empty or half-written, and it carries its holder: job, attempt,
+host, pid, the pid's start time and a random token.
+
+Why not flufl.lock, which takes locks the same way: it breaks a lock only when its lifetime
+has run out. This lock must also decide by who holds it: a requeued job takes over its own
+earlier attempt at once, a dead process on this host is replaced at once, and a live process
+on this host is never replaced however old its lock is. Age decides only for a holder on
+another host, whose liveness cannot be asked.
+
+While held, a heartbeat thread refreshes the lock's time every HEARTBEAT_S and checks that
+it still names this holder; if it no longer does, `check()` raises and the trainer stops
+writing. `release()` removes the lock only if it is still this holder's.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import secrets
+import tempfile
+import threading
 import time
 from pathlib import Path
 
-LOCK = ".lock"
-STALE_AFTER_S = 15 * 60.0
+from .. import fsutil, rundir
+
+HEARTBEAT_S = 60.0
+STALE_AFTER_S = 15 * 60.0  # another host's holder, silent this long, is gone (allows for clock skew)
 
 
 class RunLockError(RuntimeError):
-    """Another live job is training into this run directory."""
+    """Another live job is training into this run directory, or this job lost its claim."""
 
 
-def _pid_alive(pid: int) -> bool:
-    """A running process (a zombie, killed but not yet reaped, counts as gone)."""
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, started: str | None = None) -> bool:
+    """The process is running, and is the one that took the lock (not a reuse of its pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return True
-    return state not in ("Z", "X")
+    if fields[0] in ("Z", "X"):  # killed, not yet reaped
+        return False
+    return started is None or fields[19] == started
 
 
 def describe(holder: dict) -> str:
+    if not holder:
+        return "an unreadable lock (empty or corrupt)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
     return (f"job {holder.get('job_id')} (attempt {holder.get('attempt')}), pid {holder.get('pid')} on "
-            f"{holder.get('host')}, since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('time', 0)))}")
+            f"{holder.get('host')}, since {since}")
 
 
 def read(run_dir: str | os.PathLike) -> tuple[dict, float] | None:
-    """The holder and the lock's age in seconds, or None when there is no lock."""
-    path = Path(run_dir) / LOCK
+    """The holder ({} when unreadable) and the seconds since its last heartbeat; None: no lock."""
+    path = rundir.RunDir(run_dir).lock
     try:
-        holder = json.loads(path.read_text())
-        return holder, time.time() - path.stat().st_mtime
+        age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, OSError):
-        return {}, 0.0  # a lock being written this instant: treat it as live
+    return read_file(path), age
 
 
-def why_stale(holder: dict, age_s: float, job_id: str = "", stale_after_s: float = STALE_AFTER_S) -> str:
-    """Why this lock's holder can no longer be writing (empty: it may well be)."""
-    if job_id and holder.get("job_id") == job_id and job_id != "local":
-        return "it is an earlier attempt of this job"
-    if holder.get("host") == platform.node() and holder.get("pid") and not _pid_alive(int(holder["pid"])):
-        return f"process {holder['pid']} on this host is gone"
+def why_stale(holder: dict, age_s: float, me: dict | None = None, stale_after_s: float = STALE_AFTER_S) -> str:
+    """Why this lock's holder cannot be writing any more (empty: it may well be)."""
+    if not holder:
+        # Every lock this suite takes is complete before it exists (written, then linked).
+        return "it is unreadable (empty or corrupt), which no live holder leaves"
+    if me and me["job_id"] != "local" and holder.get("job_id") == me["job_id"] \
+            and int(holder.get("attempt", 0)) < int(me["attempt"]):
+        return f"it is attempt {holder.get('attempt')} of this job, and this is attempt {me['attempt']}"
+    if holder.get("host") == platform.node():
+        pid = int(holder.get("pid") or 0)
+        if pid and not _pid_alive(pid, holder.get("pid_start")):
+            return f"process {pid} on this host is gone"
+        return ""  # alive on this host: never taken over, however old the lock
     if age_s > stale_after_s:
-        return f"it was last touched {age_s / 60:.0f} min ago"
+        return f"it was last refreshed {age_s / 60:.0f} min ago (a live holder refreshes it every {HEARTBEAT_S:.0f} s)"
     return ""
 
 
@@ -70,48 +104,141 @@ def check_free(run_dir: str | os.PathLike, stale_after_s: float = STALE_AFTER_S)
     found = read(run_dir)
     if found is not None and not why_stale(*found, stale_after_s=stale_after_s):
         raise RunLockError(f"{run_dir} is being trained by {describe(found[0])}; wait for it, cancel it, or use "
-                           f"another run directory (a lock left by a dead job is taken over after "
-                           f"{stale_after_s / 60:.0f} min)")
+                           f"another run directory (a lock left by a dead job on another host is taken over "
+                           f"after {stale_after_s / 60:.0f} min)")
 
 
 class RunLock:
     def __init__(self, run_dir: str | os.PathLike, job_id: str, attempt: int, log=print,
-                 stale_after_s: float = STALE_AFTER_S):
-        self.path = Path(run_dir) / LOCK
-        self.holder = {"job_id": job_id, "attempt": attempt, "host": platform.node(), "pid": os.getpid(),
-                       "time": time.time()}
-        self.log, self.stale_after_s = log, stale_after_s
+                 stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S):
+        self.path = rundir.RunDir(run_dir).lock
+        pid = os.getpid()
+        self.holder = {"job_id": str(job_id), "attempt": int(attempt), "host": platform.node(), "pid": pid,
+                       "pid_start": _start_time(pid), "token": secrets.token_hex(8), "since": time.time()}
+        self.log, self.stale_after_s, self.heartbeat_s = log, stale_after_s, heartbeat_s
         self.held = False
+        self.lost = ""  # why this holder no longer holds the lock it took
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._io = threading.Lock()  # the heartbeat and the loop's touch() never interleave
+
+    # -------------------------------------------------------------- taking it
 
     def acquire(self) -> None:
-        for _ in range(3):  # another taker may win a race for a stale lock: look again
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "w") as f:
+        for _ in range(5):  # another taker may win a race for a stale lock: look again
+            if self._link():
+                self.held = True
+                self._beat = threading.Thread(target=self._heartbeat, name="run-lock-heartbeat", daemon=True)
+                self._beat.start()
+                return
+            self._take_over_if_stale()
+        raise RunLockError(f"{self.path}: could not take the run's lock (other jobs kept taking it)")
+
+    def _link(self) -> bool:
+        """Write the record to a claim file of its own, then link it to the lock: all or nothing."""
+        claim = None
+        try:
+            fd, claim = tempfile.mkstemp(prefix=".lock.", suffix=".tmp", dir=self.path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.holder, f)
-            self.held = True
-            return
-        raise RunLockError(f"{self.path}: could not take the run's lock")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if claim:
+                with contextlib.suppress(OSError):
+                    os.unlink(claim)
+            raise fsutil.storage_error(self.path, "take the run's lock", e, "nothing in the run was changed",
+                                       "Free space, then start the job again") from e
+        try:
+            os.link(claim, self.path)
+            return True
+        except FileExistsError:
+            # On NFS a link() whose reply was lost reports failure after it succeeded.
+            return os.stat(claim).st_nlink == 2
+        except FileNotFoundError:  # another holder's start swept our claim file: try again
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(claim)
 
     def _take_over_if_stale(self) -> None:
         found = read(self.path.parent)
         if found is None:
             return
-        why = why_stale(*found, job_id=self.holder["job_id"], stale_after_s=self.stale_after_s)
+        why = why_stale(*found, me=self.holder, stale_after_s=self.stale_after_s)
         if not why:
             raise RunLockError(f"{self.path.parent} is being trained by {describe(found[0])}; this job "
-                               f"({self.holder['job_id']}) will not write into it")
+                               f"({self.holder['job_id']}, attempt {self.holder['attempt']}) will not write into it")
         self.log(f"taking over the run's lock from {describe(found[0])}: {why}")
-        self.path.unlink(missing_ok=True)
+        self._break(found[0])
+
+    def _break(self, stale: dict) -> None:
+        """Move the stale lock away by rename (one taker wins); if what moved was not the stale
+        lock but a new holder's, put it back."""
+        moved = self.path.with_name(f".lock.{secrets.token_hex(6)}.broken.tmp")
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:
+            return
+        try:
+            taken = read_file(moved)
+            if taken != stale and taken:
+                with contextlib.suppress(FileExistsError):
+                    os.link(moved, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(moved)
+
+    # -------------------------------------------------------------- holding it
+
+    def _mine(self) -> bool:
+        found = read(self.path.parent)
+        return found is not None and found[0].get("token") == self.holder["token"]
 
     def touch(self) -> None:
-        if self.held:
-            os.utime(self.path)
+        """Refresh the lock's time, once it is checked to still be this holder's."""
+        if not self.held or self.lost:
+            return
+        with self._io:
+            try:
+                if not self._mine():
+                    found = read(self.path.parent)
+                    self.lost = f"the lock now names {describe(found[0])}" if found else "the lock was removed"
+                    self.log(f"WARNING: lost the run's lock: {self.lost}")
+                    return
+                os.utime(self.path)
+            except OSError as e:  # a storage hiccup: the next heartbeat tries again
+                self.log(f"WARNING: could not refresh the run's lock {self.path}: {fsutil.io_reason(e)}")
+
+    def check(self) -> None:
+        """Raise if another holder has the run: this job must not write into it any more."""
+        if self.lost:
+            raise RunLockError(f"{self.path.parent}: this job ({self.holder['job_id']}) no longer holds the run's "
+                               f"lock ({self.lost}); it stopped writing")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self.touch()
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if not self.held:
+            return
+        self._stop.set()
+        if self._beat is not None and self._beat is not threading.current_thread():
+            self._beat.join(timeout=5)
+        self.held = False
+        with self._io:
+            if self._mine():
+                self.path.unlink(missing_ok=True)
+            else:
+                found = read(self.path.parent)
+                if found:
+                    self.log(f"the run's lock is held by {describe(found[0])}; left in place")
+
+
+def read_file(path: Path) -> dict:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}

@@ -98,6 +98,14 @@ class TrainState:
             self.counters["epoch_images"].assign(budget)
         return self._counters()
 
+    def restart_epoch(self) -> None:
+        """The epoch under way starts again from its first image (its data changed under it)."""
+        for k, v in self.losses.items():
+            v.assign(LOSS_START[k])
+        self.visits.assign(tf.zeros_like(self.visits))
+        for k in ("step_in_epoch", "images_in_epoch", "epoch_images"):
+            self.counters[k].assign(0)
+
     def close_epoch(self):
         """Inside a compiled call: the ended epoch's records, then the next epoch's start. One call,
         so no signal sees it half done, and no host round trip per variable while every rank waits."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, fsutil
+from .. import __version__, fsutil, rundir
 from ..config import Config
 from ..imaging import save_grid
 from ..logs import Progress, RunLog, Stats, format_seconds
@@ -47,10 +47,14 @@ def lr_factor(epoch: int, epochs: int, rampdown: float) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, world: World | None = None, log_to_stdout: bool = True):
+    def __init__(self, cfg: Config, world: World | None = None, log_to_stdout: bool = True, before_barrier=None):
         self.cfg = cfg
         self.world = world or World()
         self.run_dir = Path(cfg.run_dir).resolve()
+        self.run_files = rundir.RunDir(self.run_dir)
+        # Called on every rank at an agreed stop, before the ranks meet: what a rank must have on
+        # disk before any rank may exit (its note), since srun may end the others at the first exit.
+        self.before_barrier = before_barrier
         self.chief = self.world.is_chief
         self.log = RunLog(self.run_dir, enabled=self.chief, echo=log_to_stdout)
         self.stop_reason = ""        # a stop every rank agreed on, in the step's allreduce
@@ -61,15 +65,17 @@ class Trainer:
         self._ready = False          # models built and restored: a checkpoint now means something
         self._rendezvous = None      # rank 0's rendezvous server, alive while the ranks run
         self._publishing = []        # the thread writing the last epoch's records and samples (rank 0)
+        self._publish_error = None   # a full disk met by that thread, raised in the loop
         self._in_step_s = 0.0        # this epoch's time inside the compiled step
         self._step_s = None          # the last call's seconds a step
         self.lock = None             # rank 0's hold on the run directory
+        self.epoch_seed = cfg.train.seed  # the data order's seed for the epoch under way (a resume may differ)
 
     def run(self) -> dict:
         """Train (or resume) the run in cfg.run_dir on this rank. Returns a summary on every rank."""
-        # ---- Take the run (rank 0), join the job's Horovod world; one GPU per rank
-        self.setup_process()
         try:
+            # ---- Take the run (rank 0), join the job's Horovod world; one GPU per rank
+            self.setup_process()
             # ---- Data plan, networks, optimizers, run state, the compiled step
             self.build()
             # ---- Resume: rank 0 restores the newest good checkpoint, every rank takes rank 0's state
@@ -79,9 +85,27 @@ class Trainer:
             self.train_epochs()
             # ---- Finish: the final generator, and each rank's note
             return self.finish()
+        except BaseException as e:
+            self._record_failure(e)
+            raise
         finally:
             if self.lock:
                 self.lock.release()
+
+    def _record_failure(self, e: BaseException) -> None:
+        """Rank 0, holding the run: the background writes end (each removes its own temps when it
+        fails), and the state says failed, and why (never over another holder's)."""
+        if not (self.lock and self.lock.held and not self.lock.lost):
+            return
+        for t in self._publishing:
+            t.join(timeout=60)
+        if getattr(self, "checkpoints", None) is not None:
+            self.checkpoints.wait()
+        try:
+            self.run_files.write_state(rundir.FAILED, reason=f"{type(e).__name__}: {str(e)[:300]}",
+                                       job_id=self.world.job_id, attempt=self.world.attempt)
+        except OSError:
+            pass  # the disk that failed the run may fail this too; the job's log has the error
 
     # ------------------------------------------------------------------ set-up
 
@@ -94,6 +118,7 @@ class Trainer:
         if self.chief:  # before the rendezvous, which clears the run's old rendezvous files
             self.lock = RunLock(self.run_dir, self.world.job_id, self.world.attempt, log=self.log)
             self.lock.acquire()
+            self.run_files.sweep_temps()  # what killed writers left: no one else writes here now
         self.hvd, self._rendezvous = distributed.init(self.world, timeout_s=self.cfg.train.peer_timeout_s, log=self.log)
         self.rank, self.size = self.hvd.rank(), self.hvd.size()
         gpus = configure_tensorflow(self.cfg, self.hvd.local_rank())
@@ -133,7 +158,7 @@ class Trainer:
         self.state = TrainState(t.noise_dim, t.seed, n_train)
         self.groups = variable_groups(self.generator, self.discriminator, self.g_opt, self.d_opt,
                                       self.state.variables(), self.generator_ema)
-        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.groups, keep=t.keep_checkpoints,
+        self.checkpoints = CheckpointManager(self.run_files.checkpoints, self.groups, keep=t.keep_checkpoints,
                                              log=self.log)
         self._flags = (tf.constant(0.0), tf.constant(1.0))  # the step's stop flag: made once, not each step
         self.close_epoch = tf.function(self._close_epoch)
@@ -171,6 +196,7 @@ class Trainer:
                 failure = str(e)
             if resumed and self.generator_ema is not None and "generator_ema" in self.checkpoints.absent:
                 self.generator_ema.set_weights(self.generator.get_weights())  # an average starts from G
+            self._restart_epoch_on_new_data(resumed)
         # Every rank learns whether rank 0 could resume, so none waits for a rank that gave up.
         if distributed.broadcast_flag(self.hvd, bool(failure)):
             raise CheckpointError(failure or "rank 0 could not resume from this run's checkpoints (see its log)")
@@ -180,13 +206,36 @@ class Trainer:
             distributed.broadcast_variables(self.hvd, list(group.values()), prefix=f"bcast.{name}")
         counters = self.state.read_counters()
         self.epoch, self.global_step = counters["epoch"], counters["global_step"]
+        self.epoch_seed = distributed.broadcast_int(self.hvd, self._resumed_epoch_seed(resumed, counters), "bcast.seed")
         self._apply_config(resumed)
         seed_dropout(self.discriminator, self.cfg.train.seed, self.rank, self.global_step)
         self._ready = True
         return resumed
 
-    def _check_compatible(self, meta: dict, ckpt_dir) -> None:
-        """A checkpoint of another model or, unless allowed, another dataset is an error, not a resume."""
+    def _resumed_epoch_seed(self, resumed: dict | None, counters: dict) -> int:
+        """Rank 0: the data order's seed for the epoch under way. An epoch begun under another
+        train.seed finishes in the order it began, so no image repeats or is skipped in it."""
+        theirs, ours = (resumed or {}).get("data_seed"), self.cfg.train.seed
+        if theirs is None or theirs == ours or not counters["images_in_epoch"]:
+            return ours
+        self.log(f"resume: train.seed is {ours}, but epoch {counters['epoch'] + 1} began under {theirs}: it "
+                 f"finishes in the order of seed {theirs}, and seed {ours} applies from the next epoch")
+        return int(theirs)
+
+    def _restart_epoch_on_new_data(self, resumed: dict | None) -> None:
+        """Rank 0, after a resume onto another dataset (train.allow_dataset_change): the epoch under
+        way starts again from its first image on the new data, since its image order and visit
+        counts were the old dataset's."""
+        if not resumed or resumed.get("dataset_manifest_sha256") in (None, self.dataset_hash):
+            return
+        c = self.state.read_counters()
+        self.state.restart_epoch()
+        self.log(f"resume: the dataset changed (train.allow_dataset_change): epoch {c['epoch'] + 1} starts again "
+                 f"from its first image on {self.cfg.data.dataset} (it was at image {c['images_in_epoch']})")
+
+    def _check_compatible(self, meta: dict, ckpt_dir) -> dict:
+        """A checkpoint of another model or, unless allowed, another dataset is an error, not a resume.
+        Returns what to leave out of the restore: the per-image state, when the dataset changed."""
         from .checkpoint import CheckpointError
 
         for key, theirs, ours in (("data.resolution", meta.get("resolution"), self.resolution),
@@ -199,6 +248,7 @@ class Trainer:
             raise CheckpointError(f"data.dataset: {self.cfg.data.dataset} is not the dataset {ckpt_dir} was trained "
                                   "on (its manifest hash differs). Set train.allow_dataset_change=true to go on "
                                   "with the new data, or use another run directory")
+        return {"state": ("visits",)} if theirs and theirs != self.dataset_hash else {}
 
     def _apply_config(self, resumed: dict | None) -> None:
         """The config, not the checkpoint, decides what is not learned state: the learning rate above all."""
@@ -221,21 +271,27 @@ class Trainer:
             return
         import tensorflow as tf
 
-        fsutil.write_json(self.run_dir / "options.json", self.options())
+        if not resumed and (moved := self.run_files.set_aside()):
+            # A record without a checkpoint: an earlier start died before its first one. A new
+            # run must not append to it (its epochs would repeat in stats.jsonl and the plots).
+            self.log(f"new run: moved the earlier record without a checkpoint to {moved}")
+        fsutil.write_json(self.run_files.options, self.options())
+        self.run_files.write_state(rundir.TRAINING, epochs=self.cfg.train.epochs, job_id=self.world.job_id,
+                                   attempt=self.world.attempt)
         if resumed:
             c = self.state.read_counters()
             self.log(f"continuing epoch {c['epoch'] + 1} at image {c['images_in_epoch']} of {c['epoch_images']} "
                      f"on {self.size} rank(s) (the checkpoint was written by {resumed.get('world_size', '?')})")
-            dropped = Stats.truncate_after(self.run_dir / "stats.jsonl", resumed["global_step"], resumed["epoch"])
+            dropped = Stats.truncate_after(self.run_files.stats, resumed["global_step"], resumed["epoch"])
             if dropped:
                 self.log(f"dropped {dropped} stats line(s) logged after that checkpoint")
         else:
             self.log(f"new run: {self.resolution}x{self.resolution}, {self.size} rank(s), global batch "
                      f"{self.global_batch}, {self.steps_per_epoch} steps/epoch, {self.cfg.train.epochs} epochs, "
                      f"lr {self.lr:g}, {self.cfg.train.precision}")
-        self.stats = Stats(self.run_dir / "stats.jsonl")
-        self.tensorboard = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
-        (self.run_dir / "samples").mkdir(exist_ok=True)
+        self.stats = Stats(self.run_files.stats)
+        self.tensorboard = tf.summary.create_file_writer(str(self.run_files.tensorboard))
+        self.run_files.samples.mkdir(exist_ok=True)
 
     def options(self) -> dict:
         """What options.json records: enough to tell later exactly what this run was."""
@@ -278,8 +334,13 @@ class Trainer:
         finally:
             if progress:
                 progress.close()
-        if self.stop_reason:  # no rank leaves before rank 0's checkpoint is on disk
+        if self.stop_reason:  # no rank leaves before rank 0's checkpoint and every rank's note are on disk
             self._wait_for_saves()
+            if self.chief:
+                self.run_files.write_state(rundir.STOPPED, reason=self.stop_reason, global_step=self.global_step,
+                                           epoch=self.epoch, job_id=self.world.job_id, attempt=self.world.attempt)
+            if self.before_barrier:
+                self.before_barrier(self.stop_reason)
             distributed.barrier(self.hvd, name=f"stop.{self.global_step}")
 
     def input_stream(self):
@@ -288,6 +349,7 @@ class Trainer:
         t = self.cfg.train
         c = self.state.begin_epoch(self.budget)
         ds, _ = train_dataset(self.cfg.data.dataset, t.seed, self.epoch, t.batch_size, self.rank, self.size,
+                              first_seed=self.epoch_seed,
                               start_image=c["images_in_epoch"], budget=c["epoch_images"], scaled=False,
                               epochs=max(t.epochs - self.epoch, 1), later_budget=self.budget,
                               block=max(8, t.steps_per_call), prefetch=max(8, 2 * t.steps_per_call))
@@ -395,6 +457,7 @@ class Trainer:
         if self.chief:
             self._write_epoch(fake, record, steps, seconds)
         self.epoch += 1
+        self.epoch_seed = self.cfg.train.seed  # a resumed epoch's own seed ends with it
         reason = self._epoch_end_reason()
         if self.chief and reason:
             self.save(reason, background=not self.stop_reason)
@@ -432,13 +495,15 @@ class Trainer:
         if self.cfg.train.snapshot_every_epoch:
             from .model import save_model
 
-            save_model(self.sampler, self.run_dir / "snapshots" / f"generator_epoch_{self.epoch + 1:04d}.keras")
+            save_model(self.sampler, self.run_files.snapshot(self.epoch + 1))
 
     def _publish_epoch(self, fake, rec: dict, record: dict) -> None:
         """In a thread: matplotlib takes ~0.2 s a grid and an fsync may take longer, while a GPU
         epoch lasts ~3 s. Samples are not worth the run: a failure is logged, not raised."""
         try:
             self._write_epoch_records(fake, rec, record)
+        except fsutil.StorageError as e:  # the next checkpoint would fail the same way: end the run
+            self._publish_error = e
         except Exception as e:
             self.log(f"WARNING: epoch {rec['epoch']}'s records or samples were not all written: "
                      f"{type(e).__name__}: {e}")
@@ -454,11 +519,10 @@ class Trainer:
         self.log(f"epoch {number}/{self.cfg.train.epochs} g_loss {rec['g_loss']:.4f} d_loss {rec['d_loss']:.4f} "
                  f"{rec['images_per_s']:.1f} img/s ({format_seconds(rec['epoch_time'])})")
         fake = fake.numpy()
-        samples = self.run_dir / "samples"
-        with fsutil.atomic_path(samples / f"epoch_{number:04d}.npy") as tmp:
+        with fsutil.atomic_path(self.run_files.sample(number, "npy")) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, fake)
-        save_grid(fake, samples / f"epoch_{number:04d}.png", f"epoch {number}")
+        save_grid(fake, self.run_files.sample(number, "png"), f"epoch {number}")
         with self.tensorboard.as_default():
             for k in ("g_loss", "d_loss", "images_per_s"):
                 tf.summary.scalar(k, rec[k], step=number)
@@ -468,6 +532,8 @@ class Trainer:
         for t in self._publishing:
             t.join()
         self._publishing = []
+        if self._publish_error:
+            raise self._publish_error
 
     # ------------------------------------------------------------------ saving and stopping
 
@@ -480,12 +546,13 @@ class Trainer:
         if self._saving:  # a signal arrived mid-save: the save in progress (or the one before) stands
             self.log(f"checkpoint for '{reason}' skipped: a checkpoint is being written")
             return
+        self.lock.check()  # another holder has the run: write nothing more into it
         self._saving = True
         try:
             counters = self.state.read_counters()
             background = background and self.cfg.train.checkpoint_in_background
             rec = self.checkpoints.save(counters["global_step"], {
-                **counters, "reason": reason, "world_size": self.size, "data_seed": self.cfg.train.seed,
+                **counters, "reason": reason, "world_size": self.size, "data_seed": self.epoch_seed,
                 "resolution": self.resolution, "noise_dim": self.cfg.train.noise_dim,
                 "batch_size": self.cfg.train.batch_size, "learning_rate": self.lr, "precision": self.cfg.train.precision,
                 "dataset_manifest_sha256": self.dataset_hash}, reason=reason, background=background)
@@ -560,12 +627,17 @@ class Trainer:
             self.log(f"stopped at global step {summary['global_step']}: {self.stop_reason}")
             return summary
         # Every rank leaves a note: proof it ran, and a digest to compare replicas by.
-        fsutil.write_json(self.run_dir / "ranks" / f"rank-{self.rank}.json", summary)
+        fsutil.write_json(self.run_files.rank_note(self.rank), summary)
         if self.chief:
-            save_model(self.sampler, self.run_dir / "generator.keras")
+            self.lock.check()
+            save_model(self.sampler, self.run_files.generator)
             if self.generator_ema is not None:  # the raw generator, beside the average
-                save_model(self.generator, self.run_dir / "generator_raw.keras")
-            fsutil.write_json(self.run_dir / "train_done.json", {**summary, "finished": time.time()})
+                save_model(self.generator, self.run_files.generator_raw)
+            else:  # a raw generator left by an earlier run with an average is not this run's
+                self.run_files.generator_raw.unlink(missing_ok=True)
+            self.run_files.write_state(rundir.FINISHED, epochs=self.cfg.train.epochs,
+                                       global_step=summary["global_step"], weights_sha256=summary["weights_sha256"],
+                                       job_id=self.world.job_id, attempt=self.world.attempt)
             self.log(f"done: {self.cfg.train.epochs} epochs, {summary['global_step']} steps. "
                      f"Run directory: {self.run_dir}")
             self.stats.close()

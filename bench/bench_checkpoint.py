@@ -8,13 +8,14 @@ against the seed's bare compiled step measured in the same run.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 
 import numpy as np
+
+from oasis_dcgan.rundir import RunDir
 
 from bench.bench_train import dataset
 from bench.common import REPO, WORK, anchor, save, table
@@ -30,7 +31,7 @@ def run_job(name: str, *sets: str) -> dict:
     cmd = [sys.executable, "-m", "jobs.train", str(dataset(RES)), str(run), "--epochs", "2", "--batch-size",
            str(BATCH), "--executor", "inprocess", *[x for o in opts for x in ("--set", o)]]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
-    stats = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
+    stats = RunDir(run).read_stats()
     # The first epoch pays tracing and the shadows' allocation; the second is the steady state.
     saves = [r for r in stats if r["kind"] == "checkpoint" and r["global_step"] > STEPS]
     ep = [r for r in stats if r["kind"] == "epoch"][-1]

@@ -16,6 +16,8 @@ import sys
 
 import numpy as np
 
+from oasis_dcgan.rundir import RunDir
+
 from bench.bench_train import _allreduce_worker, dataset, our_run
 from bench.common import REPO, WORK, anchor, save, table
 
@@ -42,10 +44,10 @@ def two_node_run(res: int, steps: int, epochs: int) -> dict:
            "--set", "train.tick_seconds=5", "--set", f'cluster.partition="{PARTITION}"', "--set", "cluster.nodes=2",
            "--set", "cluster.tasks_per_node=1", "--set", "cluster.timeout_min=30"]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
-    stats = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
+    stats = RunDir(run).read_stats()
     ep = [r for r in stats if r["kind"] == "epoch"][1:]
     hosts = sorted(json.loads(p.read_text())["host"] for p in (run / "ranks").glob("rank-*.json"))
-    net = next((x for x in (run / "log.txt").read_text().splitlines() if "network:" in x), "")
+    net = next((x for x in RunDir(run).log.read_text().splitlines() if "network:" in x), "")
     return {"images_per_s": float(np.median([r["images_per_s"] for r in ep])), "hosts": hosts,
             "network": net.split("network:", 1)[-1].strip()}
 

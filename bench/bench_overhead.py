@@ -13,13 +13,14 @@ images, and the cores one GPU needs at the seed step's 2,771 img/s.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import time
 
 import numpy as np
+
+from oasis_dcgan.rundir import RunDir
 
 from bench.common import WORK, anchor, epoch_gaps, our_step_ms, save, table
 from bench.bench_train import dataset
@@ -117,7 +118,7 @@ def _step_ms(run_dir) -> dict:
     """From stats.jsonl, in ms: the median time per step of the epochs after the first (which
     pays tracing); of it, the loop's own time outside the compiled calls; and the median pause
     between two epochs' loops after the first (which traces the epoch-end functions)."""
-    ep = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
+    ep = RunDir(run_dir).read_stats()
     ep = [r for r in ep if r["kind"] == "epoch"]
     gaps = epoch_gaps(ep)
     return {"step": float(np.median([r["step_time"] for r in ep][1:])) * 1000,

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from oasis_dcgan.rundir import RunDir
 from bench.bench_train import dataset
 from bench.common import REPO, WORK, anchor, save, table
 
@@ -30,8 +31,6 @@ def _sh(*cmd, **kw) -> str:
 
 
 def _stats(run: Path) -> list[dict]:
-    from oasis_dcgan.rundir import RunDir
-
     return RunDir(run).read_stats()
 
 
@@ -74,7 +73,7 @@ def preempt_once(run: Path) -> dict:
 
 
 def _resumed_at(run: Path) -> float:
-    line = next(x for x in (run / "log.txt").read_text().splitlines() if " resumed from " in x)
+    line = next(x for x in RunDir(run).log.read_text().splitlines() if " resumed from " in x)
     return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
 
 

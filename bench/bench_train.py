@@ -6,7 +6,6 @@ random tensors. Same machine, same run, same resolution and batch.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,6 +13,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from oasis_dcgan.rundir import RunDir
 
 from bench.common import REPO, WORK, anchor, epoch_gaps, sample_release, save, table
 
@@ -51,7 +52,7 @@ def our_run(res: int, steps: int, epochs: int, ranks: int = 1, threads: int = 0,
         cmd += ["--set", "train.checkpoint_every_epochs=1"]
     cmd += ["--executor", "inprocess"] if ranks == 1 else ["--executor", "local", "--ranks", str(ranks)]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
-    stats = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
+    stats = RunDir(run).read_stats()
     every = [r for r in stats if r["kind"] == "epoch"]
     ep = every[1:]  # the first epoch pays tracing and warm-up
     window = every[-1]["loop_end_time"] - every[0]["loop_end_time"]

@@ -25,9 +25,13 @@ import time
 import numpy as np
 
 from bench.common import WORK, save, table
+from oasis_dcgan import config
 
 STEPS = int(os.environ.get("OASIS_PROBE_STEPS", "1920"))  # the demo's 40 epochs of 48 steps
-BATCH, LR, BETA_1, EMA_KIMG, EMA_RAMPUP, NOISE = 16, 4e-4, 0.5, 10.0, 0.05, 100
+_DEMO = config.load(config.preset("demo"))  # one process takes the demo's global batch (its ranks' together)
+BATCH, LR, BETA_1 = _DEMO.train.batch_size * _DEMO.cluster.tasks_per_node, _DEMO.train.lr, _DEMO.train.adam_beta1
+EMA_KIMG, EMA_RAMPUP, NOISE, D_DROPOUT = (_DEMO.train.ema_kimg, _DEMO.train.ema_rampup, _DEMO.train.noise_dim,
+                                          _DEMO.train.d_dropout_scale)
 VARIANTS = {  # name: (upsampling, R1 gamma, steps x)
     "the seed's generator (3x3 transposed convolutions)": ("transpose3", 0.0, 1),
     "4x4 transposed convolutions": ("transpose4", 0.0, 1),
@@ -116,7 +120,7 @@ def run_variant(name, upsampling, r1_gamma, times, train, reader, baseline) -> d
     tf.keras.utils.set_random_seed(0)
     g, g_ema = generator(upsampling), generator(upsampling)
     g_ema.set_weights(g.get_weights())
-    d = model.build_discriminator(64, dropout_scale=0)
+    d = model.build_discriminator(64, dropout_scale=D_DROPOUT)
     train_step = build_step(g, d, g_ema, r1_gamma)
     rng, fixed = np.random.default_rng(0), np.random.default_rng(7).normal(size=(64, NOISE)).astype(np.float32)
     steps, per_epoch = STEPS * times, len(train) // BATCH

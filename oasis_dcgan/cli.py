@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import config
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EXECUTOR_HELP = ("where to run: auto (Slurm when a controller answers, else local), local (submitit's local "
@@ -41,6 +43,8 @@ def cmd_preprocess(a) -> int:
     from .prep import pack
 
     cfg = _preprocess_config(a)
+    if a.task is not None and a.task >= a.tasks:
+        _die(f"--task {a.task}: must be below --tasks ({a.tasks}); tasks are numbered 0 to {a.tasks - 1}")
     if a.seal:  # the array's last step (slurm/preprocess.sbatch)
         m = pack.seal(a.out)
     elif a.task is not None:  # one task of a plain sbatch array
@@ -82,7 +86,7 @@ def _train_config(a):
             setattr(t, key, val)
     t.deterministic = t.deterministic or a.deterministic
     t.verify_data = t.verify_data or a.verify_data
-    if a.ranks:
+    if a.ranks is not None:
         cfg.cluster.nodes, cfg.cluster.tasks_per_node = 1, a.ranks
     res = load_manifest(cfg.data.dataset)["resolution"]
     if a.resolution and a.resolution != res:
@@ -106,7 +110,9 @@ def cmd_train(a) -> int:
 def cmd_postprocess(a) -> int:
     from .launch import pipeline
 
-    print(f"postprocess: report {pipeline.postprocess(a.run_dir, a.dataset, a.batches, a.executor)}")
+    report = pipeline.postprocess(a.run_dir, a.dataset, a.batches, a.executor, config_file=a.config,
+                                  overrides=tuple(a.set))
+    print(f"postprocess: report {report}")
     return 0
 
 
@@ -183,6 +189,13 @@ def cmd_sample_data(a) -> int:
     return 0
 
 
+def cmd_config(a) -> int:
+    from . import config
+
+    sys.stdout.write(config.example() if a.example else config.to_toml(config.load(a.config, a.set)))
+    return 0
+
+
 def cmd_demo(a) -> int:
     from . import demo
     from .launch import environment
@@ -195,6 +208,19 @@ def cmd_demo(a) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+def _count(low: int):
+    """An argparse type: an integer of at least `low`, or one clear usage error."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{n}: must be >= {low}")
+        return n
+    return parse
+
+
 def _config_options(p) -> None:
     p.add_argument("--config", help="TOML config (see slurm/example.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -206,17 +232,18 @@ def _add_job_commands(sub) -> None:
     p = sub.add_parser("preprocess", help="pack images or volumes into verified HDF5 shards")
     p.add_argument("src", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--resolution", type=int, choices=(32, 64, 128, 256))
-    p.add_argument("--layout", choices=("auto", "oasis-png", "oasis-raw", "folder"))
+    p.add_argument("--resolution", type=int, choices=config.RESOLUTIONS)
+    p.add_argument("--layout", choices=config.LAYOUTS)
     p.add_argument("--skip-bad", action="store_true", help="skip bad files and record them, instead of failing")
-    p.add_argument("--tasks", type=int, default=1, help="array tasks (parallel shard writers)")
-    p.add_argument("--task", type=int, help="run only array task TASK of --tasks (no seal); for sbatch arrays")
+    p.add_argument("--tasks", type=_count(1), default=1, help="array tasks (parallel shard writers)")
+    p.add_argument("--task", type=_count(0), help="run only array task TASK (0 to TASKS-1) of --tasks (no seal); "
+                   "for sbatch arrays")
     p.add_argument("--seal", action="store_true", help="only verify the shards and write manifest.json")
     p.add_argument("--shard-size", type=int)
     p.add_argument("--slices", type=int,
                    help="raw volumes: axial slices per volume, spread over the brain (default 32)")
     p.add_argument("--slice-range", help="raw volumes: take them from RAS axial voxels a:b, not the brain's extent")
-    p.add_argument("--executor", default="inprocess", choices=("auto", "local", "slurm", "inprocess"),
+    p.add_argument("--executor", default="inprocess", choices=config.EXECUTORS,
                    help=EXECUTOR_HELP)
     _config_options(p)
     p.set_defaults(fn=cmd_preprocess)
@@ -230,11 +257,11 @@ def _add_job_commands(sub) -> None:
     p = sub.add_parser("train", help="train (or resume) a run")
     p.add_argument("dataset")
     p.add_argument("run_dir")
-    p.add_argument("--resolution", type=int, choices=(32, 64, 128, 256))
+    p.add_argument("--resolution", type=int, choices=config.RESOLUTIONS)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--ranks", type=int, help="Horovod ranks (one node)")
-    p.add_argument("--executor", default="auto", choices=("auto", "local", "slurm", "inprocess"), help=EXECUTOR_HELP)
+    p.add_argument("--ranks", type=_count(1), help="Horovod ranks (one node)")
+    p.add_argument("--executor", default="auto", choices=config.EXECUTORS, help=EXECUTOR_HELP)
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--verify-data", action="store_true",
                    help="re-hash every shard at start (sha256), not only check sizes and headers")
@@ -250,8 +277,9 @@ def _add_job_commands(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--dataset")
     p.add_argument("--batches", type=int)
-    p.add_argument("--executor", default="inprocess", choices=("auto", "local", "slurm", "inprocess"),
+    p.add_argument("--executor", default="inprocess", choices=config.EXECUTORS,
                    help=EXECUTOR_HELP)
+    _config_options(p)  # on top of the run's own config (its options.json)
     p.set_defaults(fn=cmd_postprocess)
 
 
@@ -261,7 +289,7 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dry-run", action="store_true", help="print the config and sbatch scripts; submit nothing")
-    p.add_argument("--executor", default="auto", choices=("auto", "local", "slurm"))
+    p.add_argument("--executor", default="auto", choices=[e for e in config.EXECUTORS if e != "inprocess"])
     p.add_argument("--cluster", choices=("dev",), help="use this repository's dev Slurm cluster")
     p.add_argument("--collect", metavar="DEST", help="also chain a collect job copying results to DEST")
     p.add_argument("--wait", action="store_true", help="wait for every stage (always so with the local executor)")
@@ -287,6 +315,12 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_generate)
 
+    p = sub.add_parser("config", help="print every config key with its doc: resolved from --config/--set, or the "
+                       "defaults (--example, which is slurm/example.toml)")
+    p.add_argument("--example", action="store_true", help="every key at its default")
+    _config_options(p)
+    p.set_defaults(fn=cmd_config)
+
     p = sub.add_parser("sample-data", help="write offline sample brains in an OASIS layout")
     p.add_argument("out")
     p.add_argument("--layout", choices=("oasis-png", "oasis-raw"), default="oasis-png")
@@ -300,7 +334,7 @@ def _add_tool_commands(sub) -> None:
 
     p = sub.add_parser("demo", help="the whole pipeline on sample data, 64x64, 2 ranks")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=_count(1), help="default: the demo preset's (40)")
     p.add_argument("--cluster", choices=("dev",), help="run through the dev Slurm cluster instead of locally")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override on top of the demo's (repeatable), e.g. train.adam_beta1=0.5")

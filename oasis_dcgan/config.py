@@ -1,12 +1,18 @@
-"""The suite's one typed configuration. Defaults are the reference project's settings.
+"""The suite's one typed configuration. Defaults are the seed project's settings.
 
 A config is a TOML file with the sections below; `--set section.key=value` overrides any
-key. Unknown keys, wrong types and impossible values are refused with the key named.
-The resolved config is written into every run directory (options.json).
+key. Each key is declared once, here: its type (the annotation), its default, a one-line doc
+and its rule. Everything else is derived from the declarations: the checks `validate()` runs,
+`oasis-dcgan config --example` (which slurm/example.toml is), the CLI's choices. Unknown keys,
+wrong types and impossible values are refused with the key named. The resolved config is
+written into every run directory (options.json).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -16,140 +22,184 @@ RESOLUTIONS = (32, 64, 128, 256)
 LAYOUTS = ("auto", "oasis-png", "oasis-raw", "folder")
 EXECUTORS = ("auto", "local", "slurm", "inprocess")
 PRECISIONS = ("fp32", "bf16", "fp16")
+SPLITS = ("train", "validate", "test")
+SEED_MAX = 2 ** 32 - 1
+# Slurm's own names (partitions, accounts, QOS): letters, digits and a few marks, never a space,
+# a quote or a newline, since they land in #SBATCH lines of a generated script.
+BATCH_NAME_CHARS = re.compile(r"[A-Za-z0-9_.+-]*")
 
 
 class ConfigError(ValueError):
     """A config value is unknown, of the wrong type or impossible. The message names the key."""
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A key's check: a test on the value and what the value must be, in words."""
+    test: typing.Callable[[typing.Any], bool]
+    text: str
+
+
+def one_of(*choices) -> Rule:
+    return Rule(lambda v: v in choices, "must be one of " + ", ".join(map(str, choices)))
+
+
+def at_least(low) -> Rule:
+    return Rule(lambda v: v >= low, f"must be >= {low}")
+
+
+def more_than(low) -> Rule:
+    return Rule(lambda v: v > low, f"must be > {low}")
+
+
+def within(low, high, text: str) -> Rule:
+    """low <= v < high, as `text` says it."""
+    return Rule(lambda v: low <= v < high, text)
+
+
+SEED = Rule(lambda v: 0 <= v <= SEED_MAX, f"must be in [0, {SEED_MAX}]")
+BATCH_NAME = Rule(lambda v: bool(BATCH_NAME_CHARS.fullmatch(v)),
+                  "must be a Slurm name: letters, digits, '_', '.', '+', '-'")
+
+
+def key(default, doc: str, rule: Rule | None = None, recipe: bool = False):
+    """Declare a config key: its default (the seed's), what it does, and its rule. `recipe` keys
+    make the training recipe: a run that sets any of them otherwise is not the seed's recipe."""
+    meta = {"doc": doc, "rule": rule, "recipe": recipe}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class DataConfig:
-    source: str = ""            # OASIS PNG release, raw OASIS-1 tree, or a folder of images
-    dataset: str = ""           # packed dataset directory (preprocess output, train input)
-    layout: str = "auto"
-    resolution: int = 256       # the reference trains at 256x256
-    shard_size: int = 2048      # images per HDF5 shard
-    skip_bad: bool = False
-    allow_shared_cases: bool = False  # PNG release: pack even if a case appears in two splits
-    # raw volumes only: reoriented to RAS, then axial slices chosen as prep/pixels.py says
-    slices: int = 32            # slices per volume, spread over the brain's axial extent
-    slice_range: str = ""       # "a:b" in RAS voxel indices: the window to take them from
-    slice_spacing: int = 0      # voxels between slices; 0 spreads them evenly over the window
-    min_brain_fraction: float = 0.1  # end slices with less brain than this x the fullest are left out
-    percentile: float = 99.5    # robust max for intensity scaling, per volume
-    max_anisotropy: float = 1.5  # largest / smallest voxel size a volume may have
-    rescans: str = "keep"       # keep | drop: a subject's MR2, MR3 sessions (always in the MR1's split)
-    split_fractions: list = field(default_factory=lambda: [0.85, 0.10, 0.05])  # train/validate/test, by subject
-    split_seed: int = 0
+    source: str = key("", "the OASIS PNG release, a raw OASIS-1 tree, or any folder of images")
+    dataset: str = key("", "the packed HDF5 dataset: written by preprocess, read by train and postprocess")
+    layout: str = key("auto", "how source is laid out; auto detects it", one_of(*LAYOUTS))
+    resolution: int = key(256, "image side in pixels: 256 is the seed's; smaller by area resampling",
+                          one_of(*RESOLUTIONS))
+    shard_size: int = key(2048, "images per HDF5 shard", at_least(1))
+    skip_bad: bool = key(False, "skip and record bad files; false: fail before writing anything")
+    allow_shared_cases: bool = key(False, "PNG release: pack even when a case number is in two splits")
+    slices: int = key(32, "raw volumes: axial slices per volume, spread evenly over the brain's extent", at_least(1))
+    slice_range: str = key("", 'raw volumes: "a:b", the RAS voxel window to take them from (default: the brain\'s)',
+                           Rule(lambda v: not v or _is_range(v), "must look like 'a:b' with 0 <= a < b"))
+    slice_spacing: int = key(0, "raw volumes: voxels between slices, centred in the window; 0 spreads them evenly",
+                             at_least(0))
+    min_brain_fraction: float = key(0.1, "raw volumes: end slices with less brain than this x the fullest are left "
+                                    "out", within(0, 1, "must be in [0, 1)"))
+    percentile: float = key(99.5, "raw volumes: this percentile of brain voxels maps to 255",
+                            Rule(lambda v: 50 < v <= 100, "must be in (50, 100]"))
+    max_anisotropy: float = key(1.5, "raw volumes: refuse volumes whose voxel sizes differ by more than this factor",
+                                at_least(1))
+    rescans: str = key("keep", "raw volumes: keep or drop a subject's MR2.. sessions (always in its MR1's split)",
+                       one_of("keep", "drop"))
+    split_fractions: list[float] = key([0.85, 0.10, 0.05], "raw volumes: train/validate/test fractions, by subject",
+                                       Rule(lambda v: len(v) == 3 and all(x >= 0 for x in v)
+                                            and abs(sum(v) - 1) < 1e-6,
+                                            "must be three non-negative numbers summing to 1"))
+    split_seed: int = key(0, "raw volumes: seed of the subject-to-split assignment (recorded)", SEED)
 
     def plan_kwargs(self) -> dict:
-        """The arguments of data.plan() that this section sets."""
-        keys = ("resolution", "layout", "shard_size", "skip_bad", "allow_shared_cases", "slices", "slice_range",
-                "slice_spacing", "min_brain_fraction", "percentile", "max_anisotropy", "rescans",
-                "split_fractions", "split_seed")
-        return {k: getattr(self, k) for k in keys}
+        """The arguments of prep.pack.plan() that this section sets: all but where data lives."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("source", "dataset")}
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 50
-    batch_size: int = 16        # per rank; the global batch is batch_size x ranks
-    lr: float = 1e-4
-    lr_scaling: str = "none"    # none | linear | sqrt, by world size
-    # A documented recipe option, not the seed's: Adam beta_1 0.5 (the DCGAN paper's) and a
-    # discriminator learning rate of lr x d_lr_ratio. The seed's are 0.9 and 1.
-    adam_beta1: float = 0.9
-    d_lr_ratio: float = 1.0
-    # Another recipe option: the discriminator's dropout rates are the seed's (0.4, 0.2, 0.2)
-    # times this. The seed's is 1.
-    d_dropout_scale: float = 1.0
-    # Another: both learning rates fall linearly over this last fraction of the epochs, to
-    # 1/(its epochs) of lr in the last one, for runs whose last epochs oscillate (on the demo it
-    # did not help: README, "The demo's recipe"). The seed's is 0: constant.
-    lr_rampdown: float = 0.0
-    noise_dim: int = 100
-    seed: int = 0
-    deterministic: bool = False
-    fp16_allreduce: bool = False
-    # fp32 is the seed's. bf16 and fp16 compute in half precision with fp32 variables, logits
-    # and losses (Keras mixed policies); fp16 adds dynamic loss scaling. A speed-up on GPUs only.
-    precision: str = "fp32"
-    # The generator average (G_ema): an exponential moving average of G's weights with this
-    # half-life in thousands of images. Samples, metrics and generator.keras use it; the raw
-    # G is saved beside it. It never feeds back into training. 0: off.
-    ema_kimg: float = 10.0
-    # The half-life is at most ema_rampup x the images seen so far, so a short run's average
-    # is not dominated by its first epochs. 0: a fixed half-life from the start.
-    ema_rampup: float = 0.05
-    # When to checkpoint besides every stop and the end of training. By time, because a GPU
-    # epoch lasts seconds: see the README, "Choosing the checkpoint cadence".
-    checkpoint_every_minutes: float = 10.0  # 0: off
-    checkpoint_every_steps: int = 0     # 0: off
-    checkpoint_every_epochs: int = 0    # 0: off
-    keep_checkpoints: int = 3
-    # Steps one compiled call runs, once a step takes under 0.1 s (on GPUs; one otherwise). A
-    # call costs the host ~0.5 ms, a GPU step 6 ms: several a call pay it once. Signals,
-    # progress and checkpoints are handled between calls.
-    steps_per_call: int = 8
-    checkpoint_in_background: bool = True  # write periodic and epoch-end checkpoints while training goes on
-    snapshot_every_epoch: bool = False  # keep a generator-only .keras file per epoch
-    tick_seconds: float = 60.0          # batch-log tick interval
-    intra_op_threads: int = 0           # 0: TensorFlow's default
-    max_steps_per_epoch: int = 0        # 0: the full epoch; >0 caps it (tests, smoke runs)
-    # Every start checks each shard's size, header, shape and count against the manifest
-    # (milliseconds); this also re-hashes every shard, which reads the whole dataset.
-    verify_data: bool = False
-    allow_dataset_change: bool = False  # resume a run's checkpoints on a dataset other than the one it began on
-    # A rank that stops answering (a hung node, a lost link) ends the job after this long:
-    # the gloo collectives' timeout and Horovod's stall shutdown. It bounds how long rank 0
-    # may spend writing a checkpoint while the others wait, so keep it well above that.
-    peer_timeout_s: float = 300.0
+    epochs: int = key(50, "epochs to train (a finished run given more is extended)", at_least(1))
+    batch_size: int = key(16, "images per rank a step; the global batch is batch_size x ranks", at_least(1),
+                          recipe=True)
+    lr: float = key(1e-4, "Adam's learning rate, both networks", more_than(0), recipe=True)
+    lr_scaling: str = key("none", "scale lr by the number of ranks: none, linear or sqrt",
+                          one_of("none", "linear", "sqrt"))
+    adam_beta1: float = key(0.9, "Adam's beta_1: 0.9 is the seed's (Keras's default); 0.5 the DCGAN paper's",
+                            within(0, 1, "must be in [0, 1)"), recipe=True)
+    d_lr_ratio: float = key(1.0, "the discriminator's learning rate is lr x this (1: the seed's)", more_than(0),
+                            recipe=True)
+    d_dropout_scale: float = key(1.0, "the discriminator's dropout rates are the seed's (0.4, 0.2, 0.2) x this; "
+                                 "0: none", within(0, 2.5, "must be in [0, 2.5) (the first rate is 0.4x it)"),
+                                 recipe=True)
+    lr_rampdown: float = key(0.0, "both learning rates fall linearly over this last fraction of the epochs; 0: "
+                             "constant, the seed's", Rule(lambda v: 0 <= v <= 1, "must be in [0, 1] (a fraction "
+                                                                                 "of the epochs)"), recipe=True)
+    noise_dim: int = key(100, "the generator's input noise", at_least(1))
+    seed: int = key(0, "weights init, noise, dropout and data order", SEED)
+    deterministic: bool = key(False, "op determinism: a killed and resumed run ends bit-identical (CPUs: 1 thread)")
+    fp16_allreduce: bool = key(False, "gradients cross the wire in fp16 (half the bytes)")
+    precision: str = key("fp32", "fp32 (the seed's), bf16, or fp16 with dynamic loss scaling; half pays on GPUs",
+                         one_of(*PRECISIONS))
+    ema_kimg: float = key(10.0, "generator average half-life in thousands of images; samples, metrics and "
+                          "generator.keras use it; 0: off", at_least(0))
+    ema_rampup: float = key(0.05, "the half-life is at most this x the images seen so far; 0: fixed", at_least(0))
+    checkpoint_every_minutes: float = key(10.0, "checkpoint this often (0: off); every stop and the end of training "
+                                          "checkpoint anyway", at_least(0))
+    checkpoint_every_steps: int = key(0, "checkpoint every N steps (0: off; for tests)", at_least(0))
+    checkpoint_every_epochs: int = key(0, "checkpoint every N epochs (0: off)", at_least(0))
+    keep_checkpoints: int = key(3, "the newest checkpoints kept", at_least(1))
+    steps_per_call: int = key(8, "steps a compiled call runs once a step takes under 0.1 s (GPUs); one otherwise",
+                              at_least(1))
+    checkpoint_in_background: bool = key(True, "the loop waits only for a snapshot; a stop always waits for the write")
+    snapshot_every_epoch: bool = key(False, "also keep snapshots/generator_epoch_NNNN.keras")
+    tick_seconds: float = key(60.0, "interval of tick lines in batch logs and stats.jsonl", more_than(0))
+    intra_op_threads: int = key(0, "TensorFlow's threads a rank (0: its default; 1 when ranks share a CPU)",
+                                at_least(0))
+    max_steps_per_epoch: int = key(0, "0: full epochs; >0 caps them (smoke tests)", at_least(0))
+    verify_data: bool = key(False, "re-hash every shard at start; sizes and headers are always checked")
+    allow_dataset_change: bool = key(False, "resume a run's checkpoints on another dataset (per-image state restarts)")
+    peer_timeout_s: float = key(300.0, "a rank that stops answering ends the attempt after this long (then requeue); "
+                                "keep it above a checkpoint's write", at_least(5))
 
 
 @dataclass
 class MetricsConfig:
-    batches: int = 50           # the reference metric's 50 real batches
-    batch_size: int = 16
-    split: str = "train"        # the reference compares against its training images
-    # fixed: the same seeded batches every epoch, so epochs compare like with like; per_epoch:
-    # fresh random batches every epoch, as the seed's loop draws them
-    real_batches: str = "fixed"
-    seed: int = 1234
-    nn_samples: int = 256       # generated images for the nearest-neighbour check
-    diversity_samples: int = 64  # images for the MS-SSIM diversity figure
-    fid_weights: str = ""       # local path to an Inception-style feature extractor; never downloaded
-    # With an extractor: all the split's real images (or this many, when > 0) against as many
-    # generated ones (or more); KID over subsets; precision/recall with k neighbours.
-    fid_real_images: int = 0
-    fid_generated_images: int = 0
-    fid_preprocessing: str = "tanh"  # what the extractor takes: tanh (-1..1, Inception's), unit (0..1), 0-255
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    pr_neighbours: int = 3
+    batches: int = key(50, "the seed metric's real batches", at_least(1))
+    batch_size: int = key(16, "images per real batch", at_least(1))
+    split: str = key("train", "the split the seed metric compares against (the seed's: its training images)",
+                     one_of(*SPLITS))
+    real_batches: str = key("fixed", "fixed: the same seeded batches every epoch; per_epoch: fresh ones, as the "
+                            "seed's loop draws them", one_of("fixed", "per_epoch"))
+    seed: int = key(1234, "which real batches (saved in report/metric_batches.json)", SEED)
+    nn_samples: int = key(256, "generated images for the nearest-neighbour (memorisation) check", at_least(1))
+    diversity_samples: int = key(64, "images for the MS-SSIM diversity (collapse) check", at_least(2))
+    fid_weights: str = key("", "a local .keras feature extractor for FID/KID; never downloaded")
+    fid_real_images: int = key(0, "with an extractor: this many real images of the split (0: all)", at_least(0))
+    fid_generated_images: int = key(0, "generated images for FID/KID (0: as many as the real ones)", at_least(0))
+    fid_preprocessing: str = key("tanh", "the extractor's input range: tanh (-1..1, Inception's), unit or 0-255",
+                                 one_of("tanh", "unit", "0-255"))
+    kid_subsets: int = key(100, "KID: mean and deviation over this many random subsets", at_least(1))
+    kid_subset_size: int = key(1000, "KID: images per subset (capped by the sets' sizes)", at_least(2))
+    pr_neighbours: int = key(3, "precision/recall: the k of the k-nearest-neighbour manifolds", at_least(1))
 
 
 @dataclass
 class ClusterConfig:
-    executor: str = "auto"      # auto: slurm when sbatch is on PATH, else local
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    nodes: int = 1
-    tasks_per_node: int = 2     # Horovod ranks per node (one per GPU on GPU nodes)
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem_gb: int = 0             # 0: let the site default apply
-    timeout_min: int = 60 * 24
-    preprocess_tasks: int = 2   # array tasks for packing
-    postprocess_cpus: int = 2
-    signal_delay_s: int = 90    # USR2 this long before the time limit
-    max_requeues: int = 5       # requeues after a failed attempt (a dead rank), per job; preemptions do not count
-    setup: list = field(default_factory=list)  # shell lines run before each job (module load ...)
+    executor: str = key("auto", "auto (Slurm when a controller answers, else local), local or slurm",
+                        one_of(*EXECUTORS))
+    partition: str = key("", "Slurm partition (empty: the site's default)", BATCH_NAME)
+    account: str = key("", "Slurm account", BATCH_NAME)
+    qos: str = key("", "Slurm QOS", BATCH_NAME)
+    nodes: int = key(1, "nodes of the train job", at_least(1))
+    tasks_per_node: int = key(2, "Horovod ranks per node: one per GPU on GPU nodes", at_least(1))
+    gpus_per_node: int = key(0, "GPUs per node; must equal tasks_per_node when set", at_least(0))
+    cpus_per_task: int = key(1, "CPUs per rank", at_least(1))
+    mem_gb: int = key(0, "memory per node (0: the site's default)", at_least(0))
+    timeout_min: int = key(60 * 24, "each job's time limit in minutes (a train job is requeued past it)", at_least(1))
+    preprocess_tasks: int = key(2, "array tasks packing shards in parallel", at_least(1))
+    postprocess_cpus: int = key(2, "CPUs of the postprocess job", at_least(1))
+    signal_delay_s: int = key(90, "USR2 this long before the time limit: checkpoint and requeue", at_least(0))
+    max_requeues: int = key(5, "requeues after a failed attempt (a dead rank), per job; stops never count",
+                            at_least(0))
+    setup: list[str] = key([], 'shell lines run first in every job, e.g. ["module load cuda/12.2"]')
+
+
+SECTIONS = ("data", "train", "metrics", "cluster")
 
 
 @dataclass
 class Config:
-    run_dir: str = "runs/oasis-dcgan"
+    run_dir: str = key("runs/oasis-dcgan", "where the run lives (options.json, stats.jsonl, checkpoints/, samples/, "
+                       "report/): put it on scratch", Rule(bool, "must not be empty"))
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -159,73 +209,47 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> "Config":
-        d, t, m, c = self.data, self.train, self.metrics, self.cluster
-        checks = [
-            ("data.layout", d.layout in LAYOUTS, f"must be one of {', '.join(LAYOUTS)}"),
-            ("data.resolution", d.resolution in RESOLUTIONS, f"must be one of {RESOLUTIONS}"),
-            ("data.shard_size", d.shard_size >= 1, "must be >= 1"),
-            ("data.slices", d.slices >= 1, "must be >= 1"),
-            ("data.percentile", 50 < d.percentile <= 100, "must be in (50, 100]"),
-            ("data.split_fractions", len(d.split_fractions) == 3 and all(x >= 0 for x in d.split_fractions)
-             and abs(sum(d.split_fractions) - 1) < 1e-6, "must be three non-negative numbers summing to 1"),
-            ("data.slice_range", not d.slice_range or _is_range(d.slice_range), "must look like 'a:b' with a < b"),
-            ("data.slice_spacing", d.slice_spacing >= 0, "must be >= 0"),
-            ("data.min_brain_fraction", 0 <= d.min_brain_fraction < 1, "must be in [0, 1)"),
-            ("data.max_anisotropy", d.max_anisotropy >= 1, "must be >= 1"),
-            ("data.rescans", d.rescans in ("keep", "drop"), "must be keep or drop"),
-            ("train.epochs", t.epochs >= 1, "must be >= 1"),
-            ("train.batch_size", t.batch_size >= 1, "must be >= 1"),
-            ("train.lr", t.lr > 0, "must be > 0"),
-            ("train.adam_beta1", 0 <= t.adam_beta1 < 1, "must be in [0, 1)"),
-            ("train.d_lr_ratio", t.d_lr_ratio > 0, "must be > 0"),
-            ("train.d_dropout_scale", 0 <= t.d_dropout_scale < 2.5, "must be in [0, 2.5) (the first rate is 0.4x it)"),
-            ("train.lr_rampdown", 0 <= t.lr_rampdown <= 1, "must be in [0, 1] (a fraction of the epochs)"),
-            ("train.lr_scaling", t.lr_scaling in ("none", "linear", "sqrt"), "must be none, linear or sqrt"),
-            ("train.noise_dim", t.noise_dim >= 1, "must be >= 1"),
-            ("train.ema_kimg", t.ema_kimg >= 0, "must be >= 0 (0: no generator average)"),
-            ("train.ema_rampup", t.ema_rampup >= 0, "must be >= 0 (0: a fixed half-life)"),
-            ("train.checkpoint_every_steps", t.checkpoint_every_steps >= 0, "must be >= 0"),
-            ("train.checkpoint_every_minutes", t.checkpoint_every_minutes >= 0, "must be >= 0"),
-            ("train.checkpoint_every_epochs", t.checkpoint_every_epochs >= 0, "must be >= 0"),
-            ("train.precision", t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
-            ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be >= 1"),
-            ("train.steps_per_call", t.steps_per_call >= 1, "must be >= 1"),
-            ("train.tick_seconds", t.tick_seconds > 0, "must be > 0"),
-            ("train.max_steps_per_epoch", t.max_steps_per_epoch >= 0, "must be >= 0"),
-            ("train.peer_timeout_s", t.peer_timeout_s >= 5, "must be >= 5 seconds"),
-            ("metrics.batches", m.batches >= 1, "must be >= 1"),
-            ("metrics.batch_size", m.batch_size >= 1, "must be >= 1"),
-            ("metrics.split", m.split in ("train", "validate", "test"), "must be train, validate or test"),
-            ("metrics.nn_samples", m.nn_samples >= 1, "must be >= 1"),
-            ("metrics.real_batches", m.real_batches in ("fixed", "per_epoch"), "must be fixed or per_epoch"),
-            ("metrics.diversity_samples", m.diversity_samples >= 2, "must be >= 2"),
-            ("metrics.fid_real_images", m.fid_real_images >= 0, "must be >= 0 (0: the whole split)"),
-            ("metrics.fid_generated_images", m.fid_generated_images >= 0, "must be >= 0"),
-            ("metrics.fid_preprocessing", m.fid_preprocessing in ("tanh", "unit", "0-255"), "must be tanh, unit or 0-255"),
-            ("metrics.kid_subsets", m.kid_subsets >= 1, "must be >= 1"),
-            ("metrics.kid_subset_size", m.kid_subset_size >= 2, "must be >= 2"),
-            ("metrics.pr_neighbours", m.pr_neighbours >= 1, "must be >= 1"),
-            ("cluster.executor", c.executor in EXECUTORS, f"must be one of {', '.join(EXECUTORS)}"),
-            ("cluster.nodes", c.nodes >= 1, "must be >= 1"),
-            ("cluster.tasks_per_node", c.tasks_per_node >= 1, "must be >= 1"),
-            ("cluster.gpus_per_node", c.gpus_per_node >= 0, "must be >= 0"),
-            ("cluster.cpus_per_task", c.cpus_per_task >= 1, "must be >= 1"),
-            ("cluster.timeout_min", c.timeout_min >= 1, "must be >= 1"),
-            ("cluster.preprocess_tasks", c.preprocess_tasks >= 1, "must be >= 1"),
-            ("cluster.signal_delay_s", c.signal_delay_s >= 0, "must be >= 0"),
-            ("cluster.max_requeues", c.max_requeues >= 0, "must be >= 0"),
-        ]
-        for key, ok, why in checks:
-            if not ok:
-                raise ConfigError(f"{key} = {_get(self, key)!r}: {why}")
+        """Every declared key's type and rule, then the rules that join two keys."""
+        for name, f, value in declared(self):
+            _check(name, f, value)
+        c = self.cluster
         if c.gpus_per_node and c.gpus_per_node != c.tasks_per_node:
             raise ConfigError(f"cluster.tasks_per_node = {c.tasks_per_node}: must equal cluster.gpus_per_node "
                               f"({c.gpus_per_node}); Horovod runs one rank per GPU")
+        if c.signal_delay_s >= 60 * c.timeout_min:
+            raise ConfigError(f"cluster.signal_delay_s = {c.signal_delay_s}: must be shorter than the time limit "
+                              f"(cluster.timeout_min = {c.timeout_min}, {60 * c.timeout_min} s), or every attempt "
+                              "is stopped as it starts")
         return self
 
     @property
     def world_size(self) -> int:
         return self.cluster.nodes * self.cluster.tasks_per_node
+
+
+def declared(cfg: Config) -> typing.Iterator[tuple[str, dataclasses.Field, typing.Any]]:
+    """(dotted key, its declaration, its value) for every key, in declaration order."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            for g in dataclasses.fields(value):
+                yield f"{f.name}.{g.name}", g, getattr(value, g.name)
+        else:
+            yield f.name, f, value
+
+
+def _check(name: str, f: dataclasses.Field, value) -> None:
+    """What every key of its type must be (finite numbers, strings without control characters),
+    then its own rule."""
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{name} = {value!r}: must be a finite number")
+        if isinstance(v, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in v):
+            raise ConfigError(f"{name} = {value!r}: must not hold control characters (a newline, a tab, ...)")
+    rule = f.metadata.get("rule")
+    if rule and not rule.test(value):
+        raise ConfigError(f"{name} = {value!r}: {rule.text}")
 
 
 def _is_range(s: str) -> bool:
@@ -236,31 +260,23 @@ def _is_range(s: str) -> bool:
         return False
 
 
-def _get(cfg, key):
-    obj = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _coerce(key: str, value, typ):
-    """Check `value` against the dataclass field type; accept ints for floats, nothing looser."""
+    """Check `value` against the declared type; ints pass for floats, nothing looser. Lists are
+    checked item by item."""
     origin = typing.get_origin(typ) or typ
-    if origin is bool:
-        if isinstance(value, bool):
-            return value
-    elif origin is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif origin is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif origin is str:
-        if isinstance(value, str):
-            return value
-    elif origin is list:
-        if isinstance(value, list):
-            return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} = {value!r}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(typ) or (typing.Any,)
+        return [v if item is typing.Any else _coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is bool and isinstance(value, bool):
+        return value
+    if origin is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if origin is str and isinstance(value, str):
+        return value
     raise ConfigError(f"{key} = {value!r}: expected {getattr(origin, '__name__', origin)}, "
                       f"got {type(value).__name__}")
 
@@ -269,57 +285,64 @@ def _apply(obj, values: dict, prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for k, v in values.items():
-        key = f"{prefix}{k}"
+        key_ = f"{prefix}{k}"
         if k not in names:
-            raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(names))})")
+            raise ConfigError(f"{key_}: unknown key (known: {', '.join(sorted(names))})")
         current = getattr(obj, k)
         if dataclasses.is_dataclass(current):
             if not isinstance(v, dict):
-                raise ConfigError(f"{key}: expected a [{key}] table, got {type(v).__name__}")
-            _apply(current, v, key + ".")
+                raise ConfigError(f"{key_}: expected a [{key_}] table, got {type(v).__name__}")
+            _apply(current, v, key_ + ".")
         else:
-            setattr(obj, k, _coerce(key, v, hints[k]))
+            setattr(obj, k, _coerce(key_, v, hints[k]))
 
 
 def _parse_override(text: str) -> tuple[str, object]:
     """Parse `a.b=value`; the value is read as a TOML value, or as a bare string if that fails."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value")
-    key, raw = (s.strip() for s in text.split("=", 1))
+    key_, raw = (s.strip() for s in text.split("=", 1))
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    return key, value
+    return key_, value
 
 
-def _nest(key: str, value) -> dict:
+def _nest(key_: str, value) -> dict:
     out: dict = {}
     node = out
-    parts = key.split(".")
+    parts = key_.split(".")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return out
 
 
+def read_toml(path: str | Path) -> dict:
+    """A TOML file's tables; a missing, undecodable or invalid file is a ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from None
+
+
 def load(path: str | Path | None = None, overrides: typing.Iterable[str] = (),
          base: dict | None = None) -> Config:
-    """Defaults, then the TOML file, then `base` (a dict, e.g. from options.json), then overrides."""
+    """Defaults, then `base` (a dict, e.g. a run's from options.json), then the TOML file, then overrides."""
     cfg = Config()
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            _apply(cfg, tomllib.loads(p.read_text(encoding="utf-8")))
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: not valid TOML ({e})") from None
     if base:
         _apply(cfg, base)
+    if path:
+        _apply(cfg, read_toml(path))
     for text in overrides:
-        key, value = _parse_override(text)
-        _apply(cfg, _nest(key, value))
+        key_, value = _parse_override(text)
+        _apply(cfg, _nest(key_, value))
     return cfg.validate()
 
 
@@ -327,3 +350,77 @@ def from_dict(d: dict) -> Config:
     cfg = Config()
     _apply(cfg, d)
     return cfg.validate()
+
+
+# ----------------------------------------------------------------------------- recipes and presets
+
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def recipe(cfg: Config | dict) -> dict:
+    """The recipe keys' values ({"train.lr": ...}): the seed's for a default Config()."""
+    d = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return {name: _lookup(d, name) for name, f, _ in declared(Config()) if f.metadata.get("recipe")}
+
+
+def _lookup(d: dict, name: str):
+    for part in name.split("."):
+        d = d[part]
+    return d
+
+
+def seed_recipe() -> dict:
+    return recipe(Config())
+
+
+def preset(name: str) -> Path:
+    """A named set of keys in oasis_dcgan/presets/ (the seed's preset is the defaults: no file)."""
+    path = PRESETS / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS.glob("*.toml"))
+        raise ConfigError(f"preset {name!r}: not found (known: {', '.join(known)})")
+    return path
+
+
+def as_overrides(values: dict) -> list[str]:
+    """{"train.lr": 4e-4} as --set strings, which put every key back exactly."""
+    return [f"{k}={_toml_value(v)}" for k, v in values.items()]
+
+
+# ----------------------------------------------------------------------------- as TOML
+
+EXAMPLE_HEADER = """\
+# oasis-dcgan configuration: every key, with its default (the seed's settings) and what it does.
+# Written by `oasis-dcgan config --example`, from the declarations in oasis_dcgan/config.py.
+# Use:  oasis-dcgan submit slurm/example.toml --set data.source=/scratch/$USER/keras_png_slices_data
+#       --set data.dataset=/scratch/$USER/oasis-256 --set run_dir=/scratch/$USER/runs/first
+# Any key can be overridden with --set section.key=value. Unknown keys and bad values are refused.
+"""
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string: the same escapes
+    return repr(v)
+
+
+def to_toml(cfg: Config, header: str = "") -> str:
+    """The config as a TOML file: each key under its doc, section by section."""
+    out, section = [header] if header else [], ""
+    for name, f, value in declared(cfg):
+        where = name.split(".")[0] if "." in name else ""
+        if where != section:
+            out.append(f"\n[{where}]")
+            section = where
+        out.append(f"# {f.metadata['doc']}")
+        out.append(f"{name.rsplit('.', 1)[-1]} = {_toml_value(value)}")
+    return "\n".join(out) + "\n"
+
+
+def example() -> str:
+    """slurm/example.toml: every key at its default."""
+    return to_toml(Config(), EXAMPLE_HEADER)

@@ -42,7 +42,8 @@ class TrainingWatch:
                  f"G {rec['g_loss']:.3f}  D {rec['d_loss']:.3f}  samples: {grid}")
 
 
-def run(out: Path, executor: str = "local", epochs: int = 40, overrides: list[str] | None = None) -> int:
+def run(out: Path, executor: str = "local", epochs: int | None = None, overrides: list[str] | None = None) -> int:
+    """The demo preset (oasis_dcgan/presets/demo.toml) on sample brains; `epochs` and `overrides` on top."""
     t0 = time.time()
     out = out.resolve()
     src = out / "oasis"
@@ -50,32 +51,15 @@ def run(out: Path, executor: str = "local", epochs: int = 40, overrides: list[st
         sample_data.write_png_release(src, cases=(24, 4, 4), seed=0)
     else:
         print(f"[demo] reusing sample data in {src}")
-    cfg = config.load(None, [
+    cfg = config.load(config.preset("demo"), [
         f'run_dir="{out / "run"}"',
         f'data.source="{src}"',
         f'data.dataset="{out / "dataset-64"}"',
-        "data.resolution=64",
-        "data.shard_size=256",
-        f"train.epochs={epochs}",
-        "train.tick_seconds=15",
-        "train.intra_op_threads=1",   # 2 ranks on 2 cores: one thread each
-        "cluster.tasks_per_node=2",
-        "cluster.preprocess_tasks=2",
-        "cluster.timeout_min=60",
-        "metrics.nn_samples=64",
-        # Not the seed's recipe: Adam 4e-4 with the DCGAN paper's beta_1 0.5, D without dropout
-        # (which costs a tenth of the step on a CPU) and 8 images a rank (the seed's global batch of
-        # 16 on 2 ranks, so twice the updates) came closest to the held-out baseline in the demo's
-        # minutes without making the images more alike, as 8e-4 did (README, "The demo's recipe");
-        # the report says so.
-        "train.lr=4e-4",
-        "train.adam_beta1=0.5",
-        "train.d_dropout_scale=0",
-        "train.batch_size=8",
+        *([f"train.epochs={epochs}"] if epochs else []),
         *(overrides or []),
     ])
     res = pipeline.submit_pipeline(cfg, executor=executor, collect_dest=str(out / "results"), wait=True,
-                                   watch=TrainingWatch(out / "run", epochs))
+                                   watch=TrainingWatch(out / "run", cfg.train.epochs))
     report = rundir.RunDir(res["run_dir"]).report_file(rundir.REPORT_HTML)
     print(f"\n[demo] finished in {(time.time() - t0) / 60:.1f} min")
     print(f"[demo] run directory:  {res['run_dir']}")

@@ -32,11 +32,52 @@ def test_toml_file_and_overrides(tmp_path):
     ("train.d_dropout_scale=2.5", "train.d_dropout_scale"),  # a first rate of 1 drops everything
     ("train.lr_rampdown=1.5", "train.lr_rampdown"),  # a fraction of the epochs
     ("cluster.executor=\"pbs\"", "cluster.executor"),
+    ('data.split_fractions=[0.85, "a", 0.05]', "data.split_fractions[1]"),  # list items are typed
+    ("train.seed=-1", "train.seed"),                 # seeds are bounded
+    (f"metrics.seed={2 ** 32}", "metrics.seed"),
+    ("cluster.mem_gb=-4", "cluster.mem_gb"),
+    ("train.lr=inf", "train.lr"),                    # floats are finite
+    ("train.peer_timeout_s=nan", "train.peer_timeout_s"),
+    ('run_dir=""', "run_dir"),                       # not the current directory by accident
+    ("cluster.timeout_min=1", "cluster.signal_delay_s"),  # USR2 90 s into a 60 s limit: every attempt stops
 ])
 def test_bad_values_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         config.load(None, [override])
     assert key in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["cluster.partition", "cluster.account", "cluster.qos", "run_dir", "data.source",
+                                 "cluster.setup"])
+def test_a_string_that_could_reach_a_script_cannot_carry_a_command(key):
+    """A newline put a command into the generated sbatch script and hid the lines after it."""
+    value = '["x\\ntouch /tmp/pwned"]' if key == "cluster.setup" else '"x\\ntouch /tmp/pwned"'
+    with pytest.raises(ConfigError, match=key.replace(".", "[.]")):
+        config.load(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("value", ['"gpu queue"', '"a;b"', "\"it's\""])
+def test_slurm_names_keep_to_slurms_characters(value):
+    with pytest.raises(ConfigError, match="cluster.partition.*Slurm name"):
+        config.load(None, [f"cluster.partition={value}"])
+    assert config.load(None, ['cluster.partition="gpu-a100_x.2"']).cluster.partition == "gpu-a100_x.2"
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
+    f = tmp_path / "latin1.toml"
+    f.write_bytes('run_dir = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.toml.*UTF-8"):
+        config.load(f)
+
+
+def test_every_key_is_declared_with_a_doc_and_the_example_is_generated_from_them():
+    from pathlib import Path
+
+    keys = list(config.declared(config.Config()))
+    assert len(keys) > 60 and all(f.metadata["doc"] for _, f, _ in keys)
+    example = Path(__file__).resolve().parent.parent / "slurm" / "example.toml"
+    assert example.read_text() == config.example(), "regenerate it: oasis-dcgan config --example > slurm/example.toml"
+    assert config.load(example) == config.Config()
 
 
 def test_bad_toml_names_the_file(tmp_path):
@@ -46,9 +87,32 @@ def test_bad_toml_names_the_file(tmp_path):
         config.load(f)
 
 
-def test_example_config_loads():
-    from pathlib import Path
+def test_the_resolved_config_prints_as_toml_that_loads_back(tmp_path):
+    c = config.load(None, ["train.lr=2e-4", 'cluster.setup=["module load cuda"]', 'data.source="/a \\"b\\""'])
+    f = tmp_path / "back.toml"
+    f.write_text(config.to_toml(c))
+    assert config.load(f) == c
 
-    ex = Path(__file__).resolve().parent.parent / "slurm" / "example.toml"
-    c = config.load(ex)
-    assert c.data.resolution == 256 and c.train.epochs == 50
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "ds", "run", "--ranks", "0"], "--ranks"),
+    (["preprocess", "src", "out", "--task", "0", "--tasks", "0"], "--tasks"),
+    (["preprocess", "src", "out", "--task", "5", "--tasks", "2"], "--task 5"),
+])
+def test_counts_on_the_command_line_are_checked_before_anything_runs(argv, says, capsys):
+    from oasis_dcgan import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_postprocess_takes_the_runs_own_config_with_overrides_on_top(tmp_path):
+    """A site that needs cluster.account: postprocess on Slurm submits with the run's config, not defaults."""
+    from oasis_dcgan import fsutil, rundir
+    from oasis_dcgan.post import report
+
+    run_cfg = config.load(None, ['cluster.account="lab7"', 'cluster.partition="gpu"', "metrics.batches=20"])
+    fsutil.write_json(rundir.RunDir(tmp_path).options, {"config": run_cfg.to_dict()})
+    _, cfg = report.load_run(tmp_path, overrides=("metrics.batches=5",))
+    assert (cfg.cluster.account, cfg.cluster.partition, cfg.metrics.batches) == ("lab7", "gpu", 5)

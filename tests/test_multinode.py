@@ -77,6 +77,9 @@ def test_submitit_on_two_hosts_one_rank_each_survives_usr2(twohost, dataset32, t
     states = top_states(job.job_id)
     assert states.count("REQUEUED") == 1 and states[-1] == "COMPLETED", states
     assert (run / "log.txt").read_text().count("(signal SIGUSR2") == 1
+    notes = {n["rank"]: n for n in retry.read_notes(run, job.job_id, 0)}
+    assert notes[0]["requeued_by"] == "submitit" and notes[1]["outcome"] == "stopped", notes
+    assert not retry.read_decisions(run), "submitit requeued the stop: the retry step did nothing more"
     assert_trained_across_two_hosts(run, 2)
 
 

@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
+from oasis_dcgan import config
 from oasis_dcgan.post import figures, report
 
 FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png",
@@ -42,11 +43,15 @@ def test_postprocess_outputs(finished_run):
     assert "0.65" in md and "does not" in md
     assert "**Training recipe:** " in md and "the seed's recipe" in md
     assert "Nearest-neighbour SSIM: median" in md and "MS-SSIM diversity over" in md  # the readings
-    assert "not the seed's recipe" in report.recipe({"adam_beta1": 0.5, "ema_kimg": 10})
-    assert "not the seed's" not in report.recipe({"lr": 1e-4, "adam_beta1": 0.9, "batch_size": 16})
+    assert "not the seed's recipe" in report.recipe({"train": {"adam_beta1": 0.5, "ema_kimg": 10}})
+    assert "not the seed's" not in report.recipe({"train": {"lr": 1e-4, "adam_beta1": 0.9, "batch_size": 16}})
+    for key, value in config.recipe(config.load(config.preset("demo"))).items():  # every recipe key the demo sets
+        if value != config.seed_recipe()[key]:
+            words = report.recipe({"train": {key.split(".")[1]: value}})
+            assert "not the seed's recipe" in words and key in words, key
     for departs in ({"lr": 2e-4}, {"d_dropout_scale": 0.0}, {"batch_size": 8}, {"d_lr_ratio": 2.0},
                     {"lr_rampdown": 0.5}):
-        assert "not the seed's recipe" in report.recipe(departs), departs
+        assert "not the seed's recipe" in report.recipe({"train": departs}), departs
     assert m["run_complete"] is True
 
 

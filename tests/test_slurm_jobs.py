@@ -127,3 +127,15 @@ def test_usr2_at_256_with_2_ranks_saves_one_complete_checkpoint(devcluster, data
     _assert_complete_checkpoint(run / "checkpoints" / f"ckpt-{stop_step:09d}")
     ranks = [json.loads((run / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"] and ranks[0]["global_step"] == 12
+
+
+def test_a_job_the_partition_cannot_hold_is_refused_at_submit(devcluster, dataset32, tmp_path):
+    """It pended for good as PartitionNodeLimit while the command waited without a word."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "train", str(dataset32), str(tmp_path / "run"),
+                        "--executor", "slurm", "--set", "cluster.nodes=2"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cluster.nodes = 2" in r.stderr and "'debug' has 1 node" in r.stderr, r.stderr
+    assert "multi (2 nodes)" in r.stderr, "it names a partition that fits"
+    assert not (tmp_path / "run" / "jobs.json").exists(), "nothing was queued"

@@ -53,6 +53,26 @@ def test_a_full_disk_in_preprocess_says_what_is_intact_and_a_rerun_finishes(png_
     assert m["counts"] == {"train": 192, "validate": 64, "test": 64} and manifest.verify(out) == []
 
 
+@pytest.mark.fault
+def test_a_failed_shard_write_never_removes_the_complete_shard_already_there(png_release, small_disk):
+    disk = small_disk(4096)
+    out = disk / "ds"
+    pack.preprocess(png_release, out, resolution=32, shard_size=64, **quiet)
+    shard = sorted(out.glob("train-*.h5"))[0]
+    before = fsutil.sha256_file(shard)
+    record = out / pack.TASK_DIR / (shard.name + ".json")
+    fsutil.write_json(record, {**fsutil.read_json(record), "inputs_hash": "another writer's"})  # to be rewritten
+    with open(disk / "filler", "wb", buffering=0) as f:  # the disk fills up, to its last block
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+    with pytest.raises(DataError, match="is complete and kept") as e:
+        pack.pack_task(out, 0, 1, **quiet)
+    assert shard.name in str(e.value), "the failed write is the rewrite of that shard"
+    assert shard.is_file() and fsutil.sha256_file(shard) == before, "the complete shard is still there"
+    assert no_temps(out)
+
+
 def cfg_for(dataset, run, epochs, *extra):
     return config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset}"', f"train.epochs={epochs}",
                               "train.batch_size=8", "train.max_steps_per_epoch=2", "train.intra_op_threads=1", *extra])

@@ -107,12 +107,30 @@ def test_status_on_a_finished_run_without_accounting(done_run):
     assert "checkpoint   ckpt-" in text
 
 
-def test_submit_reuses_a_verified_dataset_of_the_same_source(dataset32, png_release):
+def test_submit_reuses_a_verified_dataset_only_when_it_is_the_one_the_config_asks_for(dataset32, png_release):
+    """A dataset packed otherwise is refused naming each key, never packed over (another run may train on it)."""
     base = [f'data.dataset="{dataset32}"', f'data.source="{png_release}"']
     assert pipeline.dataset_ready(config.load(None, base + ["data.resolution=32"]), dataset32)
-    assert not pipeline.dataset_ready(config.load(None, base + ["data.resolution=64"]), dataset32)
+    for differs, key in ((["data.resolution=64"], "data.resolution"),
+                         (["data.resolution=32", "data.allow_shared_cases=true"], "data.allow_shared_cases"),
+                         (["data.resolution=32", 'data.layout="folder"'], "data.layout")):
+        with pytest.raises(config.ConfigError, match=key.replace(".", "[.]")) as e:
+            pipeline.dataset_ready(config.load(None, base + differs), dataset32)
+        assert str(dataset32) in str(e.value)
     other = config.load(None, [f'data.dataset="{dataset32}"', 'data.source="/elsewhere"', "data.resolution=32"])
-    assert not pipeline.dataset_ready(other, dataset32)
+    with pytest.raises(config.ConfigError, match="data.source"):
+        pipeline.dataset_ready(other, dataset32)
+    assert not pipeline.dataset_ready(config.load(None, base), png_release), "no dataset there: pack one"
+
+
+def test_train_records_the_datasets_identity_and_refuses_a_config_asking_for_other_data(dataset32, tmp_path):
+    from oasis_dcgan.training import trainer
+
+    cfg = config.load(None, [f'run_dir="{tmp_path / "run"}"', f'data.dataset="{dataset32}"',
+                             "data.allow_shared_cases=true", "train.epochs=1"])
+    with pytest.raises(config.ConfigError, match="data.allow_shared_cases"):
+        trainer.run(cfg, log_to_stdout=False)
+    assert not list((tmp_path / "run").glob("ckpt*")), "refused before anything trained"
 
 
 @pytest.mark.fault
@@ -140,3 +158,20 @@ def test_collect_takes_the_results_group_as_regular_files_only(done_run, tmp_pat
     (run / "report" / "private.txt").unlink()
     r = collect.collect(run, dest, include_checkpoints=True, update=True, log=logs.append)
     assert r["no_longer_in_run"] == ["report/private.txt"] and (dest / "report" / "private.txt").is_file()
+
+
+def test_status_shows_local_jobs_real_states_and_why_one_failed(dataset32, tmp_path):
+    def train(run, *extra):
+        return subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "train", str(dataset32), str(run),
+                               "--executor", "local", "--ranks", "1", "--epochs", "1", "--set",
+                               "train.max_steps_per_epoch=2", "--set", "train.intra_op_threads=1", *extra],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    r = train(tmp_path / "ok", "--batch-size", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = status.status(tmp_path / "ok")
+    assert "UNKNOWN" not in text and "COMPLETED" in text.split("train", 1)[1].splitlines()[0], text
+    r = train(tmp_path / "bad", "--batch-size", "4096")
+    assert r.returncode != 0
+    text = status.status(tmp_path / "bad")
+    assert "FAILED" in text and "cannot fill one batch" in text, text

@@ -51,6 +51,8 @@ def test_one_rank_run_directory_and_checkpoint_format(dataset32, tmp_path):
         assert (run / rel).exists(), rel
     opts = json.loads((run / "options.json").read_text())
     assert opts["world_size"] == 1 and opts["config"]["train"]["epochs"] == 2 and opts["steps_per_epoch"] == 4
+    data = opts["config"]["data"]
+    assert (data["resolution"], data["layout"]) == (32, "oasis-png"), "options.json records the data trained on"
     assert len(opts["dataset_manifest_sha256"]) == 64 and "tensorflow-cpu" in opts["versions"]
     epochs = [r for r in RunDir(run).read_stats() if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..config import Config
+from ..config import Config, ConfigError
 
 
 SUBMITIT_TIMEOUTS = 1_000_000
@@ -29,6 +29,43 @@ def resolve_executor(kind: str) -> str:
     if kind == "auto":
         return "slurm" if slurm_available() else "local"
     return kind
+
+
+def partitions() -> dict[str, dict]:
+    """What the controller says of each partition: {name: its fields}; {} when it does not answer."""
+    try:
+        r = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    out = {}
+    for line in r.stdout.splitlines():
+        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        if "PartitionName" in fields:
+            out[fields["PartitionName"]] = fields
+    return out
+
+
+def check_partition(cfg: Config, role: str = "train") -> None:
+    """Refuse, before queueing, a job its partition can never run: it would pend for good
+    (PartitionNodeLimit) while the command waited without a word."""
+    nodes = _resources(cfg, role)[0]
+    known = partitions()
+    if not known:
+        return
+    name = cfg.cluster.partition or next((n for n, f in known.items() if f.get("Default") == "YES"), "")
+    if name not in known:
+        raise ConfigError(f"cluster.partition = {name!r}: Slurm has no such partition (it has: "
+                          f"{', '.join(sorted(known))})")
+    part = known[name]
+    total = int(part.get("TotalNodes", "0") or 0)
+    limit = part.get("MaxNodes", "UNLIMITED")
+    can = min(total, int(limit)) if limit.isdigit() else total
+    if nodes > can:
+        fits = [f"{n} ({f.get('TotalNodes')} nodes)" for n, f in sorted(known.items())
+                if int(f.get("TotalNodes", "0") or 0) >= nodes]
+        raise ConfigError(f"cluster.nodes = {nodes}: partition {name!r} has {total} node(s) (MaxNodes={limit}); "
+                          "set cluster.nodes to at most that, or cluster.partition to "
+                          + (f"one that has {nodes}: {', '.join(fits)}" if fits else f"one with {nodes} nodes"))
 
 
 def _resources(cfg: Config, role: str) -> tuple[int, int, int, int]:

@@ -104,10 +104,11 @@ def seal_dataset(out: str) -> dict:
     return {"counts": pack.seal(out)["counts"], "dataset": out}
 
 
-def postprocess_job(run_dir: str, dataset: str | None = None, batches: int | None = None) -> dict:
+def postprocess_job(run_dir: str, dataset: str | None = None, batches: int | None = None,
+                    config_file: str | None = None, overrides: tuple = ()) -> dict:
     from ..post import report
 
-    m = report.postprocess(run_dir, dataset, batches)
+    m = report.postprocess(run_dir, dataset, batches, config_file=config_file, overrides=overrides)
     return {"max_ssim": m["seed_max_ssim"]["final"], "report": m["report"]}
 
 

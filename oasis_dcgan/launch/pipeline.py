@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 from .. import fsutil, rundir
-from ..config import Config
+from ..config import Config, ConfigError
 from ..prep import manifest, pack
 from ..training import runlock
 from . import jobs
 from .environment import in_srun_step
-from .executors import make_executor, resolve_executor, sbatch_text
+from .executors import check_partition, make_executor, resolve_executor, sbatch_text
 
 WATCH_EVERY_S = 2.0
 
@@ -31,17 +31,22 @@ def record_job(run_dir: str | Path, entry: dict) -> None:
 
 
 def dataset_ready(cfg: Config, dataset: Path) -> bool:
-    """A verified dataset at this resolution, packed from this source (or any, if none is named)."""
+    """A verified dataset packed from this source (or any, if none is named) as this config says.
+    A directory holding a dataset packed otherwise is refused, naming each key that differs:
+    packing over it would replace the dataset another run may train on."""
     if not (dataset / manifest.MANIFEST).is_file() or manifest.verify(dataset):
         return False
     m = manifest.load_manifest(dataset)
-    if m["resolution"] != cfg.data.resolution:
-        return False
-    if not cfg.data.source:
-        return True
+    differ = manifest.identity_differences(m, cfg.data)
     # The recorded source is the detected layout root, which may sit below the one given.
-    src, recorded = Path(cfg.data.source).resolve(), Path(m["sources"][0])
-    return recorded == src or src in recorded.parents
+    src, recorded = Path(cfg.data.source or m["sources"][0]).resolve(), Path(m["sources"][0])
+    if not (recorded == src or src in recorded.parents):
+        differ.append(f"data.source: packed from {str(recorded)!r}, the config says {str(src)!r}")
+    if differ:
+        raise ConfigError(f"data.dataset: {dataset} holds a dataset packed otherwise:\n  " + "\n  ".join(differ)
+                          + "\nSet data.dataset to a new directory to pack one for this config, or these keys to "
+                          "the dataset's values.")
+    return True
 
 
 class Pipeline:
@@ -58,6 +63,8 @@ class Pipeline:
 
     def stage(self, name: str, role: str, fn, *args, array: int = 0, all_ranks: bool = False):
         """Queue one stage after the previous one (afterok). With wait, returns its result(s)."""
+        if self.kind == "slurm" and not self.dry_run:
+            check_partition(self.cfg, role)
         ex = make_executor(self.cfg, self.folder, self.kind, role, f"oasis-{name}", dependency=self.dependency,
                            array=array)
         if self.dry_run:
@@ -71,7 +78,11 @@ class Pipeline:
             job_id = submitted[0].job_id
         if self.record_in:
             self.record_in.mkdir(parents=True, exist_ok=True)
-            record_job(self.record_in, {"stage": name, "job_id": job_id, **({"tasks": array} if array else {})})
+            # A local array is one job per task: status reads each one's result in the folder.
+            local = ({"folder": str(self.folder), "job_ids": [j.job_id for j in submitted]}
+                     if self.kind == "local" else {})
+            record_job(self.record_in, {"stage": name, "job_id": job_id, "executor": self.kind, **local,
+                                        **({"tasks": array} if array else {})})
         self.job_ids[name] = job_id
         self.log(f"{name}: {self.kind} {'array ' if array else ''}job {job_id}")
         self.dependency = f"afterok:{job_id}"
@@ -96,6 +107,8 @@ def submit_pipeline(cfg: Config, executor: str = "auto", dry_run: bool = False, 
                     wait: bool | None = None, log=print, watch=None) -> dict:
     """The whole chain for one config. Returns the executor, paths, job ids (and scripts on a dry run)."""
     kind = resolve_executor(executor if executor != "auto" else cfg.cluster.executor)
+    if not cfg.data.dataset:  # Path("") would be the current directory
+        raise ConfigError("data.dataset is empty: name the directory the packed dataset is in (or goes to)")
     run_dir, dataset = Path(cfg.run_dir).resolve(), Path(cfg.data.dataset).resolve()
     cfg.run_dir, cfg.data.dataset = str(run_dir), str(dataset)
     # A dry run renders the sbatch scripts even where no controller answers (srun must be installed).
@@ -167,13 +180,19 @@ def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False, 
     return results[0] if results else []
 
 
-def postprocess(run_dir: str | Path, dataset: str | None, batches: int | None, executor: str, log=print) -> str:
-    """Postprocess here or as a job. Returns the report's path."""
+def postprocess(run_dir: str | Path, dataset: str | None, batches: int | None, executor: str, log=print,
+                config_file: str | None = None, overrides: tuple = ()) -> str:
+    """Postprocess here or as a job, with the run's own config (and any file or overrides on top of
+    it: the job's account and partition among them). Returns the report's path."""
+    from ..post import report
+
     kind = resolve_executor(executor)
     run_dir = Path(run_dir).resolve()
+    overrides = tuple(overrides)
     if kind == "inprocess":
-        from ..post import report
-
-        return report.postprocess(run_dir, dataset, batches, log=log)["report"]
-    chain = Pipeline(Config(), kind, rundir.RunDir(run_dir).slurm, wait=True, log=log)
-    return chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run_dir), dataset, batches)[0]["report"]
+        return report.postprocess(run_dir, dataset, batches, log=log, config_file=config_file,
+                                  overrides=overrides)["report"]
+    _, cfg = report.load_run(run_dir, dataset, batches, config_file, overrides)
+    chain = Pipeline(cfg, kind, rundir.RunDir(run_dir).slurm, wait=True, log=log)
+    return chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run_dir), dataset, batches,
+                       config_file, overrides)[0]["report"]

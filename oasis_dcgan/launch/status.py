@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import fsutil, rundir
 from ..logs import format_seconds
+from ..training.runlock import pid_alive
 from .retry import read_decisions
 
 SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "Elapsed", "Start", "End", "NodeList", "Reason")
@@ -31,15 +32,45 @@ def sacct(job_ids: list[str]) -> list[dict]:
     return rows
 
 
+def local_state(job: dict) -> tuple[str, str]:
+    """A job of submitit's local executor, from its result files: (state, why it failed).
+
+    Each task leaves <job id>_<task>_result.pkl holding ("success", value) or ("error", traceback);
+    a job with none is running while its process lives, and ended without a result after."""
+    import pickle
+
+    folder, states, why = Path(job["folder"]), [], ""
+    for jid in job.get("job_ids") or [job["job_id"]]:
+        results = sorted(folder.glob(f"{jid}_*_result.pkl"))
+        if not results:
+            states.append("RUNNING" if pid_alive(int(jid)) else "FAILED")
+            why = why or f"job {jid} ended without a result (killed?); see {folder}/{jid}_0_log.err"
+        for r in results:
+            try:
+                outcome, value = pickle.loads(r.read_bytes())
+            except Exception:  # noqa: BLE001 -- a result being written, or of another version
+                outcome, value = "error", f"{r}: unreadable"
+            states.append("COMPLETED" if outcome == "success" else "FAILED")
+            if outcome != "success" and not why:
+                why = [x for x in str(value).strip().splitlines() if x.strip()][-1][:300]
+    order = ("FAILED", "RUNNING", "COMPLETED")
+    return next(s for s in order if s in states), why
+
+
 def job_states(run_dir: str | os.PathLike) -> list[dict]:
-    """Each recorded job's final state: its last accounting row, with how often it was requeued."""
+    """Each recorded job's final state: its last accounting row, with how often it was requeued;
+    for local jobs, what their result files say."""
     path = rundir.RunDir(run_dir).jobs
     if not path.is_file():
         return []
     jobs = fsutil.read_json(path)["jobs"]
-    rows = sacct([str(j["job_id"]) for j in jobs])
+    rows = sacct([str(j["job_id"]) for j in jobs if j.get("executor") != "local"])
     out = []
     for j in jobs:
+        if j.get("executor") == "local":
+            state, why = local_state(j)
+            out.append({**j, "states": [state], "state": state, "requeues": 0, "rows": [], "why": why})
+            continue
         jid = str(j["job_id"])
         mine = [r for r in rows if r["JobID"] == jid or r["JobID"].startswith(jid + "_")]
         top = [r for r in mine if "." not in r["JobID"]]
@@ -119,6 +150,8 @@ def _job_lines(run_dir: Path) -> list[str]:
 
 
 def _failure_reason(run_dir: Path, job: dict) -> str:
+    if job.get("why"):
+        return job["why"]
     for r in job.get("rows", []):
         if r.get("Reason") and r["Reason"] not in ("None", ""):
             return f"{r['State']} ({r['Reason']}), exit {r['ExitCode']}"

@@ -332,17 +332,19 @@ def _metrics_section(doc: Document, m: dict, manifest: dict) -> None:
         doc.paragraph(f"FID/KID: {m['fid']['note']}")
 
 
-def recipe(train: dict) -> str:
-    """The training recipe in words, saying where it departs from the seed's."""
-    beta1, ratio, ema = train.get("adam_beta1", 0.9), train.get("d_lr_ratio", 1.0), train.get("ema_kimg", 0)
-    lr, dropout, batch = train.get("lr", 1e-4), train.get("d_dropout_scale", 1.0), train.get("batch_size", 16)
-    rampdown = train.get("lr_rampdown", 0.0)
-    seed = (lr, beta1, ratio, dropout, batch, rampdown) == (1e-4, 0.9, 1.0, 1.0, 16, 0.0)
+def recipe(cfg: dict) -> str:
+    """The training recipe in words, saying where it departs from the seed's (config.seed_recipe())."""
+    seed = config_mod.seed_recipe()
+    train = cfg.get("train", {})
+    ours = {k: train.get(k.split(".", 1)[1], v) for k, v in seed.items()}  # a key an older run lacked: the seed's
+    lr, beta1, ratio = ours["train.lr"], ours["train.adam_beta1"], ours["train.d_lr_ratio"]
+    dropout, batch, rampdown = ours["train.d_dropout_scale"], ours["train.batch_size"], ours["train.lr_rampdown"]
+    differs = [f"{k} {seed[k]:g}" for k in seed if ours[k] != seed[k]]
     falling = f" falling linearly over the last {rampdown:.0%} of the epochs" if rampdown else ""
     words = (f"Adam, learning rate {lr:g}{falling}, beta_1 {beta1:g}, discriminator learning rate x{ratio:g}, "
              f"discriminator dropout x{dropout:g}, batch {batch} per rank: "
-             + ("the seed's recipe" if seed else "not the seed's recipe (Adam 1e-4 constant, beta_1 0.9, equal "
-                "learning rates, dropout 0.4/0.2/0.2, batch 16)"))
+             + ("the seed's recipe" if not differs else f"not the seed's recipe (the seed's: {', '.join(differs)})"))
+    ema = train.get("ema_kimg", 0)
     if ema:
         words += (f"; samples and metrics come from the generator average (half-life {ema:g} kimg, ramp-up "
                   f"{train.get('ema_rampup', 0):g}), which the seed did not have")
@@ -357,7 +359,7 @@ def build_document(run_dir: Path, options: dict, manifest: dict, m: dict, rows: 
                f"Generated: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
                f"Epochs done: {m['epochs_done']} of {cfg.get('train', {}).get('epochs', '?')}"
                + ("" if m["run_complete"] else " (run still in progress; figures show the epochs so far)")])
-    doc.paragraph(Bold("Training recipe: "), recipe(cfg.get("train", {})))
+    doc.paragraph(Bold("Training recipe: "), recipe(cfg))
     _metrics_section(doc, m, manifest)
     doc.heading("Dataset")
     doc.bullets([
@@ -382,10 +384,12 @@ def build_document(run_dir: Path, options: dict, manifest: dict, m: dict, rows: 
 
 # ----------------------------------------------------------------------------- the job
 
-def load_run(run_dir: Path, dataset: str | None, batches: int | None) -> tuple[dict, Config]:
-    """options.json and the run's config, with the dataset and batch count overridden if given."""
+def load_run(run_dir: Path, dataset: str | None = None, batches: int | None = None, config_file: str | None = None,
+             overrides: tuple = ()) -> tuple[dict, Config]:
+    """options.json and the run's own config, with a config file, overrides, the dataset and the
+    batch count on top of it when given."""
     options = rundir.RunDir(run_dir).read_options()
-    cfg = config_mod.from_dict(options["config"])
+    cfg = config_mod.load(config_file, overrides, base=options["config"])
     if dataset:
         cfg.data.dataset = str(dataset)
     if batches:
@@ -394,10 +398,10 @@ def load_run(run_dir: Path, dataset: str | None, batches: int | None) -> tuple[d
 
 
 def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches: int | None = None,
-                log=print) -> dict:
+                log=print, config_file: str | None = None, overrides: tuple = ()) -> dict:
     run_dir = Path(run_dir).resolve()
     run = rundir.RunDir(run_dir)
-    options, cfg = load_run(run_dir, dataset, batches)
+    options, cfg = load_run(run_dir, dataset, batches, config_file, tuple(overrides))
     ds = cfg.data.dataset
     manifest = load_manifest(ds)
     report_dir = run.report

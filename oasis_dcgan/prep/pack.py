@@ -251,10 +251,11 @@ def _pack_shard(out: Path, p: Plan, name: str, split: str, units: list) -> int |
                                    "images_offset": offset, "inputs_hash": inputs, "skipped": c.skipped,
                                    "notes": c.notes, "volume_slices": slices})
     except OSError as e:  # a full disk, a quota, a read-only mount: say so in one line
-        # A shard without its record would be rewritten by the rerun anyway; leave only whole pairs.
-        dest.unlink(missing_ok=True)
+        # The shard is written whole or not at all, so whatever is at dest is complete: never
+        # remove it (it may be another writer's, or the previous one). A shard whose record is
+        # missing or differs is rewritten by the rerun.
         raise DataError(f"{dest}: cannot write the shard ({fsutil.io_reason(e)}). Every shard already in {out} "
-                        "is complete and kept; the partial file was removed. Free space and run preprocess again: "
+                        "is complete and kept; its temp file was removed. Free space and run preprocess again: "
                         "it writes only the missing shards.") from e
     return len(c.images)
 

@@ -46,7 +46,7 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def _pid_alive(pid: int, started: str | None = None) -> bool:
+def pid_alive(pid: int, started: str | None = None) -> bool:
     """The process is running, and is the one that took the lock (not a reuse of its pid)."""
     try:
         os.kill(pid, 0)
@@ -91,7 +91,7 @@ def why_stale(holder: dict, age_s: float, me: dict | None = None, stale_after_s:
         return f"it is attempt {holder.get('attempt')} of this job, and this is attempt {me['attempt']}"
     if holder.get("host") == platform.node():
         pid = int(holder.get("pid") or 0)
-        if pid and not _pid_alive(pid, holder.get("pid_start")):
+        if pid and not pid_alive(pid, holder.get("pid_start")):
             return f"process {pid} on this host is gone"
         return ""  # alive on this host: never taken over, however old the lock
     if age_s > stale_after_s:

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, fsutil, rundir
-from ..config import Config
+from ..config import Config, ConfigError
 from ..imaging import save_grid
 from ..logs import Progress, RunLog, Stats, format_seconds
-from ..prep.manifest import check_before_training, load_manifest, manifest_hash
+from ..prep.manifest import check_before_training, identity, identity_differences, load_manifest, manifest_hash
 from ..prep.reader import ShardReader, epoch_budget, steps_left, train_dataset
 from .distributed import World
 from .step import seed_dropout
@@ -136,7 +136,8 @@ class Trainer:
         # Every rank checks: they all read the same files and reach the same verdict, so none
         # is left waiting in a collective for a rank that stopped.
         check_before_training(self.cfg.data.dataset, full=t.verify_data)
-        self.resolution = int(load_manifest(self.cfg.data.dataset)["resolution"])
+        self._take_dataset_identity(load_manifest(self.cfg.data.dataset))
+        self.resolution = self.cfg.data.resolution
         self.dataset_hash = manifest_hash(self.cfg.data.dataset)
         n_train = len(ShardReader(self.cfg.data.dataset, "train"))
         # A new epoch's image budget; an epoch in progress keeps the budget it started with.
@@ -166,6 +167,19 @@ class Trainer:
                                            self.hvd, t.batch_size, t.noise_dim, seed=t.seed,
                                            fp16_allreduce=t.fp16_allreduce, generator_ema=self.generator_ema,
                                            ema_kimg=t.ema_kimg, ema_rampup=t.ema_rampup)
+
+    def _take_dataset_identity(self, manifest: dict) -> None:
+        """The config's data section takes the dataset's identity, so options.json records what the
+        run trains on. A key the config sets away from its default, to another value than the
+        dataset was packed with, is an error naming it: the config asks for other data."""
+        default = Config().data
+        differ = identity_differences(manifest, self.cfg.data,
+                                      only=lambda key: _field(key, self.cfg.data) != _field(key, default))
+        if differ:
+            raise ConfigError(f"data.dataset: {self.cfg.data.dataset} was packed otherwise than the config asks:\n  "
+                              + "\n  ".join(differ) + "\nPack a dataset for this config, or drop these keys.")
+        for key, value in identity(manifest).items():
+            setattr(self.cfg.data, key.removeprefix("data."), value)
 
     def models(self) -> list:
         return [m for m in (self.generator, self.discriminator, self.generator_ema) if m is not None]
@@ -710,3 +724,8 @@ def package_versions() -> dict:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def _field(key: str, data):
+    """data.X of a DataConfig, by its dotted key."""
+    return getattr(data, key.removeprefix("data."))

@@ -43,7 +43,7 @@ demo: setup
 	$(PY) -m oasis_dcgan.cli demo
 
 demo-cluster: setup cluster-up
-	$(PY) -m oasis_dcgan.cli demo --cluster dev
+	source slurm/devcluster.env && $(PY) -m oasis_dcgan.cli demo --executor slurm
 
 cluster-up:
 	slurm/devcluster up --nodes 2

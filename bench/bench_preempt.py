@@ -20,7 +20,7 @@ from pathlib import Path
 
 from oasis_dcgan.rundir import RunDir
 from bench.bench_train import dataset
-from bench.common import REPO, WORK, anchor, save, table
+from bench.common import REPO, WORK, anchor, dev_cluster, save, table
 
 RES, BATCH, STEPS_BEFORE, STEPS = 256, 4, 6, 12
 H200_STEP_S, SEED_STEPS_PER_EPOCH, SEED_EPOCHS = 0.0058, 604, 50
@@ -84,9 +84,7 @@ def _size_mb(path: Path) -> float:
 def main():
     import shutil
 
-    from oasis_dcgan.launch.environment import use_dev_cluster
-
-    use_dev_cluster()
+    dev_cluster()
     run = WORK / "preempt" / "run"
     shutil.rmtree(run.parent, ignore_errors=True)
     run.parent.mkdir(parents=True)

@@ -17,6 +17,7 @@ import numpy as np
 from oasis_dcgan.rundir import RunDir
 
 from bench.common import REPO, WORK, anchor, epoch_gaps, sample_release, save, table
+from oasis_dcgan.config import DataConfig
 
 REFERENCE_STEPS_PER_EPOCH = 604  # 9664 / 16: the seed's epoch, for the overhead projection
 ROUNDS = 3
@@ -27,7 +28,7 @@ def dataset(res: int) -> Path:
 
     out = WORK / f"train-ds-{res}"
     if not (out / "manifest.json").is_file():
-        pack.preprocess(sample_release(), out, resolution=res, shard_size=2048, log=lambda *a: None)
+        pack.preprocess(sample_release(), out, DataConfig(resolution=res, shard_size=2048), log=lambda *a: None)
     return out
 
 

@@ -20,6 +20,16 @@ RESULTS = REPO / "bench" / "results"
 WORK = Path(os.environ.get("OASIS_BENCH_WORK", "/var/tmp/oasis-bench"))
 
 
+def dev_cluster() -> str:
+    """Bring up the repository's dev Slurm cluster and point Slurm's commands at it, as
+    slurm/devcluster.env says. Returns SLURM_CONF."""
+    subprocess.run([str(REPO / "slurm" / "devcluster"), "up"], check=True)
+    conf = subprocess.run(["bash", "-c", "source slurm/devcluster.env && printf %s \"$SLURM_CONF\""], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
+    os.environ["SLURM_CONF"] = conf
+    return conf
+
+
 def anchor_path() -> Path:
     for cand in (REPO.parent / "shared" / "anchors" / "seed_style_bench.py",
                  Path(os.environ.get("OASIS_ANCHORS", "")) / "seed_style_bench.py"):

@@ -26,6 +26,7 @@ import numpy as np
 
 from bench.common import WORK, save, table
 from oasis_dcgan import config
+from oasis_dcgan.config import DataConfig
 
 STEPS = int(os.environ.get("OASIS_PROBE_STEPS", "1920"))  # the demo's 40 epochs of 48 steps
 _DEMO = config.load(config.preset("demo"))  # one process takes the demo's global batch (its ranks' together)
@@ -50,7 +51,7 @@ def dataset(work):
     if not (out / "manifest.json").is_file():
         if not (src / "keras_png_slices_data").is_dir():
             sample_data.write_png_release(src, cases=(24, 4, 4), seed=0, log=lambda *a: None)
-        pack.preprocess(src, out, log=lambda *a: None, resolution=64, shard_size=256)
+        pack.preprocess(src, out, DataConfig(resolution=64, shard_size=256), log=lambda *a: None)
     return out
 
 

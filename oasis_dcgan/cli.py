@@ -7,15 +7,33 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
 from . import config
+from .launch import executors
+from .prep import layouts
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-EXECUTOR_HELP = ("where to run: auto (Slurm when a controller answers, else local), local (submitit's local "
-                 "executor), slurm, or inprocess (this process; also what srun-launched ranks use)")
+# The flags that set a config key, per command. Each flag's type, choices and help come from the
+# key's declaration in config.py; a flag given wins over --config and --set.
+KEY_FLAGS = {
+    "preprocess": (("--resolution", "data.resolution"), ("--layout", "data.layout"), ("--skip-bad", "data.skip_bad"),
+                   ("--shard-size", "data.shard_size"), ("--slices", "data.slices"),
+                   ("--slice-range", "data.slice_range"), ("--tasks", "cluster.preprocess_tasks")),
+    "train": (("--epochs", "train.epochs"), ("--batch-size", "train.batch_size"), ("--seed", "train.seed"),
+              ("--checkpoint-every-steps", "train.checkpoint_every_steps"),
+              ("--deterministic", "train.deterministic"), ("--verify-data", "train.verify_data")),
+    "postprocess": (("--batches", "metrics.batches"),),
+    "submit": (("--executor", "cluster.executor"),),
+}
+# Where each command runs its job when --executor is not given.
+EXECUTOR_DEFAULTS = {"preprocess": executors.INPROCESS, "train": executors.AUTO,
+                     "postprocess": executors.INPROCESS, "demo": executors.LOCAL}
+# A packing's name on the command line (plain sbatch arrays): it becomes part of a lock file.
+PACKING_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _die(msg: str, code: int = 2):
@@ -25,34 +43,38 @@ def _die(msg: str, code: int = 2):
 
 # ----------------------------------------------------------------------------- subcommands
 
-def _preprocess_config(a):
-    from . import config
-
+def _config(a):
+    """The command's config: defaults, --config, --set, then the flags of KEY_FLAGS given."""
     cfg = config.load(a.config, a.set)
-    cfg.data.source, cfg.data.dataset = str(a.src), str(a.out)
-    for key, val in (("resolution", a.resolution), ("layout", a.layout), ("shard_size", a.shard_size),
-                     ("slices", a.slices), ("slice_range", a.slice_range)):
-        if val is not None:
-            setattr(cfg.data, key, val)
-    cfg.data.skip_bad = cfg.data.skip_bad or a.skip_bad
-    return cfg.validate()
+    for flag, name in KEY_FLAGS.get(a.cmd, ()):
+        value = getattr(a, _dest(name))
+        if value is not None:
+            config.set_key(cfg, name, value)
+    return cfg
 
 
 def cmd_preprocess(a) -> int:
     from .launch import pipeline
     from .prep import pack
 
-    cfg = _preprocess_config(a)
-    if a.task is not None and a.task >= a.tasks:
-        _die(f"--task {a.task}: must be below --tasks ({a.tasks}); tasks are numbered 0 to {a.tasks - 1}")
+    cfg = _config(a)
+    cfg.data.source, cfg.data.dataset = str(a.src), str(a.out)
+    cfg.validate()
+    tasks = cfg.cluster.preprocess_tasks
     if a.seal:  # the array's last step (slurm/preprocess.sbatch)
-        m = pack.seal(a.out)
+        m = pack.seal(a.out, a.packing or "")
     elif a.task is not None:  # one task of a plain sbatch array
-        r = pack.run_task(a.src, a.out, a.task, a.tasks, **cfg.data.plan_kwargs())
-        print(f"task {a.task}/{a.tasks}: {r['written']} shard(s) written, {r['kept']} kept, {r['images']} images")
+        if a.task >= tasks:
+            _die(f"--task {a.task}: must be below --tasks ({tasks}); tasks are numbered 0 to {tasks - 1}")
+        if not a.packing:
+            _die("--task needs --packing NAME, the same for every task of the array (slurm/preprocess.sbatch "
+                 "passes the array's job id)")
+        pack.start(a.src, a.out, cfg.data, token=a.packing, queued=True)
+        r = pack.pack_task(a.out, a.task, tasks, a.packing)
+        print(f"task {a.task}/{tasks}: {r['written']} shard(s) written, {r['kept']} kept, {r['images']} images")
         return 0
     else:
-        m = pipeline.preprocess(cfg, a.executor, a.tasks)
+        m = pipeline.preprocess(cfg, a.executor, tasks)
     print(f"dataset {Path(a.out).resolve()}: " + ", ".join(f"{k} {v}" for k, v in m["counts"].items())
           + f"; {len(m['skipped'])} skipped")
     return 0
@@ -74,18 +96,10 @@ def cmd_dataset(a) -> int:
 
 
 def _train_config(a):
-    from . import config
     from .prep.manifest import load_manifest
 
-    cfg = config.load(a.config, a.set)
+    cfg = _config(a)
     cfg.data.dataset, cfg.run_dir = str(Path(a.dataset).resolve()), str(Path(a.run_dir).resolve())
-    t = cfg.train
-    for key, val in (("epochs", a.epochs), ("batch_size", a.batch_size), ("seed", a.seed),
-                     ("checkpoint_every_steps", a.checkpoint_every_steps)):
-        if val is not None:
-            setattr(t, key, val)
-    t.deterministic = t.deterministic or a.deterministic
-    t.verify_data = t.verify_data or a.verify_data
     if a.ranks is not None:
         cfg.cluster.nodes, cfg.cluster.tasks_per_node = 1, a.ranks
     res = load_manifest(cfg.data.dataset)["resolution"]
@@ -110,7 +124,8 @@ def cmd_train(a) -> int:
 def cmd_postprocess(a) -> int:
     from .launch import pipeline
 
-    report = pipeline.postprocess(a.run_dir, a.dataset, a.batches, a.executor, config_file=a.config,
+    batches = getattr(a, _dest("metrics.batches"))
+    report = pipeline.postprocess(a.run_dir, a.dataset, batches, a.executor, config_file=a.config,
                                   overrides=tuple(a.set))
     print(f"postprocess: report {report}")
     return 0
@@ -120,7 +135,7 @@ def _print_submitted(out: dict) -> None:
     print(f"\nrun directory: {out['run_dir']}")
     print("jobs: " + ", ".join(f"{k} {v}" for k, v in out["jobs"].items()))
     print(f"watch it:  oasis-dcgan status {out['run_dir']}")
-    if out["executor"] == "slurm":
+    if out["executor"] == executors.SLURM:
         print(f"           squeue -j {','.join(out['jobs'].values())}")
         print(f"           tail -f {out['run_dir']}/log.txt")
     if out.get("report"):
@@ -130,14 +145,11 @@ def _print_submitted(out: dict) -> None:
 def cmd_submit(a) -> int:
     import json
 
-    from . import config
-    from .launch import environment, pipeline
+    from .launch import pipeline
 
-    if a.cluster == "dev":
-        environment.use_dev_cluster()
-    cfg = config.load(a.config, a.set)
-    out = pipeline.submit_pipeline(cfg, executor=a.executor, dry_run=a.dry_run, collect_dest=a.collect or "",
-                                   wait=True if a.wait else None)
+    cfg = _config(a).validate()
+    out = pipeline.submit_pipeline(cfg, executor=cfg.cluster.executor, dry_run=a.dry_run,
+                                   collect_dest=a.collect or "", wait=True if a.wait else None)
     if not a.dry_run:
         _print_submitted(out)
         return 0
@@ -149,10 +161,8 @@ def cmd_submit(a) -> int:
 
 
 def cmd_status(a) -> int:
-    from .launch import environment, status
+    from .launch import status
 
-    if a.cluster == "dev":
-        environment.use_dev_cluster(start=False)
     if not Path(a.run).is_dir():
         _die(f"{a.run}: no such run directory")
     print(status.status(a.run))
@@ -180,7 +190,7 @@ def cmd_generate(a) -> int:
 def cmd_sample_data(a) -> int:
     from .prep import sample_data
 
-    if a.layout == "oasis-png":
+    if a.layout == layouts.PNG:
         root = sample_data.write_png_release(a.out, cases=tuple(a.cases), seed=a.seed)
     else:
         root = sample_data.write_raw_release(a.out, subjects=sum(a.cases), seed=a.seed, fmt=a.format,
@@ -198,12 +208,8 @@ def cmd_config(a) -> int:
 
 def cmd_demo(a) -> int:
     from . import demo
-    from .launch import environment
 
-    if a.cluster == "dev":
-        environment.use_dev_cluster()
-    return demo.run(Path(a.out), executor="slurm" if a.cluster == "dev" else "local", epochs=a.epochs,
-                    overrides=a.set)
+    return demo.run(Path(a.out), executor=a.executor, epochs=a.epochs, overrides=a.set)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -221,6 +227,44 @@ def _count(low: int):
     return parse
 
 
+def _dest(name: str) -> str:
+    return "key_" + name.replace(".", "__")
+
+
+def _key_value(name: str, typ: type):
+    """An argparse type for a key: its type, then its declared rule, or one usage error naming the key."""
+    def parse(text: str):
+        try:
+            value = typ(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {typ.__name__} ({name})") from None
+        try:
+            config.check_value(name, value)
+        except config.ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+    return parse
+
+
+def _key_flags(p, cmd: str) -> None:
+    """The command's KEY_FLAGS, each typed, checked and documented by its key's declaration."""
+    for flag, name in KEY_FLAGS.get(cmd, ()):
+        f, typ = config.declaration(name)
+        rule, dest = f.metadata.get("rule"), _dest(name)
+        text = f"{f.metadata['doc']} (config key {name}; default {f.default!r})"
+        if typ is bool:
+            p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
+            continue
+        choices = rule.choices if rule else None
+        p.add_argument(flag, dest=dest, type=_key_value(name, typ), choices=choices, default=None, help=text,
+                       metavar=None if choices else name.rsplit(".", 1)[-1].upper())
+
+
+def _executor(p, cmd: str, choices=tuple(executors.EXECUTORS)) -> None:
+    p.add_argument("--executor", default=EXECUTOR_DEFAULTS[cmd], choices=choices,
+                   help="where the job runs: " + executors.describe(choices))
+
+
 def _config_options(p) -> None:
     p.add_argument("--config", help="TOML config (see slurm/example.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -230,43 +274,32 @@ def _config_options(p) -> None:
 def _add_job_commands(sub) -> None:
     """preprocess, dataset, train, postprocess: the three jobs and the dataset tools."""
     p = sub.add_parser("preprocess", help="pack images or volumes into verified HDF5 shards")
-    p.add_argument("src", type=Path)
-    p.add_argument("out", type=Path)
-    p.add_argument("--resolution", type=int, choices=config.RESOLUTIONS)
-    p.add_argument("--layout", choices=config.LAYOUTS)
-    p.add_argument("--skip-bad", action="store_true", help="skip bad files and record them, instead of failing")
-    p.add_argument("--tasks", type=_count(1), default=1, help="array tasks (parallel shard writers)")
-    p.add_argument("--task", type=_count(0), help="run only array task TASK (0 to TASKS-1) of --tasks (no seal); "
-                   "for sbatch arrays")
+    p.add_argument("src", type=Path, help="the source: the OASIS PNG release, raw OASIS-1 sessions, or images")
+    p.add_argument("out", type=Path, help="the dataset directory to write (data.dataset)")
+    _key_flags(p, "preprocess")
+    p.add_argument("--task", type=_count(0), help="run only array task TASK (0 to TASKS-1) of --tasks, no seal; "
+                   "for plain sbatch arrays (slurm/preprocess.sbatch)")
+    p.add_argument("--packing", type=_packing_name, help="with --task and --seal: the packing's name, the same "
+                   "for every task of a plain sbatch array")
     p.add_argument("--seal", action="store_true", help="only verify the shards and write manifest.json")
-    p.add_argument("--shard-size", type=int)
-    p.add_argument("--slices", type=int,
-                   help="raw volumes: axial slices per volume, spread over the brain (default 32)")
-    p.add_argument("--slice-range", help="raw volumes: take them from RAS axial voxels a:b, not the brain's extent")
-    p.add_argument("--executor", default="inprocess", choices=config.EXECUTORS,
-                   help=EXECUTOR_HELP)
+    _executor(p, "preprocess")
     _config_options(p)
     p.set_defaults(fn=cmd_preprocess)
 
     p = sub.add_parser("dataset", help="inspect or verify a packed dataset")
-    p.add_argument("action", choices=("info", "verify"))
-    p.add_argument("dir")
+    p.add_argument("action", choices=("info", "verify"), help="info: counts and a contact sheet; verify: re-hash")
+    p.add_argument("dir", help="the dataset directory (holding manifest.json)")
     p.add_argument("--sheet", help="contact sheet PNG path (info; default DIR/contact_sheet.png)")
     p.set_defaults(fn=cmd_dataset)
 
     p = sub.add_parser("train", help="train (or resume) a run")
-    p.add_argument("dataset")
-    p.add_argument("run_dir")
-    p.add_argument("--resolution", type=int, choices=config.RESOLUTIONS)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--ranks", type=_count(1), help="Horovod ranks (one node)")
-    p.add_argument("--executor", default="auto", choices=config.EXECUTORS, help=EXECUTOR_HELP)
-    p.add_argument("--deterministic", action="store_true")
-    p.add_argument("--verify-data", action="store_true",
-                   help="re-hash every shard at start (sha256), not only check sizes and headers")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-every-steps", type=int)
+    p.add_argument("dataset", help="the packed dataset (data.dataset)")
+    p.add_argument("run_dir", help="the run directory: new, or one to resume (run_dir)")
+    p.add_argument("--resolution", type=int, help="check: the dataset must hold this size (it decides the model)")
+    _key_flags(p, "train")
+    p.add_argument("--ranks", type=_count(1), help="Horovod ranks on one node (sets cluster.nodes=1 and "
+                   "cluster.tasks_per_node)")
+    _executor(p, "train")
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
     p.add_argument("--restart", action="store_true",
                    help="start afresh: move RUN_DIR's checkpoints and record to RUN_DIR/set-aside/ first")
@@ -274,45 +307,49 @@ def _add_job_commands(sub) -> None:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("postprocess", help="metrics, figures, GIF and report for a run")
-    p.add_argument("run_dir")
-    p.add_argument("--dataset")
-    p.add_argument("--batches", type=int)
-    p.add_argument("--executor", default="inprocess", choices=config.EXECUTORS,
-                   help=EXECUTOR_HELP)
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("--dataset", help="the dataset to compare against (default: the run's)")
+    _key_flags(p, "postprocess")
+    _executor(p, "postprocess")
     _config_options(p)  # on top of the run's own config (its options.json)
     p.set_defaults(fn=cmd_postprocess)
+
+
+def _packing_name(text: str) -> str:
+    if not PACKING_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '_', '.', '-' only (at most 64)")
+    return text
 
 
 def _add_tool_commands(sub) -> None:
     """submit, status, collect, generate, sample-data, demo: around the jobs."""
     p = sub.add_parser("submit", help="submit preprocess -> train -> postprocess (-> collect) as chained jobs")
-    p.add_argument("config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("config", help="the TOML config (start from slurm/example.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the config and sbatch scripts; submit nothing")
-    p.add_argument("--executor", default="auto", choices=[e for e in config.EXECUTORS if e != "inprocess"])
-    p.add_argument("--cluster", choices=("dev",), help="use this repository's dev Slurm cluster")
+    _key_flags(p, "submit")
     p.add_argument("--collect", metavar="DEST", help="also chain a collect job copying results to DEST")
     p.add_argument("--wait", action="store_true", help="wait for every stage (always so with the local executor)")
     p.set_defaults(fn=cmd_submit)
 
     p = sub.add_parser("status", help="where a run stands")
-    p.add_argument("run")
-    p.add_argument("--cluster", choices=("dev",))
+    p.add_argument("run", help="the run directory")
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("collect", help="copy a run's results off scratch, verified")
-    p.add_argument("run")
-    p.add_argument("dest")
+    p.add_argument("run", help="the run directory (on scratch)")
+    p.add_argument("dest", help="where the results go (a directory; made if missing)")
     p.add_argument("--include-checkpoints", action="store_true")
     p.add_argument("--update", action="store_true",
                    help="refresh an earlier collection of this run (it went on): replace the files that changed")
     p.set_defaults(fn=cmd_collect)
 
     p = sub.add_parser("generate", help="PNG samples from a trained generator")
-    p.add_argument("run_or_model")
-    p.add_argument("-n", type=int, default=16)
-    p.add_argument("out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("run_or_model", help="a finished run directory, or a generator .keras file")
+    p.add_argument("-n", type=_count(1), default=16, help="how many images")
+    p.add_argument("out", help="the directory the PNGs go to")
+    p.add_argument("--seed", type=_count(0), default=0)
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("config", help="print every config key with its doc: resolved from --config/--set, or the "
@@ -322,20 +359,22 @@ def _add_tool_commands(sub) -> None:
     p.set_defaults(fn=cmd_config)
 
     p = sub.add_parser("sample-data", help="write offline sample brains in an OASIS layout")
-    p.add_argument("out")
-    p.add_argument("--layout", choices=("oasis-png", "oasis-raw"), default="oasis-png")
-    p.add_argument("--cases", type=int, nargs=3, default=[24, 4, 4], metavar=("TRAIN", "VALIDATE", "TEST"))
+    p.add_argument("out", help="the directory to write them to")
+    p.add_argument("--layout", choices=(layouts.PNG, layouts.RAW), default=layouts.PNG)
+    p.add_argument("--cases", type=_count(1), nargs=3, default=[24, 4, 4], metavar=("TRAIN", "VALIDATE", "TEST"))
     p.add_argument("--format", choices=("analyze", "nifti", "nifti-gz", "nifti-lia", "nifti-gz-lia"),
-                   default="analyze", help="oasis-raw: the volumes' file format and voxel order")
-    p.add_argument("--discs", type=int, default=0, help="oasis-raw: deal the sessions into disc1/ ... discN/")
-    p.add_argument("--rescans", type=int, default=0, help="oasis-raw: this many subjects also get an MR2 session")
-    p.add_argument("--seed", type=int, default=0)
+                   default="analyze", help=f"{layouts.RAW}: the volumes' file format and voxel order")
+    p.add_argument("--discs", type=_count(0), default=0, help=f"{layouts.RAW}: deal the sessions into disc1/ ... "
+                   "discN/")
+    p.add_argument("--rescans", type=_count(0), default=0,
+                   help=f"{layouts.RAW}: this many subjects also get an MR2 session")
+    p.add_argument("--seed", type=_count(0), default=0)
     p.set_defaults(fn=cmd_sample_data)
 
     p = sub.add_parser("demo", help="the whole pipeline on sample data, 64x64, 2 ranks")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--epochs", type=_count(1), help="default: the demo preset's (40)")
-    p.add_argument("--cluster", choices=("dev",), help="run through the dev Slurm cluster instead of locally")
+    _executor(p, "demo", executors.QUEUED)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override on top of the demo's (repeatable), e.g. train.adam_beta1=0.5")
     p.set_defaults(fn=cmd_demo)

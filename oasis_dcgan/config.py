@@ -18,11 +18,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .launch.executors import AUTO, QUEUED, describe as describe_executors
+from .prep.layouts import AUTO_LAYOUT, LAYOUTS
+from .prep.manifest import SPLITS
+
 RESOLUTIONS = (32, 64, 128, 256)
-LAYOUTS = ("auto", "oasis-png", "oasis-raw", "folder")
-EXECUTORS = ("auto", "local", "slurm", "inprocess")
 PRECISIONS = ("fp32", "bf16", "fp16")
-SPLITS = ("train", "validate", "test")
 SEED_MAX = 2 ** 32 - 1
 # Slurm's own names (partitions, accounts, QOS): letters, digits and a few marks, never a space,
 # a quote or a newline, since they land in #SBATCH lines of a generated script.
@@ -35,13 +36,15 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    """A key's check: a test on the value and what the value must be, in words."""
+    """A key's check: a test on the value and what the value must be, in words (and, for a key
+    with a fixed set of values, the set: the CLI offers it as the flag's choices)."""
     test: typing.Callable[[typing.Any], bool]
     text: str
+    choices: tuple | None = None
 
 
 def one_of(*choices) -> Rule:
-    return Rule(lambda v: v in choices, "must be one of " + ", ".join(map(str, choices)))
+    return Rule(lambda v: v in choices, "must be one of " + ", ".join(map(str, choices)), choices)
 
 
 def at_least(low) -> Rule:
@@ -75,7 +78,8 @@ def key(default, doc: str, rule: Rule | None = None, recipe: bool = False):
 class DataConfig:
     source: str = key("", "the OASIS PNG release, a raw OASIS-1 tree, or any folder of images")
     dataset: str = key("", "the packed HDF5 dataset: written by preprocess, read by train and postprocess")
-    layout: str = key("auto", "how source is laid out; auto detects it", one_of(*LAYOUTS))
+    layout: str = key(AUTO_LAYOUT, f"how source is laid out: {', '.join(LAYOUTS)} (prep/layouts.py), or "
+                      f"{AUTO_LAYOUT} to detect it", one_of(AUTO_LAYOUT, *LAYOUTS))
     resolution: int = key(256, "image side in pixels: 256 is the seed's; smaller by area resampling",
                           one_of(*RESOLUTIONS))
     shard_size: int = key(2048, "images per HDF5 shard", at_least(1))
@@ -174,8 +178,7 @@ class MetricsConfig:
 
 @dataclass
 class ClusterConfig:
-    executor: str = key("auto", "auto (Slurm when a controller answers, else local), local or slurm",
-                        one_of(*EXECUTORS))
+    executor: str = key(AUTO, "where the pipeline's jobs run: " + describe_executors(QUEUED), one_of(*QUEUED))
     partition: str = key("", "Slurm partition (empty: the site's default)", BATCH_NAME)
     account: str = key("", "Slurm account", BATCH_NAME)
     qos: str = key("", "Slurm QOS", BATCH_NAME)
@@ -236,6 +239,28 @@ def declared(cfg: Config) -> typing.Iterator[tuple[str, dataclasses.Field, typin
                 yield f"{f.name}.{g.name}", g, getattr(value, g.name)
         else:
             yield f.name, f, value
+
+
+def declaration(name: str) -> tuple[dataclasses.Field, type]:
+    """A dotted key's declaration and its type; a ConfigError for a key that is not declared."""
+    section, _, leaf = name.rpartition(".")
+    owner = type(getattr(Config(), section, None)) if section else Config
+    fields = {f.name: f for f in dataclasses.fields(owner)} if dataclasses.is_dataclass(owner) else {}
+    typ = typing.get_type_hints(owner).get(leaf) if leaf in fields else None
+    if typ is None or dataclasses.is_dataclass(typ):
+        raise ConfigError(f"{name}: unknown key")
+    return fields[leaf], typ
+
+
+def check_value(name: str, value) -> None:
+    """One key's value against its declaration: a ConfigError naming the key, or nothing."""
+    f, typ = declaration(name)
+    _check(name, f, _coerce(name, value, typ))
+
+
+def set_key(cfg: "Config", name: str, value) -> None:
+    """Set a dotted key, checking its type (the cross-key rules run in validate())."""
+    _apply(cfg, _nest(name, value))
 
 
 def _check(name: str, f: dataclasses.Field, value) -> None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import config, fsutil, rundir
-from .launch import pipeline
+from .launch import executors, pipeline
 from .logs import format_seconds
 from .prep import sample_data
 
@@ -42,7 +42,7 @@ class TrainingWatch:
                  f"G {rec['g_loss']:.3f}  D {rec['d_loss']:.3f}  samples: {grid}")
 
 
-def run(out: Path, executor: str = "local", epochs: int | None = None, overrides: list[str] | None = None) -> int:
+def run(out: Path, executor: str = executors.LOCAL, epochs: int | None = None, overrides: list[str] | None = None) -> int:
     """The demo preset (oasis_dcgan/presets/demo.toml) on sample brains; `epochs` and `overrides` on top."""
     t0 = time.time()
     out = out.resolve()

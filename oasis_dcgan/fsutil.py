@@ -10,8 +10,10 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -184,3 +186,86 @@ def remove_stale_temps(directory: str | os.PathLike, name: str = "") -> int:
                     p.unlink()
             n += 1
     return n
+
+
+# ----------------------------------------------------------------------------- lock files
+
+def link_claim(path: Path, record: dict) -> bool:
+    """Take the lock file `path` holding `record`, the NFS-safe way: the record is written and
+    fsynced to a claim file of its own, then link()ed to `path`, which succeeds whole or fails
+    because a lock exists. A lock is therefore never empty or half-written. True: taken.
+    An OSError from writing the claim (a full disk) is the caller's to word."""
+    fd, claim = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(claim, path)
+            return True
+        except FileExistsError:
+            # On NFS a link() whose reply was lost reports failure after it succeeded.
+            return os.stat(claim).st_nlink == 2
+        except FileNotFoundError:  # another taker's start swept our claim file: try again
+            return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(claim)
+
+
+def read_claim(path: Path) -> tuple[dict, float] | None:
+    """A lock's record ({} when unreadable) and the seconds since it was last touched; None: no lock."""
+    try:
+        age = time.time() - path.stat().st_mtime
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError):
+        record = {}
+    return (record if isinstance(record, dict) else {}), age
+
+
+def break_claim(path: Path, stale: dict) -> None:
+    """Move a stale lock away by rename (one taker wins); if what moved was not the stale lock
+    but a new holder's, put it back."""
+    moved = path.with_name(f"{path.name}.{secrets.token_hex(6)}.broken.tmp")
+    try:
+        os.rename(path, moved)
+    except FileNotFoundError:
+        return
+    try:
+        taken = (read_claim(moved) or ({}, 0))[0]
+        if taken != stale and taken:
+            with contextlib.suppress(FileExistsError):
+                os.link(moved, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(moved)
+
+
+# ----------------------------------------------------------------------------- lock holders
+
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, started: str | None = None) -> bool:
+    """The process is running, and is the one that took the lock (not a reuse of its pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    if fields[0] in ("Z", "X"):  # killed, not yet reaped
+        return False
+    return started is None or fields[19] == started

@@ -48,7 +48,7 @@ ATTEMPTS = "attempts"
 REQUEUES = "requeues.jsonl"
 JOBS = "jobs.json"
 REPORT = "report"
-SLURM = "slurm"
+JOB_LOGS = "job-logs"  # submitit's folder: each job's scripts, logs and results
 SET_ASIDE = "set-aside"
 LOCK = ".lock"
 RENDEZVOUS = ".rendezvous"
@@ -100,7 +100,7 @@ class RunDir:
     requeues = property(lambda self: self.path / REQUEUES)
     jobs = property(lambda self: self.path / JOBS)
     report = property(lambda self: self.path / REPORT)
-    slurm = property(lambda self: self.path / SLURM)
+    job_logs = property(lambda self: self.path / JOB_LOGS)
     lock = property(lambda self: self.path / LOCK)
     rendezvous = property(lambda self: self.path / RENDEZVOUS)
 

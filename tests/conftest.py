@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from oasis_dcgan.config import DataConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +37,7 @@ def dataset32(png_release, tmp_path_factory) -> Path:
     from oasis_dcgan.prep import pack
 
     out = tmp_path_factory.mktemp("ds32")
-    pack.preprocess(png_release, out, resolution=32, shard_size=64, log=lambda *a: None)
+    pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=64), log=lambda *a: None)
     return out
 
 
@@ -46,7 +47,7 @@ def dataset256(png_release, tmp_path_factory) -> Path:
     from oasis_dcgan.prep import pack
 
     out = tmp_path_factory.mktemp("ds256")
-    pack.preprocess(png_release, out, resolution=256, shard_size=64, log=lambda *a: None)
+    pack.preprocess(png_release, out, DataConfig(resolution=256, shard_size=64), log=lambda *a: None)
     return out
 
 

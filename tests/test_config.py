@@ -5,6 +5,8 @@ import pytest
 from oasis_dcgan import config
 from oasis_dcgan.config import ConfigError
 
+from .conftest import REPO
+
 
 def test_defaults_are_the_seeds_settings():
     c = config.Config()
@@ -116,3 +118,52 @@ def test_postprocess_takes_the_runs_own_config_with_overrides_on_top(tmp_path):
     fsutil.write_json(rundir.RunDir(tmp_path).options, {"config": run_cfg.to_dict()})
     _, cfg = report.load_run(tmp_path, overrides=("metrics.batches=5",))
     assert (cfg.cluster.account, cfg.cluster.partition, cfg.metrics.batches) == ("lab7", "gpu", 5)
+
+
+def test_each_layout_and_executor_name_is_a_literal_in_its_registry_only():
+    """Everything else (the config's choices, the CLI's, the packer, the pipeline) derives from the
+    registry, so a name written twice is a seam this test finds."""
+    import ast
+    import io
+    import tokenize
+
+    from oasis_dcgan.launch import executors
+    from oasis_dcgan.prep import layouts
+
+    home = {**{n: "prep/layouts.py" for n in layouts.LAYOUTS},
+            # "auto" is a choice of both registries (detect the layout; pick the executor), not an executor
+            **{n: "launch/executors.py" for n in executors.EXECUTORS if n != executors.AUTO}}
+    found: dict = {n: set() for n in home}
+    package = REPO / "oasis_dcgan"
+    for path in package.rglob("*.py"):
+        for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            if tok.type == tokenize.STRING:
+                try:
+                    value = ast.literal_eval(tok.string)
+                except (ValueError, SyntaxError):
+                    continue
+                if isinstance(value, str) and value in found:
+                    found[value].add(path.relative_to(package).as_posix())
+    assert found == {n: {m} for n, m in home.items()}
+
+
+def test_the_cli_flags_take_type_choices_help_and_checks_from_the_keys(capsys):
+    from oasis_dcgan import cli
+
+    ap = cli.build_parser()
+    for cmd, flags in cli.KEY_FLAGS.items():
+        for flag, name in flags:
+            f, _ = config.declaration(name)  # every flag names a declared key
+            assert f.metadata["doc"], name
+    text = ap._subparsers._group_actions[0].choices["preprocess"].format_help()
+    assert "data.shard_size" in text and "images per HDF5 shard" in text and "{32,64,128,256}" in text
+    with pytest.raises(SystemExit) as e:
+        cli.main(["preprocess", "src", "out", "--shard-size", "0"])
+    assert e.value.code == 2 and "data.shard_size = 0: must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "ds", "run", "--seed", "-3"])
+    assert e.value.code == 2 and "train.seed = -3" in capsys.readouterr().err
+    args = ap.parse_args(["submit", "c.toml", "--executor", "slurm"])
+    assert getattr(args, cli._dest("cluster.executor")) == "slurm"
+    with pytest.raises(SystemExit):
+        ap.parse_args(["submit", "c.toml", "--executor", "inprocess"])  # a pipeline's stages must be jobs

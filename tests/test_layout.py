@@ -9,6 +9,10 @@ PKG = Path(__file__).resolve().parent.parent / "oasis_dcgan"
 # Lower layers never import higher ones: base < prep < training < post < launch < cli/demo.
 LAYERS = {"prep": 1, "training": 2, "post": 3, "launch": 4, "cli": 5, "demo": 5}
 MAX_FUNCTION_LINES = 80
+# What the config's declarations offer as choices: the registries of layouts and executors
+# (data.layout, cluster.executor) and the dataset format's splits (metrics.split). config.py, at
+# the base, may import these, so they never import the config (the cycle check holds them to it).
+REGISTRIES = {"oasis_dcgan.prep.layouts", "oasis_dcgan.launch.executors", "oasis_dcgan.prep.manifest"}
 
 
 def modules() -> dict[str, Path]:
@@ -45,7 +49,8 @@ def imports(module: str, path: Path) -> set[str]:
 
 
 def test_no_module_imports_a_layer_above_it():
-    bad = [f"{m} imports {i}" for m, p in modules().items() for i in imports(m, p) if layer(i) > layer(m)]
+    bad = [f"{m} imports {i}" for m, p in modules().items() for i in imports(m, p) if layer(i) > layer(m)
+           and not (m == "oasis_dcgan.config" and i in REGISTRIES)]
     assert not bad, "\n".join(bad)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from oasis_dcgan import config
-from oasis_dcgan.post import figures, report
+from oasis_dcgan.post import checks, figures, report
 
 FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png",
         "nn_ssim.png")
@@ -119,17 +119,17 @@ def _checks(gen, held, div_gen, div_real):
 
 
 def test_readings_say_which_way_each_check_points():
-    copying, alike = report.readings(_checks(0.95, 0.87, 0.50, 0.50))
+    copying, alike = checks.readings(_checks(0.95, 0.87, 0.50, 0.50))
     assert "sign of copying" in copying and "no sign" not in copying and "+0.080" in copying
     assert "vary as much" in alike and "ratio 1.00" in alike
-    near, collapsed = report.readings(_checks(0.84, 0.87, 0.60, 0.50))
+    near, collapsed = checks.readings(_checks(0.84, 0.87, 0.60, 0.50))
     assert "as close to the training images as unseen brains are" in near
     assert "more alike" in collapsed and "ratio 1.20" in collapsed
-    far, noisy = report.readings(_checks(0.70, 0.87, 0.40, 0.50))
+    far, noisy = checks.readings(_checks(0.70, 0.87, 0.40, 0.50))
     assert "no sign of copying" in far and "-0.170" in far
     assert "less alike" in noisy and "3 scales" in noisy and "0.450-0.520" in noisy and "0.390-0.410" in noisy
     only_diversity = _checks(0.70, None, 0.40, 0.50)
-    assert len(report.readings(only_diversity)) == 1  # no held-out split: no baseline to read against
+    assert len(checks.readings(only_diversity)) == 1  # no held-out split: no baseline to read against
 
 
 def test_markdown_markers_keep_spaces_outside():

@@ -16,9 +16,11 @@ import pytest
 
 from oasis_dcgan import config, rundir
 from oasis_dcgan.launch import retry, status
+from oasis_dcgan.training.distributed import NO_JOB
 from oasis_dcgan.post import report
 from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.training import trainer
+from oasis_dcgan.config import DataConfig
 
 pytestmark = pytest.mark.fault
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +70,7 @@ def test_extending_a_finished_run_then_a_stop_is_a_stop_not_a_finish(dataset32, 
     assert proc.wait(300) == 143
     state = RunDir(run).read_state()
     assert state["state"] == "stopped" and "SIGUSR2" in state["reason"]
-    d = retry.decide(run, "local", 0, 143, max_requeues=5)
+    d = retry.decide(run, NO_JOB, 0, 143, max_requeues=5)
     assert d.action == "requeue" and not d.counted, "a stop during an extension is requeued, uncounted"
     assert "stopped" in status.status(run) and "finished" not in status.status(run).split("training", 1)[1]
     m = report.postprocess(run, log=lambda *a: None)
@@ -110,7 +112,7 @@ def test_a_dataset_of_another_size_is_taken_on_when_allowed(dataset32, png_relea
 
     src, other = tmp_path / "src", tmp_path / "ds-other"
     sample_data.write_png_release(src, cases=(5, 2, 2), slices=32, resolution=64, seed=2, log=lambda *a: None)
-    pack.preprocess(src, other, resolution=32, shard_size=64, log=lambda *a: None)
+    pack.preprocess(src, other, DataConfig(resolution=32, shard_size=64), log=lambda *a: None)
     run = tmp_path / "run"
     steps = ["train.checkpoint_every_steps=1", "train.keep_checkpoints=10"]
     trainer.run(cfg_for(dataset32, run, "train.epochs=1", *steps), log_to_stdout=False)

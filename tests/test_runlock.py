@@ -32,7 +32,7 @@ def sleeper():
 
 def plant(run, *, job_id="9", attempt=0, host=None, pid=None, age_s=0.0, start=None):
     holder = {"job_id": job_id, "attempt": attempt, "host": host or platform.node(), "pid": pid,
-              "pid_start": start if start is not None else (runlock._start_time(pid) if pid else None),
+              "pid_start": start if start is not None else (runlock.start_time(pid) if pid else None),
               "token": "planted", "since": time.time() - age_s}
     path = RunDir(run).lock
     path.write_text(json.dumps(holder))

@@ -7,6 +7,7 @@ import pytest
 from oasis_dcgan.prep import layouts, pack, pixels, sample_data
 from oasis_dcgan.prep.manifest import DataError
 from oasis_dcgan.prep.reader import ShardReader
+from oasis_dcgan.config import DataConfig
 
 quiet = {"log": lambda *a: None}
 
@@ -40,8 +41,8 @@ def sessions_on_disk(root):
 def test_every_disc_is_read_and_a_subjects_sessions_share_a_split(raw_tree, tmp_path):
     assert sorted(p.name for p in raw_tree.iterdir() if p.is_dir()) == ["disc1", "disc2", "disc3"]
     assert layouts.detect_layout(raw_tree) == ("oasis-raw", raw_tree)
-    m = pack.preprocess(raw_tree, tmp_path / "ds", resolution=32, shard_size=64,
-                        split_fractions=(0.6, 0.2, 0.2), split_seed=7, **quiet)
+    data = DataConfig(resolution=32, shard_size=64, split_fractions=[0.6, 0.2, 0.2], split_seed=7)
+    m = pack.preprocess(raw_tree, tmp_path / "ds", data, **quiet)
     sessions = sessions_on_disk(raw_tree)
     assert len(sessions) == 6 and sum(m["counts"].values()) == 6 * 32
     rescanned = [s[:-4] for s in sessions if s.endswith("_MR2")]
@@ -59,11 +60,11 @@ def test_every_disc_is_read_and_a_subjects_sessions_share_a_split(raw_tree, tmp_
     assert sum(v["sessions"] for v in m["summary"].values()) == 6
     assert m["options"]["rescans"] == "keep" and m["options"]["orientation"].startswith("RAS")
     # seeded: the same seed gives the same split
-    assert pack.plan(raw_tree, resolution=32, split_fractions=(0.6, 0.2, 0.2), split_seed=7).split_assignment == assign
+    assert pack.plan(raw_tree, data).split_assignment == assign
 
 
 def test_rescans_can_be_dropped_and_the_manifest_says_so(raw_tree, tmp_path):
-    m = pack.preprocess(raw_tree, tmp_path / "ds", resolution=32, slices=4, rescans="drop", **quiet)
+    m = pack.preprocess(raw_tree, tmp_path / "ds", DataConfig(resolution=32, slices=4, rescans="drop"), **quiet)
     cases = {x["case"] for split in m["splits"] for x in metadata(tmp_path / "ds", split)}
     assert len(cases) == 5 and not any(c.endswith("_MR2") for c in cases)
     assert m["ignored"]["rescans"] == 1 and m["options"]["rescans"] == "drop"
@@ -75,19 +76,19 @@ def test_a_session_unpacked_twice_is_refused_naming_both_copies(raw_tree, tmp_pa
     one = next((tree / "disc1").iterdir())
     shutil.copytree(one, tree / "disc2" / one.name)
     with pytest.raises(DataError, match="more than once") as e:
-        pack.plan(tree, resolution=32)
+        pack.plan(tree, DataConfig(resolution=32))
     assert str(tree / "disc1" / one.name) in str(e.value) and str(tree / "disc2" / one.name) in str(e.value)
 
 
 def test_slices_spread_over_the_brain_without_empty_ends(raw_tree, tmp_path):
-    m = pack.preprocess(raw_tree, tmp_path / "ds", resolution=32, shard_size=64, **quiet)
+    m = pack.preprocess(raw_tree, tmp_path / "ds", DataConfig(resolution=32, shard_size=64), **quiet)
     assert "spread evenly" in m["options"]["slice_selection"]
     for split in m["splits"]:
         rows = metadata(tmp_path / "ds", split)
         for case in {x["case"] for x in rows}:
             ks = [x["slice"] for x in rows if x["case"] == case]
             assert ks == m["volume_slices"][case]
-            vol = pixels.canonical_volume(rows[[x["case"] for x in rows].index(case)]["source"])
+            vol = pixels.canonical_volume(rows[[x["case"] for x in rows].index(case)]["source"], DataConfig().max_anisotropy)
             area = (vol > 0).sum(axis=(0, 1))
             brain = np.flatnonzero(area)
             gaps = np.diff(ks)
@@ -98,21 +99,21 @@ def test_slices_spread_over_the_brain_without_empty_ends(raw_tree, tmp_path):
 
 def test_slice_count_range_and_spacing_are_configurable():
     area = np.r_[np.zeros(10), np.full(2, 5.0), np.full(100, 100.0), np.full(3, 2.0), np.zeros(5)]
-    assert pixels.choose_slices(area, 3) == [12, 62, 111]
-    assert pixels.choose_slices(area, 4, spacing=10) == [46, 56, 66, 76]
-    assert pixels.choose_slices(area, 32, slice_range="60:70") == list(range(60, 70))
-    assert pixels.choose_slices(area, 2, slice_range="60:70") == [60, 69]
+    assert pixels.choose_slices(area, 3, "", 0, 0.1) == [12, 62, 111]
+    assert pixels.choose_slices(area, 4, "", 10, 0.1) == [46, 56, 66, 76]
+    assert pixels.choose_slices(area, 32, "60:70", 0, 0.1) == list(range(60, 70))
+    assert pixels.choose_slices(area, 2, "60:70", 0, 0.1) == [60, 69]
     with pytest.raises(DataError, match="fewer than the 200"):
-        pixels.choose_slices(area, 200)
+        pixels.choose_slices(area, 200, "", 0, 0.1)
     with pytest.raises(DataError, match="outside the volume"):
-        pixels.choose_slices(area, 4, slice_range="100:130")
+        pixels.choose_slices(area, 4, "100:130", 0, 0.1)
 
 
 def test_ras_and_lia_storage_of_one_brain_pack_identically(tmp_path):
     for fmt in ("nifti", "nifti-lia", "analyze"):
         sample_data.write_raw_release(tmp_path / fmt, subjects=1, seed=11, fmt=fmt, **quiet)
-        pack.preprocess(tmp_path / fmt, tmp_path / f"ds-{fmt}", resolution=32, slices=8,
-                        split_fractions=(1, 0, 0), **quiet)
+        pack.preprocess(tmp_path / fmt, tmp_path / f"ds-{fmt}",
+                        DataConfig(resolution=32, slices=8, split_fractions=[1.0, 0.0, 0.0]), **quiet)
     import nibabel as nib
 
     (lia,) = (tmp_path / "nifti-lia").rglob("*.nii")
@@ -142,12 +143,12 @@ def test_volumes_that_are_not_3d_or_far_from_isotropic_are_named(tmp_path):
     flat = _session(tmp_path, "OAS1_0002_MR1", vol, (1, 1, 3))
     movie = _session(tmp_path, "OAS1_0003_MR1", np.stack([vol, vol], axis=-1), (1, 1, 1))
     with pytest.raises(DataError) as e:
-        pack.plan(tmp_path, resolution=32, slices=4)
+        pack.plan(tmp_path, DataConfig(resolution=32, slices=4))
     msg = str(e.value)
     assert f"{flat}: voxel sizes 1 x 1 x 3 mm are far from isotropic" in msg
     assert f"{movie}: wrong dimensionality" in msg
     assert "OAS1_0001" not in msg
-    p = pack.plan(tmp_path, resolution=32, slices=4, max_anisotropy=3.5, skip_bad=True)
+    p = pack.plan(tmp_path, DataConfig(resolution=32, slices=4, max_anisotropy=3.5, skip_bad=True))
     assert len(p.units) == 2 and p.skipped[0]["path"] == str(movie)
 
 
@@ -158,6 +159,6 @@ def test_a_png_case_in_two_splits_is_refused_unless_allowed(tmp_path):
     for f in train.glob(f"case_{case}_slice_*"):
         shutil.copy(f, root / "keras_png_slices_test" / f.name)
     with pytest.raises(DataError, match=f"case {case}: train, test"):
-        pack.plan(tmp_path / "src", resolution=32)
-    p = pack.plan(tmp_path / "src", resolution=32, allow_shared_cases=True)
+        pack.plan(tmp_path / "src", DataConfig(resolution=32))
+    p = pack.plan(tmp_path / "src", DataConfig(resolution=32, allow_shared_cases=True))
     assert p.options["allow_shared_cases"] and p.summary["test"] == {"cases": 2}

@@ -17,6 +17,7 @@ from oasis_dcgan.prep import manifest, pack
 from oasis_dcgan.prep.manifest import DataError
 from oasis_dcgan.training import trainer
 from oasis_dcgan.training.checkpoint import CheckpointError
+from oasis_dcgan.config import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
 quiet = {"log": lambda *a: None}
@@ -34,12 +35,12 @@ def no_temps(root: Path) -> bool:
 
 @pytest.mark.fault
 def test_a_full_disk_in_preprocess_says_what_is_intact_and_a_rerun_finishes(png_release, tmp_path, small_disk):
-    pack.preprocess(png_release, tmp_path / "full", resolution=32, shard_size=32, **quiet)
+    pack.preprocess(png_release, tmp_path / "full", DataConfig(resolution=32, shard_size=32), **quiet)
     need = sum(f.stat().st_size for f in (tmp_path / "full").rglob("*") if f.is_file()) // 1024
     disk = small_disk(need * 6 // 10)
     out = disk / "ds"
     with pytest.raises(DataError) as e:
-        pack.preprocess(png_release, out, resolution=32, shard_size=32, **quiet)
+        pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=32), **quiet)
     msg = str(e.value)
     assert "\n" not in msg and "No space left on device" in msg and str(out) in msg and "is complete and kept" in msg
     assert no_temps(out)
@@ -49,7 +50,7 @@ def test_a_full_disk_in_preprocess_says_what_is_intact_and_a_rerun_finishes(png_
         rec = fsutil.read_json(out / pack.TASK_DIR / (shard.name + ".json"))
         assert fsutil.sha256_file(shard) == rec["sha256"]
     small_disk.resize(disk, need * 2)
-    m = pack.preprocess(png_release, out, resolution=32, shard_size=32, **quiet)
+    m = pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=32), **quiet)
     assert m["counts"] == {"train": 192, "validate": 64, "test": 64} and manifest.verify(out) == []
 
 
@@ -57,17 +58,18 @@ def test_a_full_disk_in_preprocess_says_what_is_intact_and_a_rerun_finishes(png_
 def test_a_failed_shard_write_never_removes_the_complete_shard_already_there(png_release, small_disk):
     disk = small_disk(4096)
     out = disk / "ds"
-    pack.preprocess(png_release, out, resolution=32, shard_size=64, **quiet)
+    pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=64), **quiet)
     shard = sorted(out.glob("train-*.h5"))[0]
     before = fsutil.sha256_file(shard)
     record = out / pack.TASK_DIR / (shard.name + ".json")
     fsutil.write_json(record, {**fsutil.read_json(record), "inputs_hash": "another writer's"})  # to be rewritten
+    rerun = pack.start(png_release, out, DataConfig(resolution=32, shard_size=64), **quiet)
     with open(disk / "filler", "wb", buffering=0) as f:  # the disk fills up, to its last block
         with pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 4096)
     with pytest.raises(DataError, match="is complete and kept") as e:
-        pack.pack_task(out, 0, 1, **quiet)
+        pack.pack_task(out, 0, 1, rerun.token, **quiet)
     assert shard.name in str(e.value), "the failed write is the rewrite of that shard"
     assert shard.is_file() and fsutil.sha256_file(shard) == before, "the complete shard is still there"
     assert no_temps(out)
@@ -161,7 +163,7 @@ from oasis_dcgan.launch import collect
 from oasis_dcgan.prep import pack
 from oasis_dcgan.training import trainer
 src, work = sys.argv[2], sys.argv[3]
-pack.preprocess(src, work + "/ds", resolution=32, shard_size=64, log=lambda *a: None)
+pack.preprocess(src, work + "/ds", config.DataConfig(resolution=32, shard_size=64), log=lambda *a: None)
 cfg = config.load(None, [f'run_dir="{work}/run"', f'data.dataset="{work}/ds"', "train.epochs=1",
                          "train.batch_size=8", "train.max_steps_per_epoch=1"])
 trainer.run(cfg, log_to_stdout=False)

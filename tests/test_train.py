@@ -13,6 +13,7 @@ import pytest
 from oasis_dcgan import config
 from oasis_dcgan.training import trainer
 from oasis_dcgan.rundir import RunDir
+from oasis_dcgan.config import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--batch-size", "8", "--set", "train.max_steps_per_epoch=6", "--set", "train.intra_op_threads=1",
@@ -242,7 +243,7 @@ def test_a_checkpoint_of_another_model_or_dataset_is_refused_naming_the_key(data
     with pytest.raises(CheckpointError, match="train.noise_dim = 64"):
         trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.noise_dim=64"), log_to_stdout=False)
     other = tmp_path / "other"
-    pack.preprocess(png_release, other, resolution=32, shard_size=50, log=lambda *a: None)
+    pack.preprocess(png_release, other, DataConfig(resolution=32, shard_size=50), log=lambda *a: None)
     with pytest.raises(CheckpointError, match="allow_dataset_change"):
         trainer.run(cfg_for(other, run, "train.epochs=2"), log_to_stdout=False)
     s = trainer.run(cfg_for(other, run, "train.epochs=2", "train.allow_dataset_change=true"), log_to_stdout=False)

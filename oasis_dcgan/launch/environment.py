@@ -7,13 +7,8 @@ local executor), and hands training a plain `World`.
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
 from ..training.distributed import RendezvousError, World
-
-DEVCLUSTER_DIR = "/var/tmp/oasis-devcluster"
-
 
 def under_submitit() -> bool:
     """Started by submitit, which owns USR2 (it calls the job's checkpoint() on rank 0)."""
@@ -59,16 +54,3 @@ def job_world(rendezvous_dir: str | os.PathLike = "") -> World:
                  node=je.node, num_nodes=nodes, hostnames=hostnames, job_id=str(je.job_id),
                  attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
                  step=os.environ.get("SLURM_STEP_ID", "0"), rendezvous_dir=str(rendezvous_dir))
-
-
-def use_dev_cluster(start: bool = True) -> str:
-    """Point Slurm's commands at this repository's dev cluster, bringing it up first if asked.
-
-    Returns the slurm.conf path now in SLURM_CONF.
-    """
-    script = Path(__file__).resolve().parents[2] / "slurm" / "devcluster"
-    if start and script.is_file():
-        subprocess.run([str(script), "up"], check=True)
-    conf = f"{os.environ.get('OASIS_DEVCLUSTER_DIR', DEVCLUSTER_DIR)}/etc/slurm.conf"
-    os.environ["SLURM_CONF"] = conf
-    return conf

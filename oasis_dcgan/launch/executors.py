@@ -1,4 +1,10 @@
-"""submitit executors sized for each job: Slurm when a controller answers, local otherwise."""
+"""Where a job runs: the executors, each named and described once here, and submitit executors
+sized for each job (Slurm when a controller answers, local otherwise).
+
+The config (cluster.executor) and the CLI's --executor take their choices and help from
+EXECUTORS; every other module names an executor through the constants below. config.py
+reads this module, so it imports nothing of the suite: `cfg` below is a config.Config.
+"""
 from __future__ import annotations
 
 import os
@@ -6,12 +12,29 @@ import shlex
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
-from ..config import Config, ConfigError
+AUTO, LOCAL, SLURM, INPROCESS = "auto", "local", "slurm", "inprocess"
+EXECUTORS = {
+    AUTO: "Slurm when a controller answers, else local",
+    LOCAL: "jobs on this machine, through submitit",
+    SLURM: "sbatch jobs, through submitit",
+    INPROCESS: "this process, no job; what srun-started ranks use",
+}
+QUEUED = (AUTO, LOCAL, SLURM)  # the executors that submit jobs (a pipeline's stages must be jobs)
+
+
+def describe(names: typing.Iterable[str] = tuple(EXECUTORS)) -> str:
+    """The executors in words, for help texts."""
+    return ", ".join(f"{n} ({EXECUTORS[n]})" for n in names)
 
 
 SUBMITIT_TIMEOUTS = 1_000_000
+
+
+class PartitionError(ValueError):
+    """The job asks for more than its partition has: it would pend for good."""
 
 
 def slurm_available() -> bool:
@@ -26,8 +49,8 @@ def slurm_available() -> bool:
 
 
 def resolve_executor(kind: str) -> str:
-    if kind == "auto":
-        return "slurm" if slurm_available() else "local"
+    if kind == AUTO:
+        return SLURM if slurm_available() else LOCAL
     return kind
 
 
@@ -45,7 +68,7 @@ def partitions() -> dict[str, dict]:
     return out
 
 
-def check_partition(cfg: Config, role: str = "train") -> None:
+def check_partition(cfg, role: str = "train") -> None:
     """Refuse, before queueing, a job its partition can never run: it would pend for good
     (PartitionNodeLimit) while the command waited without a word."""
     nodes = _resources(cfg, role)[0]
@@ -54,7 +77,7 @@ def check_partition(cfg: Config, role: str = "train") -> None:
         return
     name = cfg.cluster.partition or next((n for n, f in known.items() if f.get("Default") == "YES"), "")
     if name not in known:
-        raise ConfigError(f"cluster.partition = {name!r}: Slurm has no such partition (it has: "
+        raise PartitionError(f"cluster.partition = {name!r}: Slurm has no such partition (it has: "
                           f"{', '.join(sorted(known))})")
     part = known[name]
     total = int(part.get("TotalNodes", "0") or 0)
@@ -63,12 +86,12 @@ def check_partition(cfg: Config, role: str = "train") -> None:
     if nodes > can:
         fits = [f"{n} ({f.get('TotalNodes')} nodes)" for n, f in sorted(known.items())
                 if int(f.get("TotalNodes", "0") or 0) >= nodes]
-        raise ConfigError(f"cluster.nodes = {nodes}: partition {name!r} has {total} node(s) (MaxNodes={limit}); "
+        raise PartitionError(f"cluster.nodes = {nodes}: partition {name!r} has {total} node(s) (MaxNodes={limit}); "
                           "set cluster.nodes to at most that, or cluster.partition to "
                           + (f"one that has {nodes}: {', '.join(fits)}" if fits else f"one with {nodes} nodes"))
 
 
-def _resources(cfg: Config, role: str) -> tuple[int, int, int, int]:
+def _resources(cfg, role: str) -> tuple[int, int, int, int]:
     """(nodes, tasks per node, GPUs per node, CPUs per task) for a role."""
     c = cfg.cluster
     if role == "train":
@@ -78,7 +101,7 @@ def _resources(cfg: Config, role: str) -> tuple[int, int, int, int]:
     return 1, 1, 0, 1
 
 
-def _train_job_parameters(cfg: Config) -> dict:
+def _train_job_parameters(cfg) -> dict:
     """A dead rank ends the step at once; the batch script then requeues or fails the job (launch/retry.py)."""
     retry = [sys.executable, "-m", "oasis_dcgan.launch.retry", str(Path(cfg.run_dir).resolve()),
              "--max-requeues", str(cfg.cluster.max_requeues)]
@@ -87,7 +110,7 @@ def _train_job_parameters(cfg: Config) -> dict:
                 slurm_teardown=[f"{shlex.join(retry)} --rc $?"])
 
 
-def _slurm_parameters(cfg: Config, dependency: str | None, array: int) -> dict:
+def _slurm_parameters(cfg, dependency: str | None, array: int) -> dict:
     c = cfg.cluster
     extra = {}
     if dependency:
@@ -107,33 +130,33 @@ def _slurm_parameters(cfg: Config, dependency: str | None, array: int) -> dict:
     return params
 
 
-def make_executor(cfg: Config, folder: str | os.PathLike, kind: str, role: str, name: str,
+def make_executor(cfg, folder: str | os.PathLike, kind: str, role: str, name: str,
                   dependency: str | None = None, array: int = 0):
     """A submitit executor for a role: train (the ranks), postprocess (its CPUs), any other (1 CPU)."""
     import submitit
 
     kind = resolve_executor(kind)
-    if kind == "slurm":
+    if kind == SLURM:
         # submitit stops requeueing after this many time-limit stops. A stop is never what limits a
         # run here (cluster.max_requeues counts failures, in launch/retry.py), so the count is
         # set past any run's needs.
-        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=SUBMITIT_TIMEOUTS)
+        ex = submitit.AutoExecutor(folder=str(folder), cluster=SLURM, slurm_max_num_timeout=SUBMITIT_TIMEOUTS)
     else:
-        ex = submitit.AutoExecutor(folder=str(folder), cluster="local")
+        ex = submitit.AutoExecutor(folder=str(folder), cluster=LOCAL)
     nodes, tasks, gpus, cpus = _resources(cfg, role)
-    if kind == "local" and nodes > 1:
+    if kind == LOCAL and nodes > 1:
         raise ValueError(f"cluster.nodes = {nodes}: the local executor runs on one machine; use 1 node "
                          "or run on Slurm")
     params = dict(name=name, timeout_min=cfg.cluster.timeout_min, nodes=nodes, tasks_per_node=tasks,
                   cpus_per_task=cpus)
-    if kind == "slurm":
+    if kind == SLURM:
         # srun does not inherit sbatch's --cpus-per-task on Slurm 22.05 to 23.02.
         params["slurm_srun_args"] = [f"--cpus-per-task={cpus}"]
     if gpus:
         params["gpus_per_node"] = gpus
     if cfg.cluster.mem_gb:
         params["mem_gb"] = cfg.cluster.mem_gb
-    if kind == "slurm":
+    if kind == SLURM:
         params.update(_slurm_parameters(cfg, dependency, array))
         if role == "train":
             params.update(_train_job_parameters(cfg))

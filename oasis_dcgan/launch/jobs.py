@@ -92,16 +92,16 @@ def install_stop_handlers(trainer) -> None:
         signal.signal(signum, stop)
 
 
-def preprocess_task(out: str, task: int, ntasks: int) -> dict:
+def preprocess_task(out: str, task: int, ntasks: int, token: str) -> dict:
     from ..prep import pack
 
-    return pack.pack_task(out, task, ntasks)
+    return pack.pack_task(out, task, ntasks, token)
 
 
-def seal_dataset(out: str) -> dict:
+def seal_dataset(out: str, token: str) -> dict:
     from ..prep import pack
 
-    return {"counts": pack.seal(out)["counts"], "dataset": out}
+    return {"counts": pack.seal(out, token)["counts"], "dataset": out}
 
 
 def postprocess_job(run_dir: str, dataset: str | None = None, batches: int | None = None,

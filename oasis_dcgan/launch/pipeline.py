@@ -13,11 +13,11 @@ from pathlib import Path
 
 from .. import fsutil, rundir
 from ..config import Config, ConfigError
-from ..prep import manifest, pack
+from ..prep import layouts, manifest, pack
 from ..training import runlock
 from . import jobs
 from .environment import in_srun_step
-from .executors import check_partition, make_executor, resolve_executor, sbatch_text
+from .executors import AUTO, INPROCESS, LOCAL, SLURM, check_partition, make_executor, resolve_executor, sbatch_text
 
 WATCH_EVERY_S = 2.0
 
@@ -37,7 +37,7 @@ def dataset_ready(cfg: Config, dataset: Path) -> bool:
     if not (dataset / manifest.MANIFEST).is_file() or manifest.verify(dataset):
         return False
     m = manifest.load_manifest(dataset)
-    differ = manifest.identity_differences(m, cfg.data)
+    differ = layouts.identity_differences(m, cfg.data)
     # The recorded source is the detected layout root, which may sit below the one given.
     src, recorded = Path(cfg.data.source or m["sources"][0]).resolve(), Path(m["sources"][0])
     if not (recorded == src or src in recorded.parents):
@@ -63,7 +63,7 @@ class Pipeline:
 
     def stage(self, name: str, role: str, fn, *args, array: int = 0, all_ranks: bool = False):
         """Queue one stage after the previous one (afterok). With wait, returns its result(s)."""
-        if self.kind == "slurm" and not self.dry_run:
+        if self.kind == SLURM and not self.dry_run:
             check_partition(self.cfg, role)
         ex = make_executor(self.cfg, self.folder, self.kind, role, f"oasis-{name}", dependency=self.dependency,
                            array=array)
@@ -79,8 +79,8 @@ class Pipeline:
         if self.record_in:
             self.record_in.mkdir(parents=True, exist_ok=True)
             # A local array is one job per task: status reads each one's result in the folder.
-            local = ({"folder": str(self.folder), "job_ids": [j.job_id for j in submitted]}
-                     if self.kind == "local" else {})
+            local = ({"submitit_folder": str(self.folder), "job_ids": [j.job_id for j in submitted]}
+                     if self.kind == LOCAL else {})
             record_job(self.record_in, {"stage": name, "job_id": job_id, "executor": self.kind, **local,
                                         **({"tasks": array} if array else {})})
         self.job_ids[name] = job_id
@@ -93,28 +93,24 @@ class Pipeline:
             return [j.results() if all_ranks else j.result() for j in submitted]
         return None
 
-    def pack_array(self, dataset: Path, tasks: int) -> None:
-        """Plan here (a bad input fails now, before anything is queued), then queue the packing array."""
-        p = pack.plan(self.cfg.data.source, **self.cfg.data.plan_kwargs())
-        n = max(1, min(tasks, len(p.shard_list())))
-        if not self.dry_run:
-            pack.save_plan(p, dataset)
+    def pack_tasks(self, dataset: Path, n: int, token: str) -> None:
+        """The pack tasks of a started packing (prep.pack.start) as one array job."""
         self.stage("preprocess", "preprocess", jobs.preprocess_task, [str(dataset)] * n, list(range(n)), [n] * n,
-                   array=n)
+                   [token] * n, array=n)
 
 
-def submit_pipeline(cfg: Config, executor: str = "auto", dry_run: bool = False, collect_dest: str = "",
+def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, collect_dest: str = "",
                     wait: bool | None = None, log=print, watch=None) -> dict:
     """The whole chain for one config. Returns the executor, paths, job ids (and scripts on a dry run)."""
-    kind = resolve_executor(executor if executor != "auto" else cfg.cluster.executor)
+    kind = resolve_executor(executor if executor != AUTO else cfg.cluster.executor)
     if not cfg.data.dataset:  # Path("") would be the current directory
         raise ConfigError("data.dataset is empty: name the directory the packed dataset is in (or goes to)")
     run_dir, dataset = Path(cfg.run_dir).resolve(), Path(cfg.data.dataset).resolve()
     cfg.run_dir, cfg.data.dataset = str(run_dir), str(dataset)
     # A dry run renders the sbatch scripts even where no controller answers (srun must be installed).
-    render = "slurm" if dry_run and shutil.which("srun") else kind
-    chain = Pipeline(cfg, render, rundir.RunDir(run_dir).slurm, record_in=run_dir, dry_run=dry_run,
-                     wait=kind == "local" if wait is None else wait, log=log, watch=watch)
+    render = SLURM if dry_run and shutil.which("srun") else kind
+    chain = Pipeline(cfg, render, rundir.RunDir(run_dir).job_logs, record_in=run_dir, dry_run=dry_run,
+                     wait=kind == LOCAL if wait is None else wait, log=log, watch=watch)
     out: dict = {"executor": kind, "run_dir": str(run_dir), "dataset": str(dataset), "jobs": chain.job_ids}
     runlock.check_free(run_dir)
     if dataset_ready(cfg, dataset):
@@ -122,8 +118,11 @@ def submit_pipeline(cfg: Config, executor: str = "auto", dry_run: bool = False, 
     elif not cfg.data.source:
         raise ValueError(f"data.source is empty and {dataset} holds no verified dataset: nothing to train on")
     else:
-        chain.pack_array(dataset, cfg.cluster.preprocess_tasks)
-        chain.stage("seal", "seal", jobs.seal_dataset, str(dataset))
+        # Plan here: a bad input fails now, before anything is queued. A dry run plans only.
+        p = (pack.plan(cfg.data.source, cfg.data) if dry_run else
+             pack.start(cfg.data.source, dataset, cfg.data, queued=True, log=log))
+        chain.pack_tasks(dataset, pack.tasks_for(p, cfg.cluster.preprocess_tasks), p.token)
+        chain.stage("seal", "seal", jobs.seal_dataset, str(dataset), p.token)
     chain.stage("train", "train", jobs.TrainJob(cfg.to_dict()), all_ranks=True)
     res = chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run_dir), str(dataset),
                       cfg.metrics.batches)
@@ -139,20 +138,11 @@ def submit_pipeline(cfg: Config, executor: str = "auto", dry_run: bool = False, 
 # ----------------------------------------------------------------------------- single jobs (the CLI's)
 
 def preprocess(cfg: Config, executor: str, tasks: int, log=print) -> dict:
-    """Pack cfg.data.source into cfg.data.dataset: in this process, or as an array job, then seal."""
+    """Pack cfg.data.source into cfg.data.dataset: the tasks in this process, or as an array job."""
     kind = resolve_executor(executor)
     out = Path(cfg.data.dataset).resolve()
-    if kind == "inprocess":
-        if tasks <= 1:
-            return pack.preprocess(cfg.data.source, out, log=log, **cfg.data.plan_kwargs())
-        p = pack.plan(cfg.data.source, **cfg.data.plan_kwargs())
-        pack.save_plan(p, out)
-        n = max(1, min(tasks, len(p.shard_list())))
-        for t in range(n):
-            pack.pack_task(out, t, n, log=log)
-        return pack.seal(out)
-    Pipeline(cfg, kind, out / ".submitit", wait=True, log=log).pack_array(out, tasks)
-    return pack.seal(out)  # every task has finished: sealing is a few hashes, here
+    run_tasks = None if kind == INPROCESS else Pipeline(cfg, kind, out / ".submitit", wait=True, log=log).pack_tasks
+    return pack.preprocess(cfg.data.source, out, cfg.data, tasks, run_tasks=run_tasks, log=log)
 
 
 def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False, log=print) -> list[dict]:
@@ -162,19 +152,19 @@ def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False, 
     job resumes from what the new run writes.
     """
     # Ranks started by srun (slurm/train.sbatch) are the job already: train here.
-    kind = "inprocess" if executor == "auto" and in_srun_step() else resolve_executor(executor)
+    kind = INPROCESS if executor == AUTO and in_srun_step() else resolve_executor(executor)
     if restart and in_srun_step():
         raise ValueError("--restart inside a Slurm job step would restart again on every requeue; restart once "
                          "from the login node (oasis-dcgan train ... --restart --no-wait), or move the run aside")
-    if kind != "inprocess" or restart:
+    if kind != INPROCESS or restart:
         runlock.check_free(cfg.run_dir)  # refuse before queueing; in-process ranks check as they start
     if restart:
         moved = rundir.RunDir(cfg.run_dir).set_aside()
         log(f"train: moved the previous checkpoints and record to {moved}" if moved else
             "train: --restart: nothing to move aside")
-    if kind == "inprocess":
+    if kind == INPROCESS:
         return [jobs.TrainJob(cfg.to_dict())()]
-    chain = Pipeline(cfg, kind, rundir.RunDir(cfg.run_dir).slurm, record_in=Path(cfg.run_dir), wait=wait, log=log)
+    chain = Pipeline(cfg, kind, rundir.RunDir(cfg.run_dir).job_logs, record_in=Path(cfg.run_dir), wait=wait, log=log)
     results = chain.stage("train", "train", jobs.TrainJob(cfg.to_dict()), all_ranks=True)
     log(f"train: {cfg.world_size} rank(s); run directory {cfg.run_dir}")
     return results[0] if results else []
@@ -189,10 +179,10 @@ def postprocess(run_dir: str | Path, dataset: str | None, batches: int | None, e
     kind = resolve_executor(executor)
     run_dir = Path(run_dir).resolve()
     overrides = tuple(overrides)
-    if kind == "inprocess":
+    if kind == INPROCESS:
         return report.postprocess(run_dir, dataset, batches, log=log, config_file=config_file,
                                   overrides=overrides)["report"]
     _, cfg = report.load_run(run_dir, dataset, batches, config_file, overrides)
-    chain = Pipeline(cfg, kind, rundir.RunDir(run_dir).slurm, wait=True, log=log)
+    chain = Pipeline(cfg, kind, rundir.RunDir(run_dir).job_logs, wait=True, log=log)
     return chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run_dir), dataset, batches,
                        config_file, overrides)[0]["report"]

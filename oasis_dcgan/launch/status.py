@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .. import fsutil, rundir
 from ..logs import format_seconds
-from ..training.runlock import pid_alive
+from ..fsutil import pid_alive
+from .executors import LOCAL
 from .retry import read_decisions
 
 SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "Elapsed", "Start", "End", "NodeList", "Reason")
@@ -39,7 +40,7 @@ def local_state(job: dict) -> tuple[str, str]:
     a job with none is running while its process lives, and ended without a result after."""
     import pickle
 
-    folder, states, why = Path(job["folder"]), [], ""
+    folder, states, why = Path(job["submitit_folder"]), [], ""
     for jid in job.get("job_ids") or [job["job_id"]]:
         results = sorted(folder.glob(f"{jid}_*_result.pkl"))
         if not results:
@@ -64,10 +65,10 @@ def job_states(run_dir: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         return []
     jobs = fsutil.read_json(path)["jobs"]
-    rows = sacct([str(j["job_id"]) for j in jobs if j.get("executor") != "local"])
+    rows = sacct([str(j["job_id"]) for j in jobs if j.get("executor") != LOCAL])
     out = []
     for j in jobs:
-        if j.get("executor") == "local":
+        if j.get("executor") == LOCAL:
             state, why = local_state(j)
             out.append({**j, "states": [state], "state": state, "requeues": 0, "rows": [], "why": why})
             continue
@@ -156,7 +157,7 @@ def _failure_reason(run_dir: Path, job: dict) -> str:
         if r.get("Reason") and r["Reason"] not in ("None", ""):
             return f"{r['State']} ({r['Reason']}), exit {r['ExitCode']}"
     # submitit keeps each job's stderr in the run's slurm/ folder: its last line is the error.
-    for f in sorted(rundir.RunDir(run_dir).slurm.glob(f"{job['job_id']}*_log.err")):
+    for f in sorted(rundir.RunDir(run_dir).job_logs.glob(f"{job['job_id']}*_log.err")):
         tail = [x for x in f.read_text(errors="replace").splitlines() if x.strip()]
         if tail:
             return tail[-1][:300]

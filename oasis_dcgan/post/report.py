@@ -21,7 +21,7 @@ from ..config import Config
 from ..imaging import to_unit
 from ..prep.manifest import load_manifest, manifest_hash
 from ..prep.reader import ShardReader, read_batches, sample_batches
-from . import features, figures, metrics, samples as generated_samples
+from . import checks, figures, metrics
 from .document import Bold, Code, Document
 
 NOTABLE_EPOCHS = (1, 2, 3, 10, 25, 50)  # the reference's table of epochs, for a 50-epoch run
@@ -102,102 +102,7 @@ def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config
     return rows
 
 
-def final_generators(run: rundir.RunDir) -> tuple[Path | None, Path | None]:
-    """The final generator and the raw one beside the average, of a finished run only: while a run
-    trains or after it stopped, the files there may be an earlier finish's."""
-    if not run.finished():
-        return None, None
-    return run.generator, (run.generator_raw if run.generator_raw.is_file() else None)
-
-
-def checks_beyond_reference(run: rundir.RunDir, last_batch: tuple[int, Path], reader: ShardReader, dataset: str,
-                            cfg: Config, log=print) -> tuple[dict, np.ndarray, dict]:
-    """Memorisation, collapse, and FID/KID when an extractor is at hand: (results, images, nn)."""
-    m = cfg.metrics
-    final, raw = final_generators(run)
-    gen = generated_samples.generate(final, m.nn_samples, m.seed + 1) if final else None
-    source = final.name if final else ""
-    if gen is None:
-        gen = figures.load_batch(last_batch[1])
-        source = f"fixed-noise batch of epoch {last_batch[0]} (no final generator yet)"
-    t0 = time.perf_counter()
-    nn = metrics.nearest_ssim(gen, reader)
-    held_out = holdout_baseline(dataset, reader, m, len(gen))
-    log(f"[postprocess] exact nearest neighbours of {len(gen)} generated and {held_out.get('n', 0)} held-out "
-        f"images among {len(reader)} in {time.perf_counter() - t0:.1f} s")
-    k = min(m.diversity_samples, len(gen))
-    _, real_div = sample_batches(dataset, 1, k, m.seed + 2, m.split)
-    gen_div = metrics.diversity(gen[:k], seed=m.seed) if k >= 2 else {}
-    real_div = metrics.diversity(real_div[0], seed=m.seed) if k >= 2 else {}
-    diversity = {"generated": gen_div.get("mean"), "real": real_div.get("mean"), "n": k,
-                 "generated_ci95": gen_div.get("ci95"), "real_ci95": real_div.get("ci95"),
-                 "scales": gen_div.get("scales"), "real_split": m.split}
-    fid = feature_checks(final, dataset, cfg, log) if m.fid_weights else {
-        "fid": None, "kid": None, "note": "not computed: no feature-extractor weights were given "
-        "(set metrics.fid_weights to a local .keras file). Nothing is ever downloaded."}
-    results = {"nn_ssim": {**metrics.summary(nn["ssim"]), "n": len(gen), "source": source,
-                           "candidates_per_image": len(reader), "exact": True, "split": m.split,
-                           "nearest_index": nn["index"].tolist(), "values": nn["ssim"].tolist()},
-               "nn_ssim_held_out": held_out,
-               "raw_generator": raw_generator_checks(raw, reader, m, k),
-               "ms_ssim_diversity": diversity, "fid": fid}
-    return results, gen, nn
-
-
-def raw_generator_checks(path: Path | None, reader: ShardReader, m, k: int) -> dict | None:
-    """With a generator average, the same checks for the raw generator saved beside it."""
-    if path is None:
-        return None
-    raw = generated_samples.generate(path, m.nn_samples, m.seed + 1)
-    nn = metrics.nearest_ssim(raw, reader)
-    return {"nn_ssim": metrics.summary(nn["ssim"]),
-            "ms_ssim_diversity": metrics.diversity(raw[:k], seed=m.seed)["mean"] if k >= 2 else None,
-            "note": "the generator's own weights; everything else in this file uses the generator average"}
-
-
-def holdout_split(dataset: str, train_split: str) -> str | None:
-    """The split whose images stand for unseen brains: validate, else test, never the compared one."""
-    splits = load_manifest(dataset)["splits"]
-    return next((s for s in ("validate", "test") if s in splits and s != train_split), None)
-
-
-def holdout_baseline(dataset: str, reader: ShardReader, m, n: int) -> dict:
-    """The same nearest-neighbour SSIM for real images the generator never saw: what 'not copying' looks like."""
-    split = holdout_split(dataset, m.split)
-    if split is None:
-        return {"note": "no held-out split in the dataset: no baseline"}
-    held = ShardReader(dataset, split)
-    idx = np.sort(np.random.default_rng(m.seed + 5).choice(len(held), min(n, len(held)), replace=False))
-    nn = metrics.nearest_ssim(to_unit(held.read(idx)), reader)
-    return {**metrics.summary(nn["ssim"]), "n": len(idx), "split": split, "values": nn["ssim"].tolist()}
-
-
-def feature_checks(final: Path | None, dataset: str, cfg: Config, log=print) -> dict:
-    """FID, KID and precision/recall: the split's real images against at least as many generated ones."""
-    m = cfg.metrics
-    reader = ShardReader(dataset, m.split)
-    n_real = min(len(reader), m.fid_real_images) if m.fid_real_images else len(reader)
-    idx = np.sort(np.random.default_rng(m.seed + 3).choice(len(reader), n_real, replace=False))
-    gen = generated_samples.generate(final, max(n_real, m.fid_generated_images), m.seed + 4) if final else None
-    if gen is None:
-        return {"fid": None, "kid": None, "note": "not computed: the run has no final generator yet"}
-    t0 = time.perf_counter()
-    net = features.load_extractor(m.fid_weights)
-    f_real = features.features(net, to_unit(reader.read(idx)), m.fid_preprocessing)
-    f_gen = features.features(net, gen, m.fid_preprocessing)
-    out = {**features.frechet_distance(f_gen, f_real), **features.kid(f_gen, f_real, m.kid_subsets, m.kid_subset_size,
-                                                                         m.seed),
-           **features.precision_recall(f_real, f_gen, m.pr_neighbours),
-           "extractor": m.fid_weights, "input_size": list(features.input_size(net)), "features": int(f_real.shape[1]),
-           "preprocessing": m.fid_preprocessing, "n_real": n_real, "n_generated": len(gen), "split": m.split}
-    out["kid"] = out["kid_mean"]  # the key metrics.json has always had
-    log(f"[postprocess] FID {out['fid']:.2f}, KID {out['kid_mean']:.4f} +- {out['kid_std']:.4f}, precision "
-        f"{out['precision']:.2f}, recall {out['recall']:.2f} ({n_real} real, {len(gen)} generated, "
-        f"{time.perf_counter() - t0:.1f} s)")
-    return out
-
-
-def summarise(rows: list[dict], checks: dict, cfg: Config, epochs_done: int, run_complete: bool) -> dict:
+def summarise(rows: list[dict], results: dict, cfg: Config, epochs_done: int, run_complete: bool) -> dict:
     """metrics.json: the reference metric over epochs, and the checks beside it."""
     per_epoch = [r["seed_max_ssim"] for r in rows]
     return {
@@ -206,7 +111,7 @@ def summarise(rows: list[dict], checks: dict, cfg: Config, epochs_done: int, run
                           "definition": "max over 50x16 position-paired tf.image.ssim values, max_val=2",
                           "batches": cfg.metrics.batches, "batch_size": cfg.metrics.batch_size,
                           "split": cfg.metrics.split, "seed_reported": figures.REFERENCE_SSIM},
-        **checks,
+        **results,
         "epochs_done": epochs_done,
         "run_complete": run_complete,
     }
@@ -215,8 +120,10 @@ def summarise(rows: list[dict], checks: dict, cfg: Config, epochs_done: int, run
 # ----------------------------------------------------------------------------- figures
 
 def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], samples: list, real_batch: np.ndarray,
-                   gen: np.ndarray, nn: dict, reader: ShardReader, held: dict) -> list[tuple[str, str]]:
+                   gen: np.ndarray, results: dict, reader: ShardReader) -> list[tuple[str, str]]:
     """Every figure of the report; returns (title, file name) in report order."""
+    nn = {"ssim": np.asarray(results[checks.NN]["values"]), "index": np.asarray(results[checks.NN]["nearest_index"])}
+    held = results[checks.HELD_OUT]
     out = []
     if any(r.get("kind") == "epoch" for r in stats):
         figures.plot_losses(stats, report_dir / "loss.png")
@@ -254,55 +161,6 @@ METRIC_MEANING = (
     "more alike than brains are, too little variety; far below: less alike than brains are, noise or inconsistent "
     "anatomy) are the checks that say more.")
 
-# The bands the readings use, the demo's goal's (README, "The demo's recipe"): the nearest-neighbour
-# median at most NEAR_BASELINE under the held-out one, and not over it by more than COPYING (that
-# would be copying); diversity within DIVERSITY_BAND of the real set's.
-NEAR_BASELINE, COPYING, DIVERSITY_BAND = 0.05, 0.02, 0.10
-
-
-def _nn_reading(m: dict) -> str | None:
-    gen, held = m["nn_ssim"].get("median"), m.get("nn_ssim_held_out", {}).get("median")
-    if gen is None or held is None:
-        return None
-    gap = gen - held
-    head = f"Nearest-neighbour SSIM: median {gen:.3f} against {held:.3f} for unseen real slices (gap {gap:+.3f}). "
-    if gap > COPYING:
-        return head + "The samples are closer to training images than unseen brains are: a sign of copying."
-    if gap >= -NEAR_BASELINE:
-        return head + "The samples are as close to the training images as unseen brains are, and no closer."
-    return head + ("A typical sample is further from its nearest training image than an unseen brain is: no sign "
-                   "of copying, and not yet as brain-like as real slices.")
-
-
-def _diversity_reading(d: dict) -> str | None:
-    gen, real = d.get("generated"), d.get("real")
-    if gen is None or not real:
-        return None
-
-    def ci(key):
-        lo_hi = d.get(key)
-        return f" (95% bootstrap interval {lo_hi[0]:.3f}-{lo_hi[1]:.3f})" if lo_hi else ""
-
-    ratio = gen / real
-    head = (f"MS-SSIM diversity over {d.get('scales', '?')} scales, {d.get('n', '?')} images each: generated "
-            f"{gen:.3f}{ci('generated_ci95')}, real {d.get('real_split', 'train')} slices {real:.3f}"
-            f"{ci('real_ci95')}, ratio {ratio:.2f}. ")
-    if ratio > 1 + DIVERSITY_BAND:
-        return head + "The samples are more alike than real slices are: too little variety (collapse at the extreme)."
-    if ratio < 1 - DIVERSITY_BAND:
-        return head + "The samples are less alike than real slices are: noise or inconsistent anatomy."
-    return head + "The samples vary as much as real slices do."
-
-
-def readings(m: dict) -> list[str]:
-    """This run's checks read against their baselines, in words: what a reviewer asks first."""
-    return [r for r in (_nn_reading(m), _diversity_reading(m.get("ms_ssim_diversity", {}))) if r]
-
-
-def _fmt(x, digits: int = 4) -> str:
-    return "n/a" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
-
-
 def _metrics_section(doc: Document, m: dict, manifest: dict) -> None:
     ref = m["seed_max_ssim"]
     res = manifest.get("resolution")
@@ -312,24 +170,16 @@ def _metrics_section(doc: Document, m: dict, manifest: dict) -> None:
                   "numbers measure different things.")
     doc.table(["metric", f"this run ({res} px)", "seed README (OASIS, 256 px)"], [
         [f"max SSIM vs {ref.get('batches', 50)} real {ref.get('split', 'train')} batches (final epoch)",
-         _fmt(ref["final"]), str(figures.REFERENCE_SSIM)],
-        ["best max SSIM over epochs (picked on these same batches, so optimistic)", _fmt(ref.get("best")), "-"],
-        [f"nearest-neighbour SSIM to the {m['nn_ssim'].get('split', 'train')} split, median "
-         f"(n={m['nn_ssim'].get('n', 0)}, exact)", _fmt(m["nn_ssim"].get("median")), "-"],
-        [f"the same for held-out {m.get('nn_ssim_held_out', {}).get('split', '-')} images (baseline: no copying)",
-         _fmt(m.get("nn_ssim_held_out", {}).get("median")), "-"],
-        ["MS-SSIM diversity, generated / real", f"{_fmt(m['ms_ssim_diversity'].get('generated'))} / "
-                                                f"{_fmt(m['ms_ssim_diversity'].get('real'))}", "-"],
-        ["FID / KID", f"{_fmt(m['fid'].get('fid'))} / {_fmt(m['fid'].get('kid'))}", "-"],
-        ["precision / recall (k-NN, extractor features)",
-         f"{_fmt(m['fid'].get('precision'))} / {_fmt(m['fid'].get('recall'))}", "-"],
+         checks.fmt(ref["final"]), str(figures.REFERENCE_SSIM)],
+        ["best max SSIM over epochs (picked on these same batches, so optimistic)", checks.fmt(ref.get("best")), "-"],
+        *checks.table_rows(m),
     ])
-    said = readings(m)
+    said = checks.readings(m)
     if said:
         doc.bullets(said)
     doc.paragraph(Bold("What the seed metric means, and what it does not."), " " + METRIC_MEANING)
-    if m["fid"].get("note"):
-        doc.paragraph(f"FID/KID: {m['fid']['note']}")
+    if m[checks.FEATURES].get("note"):
+        doc.paragraph(f"FID/KID: {m[checks.FEATURES]['note']}")
 
 
 def recipe(cfg: dict) -> str:
@@ -413,13 +263,14 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     rows = per_epoch_metrics(run_dir, report_dir, ds, cfg, log=log)
     # ---- Memorisation, collapse, FID/KID on the final generator
     reader = ShardReader(ds, cfg.metrics.split)
-    checks, gen, nn = checks_beyond_reference(run, samples[-1], reader, ds, cfg, log=log)
-    m = summarise(rows, checks, cfg, samples[-1][0], run.finished())
+    ctx = checks.Context(run, samples[-1], reader, ds, cfg, log=log)
+    results = checks.run_all(ctx)
+    m = summarise(rows, results, cfg, samples[-1][0], run.finished())
     fsutil.write_json(run.report_file(rundir.REPORT_METRICS), m)
     # ---- Figures and the report, Markdown and standalone HTML from the same document
     real_batch = to_unit(reader.read(metric_batches(report_dir, ds, cfg)["batches"][0]))
-    figure_list = render_figures(report_dir, run.read_stats(), rows, samples, real_batch, gen,
-                                 nn, reader, checks["nn_ssim_held_out"])
+    figure_list = render_figures(report_dir, run.read_stats(), rows, samples, real_batch, ctx.generated, results,
+                                 reader)
     reader.close()
     doc = build_document(run_dir, options, manifest, m, rows, figure_list)
     fsutil.write_text(run.report_file(rundir.REPORT_MD), doc.markdown())

@@ -11,20 +11,27 @@
 
 A scan lists the input files (units) without decoding pixels; `check_*` look at each file's
 header deeply enough to catch empty, truncated and wrongly shaped files before packing.
+
+Each layout is one `Layout` in LAYOUTS, at the end of this module: the config's data.layout
+choices, detection, the packer's scan, check and read, and the keys that make a dataset's
+identity all come from it. No other module names a layout.
 """
 from __future__ import annotations
 
 import gzip
 import os
 import re
+import typing
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import pixels
 from .manifest import SPLITS, DataError
 
+PNG, RAW, FOLDER = "oasis-png", "oasis-raw", "folder"  # the layouts' names; LAYOUTS below defines them
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 PNG_NAME = re.compile(r"^case_(\d+)_slice_(\d+)\.nii\.png$")
 RAW_SESSION = re.compile(r"^(OAS1_\d+)_MR(\d+)$")
@@ -71,23 +78,32 @@ def _find_dirs(src: Path, predicate, depth: int = 2) -> list[Path]:
 
 
 def detect_layout(src: Path) -> tuple[str, Path]:
+    """(layout name, its root): the first layout in LAYOUTS found at or below src."""
     if not src.exists():
         raise DataError(f"{src}: no such directory")
     if not src.is_dir():
         raise DataError(f"{src}: not a directory")
-    png_roots = _find_dirs(src, lambda d: (d / "keras_png_slices_train").is_dir())
-    if png_roots:
-        return "oasis-png", png_roots[0]
-    if _session_folders(src):
-        return "oasis-raw", src
-    if any(p.suffix.lower() in IMAGE_EXTS for p in src.rglob("*") if p.is_file()):
-        return "folder", src
+    for layout in LAYOUTS.values():
+        root = layout.find(src)
+        if root is not None:
+            return layout.name, root
     if not any(src.iterdir()):
         raise DataError(f"{src}: the directory is empty")
-    raise DataError(
-        f"{src}: no recognised layout. Looked for: keras_png_slices_train/ (the OASIS PNG release, up to two "
-        f"levels down); OAS1_NNNN_MRk/ session folders (raw OASIS-1, up to two levels down); or image files "
-        f"({', '.join(sorted(IMAGE_EXTS))}) anywhere below it")
+    raise DataError(f"{src}: no recognised layout. Looked for: "
+                    + "; ".join(f"{v.looks_for} ({k})" for k, v in LAYOUTS.items()))
+
+
+def _find_png(src: Path) -> Path | None:
+    roots = _find_dirs(src, lambda d: (d / "keras_png_slices_train").is_dir())
+    return roots[0] if roots else None
+
+
+def _find_raw(src: Path) -> Path | None:
+    return src if _session_folders(src) else None
+
+
+def _find_folder(src: Path) -> Path | None:
+    return src if any(p.suffix.lower() in IMAGE_EXTS for p in src.rglob("*") if p.is_file()) else None
 
 
 def scan_png(root: Path, allow_shared_cases: bool = False) -> Scan:
@@ -237,7 +253,7 @@ def check_image(path: str) -> str | None:
     return None
 
 
-def check_volume(path: str, max_anisotropy: float = 1.5) -> str | None:
+def check_volume(path: str, max_anisotropy: float) -> str | None:
     """Header-level check of a volume: readable, 3-D, near-isotropic, and (Analyze) as long as its header says."""
     import nibabel as nib
 
@@ -262,3 +278,85 @@ def check_volume(path: str, max_anisotropy: float = 1.5) -> str | None:
     except (Exception, zlib.error) as e:
         return f"unreadable volume ({type(e).__name__}: {e})"
     return None
+
+
+# ----------------------------------------------------------------------------- the registry
+
+def _read_image(unit: Unit, resolution: int, options: dict) -> tuple[list, str]:
+    img, note = pixels.load_image(unit.path, resolution)
+    return [(unit.slice_index, img)], note
+
+
+def _read_volume(unit: Unit, resolution: int, options: dict) -> tuple[list, str]:
+    return pixels.load_volume_slices(unit.path, resolution, options), ""
+
+
+def _raw_extras(data) -> dict:
+    """What the raw layout records beside its keys: how slices were chosen, and how many a volume gives."""
+    return {"orientation": "RAS (nibabel as_closest_canonical)",
+            "slice_selection": pixels.slice_rule(data.slices, data.slice_range, data.slice_spacing,
+                                                 data.min_brain_fraction),
+            "slices_per_volume": pixels.slices_per_volume(data.slices, data.slice_range)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A source layout: how it is found, scanned, checked and read, and which data.* keys shape
+    the pixels and splits of a dataset packed from it (its identity, recorded in the manifest)."""
+    name: str
+    doc: str
+    looks_for: str                                         # for the error when nothing is found
+    find: typing.Callable[[Path], Path | None]             # its root at or below the source, or None
+    scan: typing.Callable[[Path, typing.Any], Scan]        # (root, the config's data section)
+    check: typing.Callable[[str, dict], str | None]        # one input's header, given the plan's options
+    read: typing.Callable[[Unit, int, dict], tuple[list, str]]  # ([(slice index, uint8 image)], note)
+    identity: tuple[str, ...] = ()
+    volumes: bool = False                                  # an input holds many slices, chosen as it is read
+    extras: typing.Callable[[typing.Any], dict] = lambda data: {}
+
+    def options(self, data) -> dict:
+        """The plan's options: the identity keys' values from the data section, and the extras."""
+        return {"skip_bad": bool(data.skip_bad), **{k: getattr(data, k) for k in self.identity},
+                **self.extras(data)}
+
+
+# In detection order: a PNG release may also hold loose images, so the folder layout comes last.
+LAYOUTS = {layout.name: layout for layout in (
+    Layout(PNG, "the OASIS PNG release (keras_png_slices_*)",
+           "keras_png_slices_train/ (the OASIS PNG release, up to two levels down)", _find_png,
+           lambda root, data: scan_png(root, data.allow_shared_cases), lambda path, o: check_image(path),
+           _read_image, identity=("allow_shared_cases",)),
+    Layout(RAW, "raw OASIS-1 sessions (Analyze or NIfTI volumes)",
+           "OAS1_NNNN_MRk/ session folders (raw OASIS-1, up to two levels down)", _find_raw,
+           lambda root, data: scan_raw(root, data.split_fractions, data.split_seed, data.rescans),
+           lambda path, o: check_volume(path, o["max_anisotropy"]), _read_volume,
+           identity=("slices", "slice_range", "slice_spacing", "min_brain_fraction", "percentile",
+                     "max_anisotropy", "rescans", "split_fractions", "split_seed"), volumes=True,
+           extras=_raw_extras),
+    Layout(FOLDER, "any folder of images: one training split",
+           f"image files ({', '.join(sorted(IMAGE_EXTS))}) anywhere below it", _find_folder,
+           lambda root, data: scan_folder(root), lambda path, o: check_image(path), _read_image),
+)}
+AUTO_LAYOUT = "auto"  # data.layout's other choice: detect it
+
+
+def identity(m: dict) -> dict:
+    """A dataset's identity as data.* keys and their values, from its manifest: what shapes its
+    pixels and splits besides its source (its layout's identity keys, recorded under "options")."""
+    opts = m.get("options", {})
+    keys = LAYOUTS[m["layout"]].identity if m["layout"] in LAYOUTS else ()
+    return {"data.resolution": m["resolution"], "data.layout": m["layout"],
+            **{f"data.{k}": opts[k] for k in keys if k in opts}}
+
+
+def identity_differences(m: dict, data, only: typing.Callable[[str], bool] = lambda key: True) -> list[str]:
+    """'key: packed with X, the config says Y' for each identity key (that `only` admits) on which
+    the config's data section and the dataset disagree. A layout of "auto" agrees with any."""
+    out = []
+    for key, packed in identity(m).items():
+        ours = getattr(data, key.split(".", 1)[1])
+        if key == "data.layout" and ours == AUTO_LAYOUT:
+            continue
+        if ours != packed and only(key):
+            out.append(f"{key}: packed with {packed!r}, the config says {ours!r}")
+    return out

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import typing
 from pathlib import Path
 
 import numpy as np
@@ -129,33 +128,3 @@ def check_before_training(dataset: str | os.PathLike, full: bool = False) -> Non
         raise DataError(f"{dataset}: the dataset does not match its manifest.json ({how}):\n"
                         + "\n".join(f"  {x}" for x in problems)
                         + "\nRe-run preprocess to repack it, or point data.dataset at an intact copy.")
-
-
-# What shapes a dataset's pixels and splits, besides its source and resolution: the data.* keys
-# each layout's packing reads (manifest.json records them under "options").
-IDENTITY = {
-    "oasis-png": ("allow_shared_cases",),
-    "oasis-raw": ("slices", "slice_range", "slice_spacing", "min_brain_fraction", "percentile", "max_anisotropy",
-                  "rescans", "split_fractions", "split_seed"),
-    "folder": (),
-}
-
-
-def identity(m: dict) -> dict:
-    """The dataset's identity as data.* keys and their values, from its manifest."""
-    opts = m.get("options", {})
-    return {"data.resolution": m["resolution"], "data.layout": m["layout"],
-            **{f"data.{k}": opts[k] for k in IDENTITY.get(m["layout"], ()) if k in opts}}
-
-
-def identity_differences(m: dict, data, only: typing.Callable[[str], bool] = lambda key: True) -> list[str]:
-    """'key: packed with X, the config says Y' for each identity key (that `only` admits) on which
-    the config's data section and the dataset disagree. A layout of "auto" agrees with any."""
-    out = []
-    for key, packed in identity(m).items():
-        ours = getattr(data, key.split(".", 1)[1])
-        if key == "data.layout" and ours == "auto":
-            continue
-        if ours != packed and only(key):
-            out.append(f"{key}: packed with {packed!r}, the config says {ours!r}")
-    return out

@@ -1,16 +1,18 @@
 """Pack a source into verified HDF5 shards, in three steps so the work can run as a Slurm array.
 
-  plan()       scan + header-level validation of every input; nothing is written if any is bad
+  start()      scan + header-level validation of every input (plan()), nothing written if any is
+               bad; then the plan is saved and the dataset directory locked for this packing
   pack_task()  array task i of n writes shards i, i+n, i+2n, ... (temp file, fsync, rename)
-  seal()       re-hash every shard against its task's record and publish manifest.json
+  seal()       re-hash every shard against its task's record, publish manifest.json, unlock
 
-`preprocess()` runs all three in this process. A shard whose inputs did not change since it
-was written is kept, so a rerun after a kill finishes only what is missing.
+`preprocess()` is the one way to run them: the tasks in this process, or as an array job
+through the runner launch/ hands it; a plain sbatch array (slurm/preprocess.sbatch) runs the
+same three steps, one command each. A shard whose inputs did not change since it was written is
+kept, so a rerun after a kill finishes only what is missing.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -22,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, fsutil
-from . import layouts, pixels
+from ..config import DataConfig
+from . import datalock, layouts
 from .manifest import FORMAT_VERSION, MANIFEST, SHARD_NAME, SPLITS, DataError, image_block_offset, shard_name
 
 PLAN_FILE = ".plan.json"
@@ -41,6 +44,7 @@ class Plan:
     split_assignment: dict | None = None              # subject -> split (raw layout)
     summary: dict = field(default_factory=dict)       # per split: cases, or sessions and subjects
     options: dict = field(default_factory=dict)       # slicing/scaling settings that shape the pixels
+    token: str = ""                                   # the packing that holds the directory (datalock)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -62,26 +66,16 @@ class Plan:
         return out
 
     def images_per_unit(self) -> int:
-        return self.options.get("slices_per_volume", 1) if self.layout == "oasis-raw" else 1
+        return self.options.get("slices_per_volume", 1)
 
 
 # --------------------------------------------------------------------------- plan
 
-def _scan(layout: str, root: Path, split_fractions, split_seed: int, rescans: str,
-          allow_shared_cases: bool) -> layouts.Scan:
-    if layout == "oasis-png":
-        return layouts.scan_png(root, allow_shared_cases)
-    if layout == "oasis-raw":
-        return layouts.scan_raw(root, split_fractions, split_seed, rescans)
-    return layouts.scan_folder(root)
-
-
 def _drop_bad_units(p: Plan, skip_bad: bool, root: Path) -> None:
     """Check every input's header in parallel; fail naming each bad file, or record and skip them."""
-    check = (functools.partial(layouts.check_volume, max_anisotropy=p.options["max_anisotropy"])
-             if p.layout == "oasis-raw" else layouts.check_image)
+    check = layouts.LAYOUTS[p.layout].check
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        reasons = list(pool.map(check, [u.path for u in p.units]))
+        reasons = list(pool.map(lambda path: check(path, p.options), [u.path for u in p.units]))
     p.skipped += [{"path": u.path, "reason": r} for u, r in zip(p.units, reasons) if r]
     p.units = [u for u, r in zip(p.units, reasons) if not r]
     if p.skipped and not skip_bad:
@@ -92,30 +86,20 @@ def _drop_bad_units(p: Plan, skip_bad: bool, root: Path) -> None:
         raise DataError(f"{root}: no usable training images found (layout {p.layout})")
 
 
-def plan(src: str | os.PathLike, resolution: int = 256, layout: str = "auto", shard_size: int = 2048,
-         skip_bad: bool = False, slices: int = 32, slice_range: str = "", slice_spacing: int = 0,
-         min_brain_fraction: float = 0.1, percentile: float = 99.5, max_anisotropy: float = 1.5,
-         split_fractions=(0.85, 0.10, 0.05), split_seed: int = 0, rescans: str = "keep",
-         allow_shared_cases: bool = False) -> Plan:
-    """Scan and validate the source. Raises DataError naming every bad file unless skip_bad."""
+def plan(src: str | os.PathLike, data: DataConfig) -> Plan:
+    """Scan and validate the source as the config's data section says. Raises DataError naming
+    every bad file unless data.skip_bad."""
     src = Path(src).expanduser().resolve()
     detected, root = layouts.detect_layout(src)
-    if layout != "auto" and layout != detected:
-        detected, root = layout, src
-    options = {"slices": slices, "slice_range": slice_range, "percentile": percentile,
-               "split_fractions": list(split_fractions), "split_seed": split_seed, "skip_bad": bool(skip_bad)}
-    if detected == "oasis-raw":
-        options.update(slice_spacing=slice_spacing, min_brain_fraction=min_brain_fraction,
-                       max_anisotropy=max_anisotropy, rescans=rescans, orientation="RAS (nibabel as_closest_canonical)",
-                       slice_selection=_slice_rule(slices, slice_range, slice_spacing, min_brain_fraction),
-                       slices_per_volume=pixels.slices_per_volume(slices, slice_range))
-    if detected == "oasis-png":
-        options["allow_shared_cases"] = bool(allow_shared_cases)
-    scan = _scan(detected, root, split_fractions, split_seed, rescans, allow_shared_cases)
-    p = Plan(layout=detected, source=str(root), resolution=resolution, units=scan.units, skipped=scan.skipped,
-             ignored=scan.ignored, split_assignment=scan.split_assignment, summary=scan.summary, options=options)
-    _drop_bad_units(p, skip_bad, root)
-    units_per_shard = max(1, shard_size // p.images_per_unit())
+    if data.layout != layouts.AUTO_LAYOUT and data.layout != detected:
+        detected, root = data.layout, src
+    layout = layouts.LAYOUTS[detected]
+    scan = layout.scan(root, data)
+    p = Plan(layout=detected, source=str(root), resolution=data.resolution, units=scan.units, skipped=scan.skipped,
+             ignored=scan.ignored, split_assignment=scan.split_assignment, summary=scan.summary,
+             options=layout.options(data))
+    _drop_bad_units(p, data.skip_bad, root)
+    units_per_shard = max(1, data.shard_size // p.images_per_unit())
     for split in SPLITS:
         idx = [i for i, u in enumerate(p.units) if u.split == split]
         if idx:
@@ -123,12 +107,34 @@ def plan(src: str | os.PathLike, resolution: int = 256, layout: str = "auto", sh
     return p
 
 
-def _slice_rule(count: int, slice_range: str, spacing: int, min_brain: float) -> str:
-    """The raw layout's slice choice in words, for the manifest."""
-    window = (f"voxels {slice_range} of the RAS axial axis" if slice_range else
-              f"the brain's axial extent, without end slices holding under {min_brain:g} of the fullest slice's brain")
-    how = f"{count} slices {spacing} apart, centred" if spacing else f"{count} slices spread evenly end to end"
-    return f"{how} in {window}"
+def start(src: str | os.PathLike, out: str | os.PathLike, data: DataConfig, token: str = "", queued: bool = False,
+          log=print) -> Plan:
+    """Lock `out` for a packing and save its plan. `token` names a packing whose tasks start on
+    their own (a plain sbatch array): the first to arrive plans, the others use its plan.
+    `queued`: the tasks are jobs, which may start long after this process is gone."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the dataset directory ({fsutil.io_reason(e)})") from e
+    shared = bool(token)
+    token = token or datalock.new_token()
+    datalock.take(out, token, queued, log)
+    try:
+        if shared and (out / PLAN_FILE).is_file() and load_plan(out).token == token:
+            return load_plan(out)
+        p = plan(src, data)
+        p.token = token
+        save_plan(p, out)
+    except BaseException:
+        datalock.release(out, token)
+        raise
+    return p
+
+
+def tasks_for(p: Plan, wanted: int) -> int:
+    """Array tasks worth starting: never more than there are shards."""
+    return max(1, min(wanted, len(p.shard_list())))
 
 
 def save_plan(p: Plan, out: str | os.PathLike) -> Path:
@@ -179,17 +185,14 @@ class _ShardContent:
 
 def _read_units(p: Plan, units: list) -> _ShardContent:
     """Decode a shard's inputs; a file that fails is recorded, not raised."""
-    content, o = _ShardContent(), p.options
+    content, read = _ShardContent(), layouts.LAYOUTS[p.layout].read
     for u in units:
         try:
-            if p.layout == "oasis-raw":
-                for k, img in pixels.load_volume_slices(u.path, p.resolution, o):
-                    content.add(img, u.path, u.case, k)
-            else:
-                img, note = pixels.load_image(u.path, p.resolution)
-                if note:
-                    content.notes[note] = content.notes.get(note, 0) + 1
-                content.add(img, u.path, u.case, u.slice_index)
+            images, note = read(u, p.resolution, p.options)
+            for k, img in images:
+                content.add(img, u.path, u.case, k)
+            if note:
+                content.notes[note] = content.notes.get(note, 0) + 1
         except Exception as e:
             content.skipped.append({"path": u.path, "reason": f"decode failed ({type(e).__name__}: {e})"})
     return content
@@ -244,7 +247,7 @@ def _pack_shard(out: Path, p: Plan, name: str, split: str, units: list) -> int |
     if c.skipped and not p.options.get("skip_bad"):
         lines = "\n".join(f"  {s['path']}: {s['reason']}" for s in c.skipped)
         raise DataError(f"shard {name}: {len(c.skipped)} file(s) failed to decode; shard not written:\n{lines}")
-    slices = _slices_by_case(c) if p.layout == "oasis-raw" else {}
+    slices = _slices_by_case(c) if layouts.LAYOUTS[p.layout].volumes else {}
     try:
         offset = _write_shard(dest, split, c, p.resolution)
         fsutil.write_json(record, {"file": name, "count": len(c.images), "sha256": fsutil.sha256_file(dest),
@@ -260,16 +263,29 @@ def _pack_shard(out: Path, p: Plan, name: str, split: str, units: list) -> int |
     return len(c.images)
 
 
-def pack_task(out: str | os.PathLike, task: int = 0, ntasks: int = 1, log=print) -> dict:
-    """Write this task's shards. A shard already on disk with the same inputs and hash is kept."""
-    out = Path(out)
+def _plan_of(out: Path, token: str) -> Plan:
+    """The plan of the packing `token` ("": whichever is saved), which must still hold the lock."""
     p = load_plan(out)
+    if token and p.token != token:
+        raise DataError(f"{out}: packing {token} was replaced by packing {p.token}; it writes nothing")
+    datalock.check(out, p.token)
+    return p
+
+
+def pack_task(out: str | os.PathLike, task: int, ntasks: int, token: str = "", log=print) -> dict:
+    """Write this task's shards of the packing `token`. A shard already on disk with the same
+    inputs and hash is kept."""
+    out = Path(out)
+    p = _plan_of(out, token)
+    if not 0 <= task < ntasks:
+        raise DataError(f"task {task} of {ntasks}: tasks are numbered 0 to {ntasks - 1}")
     (out / TASK_DIR).mkdir(exist_ok=True)
     written = kept = images = 0
     t0 = time.perf_counter()
     for j, (split, i, total, idx) in enumerate(p.shard_list()):
         if j % ntasks != task:
             continue
+        datalock.check(out, p.token)  # before each shard: another packing may have taken over
         name = shard_name(split, i, total)
         n = _pack_shard(out, p, name, split, [p.units[k] for k in idx])
         if n is None:
@@ -279,15 +295,6 @@ def pack_task(out: str | os.PathLike, task: int = 0, ntasks: int = 1, log=print)
         images += n
         log(f"[preprocess task {task}/{ntasks}] wrote {name}: {n} images")
     return {"task": task, "written": written, "kept": kept, "images": images, "seconds": time.perf_counter() - t0}
-
-
-def run_task(src, out, task: int, ntasks: int, log=print, **plan_kwargs) -> dict:
-    """One array task started without a coordinator (plain sbatch): plan, then pack its shards.
-
-    Planning is deterministic, so every task writes the same plan file, atomically.
-    """
-    save_plan(plan(src, **plan_kwargs), out)
-    return pack_task(out, task, ntasks, log=log)
 
 
 # --------------------------------------------------------------------------- seal
@@ -328,10 +335,11 @@ def _origin(source: Path) -> str:
     return "as given (not made by sample-data)"
 
 
-def seal(out: str | os.PathLike) -> dict:
-    """Check every planned shard against its task record and publish manifest.json."""
+def seal(out: str | os.PathLike, token: str = "") -> dict:
+    """Check every planned shard of the packing `token` against its task record, publish
+    manifest.json and unlock."""
     out = Path(out)
-    p = load_plan(out)
+    p = _plan_of(out, token)
     splits, skipped, notes, volume_slices = _collect_records(out, p)
     fsutil.remove_stale_temps(out)  # every task has finished: anything left is a killed attempt's
     fsutil.remove_stale_temps(out / TASK_DIR)
@@ -364,11 +372,22 @@ def seal(out: str | os.PathLike) -> dict:
     except OSError as e:
         raise DataError(f"{out / MANIFEST}: cannot write the manifest ({fsutil.io_reason(e)}); every shard is "
                         "complete and verified. Free space and run preprocess --seal.") from e
+    datalock.release(out, p.token)
     return manifest
 
 
-def preprocess(src, out, log=print, **plan_kwargs) -> dict:
-    """Plan, pack and seal in this process."""
-    save_plan(plan(src, **plan_kwargs), out)
-    pack_task(out, 0, 1, log=log)
-    return seal(out)
+def preprocess(src: str | os.PathLike, out: str | os.PathLike, data: DataConfig, tasks: int = 1,
+               run_tasks=None, log=print) -> dict:
+    """The one way to pack: plan and lock here, then `tasks` pack tasks (in this process, or as
+    jobs through `run_tasks(out, n)`, which waits for them), then seal. Returns the manifest."""
+    p = start(src, out, data, queued=run_tasks is not None, log=log)
+    n = tasks_for(p, tasks)
+    if run_tasks is not None:
+        run_tasks(Path(out), n, p.token)
+        return seal(out, p.token)
+    try:
+        for t in range(n):
+            pack_task(out, t, n, p.token, log=log)
+        return seal(out, p.token)
+    finally:  # everything of this packing ran here: whatever happened, it is over
+        datalock.release(Path(out), p.token)

@@ -61,6 +61,14 @@ def _window(slice_range: str) -> tuple[int, int]:
     return a, b
 
 
+def slice_rule(count: int, slice_range: str, spacing: int, min_brain: float) -> str:
+    """The raw layout's slice choice in words, for the manifest."""
+    window = (f"voxels {slice_range} of the RAS axial axis" if slice_range else
+              f"the brain's axial extent, without end slices holding under {min_brain:g} of the fullest slice's brain")
+    how = f"{count} slices {spacing} apart, centred" if spacing else f"{count} slices spread evenly end to end"
+    return f"{how} in {window}"
+
+
 def slices_per_volume(slices: int, slice_range: str) -> int:
     if slice_range:
         a, b = _window(slice_range)
@@ -68,8 +76,7 @@ def slices_per_volume(slices: int, slice_range: str) -> int:
     return slices
 
 
-def choose_slices(area: np.ndarray, count: int, slice_range: str = "", spacing: int = 0,
-                  min_brain: float = 0.1) -> list[int]:
+def choose_slices(area: np.ndarray, count: int, slice_range: str, spacing: int, min_brain: float) -> list[int]:
     """Which axial slices to take, given each slice's brain area (voxels).
 
     The window is `slice_range` or else the brain's axial extent, leaving out the near-empty
@@ -102,21 +109,22 @@ def choose_slices(area: np.ndarray, count: int, slice_range: str = "", spacing: 
     return [int(k) for k in np.rint(np.linspace(a, b - 1, count))]
 
 
-def volume_slices(vol: np.ndarray, slices: int = 32, slice_range: str = "", percentile: float = 99.5,
-                  spacing: int = 0, min_brain: float = 0.1):
+def volume_slices(vol: np.ndarray, o: dict):
     """Axial slices of a brain volume in RAS order as float images on 0..255, oriented like the PNG release.
 
-    The slices are chosen by `choose_slices` from the nonzero voxels (OASIS T88 volumes are
-    brain-masked). Intensities are scaled per volume: the `percentile` of brain voxels maps to 255.
+    `o` holds the raw layout's options (prep/layouts.py): the slices are chosen by `choose_slices`
+    from the nonzero voxels (OASIS T88 volumes are brain-masked), and intensities are scaled per
+    volume: the `percentile` of brain voxels maps to 255.
     """
     vol = np.asarray(vol, dtype=np.float32)
     if vol.ndim != 3:
         raise DataError(f"expected a 3D volume, got shape {vol.shape}")
     vol = np.nan_to_num(vol)
     nz = vol > 0
-    chosen = choose_slices(nz.sum(axis=(0, 1)), slices, slice_range, spacing, min_brain)
+    chosen = choose_slices(nz.sum(axis=(0, 1)), o["slices"], o["slice_range"], o["slice_spacing"],
+                           o["min_brain_fraction"])
     brain = vol[nz]
-    hi = float(np.percentile(brain, percentile)) if brain.size else 0.0
+    hi = float(np.percentile(brain, o["percentile"])) if brain.size else 0.0
     scale = 255.0 / hi if hi > 0 else 0.0
     # RAS axes are x (left to right), y (posterior to anterior), z (inferior to superior);
     # rot90 puts anterior at the top, as the PNG release shows it.
@@ -139,7 +147,7 @@ def volume_problem(img, max_anisotropy: float) -> str | None:
     return None
 
 
-def canonical_volume(path: str, max_anisotropy: float = 1.5) -> np.ndarray:
+def canonical_volume(path: str, max_anisotropy: float) -> np.ndarray:
     """The volume's voxels reordered to RAS, whatever order the file stores them in.
 
     Slicing the stored array's third axis is only axial when the file is RAS-like; FreeSurfer
@@ -157,12 +165,7 @@ def canonical_volume(path: str, max_anisotropy: float = 1.5) -> np.ndarray:
 
 
 def load_volume_slices(path: str, resolution: int, o: dict):
-    """A volume file's chosen axial slices as [(slice index in RAS, uint8 [res, res])].
-
-    `o` is the plan's options: slices, slice_range, slice_spacing, min_brain_fraction,
-    percentile, max_anisotropy.
-    """
-    vol = canonical_volume(path, o.get("max_anisotropy", 1.5))
-    return [(k, round_to_uint8(to_square(np.clip(img, 0, 255), resolution)))
-            for k, img in volume_slices(vol, o["slices"], o["slice_range"], o["percentile"],
-                                        o.get("slice_spacing", 0), o.get("min_brain_fraction", 0.1))]
+    """A volume file's chosen axial slices as [(slice index in RAS, uint8 [res, res])], `o` being
+    the raw layout's options."""
+    vol = canonical_volume(path, o["max_anisotropy"])
+    return [(k, round_to_uint8(to_square(np.clip(img, 0, 255), resolution))) for k, img in volume_slices(vol, o)]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DataConfig
+from . import layouts
 from .pixels import round_to_uint8, to_square, volume_slices
 
 OASIS_T88_SHAPE = (176, 208, 176)
@@ -101,6 +103,8 @@ def write_png_release(out: str | Path, cases=(24, 4, 4), slices: int = 32, resol
     zs = np.flatnonzero((template > 0.02).any(axis=(0, 1)))
     zc = (zs[0] + zs[-1]) // 2
     slab = (max(0, zc - slices), min(template.shape[2], zc + slices))
+    # The slices the raw layout would take from each volume, with the config's defaults otherwise.
+    options = layouts.LAYOUTS[layouts.RAW].options(DataConfig(slices=slices))
     starts = {"train": 1, "validate": 402, "test": 441}
     for split, count in zip(("train", "validate", "test"), cases):
         img_dir, seg_dir = root / f"keras_png_slices_{split}", root / f"keras_png_slices_seg_{split}"
@@ -108,7 +112,7 @@ def write_png_release(out: str | Path, cases=(24, 4, 4), slices: int = 32, resol
         seg_dir.mkdir(parents=True, exist_ok=True)
         for case in _case_numbers(rng, starts[split], count):
             vol = make_subject(template, rng, slab)
-            for k, (_, img) in enumerate(volume_slices(vol, slices=slices)):
+            for k, (_, img) in enumerate(volume_slices(vol, options)):
                 px = round_to_uint8(to_square(np.clip(img, 0, 255), resolution))
                 iio.imwrite(img_dir / f"case_{case:03d}_slice_{k}.nii.png", px)
                 iio.imwrite(seg_dir / f"seg_{case:03d}_slice_{k}.nii.png", _segment(px))

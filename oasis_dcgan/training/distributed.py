@@ -17,6 +17,8 @@ from pathlib import Path
 
 from .. import fsutil
 
+NO_JOB = "none"  # the job id of a process that no scheduler started
+
 
 class RendezvousError(RuntimeError):
     pass
@@ -32,7 +34,7 @@ class World:
     node: int = 0
     num_nodes: int = 1
     hostnames: tuple = ("localhost",)
-    job_id: str = "local"
+    job_id: str = NO_JOB
     attempt: int = 0            # how often the scheduler restarted the job: each gets a fresh rendezvous
     step: str = "0"             # the Slurm job step: a second srun step in one job gets its own rendezvous
     rendezvous_dir: str = ""    # shared by all nodes; rank 0 publishes its address here

@@ -18,17 +18,15 @@ writing. `release()` removes the lock only if it is still this holder's.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import platform
 import secrets
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 from .. import fsutil, rundir
+from ..fsutil import pid_alive, start_time
+from .distributed import NO_JOB
 
 HEARTBEAT_S = 60.0
 STALE_AFTER_S = 15 * 60.0  # another host's holder, silent this long, is gone (allows for clock skew)
@@ -36,31 +34,6 @@ STALE_AFTER_S = 15 * 60.0  # another host's holder, silent this long, is gone (a
 
 class RunLockError(RuntimeError):
     """Another live job is training into this run directory, or this job lost its claim."""
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot: with the pid, it names one process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def pid_alive(pid: int, started: str | None = None) -> bool:
-    """The process is running, and is the one that took the lock (not a reuse of its pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return True
-    if fields[0] in ("Z", "X"):  # killed, not yet reaped
-        return False
-    return started is None or fields[19] == started
 
 
 def describe(holder: dict) -> str:
@@ -73,12 +46,7 @@ def describe(holder: dict) -> str:
 
 def read(run_dir: str | os.PathLike) -> tuple[dict, float] | None:
     """The holder ({} when unreadable) and the seconds since its last heartbeat; None: no lock."""
-    path = rundir.RunDir(run_dir).lock
-    try:
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-    return read_file(path), age
+    return fsutil.read_claim(rundir.RunDir(run_dir).lock)
 
 
 def why_stale(holder: dict, age_s: float, me: dict | None = None, stale_after_s: float = STALE_AFTER_S) -> str:
@@ -86,7 +54,7 @@ def why_stale(holder: dict, age_s: float, me: dict | None = None, stale_after_s:
     if not holder:
         # Every lock this suite takes is complete before it exists (written, then linked).
         return "it is unreadable (empty or corrupt), which no live holder leaves"
-    if me and me["job_id"] != "local" and holder.get("job_id") == me["job_id"] \
+    if me and me["job_id"] != NO_JOB and holder.get("job_id") == me["job_id"] \
             and int(holder.get("attempt", 0)) < int(me["attempt"]):
         return f"it is attempt {holder.get('attempt')} of this job, and this is attempt {me['attempt']}"
     if holder.get("host") == platform.node():
@@ -114,7 +82,7 @@ class RunLock:
         self.path = rundir.RunDir(run_dir).lock
         pid = os.getpid()
         self.holder = {"job_id": str(job_id), "attempt": int(attempt), "host": platform.node(), "pid": pid,
-                       "pid_start": _start_time(pid), "token": secrets.token_hex(8), "since": time.time()}
+                       "pid_start": start_time(pid), "token": secrets.token_hex(8), "since": time.time()}
         self.log, self.stale_after_s, self.heartbeat_s = log, stale_after_s, heartbeat_s
         self.held = False
         self.lost = ""  # why this holder no longer holds the lock it took
@@ -135,31 +103,11 @@ class RunLock:
         raise RunLockError(f"{self.path}: could not take the run's lock (other jobs kept taking it)")
 
     def _link(self) -> bool:
-        """Write the record to a claim file of its own, then link it to the lock: all or nothing."""
-        claim = None
         try:
-            fd, claim = tempfile.mkstemp(prefix=".lock.", suffix=".tmp", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.holder, f)
-                f.flush()
-                os.fsync(f.fileno())
+            return fsutil.link_claim(self.path, self.holder)
         except OSError as e:
-            if claim:
-                with contextlib.suppress(OSError):
-                    os.unlink(claim)
             raise fsutil.storage_error(self.path, "take the run's lock", e, "nothing in the run was changed",
                                        "Free space, then start the job again") from e
-        try:
-            os.link(claim, self.path)
-            return True
-        except FileExistsError:
-            # On NFS a link() whose reply was lost reports failure after it succeeded.
-            return os.stat(claim).st_nlink == 2
-        except FileNotFoundError:  # another holder's start swept our claim file: try again
-            return False
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(claim)
 
     def _take_over_if_stale(self) -> None:
         found = read(self.path.parent)
@@ -173,21 +121,7 @@ class RunLock:
         self._break(found[0])
 
     def _break(self, stale: dict) -> None:
-        """Move the stale lock away by rename (one taker wins); if what moved was not the stale
-        lock but a new holder's, put it back."""
-        moved = self.path.with_name(f".lock.{secrets.token_hex(6)}.broken.tmp")
-        try:
-            os.rename(self.path, moved)
-        except FileNotFoundError:
-            return
-        try:
-            taken = read_file(moved)
-            if taken != stale and taken:
-                with contextlib.suppress(FileExistsError):
-                    os.link(moved, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(moved)
+        fsutil.break_claim(self.path, stale)
 
     # -------------------------------------------------------------- holding it
 
@@ -234,11 +168,3 @@ class RunLock:
                 found = read(self.path.parent)
                 if found:
                     self.log(f"the run's lock is held by {describe(found[0])}; left in place")
-
-
-def read_file(path: Path) -> dict:
-    try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return holder if isinstance(holder, dict) else {}

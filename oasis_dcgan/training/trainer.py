@@ -22,7 +22,8 @@ from .. import __version__, fsutil, rundir
 from ..config import Config, ConfigError
 from ..imaging import save_grid
 from ..logs import Progress, RunLog, Stats, format_seconds
-from ..prep.manifest import check_before_training, identity, identity_differences, load_manifest, manifest_hash
+from ..prep.layouts import identity, identity_differences
+from ..prep.manifest import check_before_training, load_manifest, manifest_hash
 from ..prep.reader import ShardReader, epoch_budget, steps_left, train_dataset
 from .distributed import World
 from .step import seed_dropout

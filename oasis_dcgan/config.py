@@ -182,6 +182,9 @@ class ClusterConfig:
     partition: str = key("", "Slurm partition (empty: the site's default)", BATCH_NAME)
     account: str = key("", "Slurm account", BATCH_NAME)
     qos: str = key("", "Slurm QOS", BATCH_NAME)
+    constraint: str = key("", 'node features every job needs, e.g. "a100&ib" (empty: any node)',
+                          Rule(lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.+&|,*:\[\]-]*", v)),
+                               "must be a Slurm feature expression: names joined by & | , with [ ] and *N"))
     nodes: int = key(1, "nodes of the train job", at_least(1))
     tasks_per_node: int = key(2, "Horovod ranks per node: one per GPU on GPU nodes", at_least(1))
     gpus_per_node: int = key(0, "GPUs per node; must equal tasks_per_node when set", at_least(0))

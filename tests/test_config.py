@@ -49,8 +49,8 @@ def test_bad_values_are_refused_naming_the_key(override, key):
     assert key in str(e.value)
 
 
-@pytest.mark.parametrize("key", ["cluster.partition", "cluster.account", "cluster.qos", "run_dir", "data.source",
-                                 "cluster.setup"])
+@pytest.mark.parametrize("key", ["cluster.partition", "cluster.account", "cluster.qos", "cluster.constraint",
+                                 "run_dir", "data.source", "cluster.setup"])
 def test_a_string_that_could_reach_a_script_cannot_carry_a_command(key):
     """A newline put a command into the generated sbatch script and hid the lines after it."""
     value = '["x\\ntouch /tmp/pwned"]' if key == "cluster.setup" else '"x\\ntouch /tmp/pwned"'

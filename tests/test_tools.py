@@ -77,7 +77,8 @@ def test_submit_dry_run_prints_config_and_scripts(png_release, tmp_path):
     r = subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "submit", str(REPO / "slurm/example.toml"),
                         "--dry-run", "--set", f'run_dir="{odd / "run"}"',
                         "--set", f'data.source="{png_release}"', "--set", f'data.dataset="{odd / "ds"}"',
-                        "--set", "cluster.tasks_per_node=4", "--set", "cluster.gpus_per_node=4"],
+                        "--set", "cluster.tasks_per_node=4", "--set", "cluster.gpus_per_node=4",
+                        "--set", 'cluster.constraint="a100&ib"'],
                        cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, "SLURM_CONF": str(tmp_path / "no-cluster.conf")})
     assert r.returncode == 0, r.stderr
@@ -87,7 +88,7 @@ def test_submit_dry_run_prints_config_and_scripts(png_release, tmp_path):
         assert f"---- {stage}" in out
     train_script = out.split("---- train")[1].split("---- postprocess")[0]
     assert "--signal=USR2@90" in train_script and "--ntasks-per-node=4" in train_script
-    assert "--gpus-per-node=4" in train_script
+    assert "--gpus-per-node=4" in train_script and "#SBATCH --constraint='a100&ib'" in train_script
     assert "--cpus-per-task=1 --kill-on-bad-exit=1" in train_script, "srun gets both, explicitly"
     assert "-m oasis_dcgan.launch.retry" in train_script.split("srun ")[1], "the retry step runs after srun"
     assert "#SBATCH --array=0-1%2" in out.split("---- preprocess")[1].split("---- seal")[0]

@@ -120,6 +120,8 @@ def _slurm_parameters(cfg, dependency: str | None, array: int) -> dict:
         extra["account"] = c.account
     if c.qos:
         extra["qos"] = c.qos
+    if c.constraint:
+        extra["constraint"] = c.constraint
     params = dict(slurm_signal_delay_s=c.signal_delay_s, slurm_additional_parameters=extra)
     if c.partition:
         params["slurm_partition"] = c.partition

@@ -4,8 +4,8 @@
 
 Reads the OASIS PNG release, raw OASIS-1 volumes or any image folder (oasis_dcgan/prep/);
 writes OUT/{split}-NNNNN-of-NNNNN.h5 and OUT/manifest.json. Under a plain sbatch array each
-task passes --task/--tasks and a last step --seal (slurm/preprocess.sbatch). Same as
-`oasis-dcgan preprocess`.
+task passes --task/--tasks/--packing and a last step --seal --packing (slurm/preprocess.sbatch).
+Same as `oasis-dcgan preprocess`.
 """
 import sys
 

@@ -3,7 +3,9 @@
 A config is a TOML file with the sections below; `--set section.key=value` overrides any
 key. Each key is declared once, here: its type (the annotation), its default, a one-line doc
 and its rule. Everything else is derived from the declarations: the checks `validate()` runs,
-`oasis-dcgan config --example` (which slurm/example.toml is), the CLI's choices. Unknown keys,
+`oasis-dcgan config --example` (which slurm/example.toml is), the CLI's flags and choices (the
+choices of data.layout and cluster.executor come from their registries, prep/layouts.py and
+launch/executors.py, which import nothing of this module). Unknown keys,
 wrong types and impossible values are refused with the key named. The resolved config is
 written into every run directory (options.json).
 """
@@ -103,10 +105,6 @@ class DataConfig:
                                             and abs(sum(v) - 1) < 1e-6,
                                             "must be three non-negative numbers summing to 1"))
     split_seed: int = key(0, "raw volumes: seed of the subject-to-split assignment (recorded)", SEED)
-
-    def plan_kwargs(self) -> dict:
-        """The arguments of prep.pack.plan() that this section sets: all but where data lives."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("source", "dataset")}
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import time
@@ -199,29 +200,38 @@ def _read_units(p: Plan, units: list) -> _ShardContent:
 
 
 def _write_shard(dest: Path, split: str, c: _ShardContent, resolution: int) -> int | None:
-    """Write one shard atomically; returns the byte offset of its image block (see manifest.py)."""
+    """Write one shard atomically; returns the byte offset of its image block (see manifest.py).
+
+    HDF5 builds the file in memory and the suite writes its bytes: a full disk is then an
+    OSError of our own write, and never leaves the HDF5 library holding a half-closed file
+    (whose later clean-up crashed the process)."""
+    image = io.BytesIO()
+    _build_shard(image, split, c, resolution)
+    fsutil.write_bytes(dest, image.getbuffer())
+    return image_block_offset(image)
+
+
+def _build_shard(fileobj, split: str, c: _ShardContent, resolution: int) -> None:
     import h5py
 
-    with fsutil.atomic_path(dest) as tmp:
-        # track_times=False and a fixed libver make the bytes a function of the content
-        # alone, so a rerun reproduces a shard exactly and its sha256 can vouch for it.
-        with h5py.File(tmp, "w", libver=("v110", "v110"), track_order=False) as f:
-            n = len(c.images)
-            arr = np.stack(c.images) if n else np.zeros((0, resolution, resolution), np.uint8)
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # chunks in one run, in index order
-            ds = f.create_dataset("images", shape=arr.shape, dtype=np.uint8, track_times=False,
-                                  chunks=(1, resolution, resolution) if n else None, dcpl=dcpl if n else None)
-            if n:
-                ds[...] = arr
-            str_t = h5py.string_dtype("utf-8")
-            f.create_dataset("source", data=np.array(c.sources, dtype=object), dtype=str_t, track_times=False)
-            f.create_dataset("case", data=np.array(c.cases, dtype=object), dtype=str_t, track_times=False)
-            f.create_dataset("slice", data=np.asarray(c.slices, dtype=np.int32), track_times=False)
-            f.attrs["split"] = split
-            f.attrs["resolution"] = resolution
-            f.attrs["format_version"] = FORMAT_VERSION
-        return image_block_offset(tmp)
+    # track_times=False and a fixed libver make the bytes a function of the content
+    # alone, so a rerun reproduces a shard exactly and its sha256 can vouch for it.
+    with h5py.File(fileobj, "w", libver=("v110", "v110"), track_order=False) as f:
+        n = len(c.images)
+        arr = np.stack(c.images) if n else np.zeros((0, resolution, resolution), np.uint8)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # chunks in one run, in index order
+        ds = f.create_dataset("images", shape=arr.shape, dtype=np.uint8, track_times=False,
+                              chunks=(1, resolution, resolution) if n else None, dcpl=dcpl if n else None)
+        if n:
+            ds[...] = arr
+        str_t = h5py.string_dtype("utf-8")
+        f.create_dataset("source", data=np.array(c.sources, dtype=object), dtype=str_t, track_times=False)
+        f.create_dataset("case", data=np.array(c.cases, dtype=object), dtype=str_t, track_times=False)
+        f.create_dataset("slice", data=np.asarray(c.slices, dtype=np.int32), track_times=False)
+        f.attrs["split"] = split
+        f.attrs["resolution"] = resolution
+        f.attrs["format_version"] = FORMAT_VERSION
 
 
 def _slices_by_case(c: _ShardContent) -> dict:

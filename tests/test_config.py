@@ -120,17 +120,18 @@ def test_postprocess_takes_the_runs_own_config_with_overrides_on_top(tmp_path):
     assert (cfg.cluster.account, cfg.cluster.partition, cfg.metrics.batches) == ("lab7", "gpu", 5)
 
 
-def test_each_layout_and_executor_name_is_a_literal_in_its_registry_only():
-    """Everything else (the config's choices, the CLI's, the packer, the pipeline) derives from the
-    registry, so a name written twice is a seam this test finds."""
+def test_each_layout_check_and_executor_name_is_a_literal_in_its_registry_only():
+    """Everything else (the config's choices, the CLI's, the packer, the pipeline, the report)
+    derives from the registry, so a name written twice is a seam this test finds."""
     import ast
     import io
     import tokenize
 
     from oasis_dcgan.launch import executors
+    from oasis_dcgan.post import checks
     from oasis_dcgan.prep import layouts
 
-    home = {**{n: "prep/layouts.py" for n in layouts.LAYOUTS},
+    home = {**{n: "prep/layouts.py" for n in layouts.LAYOUTS}, **{c.name: "post/checks.py" for c in checks.CHECKS},
             # "auto" is a choice of both registries (detect the layout; pick the executor), not an executor
             **{n: "launch/executors.py" for n in executors.EXECUTORS if n != executors.AUTO}}
     found: dict = {n: set() for n in home}

@@ -27,7 +27,8 @@ def test_postprocess_outputs(finished_run):
     assert metrics["seed_max_ssim"]["final"] == metrics["seed_max_ssim"]["per_epoch"][-1]
     assert {"mean", "median"} <= set(metrics["nn_ssim"])
     assert {"generated", "real"} <= set(metrics["ms_ssim_diversity"])
-    assert metrics["fid"]["fid"] is None and "never downloaded" in metrics["fid"]["note"].replace("Nothing is ever", "never")
+    features = metrics["feature_distances"]
+    assert features["fid"] is None and "never downloaded" in features["note"].replace("Nothing is ever", "never")
     lines = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3]
     sel = json.loads((rd / "metric_batches.json").read_text())

@@ -165,7 +165,7 @@ def diversity_rows(m: dict) -> list[list[str]]:
 
 
 def feature_rows(m: dict) -> list[list[str]]:
-    f = m["fid"]
+    f = m[FEATURES]
     return [["FID / KID", f"{fmt(f.get('fid'))} / {fmt(f.get('kid'))}", "-"],
             ["precision / recall (k-NN, extractor features)", f"{fmt(f.get('precision'))} / {fmt(f.get('recall'))}",
              "-"]]
@@ -222,7 +222,7 @@ CHECKS = (
     Check("nn_ssim_held_out", held_out_baseline, held_out_rows),
     Check("raw_generator", raw_generator),
     Check("ms_ssim_diversity", diversity, diversity_rows, diversity_reading),
-    Check("fid", feature_distances, feature_rows),
+    Check("feature_distances", feature_distances, feature_rows),
 )
 NN, HELD_OUT, FEATURES = CHECKS[0].name, CHECKS[1].name, CHECKS[4].name  # what the report's figures read
 

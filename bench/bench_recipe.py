@@ -18,7 +18,7 @@ import time
 
 from bench.common import REPO, WORK, save, table
 from oasis_dcgan import config
-from oasis_dcgan.post.report import COPYING, DIVERSITY_BAND, NEAR_BASELINE
+from oasis_dcgan.post.checks import COPYING, DIVERSITY_BAND, NEAR_BASELINE
 
 EPOCHS = int(os.environ.get("OASIS_RECIPE_EPOCHS", config.load(config.preset("demo")).train.epochs))
 SEED = config.seed_recipe()

@@ -2,7 +2,7 @@
 
 sample brains (OASIS PNG layout, 256x256) -> preprocess at 64x64 as a 2-task array ->
 train on 2 Horovod ranks -> postprocess -> collect, all chained by launch.pipeline,
-through submitit's local executor (or the dev Slurm cluster with --cluster dev).
+through submitit's local executor (or Slurm with --executor slurm; `make demo-cluster` uses the dev cluster).
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def quality_run(precision: str, seed: int, epochs: int) -> dict:
                     "--seed", str(seed), "--executor", "inprocess", "--set", f"train.max_steps_per_epoch={STEPS}",
                     "--set", f'train.precision="{precision}"'], cwd=REPO, check=True, capture_output=True)
     m = postprocess(run, log=lambda *a: None)
-    return {"seed_max_ssim": m["seed_max_ssim"]["final"], "diversity": m["ms_ssim_diversity"]["generated"],
+    return {"seed_max_ssim": m["seed_max_ssim"]["final"], "diversity": m["diversity"]["generated"],
             "nn_ssim_mean": m["nn_ssim"]["mean"]}
 
 

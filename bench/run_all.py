@@ -12,7 +12,7 @@ import sys
 import time
 
 from bench import (bench_checkpoint, bench_data, bench_multinode, bench_overhead, bench_precision, bench_preempt,
-                   bench_recipe, bench_ssim, bench_train, probe_generator, projection)
+                   bench_quality, bench_recipe, bench_ssim, bench_train, probe_generator, projection)
 from bench.common import RESULTS, machine
 
 SECTIONS = {  # short name: (heading, module)
@@ -26,6 +26,7 @@ SECTIONS = {  # short name: (heading, module)
     "precision": ("Mixed precision", bench_precision),
     "recipe": ("The demo's recipe: brains in its budget", bench_recipe),
     "probe": ("Why the demo's recipe stalls: the generator's upsampling, R1, more steps", probe_generator),
+    "quality": ("Quality against images seen: the seed's recipe and the demo's, three seeds", bench_quality),
     # Last: it reads what overhead and checkpoint measured.
     "projection": ("Projection: data-parallel efficiency on H200 clusters", projection),
 }

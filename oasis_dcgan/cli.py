@@ -187,6 +187,13 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def cmd_evaluate(a) -> int:
+    from .post import evaluate
+
+    evaluate.evaluate(a.images, a.dataset, a.out, _config(a).metrics)
+    return 0
+
+
 def cmd_sample_data(a) -> int:
     from .prep import sample_data
 
@@ -322,7 +329,7 @@ def _packing_name(text: str) -> str:
 
 
 def _add_tool_commands(sub) -> None:
-    """submit, status, collect, generate, sample-data, demo: around the jobs."""
+    """submit, status, collect, generate, evaluate, config, sample-data, demo: around the jobs."""
     p = sub.add_parser("submit", help="submit preprocess -> train -> postprocess (-> collect) as chained jobs")
     p.add_argument("config", help="the TOML config (start from slurm/example.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -351,6 +358,13 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("out", help="the directory the PNGs go to")
     p.add_argument("--seed", type=_count(0), default=0)
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="the report's checks, anchors and verdicts for any set of images")
+    p.add_argument("images", help="a .npy/.npz array [N, H, W] (uint8, or floats on (-1, 1)), or a folder of PNGs")
+    p.add_argument("dataset", help="a packed dataset at the images' size: its training split is what copying means")
+    p.add_argument("--out", required=True, help="the directory metrics.json and report.md go to")
+    _config_options(p)   # the metrics.* keys
+    p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("config", help="print every config key with its doc: resolved from --config/--set, or the "
                        "defaults (--example, which is slurm/example.toml)")

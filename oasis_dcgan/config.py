@@ -163,10 +163,11 @@ class MetricsConfig:
                             "seed's loop draws them", one_of("fixed", "per_epoch"))
     seed: int = key(1234, "which real batches (saved in report/metric_batches.json)", SEED)
     nn_samples: int = key(256, "generated images for the nearest-neighbour (memorisation) check", at_least(1))
-    diversity_samples: int = key(64, "images for the MS-SSIM diversity (collapse) check", at_least(2))
+    diversity_samples: int = key(256, "images a set for the MS-SSIM diversity check (fewer if a set is smaller)",
+                                 at_least(2))
     fid_weights: str = key("", "a local .keras feature extractor for FID/KID; never downloaded")
-    fid_real_images: int = key(0, "with an extractor: this many real images of the split (0: all)", at_least(0))
-    fid_generated_images: int = key(0, "generated images for FID/KID (0: as many as the real ones)", at_least(0))
+    fid_real_images: int = key(0, "with an extractor: at most this many images a set; every set has the same n "
+                               "(0: as many as the held-out split holds)", at_least(0))
     fid_preprocessing: str = key("tanh", "the extractor's input range: tanh (-1..1, Inception's), unit or 0-255",
                                  one_of("tanh", "unit", "0-255"))
     kid_subsets: int = key(100, "KID: mean and deviation over this many random subsets", at_least(1))

@@ -41,10 +41,11 @@ def test_kid_is_the_unbiased_polynomial_mmd():
     want = (sum(k(a[i], a[j]) for i, j in itertools.permutations(range(m), 2)) / (m * (m - 1))
             + sum(k(b[i], b[j]) for i, j in itertools.permutations(range(n), 2)) / (n * (n - 1))
             - 2 * sum(k(x, y) for x in a for y in b) / (m * n))
-    one = features.kid(a, b, subsets=1, subset_size=100)
-    assert one["subset_size"] == 9
-    full = features.kid(a[:9], b, subsets=1, subset_size=9)
-    assert full["kid_mean"] == pytest.approx(features._poly_mmd2(a[:9], b))
+    halves = features.kid(a, b, subsets=20, subset_size=100)
+    assert halves["subset_size"] == 4 and halves["kid_std"] > 0, "no more images than a subset: subsets of half"
+    tiny = features.kid(a[:3], b[:3], subsets=20, subset_size=100)
+    assert tiny["kid_std"] is None and "none" in tiny["kid_spread"], "too few for a spread: absent, never 0"
+    assert tiny["kid_mean"] == pytest.approx(features._poly_mmd2(a[:3], b[:3]))
     assert features._poly_mmd2(a, b) == pytest.approx(want, rel=1e-10)
     spread = features.kid(rng.normal(size=(200, 5)), rng.normal(size=(200, 5)), subsets=20, subset_size=50)
     assert spread["kid_std"] > 0 and abs(spread["kid_mean"]) < 3 * spread["kid_std"] + 1e-3
@@ -61,11 +62,19 @@ def brute_precision_recall(real, fake, k):
     return precision, recall
 
 
-def test_precision_recall_match_a_brute_force_count():
+def test_precision_recall_match_a_brute_force_count_in_any_block_size(monkeypatch):
     rng = np.random.default_rng(3)
-    real, fake = rng.normal(size=(40, 3)), rng.normal(0.7, 0.6, size=(30, 3))
+    real, fake = rng.normal(size=(40, 3)), rng.normal(0.7, 0.6, size=(40, 3))
     got = features.precision_recall(real, fake, k=3)
-    assert (got["precision"], got["recall"]) == pytest.approx(brute_precision_recall(real, fake, 3))
+    want = brute_precision_recall(real, fake, 3)
+    assert (got["precision"], got["recall"]) == pytest.approx(want)
+    blocks = features._row_blocks
+    monkeypatch.setattr(features, "_row_blocks", lambda n, other: blocks(n, other, budget=7 * other))  # 7 rows a block
+    assert features._row_blocks(40, 40)[0] == slice(0, 7)
+    small = features.precision_recall(real, fake, k=3)
+    assert (small["precision"], small["recall"]) == pytest.approx(want)
+    with pytest.raises(features.FeatureError, match="one size"):
+        features.precision_recall(real, fake[:30], k=3)   # more generated than real would inflate recall
 
 
 def test_a_generator_of_one_image_has_fidelity_but_no_recall():
@@ -96,7 +105,7 @@ def test_an_unpooled_extractor_is_pooled_and_images_are_resized_to_its_input(sma
     net = features.load_extractor(small_extractor)
     imgs = np.random.default_rng(5).uniform(-1, 1, (5, 64, 64)).astype(np.float32)
     got = features.features(net, imgs, "unit")
-    x = tf.image.resize(imgs[..., None], (32, 32)) * 0.5 + 0.5
+    x = tf.image.resize(imgs[..., None], (32, 32), antialias=True) * 0.5 + 0.5
     want = np.asarray(net(x)).mean(axis=(1, 2))
     assert got.shape == (5, 16)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -117,15 +117,31 @@ def numpy_ms_ssim_two_scales(x, y, max_val=2.0):
     return max(cs1, 0) ** w[0] * max(s2, 0) ** w[1]
 
 
-def test_diversity_matches_its_definition_and_flags_a_generator_of_one_image():
+def test_pair_matrix_matches_its_definition():
     imgs = structured(6, 32, 4)
-    d = metrics.diversity(imgs, boot=200)
-    want = np.mean([numpy_ms_ssim_two_scales(imgs[i], imgs[j]) for i in range(6) for j in range(i + 1, 6)])
-    assert d["scales"] == 2 and d["pairs"] == 15
-    assert d["mean"] == pytest.approx(want, abs=2e-4)
-    assert d["ci95"][0] <= d["mean"] <= d["ci95"][1] and d["ci95"][1] - d["ci95"][0] > 0
-    one = metrics.diversity(np.stack([imgs[0]] * 6), boot=200)
-    assert one["mean"] == pytest.approx(1.0, abs=1e-5) and one["mean"] > d["ci95"][1], "one image is flagged"
+    mat = metrics.pair_matrix(imgs)
+    assert mat.shape == (6, 6) and np.isnan(np.diag(mat)).all() and np.allclose(mat, mat.T, equal_nan=True)
+    for i, j in [(0, 1), (2, 5), (3, 4)]:
+        assert mat[i, j] == pytest.approx(numpy_ms_ssim_two_scales(imgs[i], imgs[j]), abs=2e-4)
+    assert metrics.ms_ssim_scales(32) == 2
+
+
+def test_brain_ssim_is_the_ssim_map_averaged_over_brain_windows():
+    from scipy.signal import convolve2d
+    from skimage.metrics import structural_similarity
+
+    x, y = structured(3, 32, 5), structured(3, 32, 6)
+    got = metrics.brain_ssim(x, y)
+    t = metrics.gaussian_taps().astype(np.float64)
+    win = np.outer(t, t)
+    for i in range(3):
+        _, full = structural_similarity(x[i], y[i], data_range=2.0, gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, full=True)
+        valid = full[5:-5, 5:-5]   # skimage pads; the metric's windows are the valid ones
+        brain = convolve2d(((x[i] > -0.8) | (y[i] > -0.8)).astype(float), win, mode="valid") >= 0.5
+        assert 0 < brain.sum() < brain.size
+        assert got[i] == pytest.approx(valid[brain].mean(), abs=2e-4)
+        assert got[i] != pytest.approx(valid.mean(), abs=1e-3), "the background is left out"
 
 
 def test_exact_nearest_ssim_flags_copies_and_matches_a_skimage_search(dataset32):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from oasis_dcgan import config
-from oasis_dcgan.post import checks, figures, report
+from oasis_dcgan.post import checks, figures, quality, report
 
 FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png",
         "nn_ssim.png")
@@ -26,7 +26,9 @@ def test_postprocess_outputs(finished_run):
     assert len(metrics["seed_max_ssim"]["per_epoch"]) == 3
     assert metrics["seed_max_ssim"]["final"] == metrics["seed_max_ssim"]["per_epoch"][-1]
     assert {"mean", "median"} <= set(metrics["nn_ssim"])
-    assert {"generated", "real"} <= set(metrics["ms_ssim_diversity"])
+    assert {"generated", "real", "ratio", "ci95", "verdict"} <= set(metrics["diversity"])
+    assert {"flagged", "share", "held_out_share"} <= set(metrics["copying"])
+    assert {"held_out", "blurred", "linear", "final_holdout"} <= set(metrics["anchors"])
     features = metrics["feature_distances"]
     assert features["fid"] is None and "never downloaded" in features["note"].replace("Nothing is ever", "never")
     lines = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
@@ -44,6 +46,8 @@ def test_postprocess_outputs(finished_run):
     assert "0.65" in md and "does not" in md
     assert "**Training recipe:** " in md and "the seed's recipe" in md
     assert "Nearest-neighbour SSIM: median" in md and "MS-SSIM diversity over" in md  # the readings
+    assert "Copying: " in md and "On the ladder of anchors, the generator" in md
+    assert "| linear model (PCA-Gaussian) |" in md  # the ladder's table
     assert "not the seed's recipe" in report.recipe({"train": {"adam_beta1": 0.5, "ema_kimg": 10}})
     assert "not the seed's" not in report.recipe({"train": {"lr": 1e-4, "adam_beta1": 0.9, "batch_size": 16}})
     for key, value in config.recipe(config.load(config.preset("demo"))).items():  # every recipe key the demo sets
@@ -113,24 +117,41 @@ def test_notable_epochs_scale_with_run_length():
     assert report.notable_epochs(2) == [1, 2]
 
 
-def _checks(gen, held, div_gen, div_real):
-    return {"nn_ssim": {"median": gen}, "nn_ssim_held_out": {"median": held},
-            "ms_ssim_diversity": {"generated": div_gen, "real": div_real, "scales": 3, "n": 64, "real_split": "train",
-                                  "generated_ci95": [div_gen - 0.01, div_gen + 0.01], "real_ci95": [0.45, 0.52]}}
+def _checks(gen_ci, held_ci, ratio_ci, copies=0):
+    """The parts of metrics.json the readings use: intervals decide, point estimates are their middles."""
+    mid = lambda ci: sum(ci) / 2  # noqa: E731
+    ratio = mid(ratio_ci)
+    verdict = "less varied" if ratio_ci[0] > 1 else "more varied" if ratio_ci[1] < 1 else "as varied"
+    copy = quality.copying(quality.Profile(nn=np.r_[np.full(copies, 1.0), np.full(256 - copies, 0.7)],
+                                           nearest=np.zeros(256, int), brain=np.zeros(256), pairs=None),
+                           0.93, {"count": 1, "n": 128, "share": 1 / 128, "ci95": [0.0, 0.04], "from": "test"})
+    rung = lambda ci: {"nn_ssim": {"median": mid(ci), "ci95": ci, "n": 128}}  # noqa: E731
+    return {"nn_ssim": {"median": mid(gen_ci), "ci95": gen_ci, "n": 256},
+            "copying": copy,
+            "diversity": {"generated": 0.5 * ratio, "real": 0.5, "ratio": ratio, "ci95": ratio_ci, "verdict": verdict,
+                          "scales": 3, "n": 256, "real_split": "train"},
+            "anchors": {"held_out": rung(held_ci), "blurred": rung([0.79, 0.81]), "linear": rung([0.72, 0.74])},
+            "feature_distances": {}}
 
 
-def test_readings_say_which_way_each_check_points():
-    copying, alike = checks.readings(_checks(0.95, 0.87, 0.50, 0.50))
-    assert "sign of copying" in copying and "no sign" not in copying and "+0.080" in copying
-    assert "vary as much" in alike and "ratio 1.00" in alike
-    near, collapsed = checks.readings(_checks(0.84, 0.87, 0.60, 0.50))
-    assert "as close to the training images as unseen brains are" in near
-    assert "more alike" in collapsed and "ratio 1.20" in collapsed
-    far, noisy = checks.readings(_checks(0.70, 0.87, 0.40, 0.50))
-    assert "no sign of copying" in far and "-0.170" in far
-    assert "less alike" in noisy and "3 scales" in noisy and "0.450-0.520" in noisy and "0.390-0.410" in noisy
-    only_diversity = _checks(0.70, None, 0.40, 0.50)
-    assert len(checks.readings(only_diversity)) == 1  # no held-out split: no baseline to read against
+def test_readings_follow_the_intervals():
+    near, copying, alike, ladder = checks.readings(_checks([0.83, 0.86], [0.82, 0.90], [0.95, 1.08]))
+    assert "as close to the training images as unseen brains" in near
+    assert "No sign of copying" in copying and "0 of 256" in copying
+    assert "as varied as real slices" in alike and "[0.95, 1.08]" in alike
+    assert "level with held-out slices (0.860)" in ladder and "above linear model" in ladder
+    far, flagged, collapsed, low = checks.readings(_checks([0.68, 0.70], [0.82, 0.90], [1.05, 1.30], copies=13))
+    assert "not yet as brain-like" in far
+    assert "a sign of copying" in flagged and "13 of 256" in flagged
+    assert "less varied than real slices" in collapsed
+    assert "below held-out slices" in low and "below linear model" in low
+    _, unsure, noisy, _ = checks.readings(_checks([0.68, 0.70], [0.82, 0.90], [0.70, 0.90], copies=6))
+    assert "inconclusive" in unsure and "no sign" not in unsure.lower()
+    assert "more varied than real slices" in noisy
+    rows = checks.ladder_table(_checks([0.68, 0.70], [0.82, 0.90], [0.70, 0.90]))[1]
+    assert [r[0] for r in rows] == ["generated", "held-out slices", "held-out slices, blurred 1 px",
+                                    "linear model (PCA-Gaussian)"]
+    assert rows[0][5] == "0.80 [0.70, 0.90] (more varied)"
 
 
 def test_markdown_markers_keep_spaces_outside():

@@ -52,7 +52,9 @@ def features(net, images, preprocessing: str = "tanh", batch: int = 32) -> np.nd
     imgs = np.asarray(images, np.float32).reshape(len(images), *np.shape(images)[1:3], 1)
     out = []
     for i in range(0, len(imgs), batch):
-        x = tf.image.resize(imgs[i:i + batch], size) if imgs.shape[1:3] != size else tf.constant(imgs[i:i + batch])
+        x = imgs[i:i + batch]
+        # Anti-aliased: a downsized image keeps its detail averaged in, not aliased into false texture.
+        x = tf.image.resize(x, size, antialias=True) if x.shape[1:3] != size else tf.constant(x)
         x = tf.repeat(x, channels, axis=-1) * scale + shift
         f = np.asarray(net(x, training=False), np.float64)
         if f.ndim == 4:    # a spatial map: global average pool
@@ -94,19 +96,22 @@ def _poly_mmd2(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def kid(f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> dict:
-    """KID as the mean and standard deviation of the MMD^2 over random subsets of both sets."""
+    """KID as the mean and standard deviation of the MMD^2 over random subsets of both sets.
+
+    Subsets as large as a whole set would all be that set, and their spread a meaningless 0:
+    when a set holds no more than `subset_size` images, the subsets take half of it. Below 4
+    images there is no spread to give, and the result says so (kid_std None).
+    """
     rng = np.random.default_rng(seed)
-    size = min(subset_size, len(f1), len(f2))
+    n = min(len(f1), len(f2))
+    size = subset_size if n > subset_size else n // 2
+    if size < 2:
+        return {"kid_mean": _poly_mmd2(f1, f2), "kid_std": None, "subsets": 1, "subset_size": n,
+                "kid_spread": "none: too few images for subsets"}
     vals = [_poly_mmd2(f1[rng.choice(len(f1), size, replace=False)], f2[rng.choice(len(f2), size, replace=False)])
             for _ in range(subsets)]
     return {"kid_mean": float(np.mean(vals)), "kid_std": float(np.std(vals)), "subsets": subsets,
             "subset_size": size}
-
-
-def _kth_neighbour_radius(f: np.ndarray, k: int) -> np.ndarray:
-    """Each point's distance to its k-th nearest other point of the same set."""
-    d = _distances(f, f)
-    return np.sort(d, axis=1)[:, k]  # column 0 is the point itself
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -114,17 +119,36 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(sq, 0))
 
 
+def _row_blocks(n: int, other: int, budget: int = 1 << 24):
+    """Row ranges of an n x other distance matrix, about 128 MiB of float64 each, never the whole matrix."""
+    step = max(1, budget // max(other, 1))
+    return [slice(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def _kth_neighbour_radius(f: np.ndarray, k: int) -> np.ndarray:
+    """Each point's distance to its k-th nearest other point of the same set (position 0 is itself)."""
+    return np.concatenate([np.partition(_distances(f[b], f), k, axis=1)[:, k] for b in _row_blocks(len(f), len(f))])
+
+
+def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Whether each point lies in any ball (centre, radius)."""
+    return np.concatenate([(_distances(points[b], centres) <= radii[None, :]).any(axis=1)
+                           for b in _row_blocks(len(points), len(centres))])
+
+
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict:
-    """Improved precision and recall (k-NN manifolds in feature space).
+    """Improved precision and recall (k-NN manifolds in feature space), on sets of equal size.
 
     Precision: the share of generated images inside the real set's manifold (a ball around
     each real feature reaching its k-th neighbour): fidelity. Recall: the share of real images
     inside the generated set's manifold: how much of the real variety the generator covers.
+    A larger generated set has a denser manifold and inflates recall, so the sizes must match.
     """
-    if min(len(real), len(fake)) <= k:
+    if len(real) != len(fake):
+        raise FeatureError(f"precision/recall compares sets of one size; got {len(real)} real and {len(fake)} "
+                           "generated")
+    if len(real) <= k:
         raise FeatureError(f"precision/recall with k={k} needs more than {k} images in each set")
-    r_real, r_fake = _kth_neighbour_radius(real, k), _kth_neighbour_radius(fake, k)
-    d = _distances(real, fake)                 # [real, fake]
-    precision = float((d <= r_real[:, None]).any(axis=0).mean())
-    recall = float((d <= r_fake[None, :]).any(axis=1).mean())
+    precision = float(_inside(fake, real, _kth_neighbour_radius(real, k)).mean())
+    recall = float(_inside(real, fake, _kth_neighbour_radius(fake, k)).mean())
     return {"precision": precision, "recall": recall, "k": k}

@@ -17,6 +17,7 @@ from ..imaging import squeeze_channel, to_unit
 
 FILTER_SIZE, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+BRAIN_LEVEL = -0.8   # on (-1, 1): a tenth of the range above black, where a slice's brain begins
 
 
 class MetricError(ValueError):
@@ -68,14 +69,18 @@ def _combine_fn(max_val: float):
 
     @tf.function(jit_compile=True, reduce_retracing=True)
     def combine(mx, exx, my, eyy, exy):
-        # Same algebra as tf.image.ssim's helper, so float32 rounding stays close to it.
-        num0 = mx * my * 2.0
-        den0 = mx * mx + my * my
-        lum = (num0 + c1) / (den0 + c1)
-        cs = (exy * 2.0 - num0 + c2) / (exx + eyy - den0 + c2)
-        return tf.reduce_mean(lum * cs, axis=[-2, -1])
+        return tf.reduce_mean(ssim_map(mx, exx, my, eyy, exy, c1, c2), axis=[-2, -1])
 
     return combine
+
+
+def ssim_map(mx, exx, my, eyy, exy, c1, c2):
+    """SSIM at every window from the filtered moments; tf.image.ssim's algebra, so float32 rounding stays close."""
+    num0 = mx * my * 2.0
+    den0 = mx * mx + my * my
+    lum = (num0 + c1) / (den0 + c1)
+    cs = (exy * 2.0 - num0 + c2) / (exx + eyy - den0 + c2)
+    return lum * cs
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,26 +190,19 @@ def ms_ssim_scales(size: int) -> int:
     return scales
 
 
-def diversity(images, max_val: float = 2.0, seed: int = 0, boot: int = 1000) -> dict:
-    """Mean MS-SSIM over all distinct pairs of a set, with a bootstrap 95% interval over the images.
+def pair_matrix(images, max_val: float = 2.0) -> np.ndarray:
+    """MS-SSIM of every distinct pair of a set, as a symmetric [N, N] matrix with nan on the diagonal.
 
-    Read in both directions against the real set's value: far above it, the images are too alike
-    (collapse); far below it, they are less alike than brains are (noise, inconsistent anatomy).
+    Its mean is the set's diversity reading: far above a real set's, the images are too alike
+    (collapse); far below, less alike than brains are (noise, inconsistent anatomy). The whole
+    matrix is kept so that intervals can resample images (quality.py) without scoring pairs again.
     """
     x = _squeeze(images)
     n = len(x)
     i, j = np.triu_indices(n, k=1)
-    v = ms_ssim_pairs(x[i], x[j], max_val)
     mat = np.full((n, n), np.nan)
-    mat[i, j] = mat[j, i] = v
-    rng = np.random.default_rng(seed)
-    means = []
-    for _ in range(boot):
-        pick = rng.integers(0, n, n)
-        means.append(np.nanmean(mat[np.ix_(pick, pick)]))  # a repeated image's self-pair is nan: left out
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(v.mean()), "ci95": [float(lo), float(hi)], "pairs": int(len(v)), "images": n,
-            "scales": ms_ssim_scales(min(x.shape[1:]))}
+    mat[i, j] = mat[j, i] = ms_ssim_pairs(x[i], x[j], max_val)
+    return mat
 
 
 def pairwise_diversity(images, max_val: float = 2.0, seed: int = 0, max_pairs: int = 2016) -> float:
@@ -244,6 +242,27 @@ def nearest_ssim(queries, reader, max_val: float = 2.0, real_block: int = 64, qu
             best[t:t + query_block] = np.where(better, v[np.arange(len(v)), j], best[t:t + query_block])
             where[t:t + query_block] = np.where(better, idx[j], where[t:t + query_block])
     return {"ssim": best, "index": where, "exact": True, "compared_with": len(reader)}
+
+
+def brain_ssim(x, y, max_val: float = 2.0, level: float = BRAIN_LEVEL) -> np.ndarray:
+    """SSIM of x[i] with y[i] averaged over the windows that are mostly brain in either image: [N].
+
+    Over a whole slice, the black background agrees in any two images and lifts every score
+    towards 1; over the brain alone, the score says how alike the anatomy is. A window is brain
+    when at least half of its Gaussian weight falls on pixels above `level` in x or in y.
+    """
+    x, y = _squeeze(x), _squeeze(y)
+    _check_pair(x, y, max_val)
+    blur = _blur_fn()
+    c1, c2 = (K1 * max_val) ** 2, (K2 * max_val) ** 2
+    out = []
+    for s in range(0, len(x), 64):
+        xs, ys = x[s:s + 64], y[s:s + 64]
+        m = ssim_map(blur(xs), blur(xs * xs), blur(ys), blur(ys * ys), blur(xs * ys), c1, c2).numpy()
+        brain = blur(((xs > level) | (ys > level)).astype(np.float32)).numpy() >= 0.5
+        counts = brain.sum(axis=(1, 2))
+        out.append(np.where(counts > 0, (m * brain).sum(axis=(1, 2)) / np.maximum(counts, 1), np.nan))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def summary(values) -> dict:

@@ -21,7 +21,7 @@ from ..config import Config
 from ..imaging import to_unit
 from ..prep.manifest import load_manifest, manifest_hash
 from ..prep.reader import ShardReader, read_batches, sample_batches
-from . import checks, figures, metrics
+from . import checks, figures, metrics, samples as generated_samples
 from .document import Bold, Code, Document
 
 NOTABLE_EPOCHS = (1, 2, 3, 10, 25, 50)  # the reference's table of epochs, for a 50-epoch run
@@ -117,13 +117,31 @@ def summarise(rows: list[dict], results: dict, cfg: Config, epochs_done: int, ru
     }
 
 
+def final_generators(run: rundir.RunDir) -> tuple[Path | None, Path | None]:
+    """The final generator and the raw one beside the average, of a finished run only: while a run
+    trains or after it stopped, the files there may be an earlier finish's."""
+    if not run.finished():
+        return None, None
+    return run.generator, (run.generator_raw if run.generator_raw.is_file() else None)
+
+
+def judged(run: rundir.RunDir, last_batch: tuple[int, Path], dataset: str, cfg: Config, log) -> checks.Context:
+    """What the checks judge: the final generator's samples, else the newest epoch's fixed-noise batch."""
+    m = cfg.metrics
+    final, raw = final_generators(run)
+    if final is not None:
+        return checks.Context(generated_samples.generate(final, m.nn_samples, m.seed + 1), final.name, dataset, m,
+                              generator=final, raw=raw, log=log)
+    return checks.Context(figures.load_batch(last_batch[1]), f"fixed-noise batch of epoch {last_batch[0]} (no final "
+                          "generator yet)", dataset, m, log=log)
+
+
 # ----------------------------------------------------------------------------- figures
 
 def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], samples: list, real_batch: np.ndarray,
-                   gen: np.ndarray, results: dict, reader: ShardReader) -> list[tuple[str, str]]:
+                   ctx: checks.Context) -> list[tuple[str, str]]:
     """Every figure of the report; returns (title, file name) in report order."""
-    nn = {"ssim": np.asarray(results[checks.NN]["values"]), "index": np.asarray(results[checks.NN]["nearest_index"])}
-    held = results[checks.HELD_OUT]
+    nn, reader = {"ssim": ctx.gen.nn, "index": ctx.gen.nearest}, ctx.train
     out = []
     if any(r.get("kind") == "epoch" for r in stats):
         figures.plot_losses(stats, report_dir / "loss.png")
@@ -140,10 +158,11 @@ def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], sample
     out.append((f"Epoch {last} beside a real batch", "last_vs_real.png"))
     closest = np.argsort(-nn["ssim"])[:8]  # the pairs most like copies, not the first samples
     nearest = to_unit(reader.read(nn["index"][closest]))
-    figures.plot_nn_pairs(gen[closest], nearest, nn["ssim"][closest], report_dir / "nn_pairs.png", split=reader.split)
+    figures.plot_nn_pairs(ctx.generated[closest], nearest, nn["ssim"][closest], report_dir / "nn_pairs.png",
+                          split=reader.split)
     out.append((f"The 8 generated images closest to a {reader.split} image, and that image", "nn_pairs.png"))
-    figures.plot_nn_distributions(nn["ssim"], np.asarray(held.get("values", [])), report_dir / "nn_ssim.png",
-                                  reader.split, held.get("split", "-"))
+    figures.plot_nn_distributions(nn["ssim"], ctx.held.nn if ctx.held is not None else np.zeros(0),
+                                  report_dir / "nn_ssim.png", reader.split, ctx.held_split or "-")
     out.append(("Nearest-neighbour SSIM, generated and held-out", "nn_ssim.png"))
     return out
 
@@ -168,18 +187,13 @@ def _metrics_section(doc: Document, m: dict, manifest: dict) -> None:
     doc.paragraph(Bold("Data: "), f"{manifest.get('origin', 'as given')}, {res}x{res}. The seed README's figure is "
                   "for real OASIS slices at 256x256: set beside a run on other data or another size, the two "
                   "numbers measure different things.")
-    doc.table(["metric", f"this run ({res} px)", "seed README (OASIS, 256 px)"], [
+    checks.add_section(doc, m, [
         [f"max SSIM vs {ref.get('batches', 50)} real {ref.get('split', 'train')} batches (final epoch)",
-         checks.fmt(ref["final"]), str(figures.REFERENCE_SSIM)],
-        ["best max SSIM over epochs (picked on these same batches, so optimistic)", checks.fmt(ref.get("best")), "-"],
-        *checks.table_rows(m),
-    ])
-    said = checks.readings(m)
-    if said:
-        doc.bullets(said)
+         checks.fmt(ref["final"], 4), str(figures.REFERENCE_SSIM)],
+        ["best max SSIM over epochs (picked on these same batches, so optimistic)", checks.fmt(ref.get("best"), 4),
+         "-"],
+    ], ["metric", f"this run ({res} px)", "seed README (OASIS, 256 px)"])
     doc.paragraph(Bold("What the seed metric means, and what it does not."), " " + METRIC_MEANING)
-    if m[checks.FEATURES].get("note"):
-        doc.paragraph(f"FID/KID: {m[checks.FEATURES]['note']}")
 
 
 def recipe(cfg: dict) -> str:
@@ -261,17 +275,14 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
         raise ValueError(f"{run_dir}/samples: no finished epoch yet; nothing to report")
     # ---- The reference metric, every finished epoch (cached)
     rows = per_epoch_metrics(run_dir, report_dir, ds, cfg, log=log)
-    # ---- Memorisation, collapse, FID/KID on the final generator
-    reader = ShardReader(ds, cfg.metrics.split)
-    ctx = checks.Context(run, samples[-1], reader, ds, cfg, log=log)
+    # ---- Copying, quality, variety, the anchors, FID/KID on the final generator
+    ctx = judged(run, samples[-1], ds, cfg, log)
     results = checks.run_all(ctx)
     m = summarise(rows, results, cfg, samples[-1][0], run.finished())
     fsutil.write_json(run.report_file(rundir.REPORT_METRICS), m)
     # ---- Figures and the report, Markdown and standalone HTML from the same document
-    real_batch = to_unit(reader.read(metric_batches(report_dir, ds, cfg)["batches"][0]))
-    figure_list = render_figures(report_dir, run.read_stats(), rows, samples, real_batch, ctx.generated, results,
-                                 reader)
-    reader.close()
+    real_batch = to_unit(ctx.train.read(metric_batches(report_dir, ds, cfg)["batches"][0]))
+    figure_list = render_figures(report_dir, run.read_stats(), rows, samples, real_batch, ctx)
     doc = build_document(run_dir, options, manifest, m, rows, figure_list)
     fsutil.write_text(run.report_file(rundir.REPORT_MD), doc.markdown())
     fsutil.write_text(run.report_file(rundir.REPORT_HTML), doc.html(report_dir))

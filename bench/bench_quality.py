@@ -35,6 +35,7 @@ RECIPES = {   # short name (the run's folder): what it sets
 }
 LABELS = {"seed": "the seed's recipe", "demo": "the demo's recipe"}
 
+RESULT = "quality"   # bench/results/quality.json
 
 def train_to(run, data, recipe: dict, rng_seed: int, epochs: int) -> float:
     """Train (or extend) the run to `epochs`; its training seconds."""
@@ -154,7 +155,7 @@ def main():
     result = {"epochs": list(EPOCH_POINTS), "samples": SAMPLES, "anchors": anchors, "curves": curves,
               "recipes": RECIPES}
     result["summary"] = summarise(curves)
-    result = save("quality", result)
+    result = save(RESULT, result)
     plot(result)
     show(result)
     return result

@@ -23,6 +23,7 @@ SEED = config.seed_recipe()
 DEMO = config.recipe(config.load(config.preset("demo")))
 DCGAN = {"lr": 2e-4, "adam_beta1": 0.5}  # the DCGAN paper's Adam
 
+RESULT = "recipe"   # bench/results/recipe.json
 
 def recipe_of(base: dict = SEED, **changes) -> list[str]:
     """Every recipe key spelled out, so no variant inherits the demo preset's own choice."""
@@ -88,7 +89,7 @@ def show(result: dict) -> None:
 def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     runs = {name: run_variant(i, o) for i, (name, o) in enumerate(VARIANTS.items())}
-    result = save("recipe", {"epochs": EPOCHS, "runs": runs})
+    result = save(RESULT, {"epochs": EPOCHS, "runs": runs})
     show(result)
     return result
 

@@ -42,6 +42,7 @@ VARIANTS = {  # name: (upsampling, R1 gamma, steps x)
     "the seed's generator, 4x the steps": ("transpose3", 0.0, 4),
 }
 
+RESULT = "probe_generator"   # bench/results/probe_generator.json
 
 def dataset(work):
     """The demo's sample brains, packed at 64 (made once, then reused)."""
@@ -177,7 +178,7 @@ def main():
     baseline = baseline_of(reader, held)
     print(f"baseline: {json.dumps(baseline)}", file=sys.stderr, flush=True)
     runs = {name: run_variant(name, *v, train, reader, baseline) for name, v in VARIANTS.items()}
-    result = save("probe_generator", {"steps": STEPS, "batch": BATCH, "lr": LR, "baseline": baseline, "runs": runs})
+    result = save(RESULT, {"steps": STEPS, "batch": BATCH, "lr": LR, "baseline": baseline, "runs": runs})
     show(result)
     return result
 

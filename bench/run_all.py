@@ -2,11 +2,14 @@
 
 `python -m bench.run_all multinode preempt` runs only those and replaces their sections in the
 existing RESULTS.md; each section names the machine and the time it was measured on.
+`python -m bench.run_all --from-results quality` rebuilds a section from its saved result file
+(for the sections whose module has a show()), measuring nothing.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import sys
 import time
@@ -34,11 +37,21 @@ HEAD = ("# Benchmark results\n\nEvery ratio is against the seed's approach (the 
         "in the same session on the same data. Each section says when and on what it was measured.\n\n")
 
 
-def describe_machine() -> str:
-    m = machine()
-    return (f"Measured {time.strftime('%Y-%m-%d %H:%M')} on: {m.get('cpu')}, {m['cores']} cores ({m.get('simd')}), "
-            f"{m.get('memory_gib')} GiB, no GPU; Python {m['python']}, TensorFlow {m.get('tensorflow')}, "
-            f"numpy {m['numpy']}.")
+def describe_machine(m: dict | None = None, when: str | None = None) -> str:
+    """The machine a section was measured on: this one now, or the one its result file names."""
+    m = m or machine()
+    return (f"Measured {when or time.strftime('%Y-%m-%d %H:%M')} on: {m.get('cpu')}, {m['cores']} cores "
+            f"({m.get('simd')}), {m.get('memory_gib')} GiB, no GPU; Python {m['python']}, TensorFlow "
+            f"{m.get('tensorflow')}, numpy {m['numpy']}.")
+
+
+def rendered_section(heading: str, mod) -> str:
+    """A section rebuilt from its saved result file (the module's show()), with the machine that file names."""
+    result = json.loads((RESULTS / f"{mod.RESULT}.json").read_text())
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        mod.show(result)
+    return f"## {heading}\n\n{describe_machine(result['machine'], result['when'])}\n\n{buf.getvalue().strip()}\n"
 
 
 def run_section(heading: str, mod) -> str:
@@ -58,15 +71,19 @@ def existing_sections() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    unknown = [a for a in argv if a not in SECTIONS]
+    """Run the named sections (all without names); with --from-results, rebuild them from their result files."""
+    render = "--from-results" in argv
+    argv = [a for a in argv if a != "--from-results"]
+    unknown = [a for a in argv if a not in SECTIONS or (render and not hasattr(SECTIONS[a][1], "show"))]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
+        print(f"unknown benchmark(s), or none that can be rebuilt from its results: {', '.join(unknown)}; choose from "
+              f"{', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     chosen = argv or list(SECTIONS)
     done = existing_sections() if argv else {}
     for name in chosen:
         heading, mod = SECTIONS[name]
-        done[heading] = run_section(heading, mod)
+        done[heading] = rendered_section(heading, mod) if render else run_section(heading, mod)
     body = "\n".join(done[h] for h, _ in SECTIONS.values() if h in done)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "RESULTS.md").write_text(HEAD + body)

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup setup-gpu demo demo-cluster test test-fast bench cluster-up cluster-down clean
+.PHONY: setup setup-gpu demo demo-cluster test test-fast lint bench cluster-up cluster-down clean
 
 setup: $(STAMP)
 
@@ -51,9 +51,12 @@ cluster-up:
 cluster-down:
 	slurm/devcluster down
 
-# Everything, the dev Slurm cluster included.
-test: setup cluster-up
+# Everything, the dev Slurm cluster included, after the linter (pyproject.toml's [tool.ruff]).
+test: setup lint cluster-up
 	source slurm/devcluster.env && $(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # Unit tests only: no cluster.
 test-fast: setup

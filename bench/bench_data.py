@@ -30,7 +30,7 @@ def pack_rate(src: Path, out: Path, tasks: int) -> float:
 def read_rate(dataset: Path, scaled: bool, repeats: int = 3) -> float:
     """Steady-state images/s of one epoch of the training reader, batches of 16 (best of a few).
 
-    scaled=False is what train.py consumes (uint8; it scales inside its compiled step);
+    scaled=False is what the train job consumes (uint8; it scales inside its compiled step);
     scaled=True adds the (x - 127.5) / 127.5 the seed's feeding includes, in the pipeline.
     """
     from oasis_dcgan.prep.reader import train_dataset

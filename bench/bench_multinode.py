@@ -72,13 +72,15 @@ def main():
                 (f"allreduce of {mb:.1f} MB (256 model), 2 ranks", "fp32", "fp16 on the wire", "vs loopback")))
     print()
     s = result["weak_scaling_64"]
+    def vs_seed(r: dict) -> str:
+        return f"{r['images_per_s'] / seed1['images_per_s']:.2f}x"
+
     print(table([("seed's bare step, 1 thread", f"{seed1['images_per_s']:.1f}", "", ""),
-                 ("1 rank, 1 thread", f"{one['images_per_s']:.1f}", f"{one['images_per_s'] / seed1['images_per_s']:.2f}x",
-                  "100%"),
-                 ("2 ranks on one host", f"{same_host['images_per_s']:.1f}",
-                  f"{same_host['images_per_s'] / seed1['images_per_s']:.2f}x", f"{s['efficiency_one_host'] * 100:.0f}%"),
-                 ("2 hosts, 1 rank each", f"{two_hosts['images_per_s']:.1f}",
-                  f"{two_hosts['images_per_s'] / seed1['images_per_s']:.2f}x", f"{s['efficiency_two_hosts'] * 100:.0f}%")],
+                 ("1 rank, 1 thread", f"{one['images_per_s']:.1f}", vs_seed(one), "100%"),
+                 ("2 ranks on one host", f"{same_host['images_per_s']:.1f}", vs_seed(same_host),
+                  f"{s['efficiency_one_host'] * 100:.0f}%"),
+                 ("2 hosts, 1 rank each", f"{two_hosts['images_per_s']:.1f}", vs_seed(two_hosts),
+                  f"{s['efficiency_two_hosts'] * 100:.0f}%")],
                 ("64x64 weak scaling, 1 thread a rank", "img/s", "vs seed step", "efficiency")))
     print(f"\nhosts: {', '.join(two_hosts['hosts'])}; {two_hosts['network']}")
     return result

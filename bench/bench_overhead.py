@@ -262,7 +262,8 @@ def main():
     print(table([(c, f"{r['step']:.2f}", rounds_us(r) if "over_seed" in r else "",
                   f"{100 * r['over_seed'] / H200_STEP_MS:+.1f}%" if "over_seed" in r else "", us(r, "outside"))
                  for c, r in rows],
-                ("256x256, batch 16, stand-in networks", "ms per step", f"over the seed's loop, us: median (each of {ROUNDS})",
+                ("256x256, batch 16, stand-in networks", "ms per step",
+                 f"over the seed's loop, us: median (each of {ROUNDS})",
                  "that, of the H200 step (5.8 ms)", "loop's own time outside the compiled calls, us")))
     print()
     print(f"The input pipeline spends {BATCH / per_core * 1000:.2f} ms of CPU a step at 256 (in a background thread: "

@@ -120,7 +120,8 @@ def main():
                 ("exact nearest-neighbour SSIM", "seed way (tf.image.ssim, 16 pairs a call) pairs/s", "ours pairs/s",
                  "vs seed", "256 x 9,664 the seed way", "256 x 9,664 ours")))
     print(f"Measured on {nn['pairs']} pairs (16 noisy training images against the whole packed sample set); the "
-          f"nearest was the image's own source for {nn['found_own_source'] * 100:.0f}% of them. Every pair is scored: no shortlist.")
+          f"nearest was the image's own source for {nn['found_own_source'] * 100:.0f}% of them. Every pair is scored: "
+          "no shortlist.")
     return res
 
 

@@ -1,8 +1,8 @@
 """Training: our job's images/s against the seed's step, weak scaling, and the allreduce's cost.
 
 Ours is the real job (the Trainer: reader, Horovod step, stats, per-epoch samples, TensorBoard,
-checkpoints at the default cadence), timed from its own stats.jsonl over the whole run; the seed's is its bare compiled step on
-random tensors. Same machine, same run, same resolution and batch.
+checkpoints at the default cadence), timed from its own stats.jsonl over the whole run; the
+seed's is its bare compiled step on random tensors. Same machine, same run, same resolution and batch.
 """
 from __future__ import annotations
 
@@ -158,7 +158,8 @@ def main():
                 ("res", "seed step img/s", "our job img/s", "job / seed, 3 rounds", "spread",
                  "before (tf.data autotune on)", "epoch end", "checkpoint every epoch: job / seed, epoch end")))
     print()
-    print(table([("1 rank, 1 thread", f"{one['images_per_s']:.1f}", f"seed step, 1 thread: {seed1['images_per_s']:.1f}"),
+    print(table([("1 rank, 1 thread", f"{one['images_per_s']:.1f}",
+                  f"seed step, 1 thread: {seed1['images_per_s']:.1f}"),
                  ("2 ranks, 1 thread each", f"{two['images_per_s']:.1f}",
                   f"efficiency {scaling['efficiency'] * 100:.0f}%")],
                 ("64x64 weak scaling", "img/s", "")))

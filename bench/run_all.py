@@ -33,8 +33,8 @@ SECTIONS = {  # short name: (heading, module)
     # Last: it reads what overhead and checkpoint measured.
     "projection": ("Projection: data-parallel efficiency on H200 clusters", projection),
 }
-HEAD = ("# Benchmark results\n\nEvery ratio is against the seed's approach (the baseline script seed_style_bench.py) run "
-        "in the same session on the same data. Each section says when and on what it was measured.\n\n")
+HEAD = ("# Benchmark results\n\nEvery ratio is against the seed's approach (the baseline script seed_style_bench.py) "
+        "run in the same session on the same data. Each section says when and on what it was measured.\n\n")
 
 
 def describe_machine(m: dict | None = None, when: str | None = None) -> str:

@@ -42,7 +42,8 @@ class TrainingWatch:
                  f"G {rec['g_loss']:.3f}  D {rec['d_loss']:.3f}  samples: {grid}")
 
 
-def run(out: Path, executor: str = executors.LOCAL, epochs: int | None = None, overrides: list[str] | None = None) -> int:
+def run(out: Path, executor: str = executors.LOCAL, epochs: int | None = None,
+        overrides: list[str] | None = None) -> int:
     """The demo preset (oasis_dcgan/presets/demo.toml) on sample brains; `epochs` and `overrides` on top."""
     t0 = time.time()
     out = out.resolve()

@@ -10,7 +10,8 @@ from .conftest import REPO
 
 def test_defaults_are_the_seeds_settings():
     c = config.Config()
-    assert (c.data.resolution, c.train.batch_size, c.train.epochs, c.train.lr, c.train.noise_dim) == (256, 16, 50, 1e-4, 100)
+    got = (c.data.resolution, c.train.batch_size, c.train.epochs, c.train.lr, c.train.noise_dim)
+    assert got == (256, 16, 50, 1e-4, 100)
     assert c.metrics.batches == 50 and c.metrics.batch_size == 16 and c.metrics.split == "train"
 
 

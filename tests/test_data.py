@@ -47,7 +47,8 @@ def test_nested_release_is_found(tmp_path):
     sample_data.write_png_release(tmp_path / "src", cases=(1, 1, 1), slices=4, resolution=32, nested=True,
                                   log=lambda *a: None)
     layout, root = layouts.detect_layout(tmp_path / "src")
-    assert layout == "oasis-png" and root.name == "keras_png_slices_data" and root.parent.name == "keras_png_slices_data"
+    assert layout == "oasis-png"
+    assert root.name == "keras_png_slices_data" and root.parent.name == "keras_png_slices_data"
 
 
 def test_pixels_are_packed_exactly_and_scaled_like_the_seed(png_release, tmp_path):

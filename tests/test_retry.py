@@ -18,7 +18,8 @@ def record(run, decision, attempt=0):
 
 
 def test_a_rank_killed_without_a_note_is_requeued_and_counted(tmp_path):
-    wrapped = "Graph execution error:\n\nDetected at node x defined at:\n  File a.py\n\nHorovod has been shut down.\n\t[[node x]]"
+    wrapped = ("Graph execution error:\n\nDetected at node x defined at:\n  File a.py\n\n"
+               "Horovod has been shut down.\n\t[[node x]]")
     retry.note_failure(tmp_path, world(0), RuntimeError(wrapped))
     d = retry.decide(tmp_path, "7", 0, 137, max_requeues=2)
     assert d.action == "requeue" and d.counted

@@ -88,7 +88,8 @@ def test_slices_spread_over_the_brain_without_empty_ends(raw_tree, tmp_path):
         for case in {x["case"] for x in rows}:
             ks = [x["slice"] for x in rows if x["case"] == case]
             assert ks == m["volume_slices"][case]
-            vol = pixels.canonical_volume(rows[[x["case"] for x in rows].index(case)]["source"], DataConfig().max_anisotropy)
+            source = rows[[x["case"] for x in rows].index(case)]["source"]
+            vol = pixels.canonical_volume(source, DataConfig().max_anisotropy)
             area = (vol > 0).sum(axis=(0, 1))
             brain = np.flatnonzero(area)
             gaps = np.diff(ks)

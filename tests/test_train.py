@@ -1,4 +1,7 @@
-"""Training: artefacts, checkpoint format, fallback, stops, resume rules. (SIGKILL and requeue: test_slurm_failures.py.)"""
+"""Training: artefacts, checkpoint format, fallback, stops, resume rules.
+
+SIGKILL and requeue: test_slurm_failures.py.
+"""
 import json
 import os
 import signal
@@ -369,7 +372,8 @@ def test_world_size_2_then_1_then_2_visits_every_image_once_an_epoch(dataset32, 
     assert r.returncode == 0, r.stderr[-2000:]
     log = (run / "log.txt").read_text()
     assert f"global step {first})" in log and f"global step {second})" in log
-    assert "on 1 rank(s) (the checkpoint was written by 2)" in log and "on 2 rank(s) (the checkpoint was written by 1)" in log
+    assert "on 1 rank(s) (the checkpoint was written by 2)" in log
+    assert "on 2 rank(s) (the checkpoint was written by 1)" in log
 
     def epochs(d):
         return [(x["epoch"], x["images"], x["images_sha256"]) for x in RunDir(d).read_stats() if x["kind"] == "epoch"]

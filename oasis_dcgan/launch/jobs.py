@@ -4,20 +4,20 @@ Stops are agreed. USR2 (preemption, the time limit) and SIGTERM (scontrol requeu
 ask the Trainer to stop; the request rides in the next step's allreduce, every rank stops
 after the same step, rank 0 writes one checkpoint and all ranks meet before any exits. On
 SIGTERM rank 0 writes that checkpoint at once, from the handler: SIGKILL follows within
-KillWait, and srun can force the step down sooner than a step takes. Then every rank exits with STOP_EXIT, which slurm/train.sbatch requeues on; under
-submitit, rank 0 hands the stop to submitit's own USR2 handling, which calls
-`TrainJob.checkpoint()` (a DelayedSubmission of a fresh TrainJob on the same run directory;
-the checkpoint is already on disk) and requeues the job.
+KillWait, and srun can force the step down sooner than a step takes. Then every rank exits
+with STOP_EXIT, which slurm/train.sbatch requeues on; under submitit, rank 0 hands the stop
+to submitit's own USR2 handling, which calls `TrainJob.checkpoint()` (a DelayedSubmission of a
+fresh TrainJob on the same run directory; the checkpoint is already on disk) and requeues the job.
 """
 from __future__ import annotations
 
 import signal
 from pathlib import Path
 
-STOP_EXIT = 143  # stopped on a signal with a checkpoint on disk: requeue me
-
 from .. import config as config_mod, rundir
 from . import environment, retry
+
+STOP_EXIT = 143  # stopped on a signal with a checkpoint on disk: requeue me
 
 
 class TrainJob:

@@ -108,7 +108,8 @@ def status(run_dir: str | os.PathLike) -> str:
         lines.append(f"  seed metric  max SSIM {m['seed_max_ssim']['final']:.4f} (epoch {m['epochs_done']})")
     ck = sorted(run.checkpoints.glob("ckpt-*")) if run.checkpoints.is_dir() else []
     if ck:
-        lines.append(f"  checkpoint   {ck[-1].name} ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ck[-1].stat().st_mtime))})")
+        when = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ck[-1].stat().st_mtime))
+        lines.append(f"  checkpoint   {ck[-1].name} ({when})")
     lines.append(f"  training     {describe_state(run.read_state())}")
     if run.report_file(rundir.REPORT_HTML).is_file():
         lines.append(f"  report       {run.report_file(rundir.REPORT_HTML)}")

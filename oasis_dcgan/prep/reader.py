@@ -172,10 +172,10 @@ def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0
     ds = ds.flat_map(lambda images, slots: tf.data.Dataset.from_tensor_slices((images, slots)))
     if scaled:
         ds = ds.map(lambda images, slots: (to_unit_tf(images), slots), num_parallel_calls=1, deterministic=True)
-    # tf.data's autotuner, measured on 2-core CPUs: in about half the epochs it settles on a
-    # setting that costs the training step a third of its speed for the whole epoch (47
-    # against 70 img/s at 64x64, the same figure each time; bench_train shows it). The
-    # pipeline is one generator and a fixed prefetch: nothing to tune.
+    # tf.data's autotuner, on small CPUs, can settle for a whole epoch on a setting that
+    # slows the training step (bench/bench_train.py measures the job with it on and off:
+    # bench/results/train.json). The pipeline is one generator and a fixed prefetch:
+    # nothing to tune.
     options = tf.data.Options()
     options.autotune.enabled = autotune
     return ds.prefetch(prefetch).with_options(options), total

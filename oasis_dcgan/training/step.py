@@ -226,8 +226,9 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
     def train_steps(iterator, want_stop, n):
         """Up to n steps from the iterator in one call, fewer if a stop is agreed on the way.
 
-        A compiled call costs the host about half a millisecond here, 9% of a GPU step:
-        several steps a call pay it once. Returns the last step's losses, whether a stop was
+        Each compiled call costs the host a fixed overhead, a sizeable share of a GPU step
+        (bench/bench_overhead.py measures it: bench/results/overhead.json): several steps a
+        call pay it once. Returns the last step's losses, whether a stop was
         agreed, and the steps run. One iteration at a time, so each step sees the last one's
         variables and every rank's allreduces pair up in order.
         """

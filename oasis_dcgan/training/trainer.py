@@ -569,7 +569,8 @@ class Trainer:
             rec = self.checkpoints.save(counters["global_step"], {
                 **counters, "reason": reason, "world_size": self.size, "data_seed": self.epoch_seed,
                 "resolution": self.resolution, "noise_dim": self.cfg.train.noise_dim,
-                "batch_size": self.cfg.train.batch_size, "learning_rate": self.lr, "precision": self.cfg.train.precision,
+                "batch_size": self.cfg.train.batch_size, "learning_rate": self.lr,
+                "precision": self.cfg.train.precision,
                 "dataset_manifest_sha256": self.dataset_hash}, reason=reason, background=background)
             self._report_saves([] if background else [rec])
         finally:

@@ -110,9 +110,10 @@ def plot(result: dict) -> None:
                         label=LABELS[name] if i == 0 else None, marker="o", markersize=3)
         ax.set_xlabel("kimg (thousands of training images seen)")
         ax.set_title(label)
-    for name, a in result["anchors"].items():
+    for name, a in result["anchors"].items():   # the ladder: a dashed line each, named at the right
         axes[0].axhline(a, linestyle="--", color="grey", linewidth=0.8)
-        axes[0].annotate(name, (0, a), fontsize=7, va="bottom")
+        axes[0].text(0.99, a, name.replace("_", "-"), transform=axes[0].get_yaxis_transform(), ha="right",
+                     va="bottom", fontsize=7, color="dimgrey")
     axes[2].axhline(1.0, linestyle="--", color="grey", linewidth=0.8)
     axes[0].legend(fontsize=8)
     save_figure(fig, RESULTS / "quality_curves.png")

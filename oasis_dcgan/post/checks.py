@@ -74,8 +74,13 @@ class Context:
         """The whole held-out split, resampled by case: the baseline a generator is read against."""
         if not self.held_split:
             return None
-        images, cases = self.split_images(self.held_split)
+        images, cases = self.held_images
         return self.scored(images, f"held-out {self.held_split} split", 2, cases)
+
+    @functools.cached_property
+    def held_images(self) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out split's images and cases, read once: the baseline and the blurred anchor share them."""
+        return self.split_images(self.held_split)
 
     @functools.cached_property
     def real(self) -> quality.Profile:
@@ -146,7 +151,7 @@ def ladder(ctx: Context) -> dict:
     t0 = time.perf_counter()
     n = min(ctx.m.nn_samples, len(ctx.held))
     pick = np.sort(np.random.default_rng(ctx.m.seed + 6).choice(len(ctx.held), n, replace=False))
-    held_images, cases = ctx.split_images(ctx.held_split)
+    held_images, cases = ctx.held_images
     linear = anchors.fit_linear(ctx.split_images(ctx.m.split, anchors.FIT_IMAGES, 7)[0])
     ctx.log(f"[postprocess] linear anchor: {len(linear.scales)} components fitted in {time.perf_counter() - t0:.1f} s")
     blurred = ctx.scored(anchors.blurred(held_images[pick]), "blurred held-out anchor", 8, cases[pick])

@@ -15,8 +15,9 @@ LEVEL = 0.95
 ROUNDS = 1000
 
 
-def _percentiles(values) -> list[float]:
-    lo, hi = np.percentile(values, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
+def percentiles(values) -> list[float]:
+    """The central 95% of bootstrap values; a nan round (a resample with nothing to measure) is skipped."""
+    lo, hi = np.nanpercentile(values, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
     return [float(lo), float(hi)]
 
 
@@ -36,7 +37,7 @@ def bootstrap(values, statistic: typing.Callable = np.median, groups=None, seed:
     v = np.asarray(values, np.float64)
     g = None if groups is None else np.asarray(groups)
     rng = np.random.default_rng(seed)
-    return _percentiles([statistic(v[idx]) for idx in resamples(len(v), rng, g)])
+    return percentiles([statistic(v[idx]) for idx in resamples(len(v), rng, g)])
 
 
 def share_interval(k: int, n: int) -> list[float]:

@@ -121,7 +121,7 @@ def diversity(p: Profile, real: Profile, seed: int) -> dict | None:
     ratios = [_pairs_mean(p.pairs, a) / _pairs_mean(real.pairs, b) for a, b in zip(
         intervals.resamples(len(p.pairs), rng, p.pair_cases), intervals.resamples(len(real.pairs), rng,
                                                                                    real.pair_cases))]
-    ci = [float(x) for x in np.nanpercentile(ratios, [2.5, 97.5])]
+    ci = intervals.percentiles(ratios)
     side = intervals.relation(ci, [1.0, 1.0])
     return {"generated": gen_mean, "real": real_mean, "ratio": gen_mean / real_mean, "ci95": ci,
             "verdict": {1: LESS_VARIED, 0: AS_VARIED, -1: MORE_VARIED}[side], "n": len(p.pairs),

@@ -39,7 +39,7 @@ def stand_in_generator(resolution: int, noise_dim: int = 100, precision: str = "
                                 L.ZeroPadding2D(((0, resolution - 1), (0, resolution - 1)))], name="generator")
 
 
-def stand_in_discriminator(resolution: int, precision: str = "fp32"):
+def stand_in_discriminator(resolution: int, precision: str = "fp32", dropout_scale: float = 1.0):
     import tensorflow as tf
 
     L = tf.keras.layers
@@ -54,9 +54,10 @@ def _use_stand_ins() -> None:
     model.build_generator, model.build_discriminator = stand_in_generator, stand_in_discriminator
 
 
-def bare_step_ms(steps: int = 400, hvd=None) -> float:
+def bare_step_ms(steps: int = 400, ranks=None) -> float:
     """The stand-ins in the seed's loop: uint8 batch scaled in the step, both updates, nothing else.
-    With `hvd`, the gradients are averaged over the ranks first: the least a data-parallel step does."""
+    With `ranks` (distributed.init's collectives), the gradients are averaged over the ranks first:
+    the least a data-parallel step does."""
     import tensorflow as tf
 
     G, D = stand_in_generator(RES), stand_in_discriminator(RES)
@@ -72,8 +73,8 @@ def bare_step_ms(steps: int = 400, hvd=None) -> float:
             g_loss = bce(tf.ones_like(fake_out), fake_out)
             d_loss = bce(tf.ones_like(real), real) + bce(tf.zeros_like(fake_out), fake_out)
         g_grads, d_grads = gt.gradient(g_loss, G.trainable_variables), dt.gradient(d_loss, D.trainable_variables)
-        if hvd is not None:
-            both = hvd.grouped_allreduce(g_grads + d_grads, op=hvd.Average)
+        if ranks is not None:
+            both = ranks.allreduce_mean(g_grads + d_grads)
             g_grads, d_grads = both[:len(g_grads)], both[len(g_grads):]
         g_opt.apply_gradients(zip(g_grads, G.trainable_variables))
         d_opt.apply_gradients(zip(d_grads, D.trainable_variables))
@@ -157,9 +158,9 @@ def _bare_hvd_worker(rendezvous: str) -> float:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    hvd, server = distributed.init(job_world(rendezvous))
-    ms = bare_step_ms(200, hvd=hvd)
-    distributed.barrier(hvd, "bare.done")
+    ranks = distributed.init(job_world(rendezvous))
+    ms = bare_step_ms(200, ranks=ranks)
+    ranks.barrier("bare.done")
     return ms
 
 

@@ -88,13 +88,13 @@ def _allreduce_worker(res: int, rdv: str) -> dict:
     from oasis_dcgan.launch.environment import job_world
     from oasis_dcgan.training import distributed, model
 
-    hvd, _server = distributed.init(job_world(rdv), timeout_s=120)
+    ranks = distributed.init(job_world(rdv), timeout_s=120)
     G, D = model.build_generator(res), model.build_discriminator(res)
     grads = [tf.random.normal(v.shape) for v in G.trainable_variables + D.trainable_variables]
     nbytes = sum(int(np.prod(g.shape)) * 4 for g in grads)
     out = {"gradient_bytes": nbytes, "tensors": len(grads)}
     for fp16 in (False, True):
-        f = tf.function(lambda gs: distributed.allreduce_mean(hvd, gs, fp16=fp16))
+        f = tf.function(lambda gs: ranks.allreduce_mean(gs, wire="fp16" if fp16 else "fp32"))
         f(grads)
         t = time.perf_counter()
         for _ in range(5):

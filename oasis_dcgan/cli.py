@@ -405,21 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from .config import ConfigError
-    from .fsutil import StorageError
-    from .launch.collect import CollectError
-    from .post.metrics import MetricError
-    from .prep.manifest import DataError
-    from .training.checkpoint import CheckpointError
-    from .training.runlock import RunLockError
+    from . import errors
 
     try:
         return a.fn(a) or 0
-    except (ConfigError, DataError, CollectError, MetricError, FileNotFoundError, ValueError) as e:
-        _die(str(e), 1 if isinstance(e, (DataError, CollectError)) else 2)
-    except (CheckpointError, RunLockError, StorageError) as e:
-        _die(str(e), 1)
-
+    except Exception as e:
+        code = errors.exit_code(e)
+        if code is None:
+            raise  # not foreseen: the traceback is what a bug report needs
+        _die(str(e), code)
 
 if __name__ == "__main__":
     sys.exit(main())

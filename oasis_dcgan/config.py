@@ -23,6 +23,7 @@ from pathlib import Path
 from .launch.executors import AUTO, QUEUED, describe as describe_executors
 from .prep.layouts import AUTO_LAYOUT, LAYOUTS
 from .prep.manifest import SPLITS
+from .errors import ConfigError
 
 RESOLUTIONS = (32, 64, 128, 256)
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -31,9 +32,6 @@ SEED_MAX = 2 ** 32 - 1
 # a quote or a newline, since they land in #SBATCH lines of a generated script.
 BATCH_NAME_CHARS = re.compile(r"[A-Za-z0-9_.+-]*")
 
-
-class ConfigError(ValueError):
-    """A config value is unknown, of the wrong type or impossible. The message names the key."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from .errors import BadFileError, StorageError
 
 
 def umask() -> int:
@@ -107,7 +108,7 @@ def read_json(path: str | os.PathLike):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise BadFileError(f"{path}: not valid JSON ({e})") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -136,10 +137,6 @@ def follow_jsonl(path: str | os.PathLike, offset: int) -> tuple[list[dict], int]
             rows.append(row)
     return rows, offset + len(done)
 
-
-class StorageError(OSError):
-    """A write the run needs failed (a full disk, a quota, a read-only mount): one line that says
-    which path, what failed, what is intact and how to go on."""
 
 
 # A full disk, a quota, an I/O error, a read-only file system: the storage's fault, not the data's.

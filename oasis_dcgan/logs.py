@@ -1,7 +1,9 @@
 """Run logs for people and machines: log.txt, stats.jsonl, tick lines and a progress bar."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -11,39 +13,48 @@ from pathlib import Path
 from . import fsutil, rundir
 
 
-class RunLog:
-    """Rank 0's logger. Lines go to stdout (the Slurm log) and to RUN_DIR/log.txt."""
+LOGGER = "oasis_dcgan"  # every module's logger is a child of this one
 
-    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, echo: bool = True):
-        self.enabled = enabled
+
+class RunLog(logging.Handler):
+    """Rank 0's handler for the suite's loggers: each record a dated line in RUN_DIR/log.txt and,
+    with `echo`, on stdout (the Slurm log). Other ranks attach none: their warnings reach stderr
+    through logging's last resort, and their progress is rank 0's."""
+
+    def __init__(self, run_dir: str | os.PathLike, echo: bool = True):
+        super().__init__(logging.INFO)
         self.echo = echo
-        self.run_dir = Path(run_dir)
-        self._f = None
-        self._lock = threading.RLock()  # re-entered by a signal handler that interrupted a write
-        if enabled:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.path = rundir.RunDir(run_dir).log
-            try:
-                self._f = open(self.path, "a", encoding="utf-8", buffering=1)
-            except OSError as e:
-                raise fsutil.storage_error(self.path, "open the run's log", e) from e
+        self.path = rundir.RunDir(run_dir).log
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._f = open(self.path, "a", encoding="utf-8", buffering=1)
+        except OSError as e:
+            raise fsutil.storage_error(self.path, "open the run's log", e) from e
 
-    def __call__(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        with self._lock:  # the training loop and the thread that publishes epochs both log
-            if self.echo:
-                print(line, flush=True)
-            try:
-                self._f.write(line + "\n")
-            except OSError as e:
-                raise fsutil.storage_error(self.path, "append to the run's log", e,
-                                           "the lines before it, the checkpoints and stats are intact") from e
+    def emit(self, record: logging.LogRecord) -> None:
+        # (Called under the handler's re-entrant lock: the loop, the thread that publishes
+        # epochs and a signal handler that interrupted either all log.)
+        level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {level}{record.getMessage()}"
+        if self.echo:
+            print(line, flush=True)
+        try:
+            self._f.write(line + "\n")
+        except OSError as e:  # raised, not swallowed: a run must not go on without its log
+            raise fsutil.storage_error(self.path, "append to the run's log", e,
+                                       "the lines before it, the checkpoints and stats are intact") from e
+
+    def attach(self) -> RunLog:
+        logger = logging.getLogger(LOGGER)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
 
     def close(self) -> None:
-        if self._f:
+        logging.getLogger(LOGGER).removeHandler(self)
+        with contextlib.suppress(OSError):  # a full disk was reported when the line failed
             self._f.close()
+        super().close()
 
 
 class Stats:

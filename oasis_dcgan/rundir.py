@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from . import fsutil
+from .errors import RunDirError
 
 OPTIONS = "options.json"
 STATE = "state.json"
@@ -122,9 +123,9 @@ class RunDir:
 
     # -- readers
     def read_options(self) -> dict:
-        """options.json; a FileNotFoundError that says this is not a run directory."""
+        """options.json; a RunDirError that says this is not a run directory."""
         if not self.options.is_file():
-            raise FileNotFoundError(f"{self.options}: not found; is {self.path} a training run directory?")
+            raise RunDirError(f"{self.options}: not found; is {self.path} a training run directory?")
         return fsutil.read_json(self.options)
 
     def read_stats(self, kind: str | None = None) -> list[dict]:

@@ -1,6 +1,8 @@
 """Shared fixtures. Everything the tests read is made here or by the suite itself."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -10,6 +12,26 @@ from oasis_dcgan.config import DataConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def log_lines(logger: str = "oasis_dcgan"):
+    """The messages the suite's loggers (under `logger`) emit at INFO and above inside the block."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    target, handler = logging.getLogger(logger), Collect(logging.INFO)
+    level = target.level
+    target.addHandler(handler)
+    target.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(level)
 
 
 @pytest.fixture(scope="session")

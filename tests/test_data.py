@@ -374,6 +374,6 @@ def test_a_damaged_shard_stops_training_before_any_step_naming_it(dataset32, tmp
         train("train.verify_data=true")
     r = subprocess.run([sys.executable, "-m", "jobs.train", str(ds), str(tmp_path / "run2"), "--verify-data",
                         "--executor", "inprocess", "--epochs", "1"], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 1 and f"{shard}: sha256 mismatch" in r.stderr
+    assert r.returncode == 2 and f"{shard}: sha256 mismatch" in r.stderr
     shard.write_bytes(good)
     assert train("train.verify_data=true")["global_step"] == 2

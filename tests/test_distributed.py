@@ -90,9 +90,9 @@ class _FakeHorovod:
 
 
 @pytest.mark.parametrize("gpus,nccl,warned", [(0, False, False), (2, True, False), (2, False, True)])
-def test_gpus_without_an_nccl_horovod_are_warned_about_with_the_fix(gpus, nccl, warned):
-    lines = []
-    ok = distributed.check_gpu_build(_FakeHorovod(nccl), gpus, log=lines.append)
+def test_gpus_without_an_nccl_horovod_are_warned_about_with_the_fix(gpus, nccl, warned, caplog):
+    ok = distributed.check_gpu_build(_FakeHorovod(nccl), gpus)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert ok is not warned and len(lines) == int(warned)
     if warned:
         assert "without NCCL" in lines[0] and "make setup-gpu" in lines[0]
@@ -142,11 +142,12 @@ def _allreduce_and_broadcast(rdv_dir):
     from oasis_dcgan.launch.environment import job_world
     from oasis_dcgan.training import distributed as d
 
-    hvd, _server = d.init(job_world(rdv_dir), timeout_s=60)
-    mean = d.allreduce_mean(hvd, [tf.constant([float(hvd.rank()), 10.0 * hvd.rank()])])[0].numpy().tolist()
-    v = tf.Variable([float(hvd.rank() + 1)] * 3)
-    d.broadcast_variables(hvd, [v], prefix="t")
-    return {"rank": hvd.rank(), "size": hvd.size(), "mean": mean, "bcast": v.numpy().tolist()}
+    ranks = d.init(job_world(rdv_dir), timeout_s=60)
+    mean = ranks.allreduce_mean([tf.constant([float(ranks.rank), 10.0 * ranks.rank])])[0].numpy().tolist()
+    v = tf.Variable([float(ranks.rank + 1)] * 3)
+    ranks.broadcast_variables([v], prefix="t")
+    return {"rank": ranks.rank, "size": ranks.size, "mean": mean, "bcast": v.numpy().tolist(),
+            "seed": ranks.broadcast(7 + ranks.rank, "t.int")}
 
 
 def test_two_real_ranks_through_submitit_local_executor(tmp_path):
@@ -158,7 +159,7 @@ def test_two_real_ranks_through_submitit_local_executor(tmp_path):
     res = sorted(job.results(), key=lambda r: r["rank"])
     assert [r["rank"] for r in res] == [0, 1] and all(r["size"] == 2 for r in res)
     assert all(r["mean"] == [0.5, 5.0] for r in res)
-    assert all(r["bcast"] == [1.0, 1.0, 1.0] for r in res)  # rank 0's value everywhere
+    assert all(r["bcast"] == [1.0, 1.0, 1.0] and r["seed"] == 7 for r in res)  # rank 0's values everywhere
     published = list((tmp_path / "rdv").glob("rendezvous-*.json"))
     assert len(published) == 1 and json.loads(published[0].read_text())["size"] == 2
 
@@ -171,15 +172,16 @@ def test_a_world_of_one_trains_without_horovods_runtime():
 
     code = ("import tensorflow as tf, horovod.tensorflow as hvd, json\n"
             "from oasis_dcgan.training import distributed\n"
-            "one, server = distributed.init(distributed.World(local_rank=0))\n"
+            "one = distributed.init(distributed.World(local_rank=0))\n"
             "x = tf.constant([1.0, 2.0])\n"
-            "same = [one.grouped_allreduce([x], op=one.Average)[0] is x, one.allreduce(x) is x,\n"
-            "        one.broadcast(x, root_rank=0) is x]\n"
-            "print(json.dumps({'same': same, 'size': one.size(), 'rank': one.rank(), 'server': server is None,\n"
+            "v = tf.Variable(x)\n"
+            "one.broadcast_variables([v], prefix='p')\n"
+            "one.barrier('b')\n"
+            "same = [one.allreduce_mean([x])[0] is x, one.broadcast(5, 'i') == 5, v.numpy().tolist() == [1.0, 2.0]]\n"
+            "print(json.dumps({'same': same, 'size': one.size, 'rank': one.rank,\n"
             "                  'horovod_started': bool(hvd.is_initialized()),\n"
             "                  'nccl': one.nccl_built() == bool(hvd.nccl_built())}))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got == {"same": [True, True, True], "size": 1, "rank": 0, "server": True, "horovod_started": False,
-                   "nccl": True}
+    assert got == {"same": [True, True, True], "size": 1, "rank": 0, "horovod_started": False, "nccl": True}

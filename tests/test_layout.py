@@ -9,6 +9,11 @@ PKG = Path(__file__).resolve().parent.parent / "oasis_dcgan"
 # Lower layers never import higher ones: base < prep < training < post < launch < cli/demo.
 LAYERS = {"prep": 1, "training": 2, "post": 3, "launch": 4, "cli": 5, "demo": 5}
 MAX_FUNCTION_LINES = 80
+MAX_METHODS = 20          # a class with more does several things: split it by concern
+MAX_TRAINER_LINES = 300   # the Trainer keeps the training; set-up, outputs, saving and resume sit beside it
+# Where an import inside a function defers something: the launch layer imports World from
+# distributed.py and must not pay for TensorFlow or Horovod.
+DEFERRED_IMPORTS = {"distributed.py"}
 # What the config's declarations offer as choices: the registries of layouts and executors
 # (data.layout, cluster.executor) and the dataset format's splits (metrics.split). config.py, at
 # the base, may import these, so they never import the config (the cycle check holds them to it).
@@ -127,3 +132,19 @@ def test_only_rundir_spells_a_run_directory_name():
                     and ".parents[" not in ast.unparse(node.left):  # the repository's own slurm/, not a run's
                 bad.append(f"{path.name}:{node.lineno} / {node.right.value!r}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_training_package_is_split_by_concern():
+    training = PKG / "training"
+    assert len((training / "trainer.py").read_text().splitlines()) <= MAX_TRAINER_LINES
+    crowded, late = [], []
+    for path in sorted(training.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        crowded += [f"{path.name}:{c.name}" for c in tree.body if isinstance(c, ast.ClassDef)
+                    and sum(isinstance(b, ast.FunctionDef) for b in c.body) > MAX_METHODS]
+        if path.name in DEFERRED_IMPORTS:
+            continue
+        late += [f"{path.name}:{f.name}" for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                 and any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(f))]
+    assert not crowded, f"classes of more than {MAX_METHODS} methods: {crowded}"
+    assert not late, f"imports inside functions that defer nothing (the module imports TensorFlow anyway): {late}"

@@ -3,7 +3,8 @@ import pytest
 
 from oasis_dcgan import rundir
 from oasis_dcgan.rundir import RunDir
-from oasis_dcgan.config import ConfigError
+from oasis_dcgan.errors import (CheckpointError, ConfigError, DataError, RendezvousError, RunLockError,
+                                StorageError)
 from oasis_dcgan.launch import retry
 from oasis_dcgan.training.distributed import World
 
@@ -46,7 +47,10 @@ def test_a_stop_is_requeued_without_counting_unless_submitit_did_it(tmp_path):
     assert retry.decide(tmp_path, "7", 1, 143, max_requeues=0).action == "none", "never requeued twice"
 
 
-@pytest.mark.parametrize("error", [ConfigError("train.lr = -1: must be > 0"), FileNotFoundError("/data/x.h5")])
+@pytest.mark.parametrize("error", [ConfigError("train.lr = -1: must be > 0"), FileNotFoundError("/data/x.h5"),
+                                   DataError("/data: 12 training images cannot fill one batch of 16"),
+                                   CheckpointError("/run/checkpoints: no checkpoint can be resumed from"),
+                                   RunLockError("/run is being trained by job 5")])
 def test_an_error_a_retry_cannot_fix_fails_at_once(tmp_path, error):
     retry.note_failure(tmp_path, world(1), error)
     d = retry.decide(tmp_path, "7", 0, 1, max_requeues=5)
@@ -68,7 +72,24 @@ def test_a_finished_run_is_left_alone_but_a_finish_of_another_job_decides_nothin
 def test_main_fails_the_job_with_the_step_exit_code_and_records_why(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
-    retry.note_failure(tmp_path, world(0), ValueError("12 training images cannot fill one batch of 16"))
+    retry.note_failure(tmp_path, world(0), DataError("12 training images cannot fill one batch of 16"))
     assert retry.main([str(tmp_path), "--rc", "1", "--max-requeues", "3"]) == 1
-    assert "fail: rank 0: ValueError: 12 training images" in capsys.readouterr().out
+    assert "fail: rank 0: DataError: 12 training images" in capsys.readouterr().out
     assert retry.read_decisions(tmp_path)[-1]["action"] == "fail"
+
+
+@pytest.mark.parametrize("error", [StorageError("/run/stats.jsonl: cannot append a line (No space left on device)"),
+                                   RendezvousError("rank 0 did not publish its address within 300 s"),
+                                   ValueError("an unforeseen bug")])
+def test_a_fault_of_the_machine_or_an_unforeseen_error_is_requeued(tmp_path, error):
+    retry.note_failure(tmp_path, world(1), error)
+    d = retry.decide(tmp_path, "7", 0, 1, max_requeues=5)
+    assert d.action == "requeue" and d.counted and str(error) in d.reason
+
+
+def test_the_cli_prints_a_known_error_on_one_line_and_keeps_the_traceback_of_a_bug():
+    from oasis_dcgan import errors
+
+    assert [errors.exit_code(e) for e in (ConfigError("x"), RunLockError("x"), FileNotFoundError("x"),
+                                          StorageError("x"), RendezvousError("x"), ValueError("x"))] == \
+        [errors.USER_EXIT, errors.USER_EXIT, errors.USER_EXIT, errors.RETRYABLE_EXIT, errors.RETRYABLE_EXIT, None]

@@ -1,4 +1,5 @@
 """The run directory's owner: its groups, state, JSONL, temps, and one-line errors on a full disk. Nothing trains."""
+import logging
 import os
 
 import pytest
@@ -103,10 +104,15 @@ def test_a_full_disk_under_stats_log_and_report_is_one_line_naming_the_path(smal
         stats.write(kind="epoch", epoch=1, pad="x" * 8192)
         stats.sync()
     assert str(disk / rundir.STATS) in str(e.value) and "No space left" in str(e.value) and "intact" in str(e.value)
-    with pytest.raises(fsutil.StorageError) as e:
-        for _ in range(100):
-            log("a line " * 200)
-        log._f.flush()
+    logger = logging.getLogger("oasis_dcgan.test")
+    log.attach()
+    try:
+        with pytest.raises(fsutil.StorageError) as e:
+            for _ in range(100):
+                logger.info("a line " * 200)
+            log._f.flush()
+    finally:
+        log.close()
     assert str(disk / rundir.LOG) in str(e.value)
     report = disk / rundir.REPORT
     report.mkdir(exist_ok=True)

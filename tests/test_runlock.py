@@ -17,6 +17,8 @@ from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.training import runlock
 from oasis_dcgan.training.runlock import RunLock, RunLockError
 
+from .conftest import log_lines
+
 
 pytestmark = pytest.mark.fault
 
@@ -41,9 +43,9 @@ def plant(run, *, job_id="9", attempt=0, host=None, pid=None, age_s=0.0, start=N
 
 
 def take(run, job_id="10", attempt=0, **kw):
-    logs = []
-    lock = RunLock(run, job_id, attempt, log=logs.append, **kw)
-    lock.acquire()
+    with log_lines() as logs:
+        lock = RunLock(run, job_id, attempt, **kw)
+        lock.acquire()
     return lock, logs
 
 
@@ -113,7 +115,7 @@ def test_the_heartbeat_refreshes_the_lock_and_notices_when_it_is_lost(tmp_path):
 
 def _contend(run, job_id, results):
     try:
-        lock = RunLock(run, job_id, 0, log=lambda *a: None)
+        lock = RunLock(run, job_id, 0)
         lock.acquire()
         results.put(job_id)
         time.sleep(1.0)  # hold it while the others try

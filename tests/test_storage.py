@@ -16,7 +16,6 @@ from oasis_dcgan.post import report
 from oasis_dcgan.prep import manifest, pack
 from oasis_dcgan.prep.manifest import DataError
 from oasis_dcgan.training import trainer
-from oasis_dcgan.training.checkpoint import CheckpointError
 from oasis_dcgan.config import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,7 +92,7 @@ def test_a_full_disk_at_a_checkpoint_names_the_newest_intact_one(dataset32, tmp_
     (run / "checkpoints").symlink_to(disk)
     trainer.run(cfg_for(dataset32, run, 1), log_to_stdout=False)
     (first,) = list(disk.iterdir())
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(fsutil.StorageError) as e:
         trainer.run(cfg_for(dataset32, run, 2), log_to_stdout=False)
     msg = str(e.value)
     assert "\n" not in msg and "No space left on device" in msg and "step 4" in msg

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from oasis_dcgan import config
-from oasis_dcgan.training import trainer
+from oasis_dcgan.training import model, trainer
 from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.config import DataConfig
 
@@ -115,34 +115,34 @@ def test_a_signal_that_lands_while_tensorflow_traces_still_checkpoints(dataset32
 
 
 def test_the_epoch_end_checkpoints_when_due_and_always_at_a_stop_or_the_end(tmp_path):
-    t = trainer.Trainer(cfg_for(tmp_path / "ds", tmp_path / "run", "train.epochs=10",
-                                "train.checkpoint_every_epochs=3", "train.checkpoint_every_minutes=1"))
-    t.global_step, t._last_checkpoint = 7, time.monotonic()
-    reasons = {}
-    for epoch in range(1, 11):
-        t.epoch = epoch
-        reasons[epoch] = t._epoch_end_reason()
+    from oasis_dcgan.training.saving import SavePolicy, StopRequest
+
+    cfg = cfg_for(tmp_path / "ds", tmp_path / "run", "train.epochs=10", "train.checkpoint_every_epochs=3",
+                  "train.checkpoint_every_minutes=1")
+    policy, stop = SavePolicy(cfg.train), StopRequest()
+    reasons = {epoch: policy.at_epoch_end(epoch, 7, stop) for epoch in range(1, 11)}
     assert reasons == {1: "", 2: "", 3: "epoch end", 4: "", 5: "", 6: "epoch end", 7: "", 8: "", 9: "epoch end",
                        10: "end of training"}
-    t.epoch, t._last_checkpoint = 4, time.monotonic() - 61
-    assert t._epoch_end_reason() == "periodic", "a minute passed"
-    t.stop_reason = "signal SIGUSR2"
-    assert t._epoch_end_reason() == "signal SIGUSR2 at the epoch end"
-    t._stop_saved = True
-    assert t._epoch_end_reason() == "epoch end", "the stop's own save came first; the new epoch's state is saved"
+    policy.last = time.monotonic() - 61
+    assert policy.at_epoch_end(4, 7, stop) == "periodic", "a minute passed"
+    stop.wanted = "signal SIGUSR2"
+    stop.agree()
+    assert policy.at_epoch_end(4, 7, stop) == "signal SIGUSR2 at the epoch end"
+    stop.saved = True
+    assert policy.at_epoch_end(4, 7, stop) == "epoch end", "the stop's own save came first; then the new epoch's"
 
 
 def test_lr_scaling():
     c = config.load(None, ["train.lr_scaling=\"sqrt\""])
-    assert trainer.lr_for(c, 4) == pytest.approx(2e-4)
+    assert model.lr_for(c, 4) == pytest.approx(2e-4)
     c = config.load(None, ["train.lr_scaling=\"linear\""])
-    assert trainer.lr_for(c, 4) == pytest.approx(4e-4)
+    assert model.lr_for(c, 4) == pytest.approx(4e-4)
 
 
 def test_lr_rampdown_factor_falls_linearly_over_the_last_epochs():
-    assert [trainer.lr_factor(e, 10, 0.0) for e in range(10)] == [1.0] * 10
-    assert [trainer.lr_factor(e, 10, 0.4) for e in range(10)] == pytest.approx([1] * 7 + [0.75, 0.5, 0.25])
-    assert [trainer.lr_factor(e, 4, 1.0) for e in range(4)] == pytest.approx([1, 0.75, 0.5, 0.25])
+    assert [model.lr_factor(e, 10, 0.0) for e in range(10)] == [1.0] * 10
+    assert [model.lr_factor(e, 10, 0.4) for e in range(10)] == pytest.approx([1] * 7 + [0.75, 0.5, 0.25])
+    assert [model.lr_factor(e, 4, 1.0) for e in range(4)] == pytest.approx([1, 0.75, 0.5, 0.25])
 
 
 def _run_until_killed(cmd, run_dir, kill_at_step, timeout=300):
@@ -277,7 +277,6 @@ def test_the_config_sets_the_learning_rate_on_resume_and_the_rampdown_lowers_it_
 def test_half_precision_trains_resumes_and_is_recorded(dataset32, tmp_path, first, then):
     import tensorflow as tf
 
-    from oasis_dcgan.training import model
 
     g = model.build_generator(32, 100, then)
     assert g.get_layer("g_deconv1").compute_dtype == {"bf16": "bfloat16", "fp16": "float16"}[then]
@@ -314,7 +313,7 @@ def test_a_second_train_on_a_live_run_is_refused_naming_the_first(dataset32, tmp
         assert first.poll() is None and (run / ".lock").is_file()
         second = subprocess.run(train_cmd(dataset32, run, 1, 200), cwd=REPO, capture_output=True, text=True,
                                 timeout=300)
-        assert second.returncode == 1, second.stderr[-2000:]
+        assert second.returncode == 2, second.stderr[-2000:]  # a user error: never retried
         assert f"pid {first.pid}" in second.stderr and "is being trained by" in second.stderr
     finally:
         os.killpg(first.pid, signal.SIGKILL)
@@ -328,7 +327,6 @@ def test_a_second_train_on_a_live_run_is_refused_naming_the_first(dataset32, tmp
 def test_dropout_masks_differ_across_ranks_and_follow_the_step():
     import tensorflow as tf
 
-    from oasis_dcgan.training import model
     from oasis_dcgan.training.step import seed_dropout
 
     D = model.build_discriminator(32)
@@ -346,7 +344,6 @@ def test_dropout_masks_differ_across_ranks_and_follow_the_step():
 def test_discriminator_dropout_scale_multiplies_the_seeds_rates():
     import tensorflow as tf
 
-    from oasis_dcgan.training import model
 
     def rates(D):
         return [layer.rate for layer in D.layers if isinstance(layer, tf.keras.layers.Dropout)]
@@ -421,7 +418,6 @@ def test_several_steps_a_call_train_exactly_as_one_a_call(dataset32, tmp_path):
 def test_the_generator_average_follows_its_formula_and_is_exported_beside_the_raw_generator(dataset32, tmp_path):
     import tensorflow as tf
 
-    from oasis_dcgan.training import model
     from oasis_dcgan.training.step import ema_beta, update_average
 
     assert ema_beta(10.0, 16) == pytest.approx(0.5 ** (16 / 10_000))

@@ -20,13 +20,11 @@ from pathlib import Path
 
 from .. import fsutil, rundir
 from ..prep.manifest import MANIFEST
+from ..errors import CollectError
 
 CHUNK = 1 << 20
 SUMS = "SHA256SUMS"
 
-
-class CollectError(RuntimeError):
-    pass
 
 
 def files_to_collect(run_dir: Path, include_checkpoints: bool, log=print) -> list[Path]:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import typing
 from pathlib import Path
+from ..errors import ConfigError, PartitionError
 
 AUTO, LOCAL, SLURM, INPROCESS = "auto", "local", "slurm", "inprocess"
 EXECUTORS = {
@@ -32,9 +33,6 @@ def describe(names: typing.Iterable[str] = tuple(EXECUTORS)) -> str:
 
 SUBMITIT_TIMEOUTS = 1_000_000
 
-
-class PartitionError(ValueError):
-    """The job asks for more than its partition has: it would pend for good."""
 
 
 def slurm_available() -> bool:
@@ -147,7 +145,7 @@ def make_executor(cfg, folder: str | os.PathLike, kind: str, role: str, name: st
         ex = submitit.AutoExecutor(folder=str(folder), cluster=LOCAL)
     nodes, tasks, gpus, cpus = _resources(cfg, role)
     if kind == LOCAL and nodes > 1:
-        raise ValueError(f"cluster.nodes = {nodes}: the local executor runs on one machine; use 1 node "
+        raise ConfigError(f"cluster.nodes = {nodes}: the local executor runs on one machine; use 1 node "
                          "or run on Slurm")
     params = dict(name=name, timeout_min=cfg.cluster.timeout_min, nodes=nodes, tasks_per_node=tasks,
                   cpus_per_task=cpus)

@@ -116,7 +116,7 @@ def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, co
     if dataset_ready(cfg, dataset):
         log(f"dataset {dataset} is verified and matches the config; skipping preprocess")
     elif not cfg.data.source:
-        raise ValueError(f"data.source is empty and {dataset} holds no verified dataset: nothing to train on")
+        raise ConfigError(f"data.source is empty and {dataset} holds no verified dataset: nothing to train on")
     else:
         # Plan here: a bad input fails now, before anything is queued. A dry run plans only.
         p = (pack.plan(cfg.data.source, cfg.data) if dry_run else
@@ -154,7 +154,7 @@ def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False, 
     # Ranks started by srun (slurm/train.sbatch) are the job already: train here.
     kind = INPROCESS if executor == AUTO and in_srun_step() else resolve_executor(executor)
     if restart and in_srun_step():
-        raise ValueError("--restart inside a Slurm job step would restart again on every requeue; restart once "
+        raise ConfigError("--restart inside a Slurm job step would restart again on every requeue; restart once "
                          "from the login node (oasis-dcgan train ... --restart --no-wait), or move the run aside")
     if kind != INPROCESS or restart:
         runlock.check_free(cfg.run_dir)  # refuse before queueing; in-process ranks check as they start

@@ -27,15 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import fsutil, rundir
-from ..config import ClusterConfig, ConfigError
+from ..config import ClusterConfig
+from ..errors import is_user_error
 from ..logs import Stats
-from ..prep.manifest import DataError
-from ..training.checkpoint import CheckpointError
-from ..training.runlock import RunLockError
-
-# Errors that the same job would meet again: retrying only burns the allocation.
-FATAL = (ConfigError, DataError, CheckpointError, RunLockError, fsutil.StorageError, ValueError, FileNotFoundError,
-         PermissionError)
 
 
 def note_path(run_dir, job_id: str, attempt: int, rank: int) -> Path:
@@ -53,7 +47,7 @@ def note_failure(run_dir, world, error: BaseException) -> None:
     """A failed rank's note; if even that cannot be written, the job's log keeps the error."""
     try:
         note_attempt(run_dir, world, "failed", f"{type(error).__name__}: {_why(error)}",
-                     retry=not isinstance(error, FATAL))
+                     retry=not is_user_error(error))
     except OSError as e:
         print(f"[train] could not write this rank's note: {fsutil.io_reason(e)}", flush=True)
 

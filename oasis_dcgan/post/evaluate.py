@@ -17,13 +17,11 @@ from ..imaging import to_unit
 from ..prep.manifest import DataError, load_manifest
 from . import checks
 from .document import Code, Document
+from ..errors import ImagesError
 
 # The names a run's report gives the same files.
 METRICS_FILE, REPORT_FILE = rundir.REPORT_METRICS, rundir.REPORT_MD
 
-
-class ImagesError(ValueError):
-    """The images cannot be evaluated as given. The message names the file."""
 
 
 def _as_unit(a: np.ndarray, where: str) -> np.ndarray:

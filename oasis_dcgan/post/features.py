@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from ..errors import FeatureError
 
 FREE_INPUT_SIZE = 299   # what an extractor with a free input size is fed: InceptionV3's native size
 PREPROCESSING = {       # images arrive on (-1, 1); what the extractor was trained to take
@@ -17,9 +18,6 @@ PREPROCESSING = {       # images arrive on (-1, 1); what the extractor was train
     "0-255": (127.5, 127.5),   # raw pixel values
 }
 
-
-class FeatureError(ValueError):
-    """The extractor cannot be used as given. The message names the file."""
 
 
 def load_extractor(path: str):

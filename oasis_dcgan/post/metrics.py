@@ -14,14 +14,12 @@ import functools
 import numpy as np
 
 from ..imaging import squeeze_channel, to_unit
+from ..errors import MetricError
 
 FILTER_SIZE, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 BRAIN_LEVEL = -0.8   # on (-1, 1): a tenth of the range above black, where a slice's brain begins
 
-
-class MetricError(ValueError):
-    pass
 
 
 def gaussian_taps(size: int = FILTER_SIZE, sigma: float = SIGMA) -> np.ndarray:

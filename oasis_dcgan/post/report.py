@@ -18,6 +18,7 @@ import numpy as np
 from .. import config as config_mod
 from .. import fsutil, rundir
 from ..config import Config
+from ..errors import RunDirError
 from ..imaging import to_unit
 from ..prep.manifest import load_manifest, manifest_hash
 from ..prep.reader import ShardReader, read_batches, sample_batches
@@ -272,7 +273,7 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     report_dir.mkdir(exist_ok=True)
     samples = epoch_samples(run_dir)
     if not samples:
-        raise ValueError(f"{run_dir}/samples: no finished epoch yet; nothing to report")
+        raise RunDirError(f"{run_dir}/samples: no finished epoch yet; nothing to report")
     # ---- The reference metric, every finished epoch (cached)
     rows = per_epoch_metrics(run_dir, report_dir, ds, cfg, log=log)
     # ---- Copying, quality, variety, the anchors, FID/KID on the final generator

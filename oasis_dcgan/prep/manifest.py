@@ -16,15 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import fsutil
+from ..errors import DataError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validate", "test")
 SHARD_NAME = re.compile(r"^(train|validate|test)-(\d{5})-of-(\d{5})\.h5$")
 MANIFEST = "manifest.json"
 
-
-class DataError(ValueError):
-    """Input that cannot be packed, or a dataset that cannot be read. The message names the file."""
 
 
 def shard_name(split: str, index: int, total: int) -> str:

@@ -21,6 +21,7 @@ is complete.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -29,7 +30,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import tensorflow as tf
+
 from .. import fsutil
+from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 PREFIX = "ckpt"
 META = "meta.json"
@@ -43,9 +49,6 @@ def _test_delay(global_step: int) -> None:
     if spec and int(spec.split(":")[0]) == global_step:
         time.sleep(float(spec.split(":")[1]))
 
-
-class CheckpointError(RuntimeError):
-    """No checkpoint can be resumed from, or the newest belongs to another kind of run."""
 
 
 def _keyed(variables) -> dict:
@@ -93,12 +96,9 @@ class SaveRecord:
 class CheckpointManager:
     """Save, list, verify and restore the run's checkpoints; keeps the newest `keep`."""
 
-    def __init__(self, directory: str | os.PathLike, groups: dict, keep: int = 3, log=print):
-        import tensorflow as tf
-
+    def __init__(self, directory: str | os.PathLike, groups: dict, keep: int = 3):
         self.dir = Path(directory)
         self.keep = keep
-        self.log = log
         self._groups = groups
         self._ckpt = tf.train.Checkpoint(**groups)
         self._shadows = None        # (live, shadow) pairs, made at the first save
@@ -163,8 +163,6 @@ class CheckpointManager:
         return done
 
     def _snapshot(self) -> None:
-        import tensorflow as tf
-
         if self._shadows is None:
             with tf.device("CPU:0"):
                 shadow_groups = {g: {k: tf.Variable(tf.convert_to_tensor(v), trainable=False, name=f"shadow.{k}")
@@ -190,10 +188,11 @@ class CheckpointManager:
             rec.error = e
         rec.write_s = time.perf_counter() - t0
 
-    def _write_failed(self, global_step: int, e: Exception) -> CheckpointError:
-        """One line for a failed write (a full disk, most often): what failed and what is intact."""
+    def _write_failed(self, global_step: int, e: Exception) -> fsutil.StorageError:
+        """One line for a failed write (a full disk, most often): what failed and what is intact. A
+        storage fault, so a requeue may get past it once space is freed."""
         good = [c for c in self.list() if self.verify(c) is None]
-        err = CheckpointError(
+        err = fsutil.StorageError(
             f"{self.dir / f'{PREFIX}-{global_step:09d}'}: cannot write the checkpoint of step {global_step} "
             f"({fsutil.io_reason(e)}); its temp files were removed. Newest intact checkpoint: "
             f"{good[-1] if good else 'none'}. Free space, then run train again to "
@@ -264,15 +263,13 @@ class CheckpointManager:
     def _reader_for(self, ckpt_dir: Path, leave_out: dict | None = None):
         """A checkpoint object for the groups this checkpoint holds (optional ones may be absent),
         without the variables `leave_out` names ({group: keys}), which keep their start values."""
-        import tensorflow as tf
-
         held = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(str(ckpt_dir / PREFIX))}
         self.absent = [g for g in OPTIONAL_GROUPS if g in self._groups and g not in held]
         if not self.absent and not leave_out:
             return self._ckpt
         if self.absent:
-            self.log(f"{ckpt_dir.name} holds no {', '.join(self.absent)} state (written under another "
-                     "train.precision or before the generator average): starting it afresh")
+            log.info(f"{ckpt_dir.name} holds no {', '.join(self.absent)} state (written under another "
+                 "train.precision or before the generator average): starting it afresh")
         skip = leave_out or {}
         return tf.train.Checkpoint(**{g: {k: v for k, v in vs.items() if k not in skip.get(g, ())}
                                       for g, vs in self._groups.items() if g not in self.absent})
@@ -292,12 +289,12 @@ class CheckpointManager:
                 leave_out = check(meta, ckpt_dir) if check else None
                 try:
                     self._reader_for(ckpt_dir, leave_out).read(str(ckpt_dir / PREFIX)).assert_existing_objects_matched()
-                    self.log(f"resumed from {ckpt_dir} (epoch {meta['epoch']}, step {meta['step_in_epoch']}, "
+                    log.info(f"resumed from {ckpt_dir} (epoch {meta['epoch']}, step {meta['step_in_epoch']}, "
                              f"global step {meta['global_step']})")
                     return meta
                 except Exception as e:  # DataLossError, NotFoundError, mismatched graph, ...
                     why = f"does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            self.log(f"WARNING: skipping checkpoint {ckpt_dir}: {why}; trying the one before")
+            log.warning(f"skipping checkpoint {ckpt_dir}: {why}; trying the one before")
             failures.append(f"  {ckpt_dir}: {why}")
         if failures:
             raise CheckpointError(f"{self.dir}: no checkpoint can be resumed from, and starting afresh here would "

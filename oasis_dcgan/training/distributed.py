@@ -5,10 +5,14 @@ and hands over a `World` (rank, size, local rank, nodes, hostnames, job step, re
 directory). Rank 0 runs Horovod's rendezvous server; through files in the rendezvous
 directory the ranks agree which of rank 0's addresses the other nodes reach and which
 interface each node uses; then all of them call `hvd.init()` with the gloo controller.
-A world of one runs without Horovod's runtime (OneRank).
+A world of one runs without Horovod's runtime (OneRank). `init` returns the collectives the step
+and the Trainer use (`allreduce_mean`, `barrier`, `broadcast`, `rank`, `size`), for one rank or
+Horovod's. TensorFlow and Horovod are imported where they are used: the launch layer imports
+`World` from here and must not pay for them.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -16,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import fsutil
+from ..errors import RendezvousError
+
+log = logging.getLogger(__name__)
 
 NO_JOB = "none"  # the job id of a process that no scheduler started
 
-
-class RendezvousError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -206,60 +210,84 @@ def describe_links(world: World, links: list) -> str:
 
 
 class OneRank:
-    """The Horovod calls the suite makes, for a world of one rank, without starting Horovod.
-
-    Horovod's background thread polls for work about a thousand times a second even when a
-    single rank has nothing to reduce: measured idle, 3.3% of a core and 11,000 context switches
-    in 10 s, taken from the step's compute threads. Every collective of one rank is the
-    identity, so the training is the same.
-    """
-    Average = "average"
+    """The collectives of a world of one rank: each is the identity, so Horovod's runtime, whose
+    background thread would poll for work on the step's cores, is never started
+    (bench/results/overhead.json measures what it costs)."""
+    rank, size, cross_rank, cross_size = 0, 1, 0, 1
 
     def __init__(self, local_rank: int = 0):
-        self._local_rank = local_rank
+        self.local_rank = local_rank
 
-    def size(self) -> int:
-        return 1
+    def allreduce_mean(self, tensors, wire: str = "fp32") -> list:
+        return list(tensors)
 
-    def rank(self) -> int:
-        return 0
+    def barrier(self, name: str) -> None:
+        pass
 
-    def local_rank(self) -> int:
-        return self._local_rank
+    def broadcast(self, value: int, name: str) -> int:
+        return value
 
-    def cross_rank(self) -> int:
-        return 0
-
-    def cross_size(self) -> int:
-        return 1
+    def broadcast_variables(self, variables, prefix: str) -> None:
+        pass
 
     def nccl_built(self) -> bool:
         import horovod.tensorflow as hvd
 
         return bool(hvd.nccl_built())
 
-    def allreduce(self, tensor, **_):
-        return tensor
 
-    def grouped_allreduce(self, tensors, **_):
-        return list(tensors)
+class HorovodRanks:
+    """The collectives of a world of several ranks, over Horovod (gloo on CPUs, NCCL on GPUs when built).
 
-    def broadcast(self, tensor, root_rank: int = 0, **_):
-        return tensor
+    With Keras 3 variables, hvd.DistributedGradientTape and hvd.broadcast_variables fail; a
+    grouped allreduce of plain tensors and one named broadcast per variable work.
+    """
+
+    def __init__(self, hvd, server=None):
+        self._hvd = hvd
+        self._server = server  # rank 0's rendezvous server: alive while the ranks run
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.local_rank, self.cross_rank, self.cross_size = hvd.local_rank(), hvd.cross_rank(), hvd.cross_size()
+
+    def allreduce_mean(self, tensors, wire: str = "fp32") -> list:
+        """The mean over ranks of every tensor, in one grouped call: one negotiation, one fused
+        buffer. wire="fp16" sends floating tensors as fp16 and hands them back in their own dtype."""
+        compression = self._hvd.Compression.fp16 if wire == "fp16" else self._hvd.Compression.none
+        return self._hvd.grouped_allreduce(list(tensors), op=self._hvd.Average, compression=compression)
+
+    def barrier(self, name: str) -> None:
+        """Return once every rank got here."""
+        import tensorflow as tf
+
+        self._hvd.allreduce(tf.constant(0.0), name=name).numpy()
+
+    def broadcast(self, value: int, name: str) -> int:
+        """Rank 0's integer, on every rank."""
+        import tensorflow as tf
+
+        return int(self._hvd.broadcast(tf.constant(value, tf.int64), root_rank=0, name=name).numpy())
+
+    def broadcast_variables(self, variables, prefix: str) -> None:
+        """Overwrite every variable with rank 0's value, one named broadcast per variable."""
+        import tensorflow as tf
+
+        for i, v in enumerate(variables):
+            v.assign(self._hvd.broadcast(tf.convert_to_tensor(v), root_rank=0, name=f"{prefix}.{i}"))
+
+    def nccl_built(self) -> bool:
+        return bool(self._hvd.nccl_built())
 
 
-def init(world: World, timeout_s: float = 300.0, rendezvous_timeout_s: float | None = None, log=None):
+def init(world: World, timeout_s: float = 300.0, rendezvous_timeout_s: float | None = None) -> OneRank | HorovodRanks:
     """Join (or, on rank 0, create) the job's Horovod world.
 
     timeout_s bounds every collective (a peer that stops answering ends the job). Waiting
     for rank 0's address allows at least five minutes unless told otherwise: rank 0 may be
     slow to start (a cold file system, the lock of a previous attempt). Rank 0 logs which
-    interface and address each node uses. Returns (the `horovod.tensorflow` module, or OneRank
-    for a world of one; rank 0's rendezvous server or None); the caller keeps the server
-    referenced while the ranks run.
+    interface and address each node uses. Returns the world's collectives.
     """
     if world.size == 1:
-        return OneRank(world.local_rank), None
+        return OneRank(world.local_rank)
     import horovod.tensorflow as hvd
 
     if not world.rendezvous_dir:
@@ -271,69 +299,19 @@ def init(world: World, timeout_s: float = 300.0, rendezvous_timeout_s: float | N
     if hvd.size() != world.size or hvd.rank() != world.rank:
         raise RendezvousError(f"Horovod reports rank {hvd.rank()}/{hvd.size()}, the job says "
                               f"{world.rank}/{world.size}")
-    if log and world.is_chief:
-        log(f"network: {describe_links(world, links)}; rendezvous at {addr}:{port}")
-    return hvd, server
+    if world.is_chief:
+        log.info(f"network: {describe_links(world, links)}; rendezvous at {addr}:{port}")
+    return HorovodRanks(hvd, server)
 
 
-def check_gpu_build(hvd, n_gpus: int, log=print) -> bool:
+def check_gpu_build(ranks: OneRank | HorovodRanks, n_gpus: int) -> bool:
     """Warn when this rank has GPUs but Horovod cannot reduce on them. True when all is well.
 
     A gloo-only Horovod still trains on GPUs, but every step's gradients (111 MB at 256)
     go to host memory and back, which costs more than the step itself on a fast GPU.
     """
-    if not n_gpus or hvd.nccl_built():
+    if not n_gpus or ranks.nccl_built():
         return True
-    log(f"WARNING: {n_gpus} GPU(s) visible, but Horovod was built without NCCL: gradients will cross host memory "
-        "through gloo. On GPU nodes run `make setup-gpu` (HOROVOD_GPU_OPERATIONS=NCCL, TensorFlow with CUDA)")
+    log.warning(f"{n_gpus} GPU(s) visible, but Horovod was built without NCCL: gradients will cross host memory "
+                "through gloo. On GPU nodes run `make setup-gpu` (HOROVOD_GPU_OPERATIONS=NCCL, TensorFlow with CUDA)")
     return False
-
-
-# --- collectives used by training --------------------------------------------------------------
-# With Keras 3 variables, hvd.DistributedGradientTape and hvd.broadcast_variables fail; a
-# grouped allreduce of plain tensors and one named broadcast per variable work.
-
-def allreduce_mean(hvd, tensors, fp16: bool = False):
-    """Average a list of tensors across ranks in one grouped call (one fused allreduce)."""
-    import tensorflow as tf
-
-    if hvd.size() == 1:
-        return list(tensors)
-    if fp16:
-        dtypes = [t.dtype for t in tensors]
-        out = hvd.grouped_allreduce([tf.cast(t, tf.float16) for t in tensors], op=hvd.Average)
-        return [tf.cast(t, d) for t, d in zip(out, dtypes)]
-    return hvd.grouped_allreduce(list(tensors), op=hvd.Average)
-
-
-def barrier(hvd, name: str) -> None:
-    """Return once every rank got here."""
-    import tensorflow as tf
-
-    if hvd.size() > 1:
-        hvd.allreduce(tf.constant(0.0), name=name).numpy()
-
-
-def broadcast_flag(hvd, flag: bool) -> bool:
-    """Rank 0's flag, on every rank."""
-    return bool(broadcast_int(hvd, int(flag), "bcast.flag"))
-
-
-def broadcast_int(hvd, value: int, name: str) -> int:
-    """Rank 0's integer, on every rank."""
-    import tensorflow as tf
-
-    if hvd.size() == 1:
-        return value
-    return int(hvd.broadcast(tf.constant(value, tf.int64), root_rank=0, name=name).numpy())
-
-
-def broadcast_variables(hvd, variables, prefix: str) -> None:
-    """Overwrite every variable with rank 0's value, one named broadcast per variable."""
-    import tensorflow as tf
-
-    if hvd.size() == 1:
-        return
-    for i, v in enumerate(variables):
-        v.assign(hvd.broadcast(tf.convert_to_tensor(v), root_rank=0, name=f"{prefix}.{i}"))
-

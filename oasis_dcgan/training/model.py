@@ -8,6 +8,8 @@ Layer names are fixed so checkpoints and saved generators read the same across v
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -17,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import fsutil
+from ..config import Config
 
 L = tf.keras.layers
 # train.precision -> the Keras dtype policy of the hidden layers. Mixed policies keep every
@@ -77,6 +80,46 @@ def build_optimizer(lr: float, precision: str = "fp32", beta_1: float = 0.9):
     return tf.keras.optimizers.LossScaleOptimizer(opt) if precision == "fp16" else opt
 
 
+def lr_for(cfg: Config, world_size: int) -> float:
+    """train.lr scaled for the world size by train.lr_scaling."""
+    scale = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[cfg.train.lr_scaling]
+    return cfg.train.lr * scale
+
+
+def lr_factor(epoch: int, epochs: int, rampdown: float) -> float:
+    """The learning rates' factor in 0-based `epoch`: 1, then falling linearly over the last
+    rampdown x epochs to 1/(rampdown x epochs) in the last one. By epoch, so a resumed epoch
+    trains at the rate it began with."""
+    span = rampdown * epochs
+    return 1.0 if span <= 0 else min(1.0, (epochs - epoch) / span)
+
+
+def set_learning_rates(g_opt, d_opt, lr: float, epoch: int, t) -> float:
+    """Set both optimizers' rates for 0-based `epoch` (train.lr_rampdown, train.d_lr_ratio); returns G's."""
+    epoch_lr = lr * lr_factor(epoch, t.epochs, t.lr_rampdown)
+    g_opt.learning_rate = epoch_lr
+    d_opt.learning_rate = epoch_lr * t.d_lr_ratio
+    return epoch_lr
+
+
+def build_all(cfg: Config, lr: float) -> tuple:
+    """(G, D, G's average or None, G's optimizer, D's optimizer) as train.* asks, at data.resolution.
+    The average (G_ema) is G's architecture in fp32, starting from G's weights."""
+    t, res = cfg.train, cfg.data.resolution
+    generator = build_generator(res, t.noise_dim, t.precision)
+    discriminator = build_discriminator(res, t.precision, t.d_dropout_scale)
+    average = None
+    if t.ema_kimg > 0:
+        average = build_generator(res, t.noise_dim, "fp32")
+        average.set_weights(generator.get_weights())
+    g_opt = build_optimizer(lr, t.precision, t.adam_beta1)
+    d_opt = build_optimizer(lr * t.d_lr_ratio, t.precision, t.adam_beta1)
+    # Adam's slots are created lazily; build them now so they are checkpointed and broadcast.
+    g_opt.build(generator.trainable_variables)
+    d_opt.build(discriminator.trainable_variables)
+    return generator, discriminator, average, g_opt, d_opt
+
+
 def _bce(label: float, logits):
     """Binary cross-entropy from logits, one value per image."""
     return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(logits), label), logits=logits)[:, 0]
@@ -120,3 +163,14 @@ def generate(generator, n: int, seed: int, chunk: int = 64) -> np.ndarray:
     noise = np.random.default_rng(seed).normal(size=(n, generator.input_shape[-1])).astype(np.float32)
     out = [generator(noise[s:s + chunk], training=False).numpy() for s in range(0, n, chunk)]
     return np.concatenate(out)[..., 0]
+
+
+def weights_digest(*models) -> str:
+    """sha256 of the models' weights and statistics (None for a model a run has not); dropout seed
+    states, which are per rank, left out."""
+    h = hashlib.sha256()
+    for m in models:
+        for v in (m.variables if m is not None else ()):
+            if "seed_generator" not in v.path:
+                h.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return h.hexdigest()

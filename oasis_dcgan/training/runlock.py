@@ -18,6 +18,7 @@ writing. `release()` removes the lock only if it is still this holder's.
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import secrets
@@ -27,13 +28,13 @@ import time
 from .. import fsutil, rundir
 from ..fsutil import pid_alive, start_time
 from .distributed import NO_JOB
+from ..errors import RunLockError
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 60.0
 STALE_AFTER_S = 15 * 60.0  # another host's holder, silent this long, is gone (allows for clock skew)
 
-
-class RunLockError(RuntimeError):
-    """Another live job is training into this run directory, or this job lost its claim."""
 
 
 def describe(holder: dict) -> str:
@@ -77,13 +78,13 @@ def check_free(run_dir: str | os.PathLike, stale_after_s: float = STALE_AFTER_S)
 
 
 class RunLock:
-    def __init__(self, run_dir: str | os.PathLike, job_id: str, attempt: int, log=print,
+    def __init__(self, run_dir: str | os.PathLike, job_id: str, attempt: int,
                  stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S):
         self.path = rundir.RunDir(run_dir).lock
         pid = os.getpid()
         self.holder = {"job_id": str(job_id), "attempt": int(attempt), "host": platform.node(), "pid": pid,
                        "pid_start": start_time(pid), "token": secrets.token_hex(8), "since": time.time()}
-        self.log, self.stale_after_s, self.heartbeat_s = log, stale_after_s, heartbeat_s
+        self.stale_after_s, self.heartbeat_s = stale_after_s, heartbeat_s
         self.held = False
         self.lost = ""  # why this holder no longer holds the lock it took
         self._stop = threading.Event()
@@ -117,7 +118,7 @@ class RunLock:
         if not why:
             raise RunLockError(f"{self.path.parent} is being trained by {describe(found[0])}; this job "
                                f"({self.holder['job_id']}, attempt {self.holder['attempt']}) will not write into it")
-        self.log(f"taking over the run's lock from {describe(found[0])}: {why}")
+        log.info(f"taking over the run's lock from {describe(found[0])}: {why}")
         self._break(found[0])
 
     def _break(self, stale: dict) -> None:
@@ -138,11 +139,11 @@ class RunLock:
                 if not self._mine():
                     found = read(self.path.parent)
                     self.lost = f"the lock now names {describe(found[0])}" if found else "the lock was removed"
-                    self.log(f"WARNING: lost the run's lock: {self.lost}")
+                    log.warning(f"lost the run's lock: {self.lost}")
                     return
                 os.utime(self.path)
             except OSError as e:  # a storage hiccup: the next heartbeat tries again
-                self.log(f"WARNING: could not refresh the run's lock {self.path}: {fsutil.io_reason(e)}")
+                log.warning(f"could not refresh the run's lock {self.path}: {fsutil.io_reason(e)}")
 
     def check(self) -> None:
         """Raise if another holder has the run: this job must not write into it any more."""
@@ -167,4 +168,4 @@ class RunLock:
             else:
                 found = read(self.path.parent)
                 if found:
-                    self.log(f"the run's lock is held by {describe(found[0])}; left in place")
+                    log.info(f"the run's lock is held by {describe(found[0])}; left in place")

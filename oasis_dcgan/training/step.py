@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..imaging import to_unit_tf
-from . import distributed, model
+from . import model
 
 # epoch_images is the epoch's image budget, fixed when the epoch starts; images_in_epoch
 # how many of them are used up; images_seen the run's total (kimg is this / 1000).
@@ -31,6 +31,9 @@ class TrainState:
 
     def __init__(self, noise_dim: int, seed: int, n_images: int):
         self.counters = {k: tf.Variable(0, dtype=tf.int64, name=k) for k in COUNTERS}
+        # The counters as the host last read them (a compiled call returns them): the loop's only
+        # view of them, so there is no second count in Python to drift from the variables.
+        self.now = dict.fromkeys(COUNTERS, 0)
         self.losses = {k: tf.Variable(v, dtype=tf.float64, name=k) for k, v in LOSS_START.items()}
         # How often each training image was trained on this epoch, by every rank together.
         self.visits = tf.Variable(tf.zeros([n_images], tf.int32), name="visits")
@@ -43,11 +46,12 @@ class TrainState:
 
     def read_counters(self) -> dict:
         """All counters in one compiled read: each variable read alone costs a host round trip."""
-        return self._as_dict(self._counters())
+        return self.take(self._counters())
 
-    @staticmethod
-    def _as_dict(stacked) -> dict:
-        return dict(zip(COUNTERS, stacked.numpy().tolist()))
+    def take(self, stacked) -> dict:
+        """Note the counters a compiled call returned (stacked in COUNTERS order) as `now`."""
+        self.now = dict(zip(COUNTERS, stacked.numpy().tolist()))
+        return dict(self.now)
 
     @tf.function
     def _counters(self):
@@ -90,7 +94,7 @@ class TrainState:
     def begin_epoch(self, budget: int) -> dict:
         """Fix the epoch's image budget, once (a resumed epoch keeps the one it started with);
         returns the counters."""
-        return self._as_dict(self._begin_epoch(budget))
+        return self.take(self._begin_epoch(budget))
 
     @tf.function
     def _begin_epoch(self, budget):
@@ -108,7 +112,8 @@ class TrainState:
 
     def close_epoch(self):
         """Inside a compiled call: the ended epoch's records, then the next epoch's start. One call,
-        so no signal sees it half done, and no host round trip per variable while every rank waits."""
+        so no signal sees it half done, and no host round trip per variable while every rank waits.
+        Returns the records and the counters after it."""
         record = {k: tf.identity(v) for k, v in {**self.losses, "visits": self.visits,
                                                  "images_seen": self.counters["images_seen"]}.items()}
         with tf.control_dependencies(list(record.values())):
@@ -118,7 +123,7 @@ class TrainState:
             for k in ("step_in_epoch", "images_in_epoch", "epoch_images"):
                 self.counters[k].assign(0)
             self.counters["epoch"].assign_add(1)
-        return record
+        return record, self._counters()  # read after the writes: a compiled call orders them
 
 
 DROPOUT_DRAWS_PER_STEP = 2  # D runs twice a step (real, fake); each Dropout draws one seed a run
@@ -165,7 +170,7 @@ def ema_beta(half_life_kimg: float, global_batch: int, images_seen=None, rampup:
     return 0.5 ** (global_batch / half_life)
 
 
-def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, hvd, batch_size: int,
+def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, ranks, batch_size: int,
                      noise_dim: int, seed: int, fp16_allreduce: bool = False, generator_ema=None,
                      ema_kimg: float = 0.0, ema_rampup: float = 0.0):
     """The reference's two-tape step, data-parallel: one fused allreduce, identical state on all ranks.
@@ -175,7 +180,7 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
     partial step of an epoch is spread over the ranks. With full batches this is the
     reference's per-batch mean.
     """
-    world_size, rank = hvd.size(), hvd.rank()
+    world_size, rank = ranks.size, ranks.rank
 
     def train_step(images_uint8, slots, want_stop):
         images = to_unit_tf(images_uint8)
@@ -205,16 +210,15 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         # every rank learns it from the same step.
         extra = bn_stats + [g_loss, d_loss, want_stop]
         if fp16_allreduce:  # only gradients travel in fp16; statistics, losses and the flag stay fp32
-            grads = distributed.allreduce_mean(hvd, g_grads + d_grads, fp16=True)
-            rest = distributed.allreduce_mean(hvd, extra)
+            grads = ranks.allreduce_mean(g_grads + d_grads, wire="fp16")
+            rest = ranks.allreduce_mean(extra)
         else:  # one fused allreduce for everything
-            both = distributed.allreduce_mean(hvd, g_grads + d_grads + extra)
+            both = ranks.allreduce_mean(g_grads + d_grads + extra)
             grads, rest = both[:n_grads], both[n_grads:]
         g_opt.apply_gradients(zip(grads[:len(g_grads)], generator.trainable_variables))
         d_opt.apply_gradients(zip(grads[len(g_grads):], discriminator.trainable_variables))
-        if world_size > 1:
-            for v, mean in zip(generator.non_trainable_variables, rest[:len(bn_stats)]):
-                v.assign(mean)
+        for v, mean in zip(generator.non_trainable_variables, rest[:len(bn_stats)]):
+            v.assign(mean)
         if generator_ema is not None:
             beta = ema_beta(ema_kimg, batch_size * world_size, state.counters["images_seen"], ema_rampup)
             update_average(generator_ema, generator, beta)
@@ -229,7 +233,7 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         Each compiled call costs the host a fixed overhead, a sizeable share of a GPU step
         (bench/bench_overhead.py measures it: bench/results/overhead.json): several steps a
         call pay it once. Returns the last step's losses, whether a stop was
-        agreed, and the steps run. One iteration at a time, so each step sees the last one's
+        agreed, the steps run and the counters after them. One iteration at a time, so each step sees the last one's
         variables and every rank's allreduces pair up in order.
         """
         def body(i, g, d, agreed):
@@ -241,6 +245,6 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         i, g, d, agreed = tf.while_loop(lambda i, g, d, agreed: tf.logical_and(i < n, tf.logical_not(agreed)),
                                         body, (tf.constant(0), zero, zero, tf.constant(False)),
                                         parallel_iterations=1)
-        return g, d, agreed, i
+        return g, d, agreed, i, state._counters()
 
     return train_steps

@@ -19,7 +19,7 @@ def pack_rate(src: Path, out: Path, tasks: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
     p = pack.start(src, out, DataConfig(resolution=256, shard_size=256), queued=True)
-    task = "from oasis_dcgan.prep import pack; pack.pack_task({!r}, {}, {}, {!r}, log=lambda *a: None)"
+    task = "from oasis_dcgan.prep import pack; pack.pack_task({!r}, {}, {}, {!r})"
     procs = [subprocess.Popen([sys.executable, "-c", task.format(str(out), i, tasks, p.token)], cwd=REPO)
              for i in range(tasks)]
     assert all(pr.wait() == 0 for pr in procs)
@@ -83,7 +83,7 @@ def main():
     for name, src in (("1k", small_src), ("10k", big_src)):
         out = WORK / f"ds-{name}"
         if not (out / "manifest.json").is_file():
-            pack.preprocess(src, out, DataConfig(resolution=256, shard_size=2048), log=lambda *a: None)
+            pack.preprocess(src, out, DataConfig(resolution=256, shard_size=2048))
         sizes[name] = (sum(manifest.load_manifest(out)["counts"].values()), first_batch_s(out))
     ours_read = read_rate(WORK / "ds-10k", scaled=False)
     ours_scaled = read_rate(WORK / "ds-10k", scaled=True)

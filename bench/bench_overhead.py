@@ -107,6 +107,7 @@ def our_steps_ms(steps: int = 48) -> dict:
     k = t.cfg.train.steps_per_call
     out = {"1": our_step_ms(t, RES, BATCH, steps, 1), str(k): our_step_ms(t, RES, BATCH, steps, k)}
     t.lock.release()
+    t.run_log.close()
     return out
 
 

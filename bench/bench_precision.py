@@ -59,7 +59,7 @@ def quality_run(precision: str, seed: int, epochs: int) -> dict:
     subprocess.run([sys.executable, "-m", "jobs.train", str(dataset(RES)), str(run), "--epochs", str(epochs),
                     "--seed", str(seed), "--executor", "inprocess", "--set", f"train.max_steps_per_epoch={STEPS}",
                     "--set", f'train.precision="{precision}"'], cwd=REPO, check=True, capture_output=True)
-    m = postprocess(run, log=lambda *a: None)
+    m = postprocess(run)
     return {"seed_max_ssim": m["seed_max_ssim"]["final"], "diversity": m["diversity"]["generated"],
             "nn_ssim_mean": m["nn_ssim"]["mean"]}
 

@@ -146,7 +146,7 @@ def main():
     data = dataset(WORK / "probe")
     m = config.load(None, [f"metrics.nn_samples={SAMPLES}", f"metrics.diversity_samples={SAMPLES}"]).metrics
     held = ShardReader(data, "validate")
-    ctx = checks.Context(to_unit(held.read(np.arange(SAMPLES))), "anchors", str(data), m, log=lambda *a: None)
+    ctx = checks.Context(to_unit(held.read(np.arange(SAMPLES))), "anchors", str(data), m)
     ladder = checks.ladder(ctx)
     anchors = {k: ladder[k][checks.NN]["median"] for k in ("held_out", "blurred", "linear")}
     curves = {name: [] for name in RECIPES}

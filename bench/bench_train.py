@@ -28,7 +28,7 @@ def dataset(res: int) -> Path:
 
     out = WORK / f"train-ds-{res}"
     if not (out / "manifest.json").is_file():
-        pack.preprocess(sample_release(), out, DataConfig(resolution=res, shard_size=2048), log=lambda *a: None)
+        pack.preprocess(sample_release(), out, DataConfig(resolution=res, shard_size=2048))
     return out
 
 

@@ -89,8 +89,7 @@ def sample_release(n_cases: int = 32, resolution: int = 256) -> Path:
     root = WORK / f"release-{n_cases}-{resolution}"
     train = root / "keras_png_slices_data" / "keras_png_slices_train"
     if not train.is_dir():
-        sample_data.write_png_release(root, cases=(n_cases, 2, 2), resolution=resolution, seed=11,
-                                      log=lambda *a: None)
+        sample_data.write_png_release(root, cases=(n_cases, 2, 2), resolution=resolution, seed=11)
     return root
 
 
@@ -118,12 +117,12 @@ def our_step_ms(trainer, resolution: int, batch: int, steps: int, per_call: int)
     batches = iter(tf.data.Dataset.from_tensors((x, slots)).repeat())
     flag, n = tf.constant(0.0), tf.constant(per_call)
     for _ in range(2):
-        out = trainer.train_steps(batches, flag, n)
+        out = trainer.train_steps(batches, flag, n, trainer.budget_t)
     float(out[0])
     calls = max(1, steps // per_call)
     start = time.perf_counter()
     for _ in range(calls):
-        out = trainer.train_steps(batches, flag, n)
+        out = trainer.train_steps(batches, flag, n, trainer.budget_t)
     float(out[0])
     return (time.perf_counter() - start) / (calls * per_call) * 1000
 

@@ -405,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from . import errors
+    from . import errors, logs
 
+    logs.to_console()
     try:
         return a.fn(a) or 0
     except Exception as e:

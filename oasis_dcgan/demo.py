@@ -6,6 +6,7 @@ through submitit's local executor (or Slurm with --executor slurm; `make demo-cl
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -14,19 +15,21 @@ from .launch import executors, pipeline
 from .logs import format_seconds
 from .prep import sample_data
 
+log = logging.getLogger(__name__)
+
 
 class TrainingWatch:
     """What a person watching the demo wants while it trains: a line per finished epoch."""
 
-    def __init__(self, run_dir: Path, epochs: int, log=print):
-        self.run, self.epochs, self.log = rundir.RunDir(run_dir), epochs, log
+    def __init__(self, run_dir: Path, epochs: int):
+        self.run, self.epochs = rundir.RunDir(run_dir), epochs
         self.offset = 0
         self.stage = ""
 
     def __call__(self, stage: str) -> None:
         if stage != self.stage:
             self.stage = stage
-            self.log(f"[demo] {stage} running...")
+            log.info(f"[demo] {stage} running...")
         if stage != "train":
             return
         rows, self.offset = fsutil.follow_jsonl(self.run.stats, self.offset)
@@ -38,7 +41,7 @@ class TrainingWatch:
         e = rec["epoch"]
         eta = (self.epochs - e) * (rec["epoch_time"] + 0.5)
         grid = self.run.sample(e, "png")
-        self.log(f"[demo] epoch {e}/{self.epochs}  {rec['images_per_s']:.0f} img/s  ETA {format_seconds(eta)}  "
+        log.info(f"[demo] epoch {e}/{self.epochs}  {rec['images_per_s']:.0f} img/s  ETA {format_seconds(eta)}  "
                  f"G {rec['g_loss']:.3f}  D {rec['d_loss']:.3f}  samples: {grid}")
 
 

@@ -13,13 +13,38 @@ from pathlib import Path
 from . import fsutil, rundir
 
 
-LOGGER = "oasis_dcgan"  # every module's logger is a child of this one
+LOGGER = "oasis_dcgan"  # every module's logger is a child of this one (the package's own name)
+
+
+def line(record: logging.LogRecord) -> str:
+    """One record as the suite prints it: dated, and a warning says so."""
+    level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.created))} {level}{record.getMessage()}"
+
+
+class Console(logging.Handler):
+    """The suite's lines on stdout: a terminal, or a batch job's log. The CLI and the jobs attach
+    one (`to_console`); a library caller that attaches none sees warnings only (on stderr)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(line(record), flush=True)
+
+
+def to_console(level: int = logging.INFO) -> Console:
+    """Attach the console handler once (at `level`), and return it."""
+    logger = logging.getLogger(LOGGER)
+    logger.setLevel(logging.INFO)
+    handler = next((h for h in logger.handlers if isinstance(h, Console)), None) or Console()
+    handler.setLevel(level)
+    if handler not in logger.handlers:
+        logger.addHandler(handler)
+    return handler
 
 
 class RunLog(logging.Handler):
     """Rank 0's handler for the suite's loggers: each record a dated line in RUN_DIR/log.txt and,
-    with `echo`, on stdout (the Slurm log). Other ranks attach none: their warnings reach stderr
-    through logging's last resort, and their progress is rank 0's."""
+    with `echo` where no console handler prints them already, on stdout (the Slurm log). Other
+    ranks attach none: their progress is rank 0's."""
 
     def __init__(self, run_dir: str | os.PathLike, echo: bool = True):
         super().__init__(logging.INFO)
@@ -34,12 +59,11 @@ class RunLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         # (Called under the handler's re-entrant lock: the loop, the thread that publishes
         # epochs and a signal handler that interrupted either all log.)
-        level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {level}{record.getMessage()}"
+        text = line(record)
         if self.echo:
-            print(line, flush=True)
+            print(text, flush=True)
         try:
-            self._f.write(line + "\n")
+            self._f.write(text + "\n")
         except OSError as e:  # raised, not swallowed: a run must not go on without its log
             raise fsutil.storage_error(self.path, "append to the run's log", e,
                                        "the lines before it, the checkpoints and stats are intact") from e
@@ -47,6 +71,7 @@ class RunLog(logging.Handler):
     def attach(self) -> RunLog:
         logger = logging.getLogger(LOGGER)
         logger.setLevel(logging.INFO)
+        self.echo = self.echo and not any(isinstance(h, Console) for h in logger.handlers)
         logger.addHandler(self)
         return self
 

@@ -49,7 +49,7 @@ def png_release(tmp_path_factory) -> Path:
     from oasis_dcgan.prep import sample_data
 
     out = tmp_path_factory.mktemp("png-release")
-    sample_data.write_png_release(out, cases=(6, 2, 2), slices=32, resolution=64, seed=1, log=lambda *a: None)
+    sample_data.write_png_release(out, cases=(6, 2, 2), slices=32, resolution=64, seed=1)
     return out
 
 
@@ -59,7 +59,7 @@ def dataset32(png_release, tmp_path_factory) -> Path:
     from oasis_dcgan.prep import pack
 
     out = tmp_path_factory.mktemp("ds32")
-    pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=64), log=lambda *a: None)
+    pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=64))
     return out
 
 
@@ -69,7 +69,7 @@ def dataset256(png_release, tmp_path_factory) -> Path:
     from oasis_dcgan.prep import pack
 
     out = tmp_path_factory.mktemp("ds256")
-    pack.preprocess(png_release, out, DataConfig(resolution=256, shard_size=64), log=lambda *a: None)
+    pack.preprocess(png_release, out, DataConfig(resolution=256, shard_size=64))
     return out
 
 

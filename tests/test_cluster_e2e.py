@@ -36,7 +36,7 @@ def tiny_config(tmp_path, png_release, **extra):
 
 def test_chained_pipeline_on_slurm(devcluster, png_release, tmp_path):
     cfg = tiny_config(tmp_path, png_release)
-    out = pipeline.submit_pipeline(cfg, executor="slurm", wait=False, log=lambda *a: None)
+    out = pipeline.submit_pipeline(cfg, executor="slurm", wait=False)
     ids = list(out["jobs"].values())
     assert set(out["jobs"]) == {"preprocess", "seal", "train", "postprocess"}
     rows = wait_for_jobs(ids)

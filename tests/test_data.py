@@ -17,8 +17,9 @@ from oasis_dcgan.prep.manifest import DataError
 from oasis_dcgan.prep.reader import ShardReader, epoch_budget, epoch_permutation, train_dataset
 from oasis_dcgan.config import DataConfig
 
+from .conftest import log_lines
+
 REPO = Path(__file__).resolve().parent.parent
-quiet = {"log": lambda *a: None}
 
 
 def all_metadata(ds, split="train"):
@@ -44,8 +45,7 @@ def test_png_release_counts_natural_order_and_seg_excluded(dataset32, png_releas
 
 
 def test_nested_release_is_found(tmp_path):
-    sample_data.write_png_release(tmp_path / "src", cases=(1, 1, 1), slices=4, resolution=32, nested=True,
-                                  log=lambda *a: None)
+    sample_data.write_png_release(tmp_path / "src", cases=(1, 1, 1), slices=4, resolution=32, nested=True)
     layout, root = layouts.detect_layout(tmp_path / "src")
     assert layout == "oasis-png"
     assert root.name == "keras_png_slices_data" and root.parent.name == "keras_png_slices_data"
@@ -54,7 +54,7 @@ def test_nested_release_is_found(tmp_path):
 def test_pixels_are_packed_exactly_and_scaled_like_the_seed(png_release, tmp_path):
     import imageio.v3 as iio
 
-    m = pack.preprocess(png_release, tmp_path / "ds", DataConfig(resolution=64, shard_size=1000), **quiet)
+    m = pack.preprocess(png_release, tmp_path / "ds", DataConfig(resolution=64, shard_size=1000))
     r = ShardReader(tmp_path / "ds", "train")
     meta = r.metadata([5])[0]
     np.testing.assert_array_equal(r.read([5])[0], iio.imread(meta["source"]))
@@ -69,7 +69,7 @@ def test_pixels_are_packed_exactly_and_scaled_like_the_seed(png_release, tmp_pat
 def test_area_resampling_to_lower_resolution(png_release, tmp_path):
     import imageio.v3 as iio
 
-    pack.preprocess(png_release, tmp_path / "ds", DataConfig(resolution=32, shard_size=1000), **quiet)
+    pack.preprocess(png_release, tmp_path / "ds", DataConfig(resolution=32, shard_size=1000))
     r = ShardReader(tmp_path / "ds", "train")
     src = iio.imread(r.metadata([7])[0]["source"]).astype(np.float64)
     block_mean = src.reshape(32, 2, 32, 2).mean(axis=(1, 3))
@@ -94,7 +94,7 @@ def _folder_corpus(root: Path):
 
 def test_folder_layout_converts_and_counts(tmp_path):
     src = _folder_corpus(tmp_path / "imgs")
-    m = pack.preprocess(src, tmp_path / "ds", DataConfig(resolution=32), **quiet)
+    m = pack.preprocess(src, tmp_path / "ds", DataConfig(resolution=32))
     assert m["layout"] == "folder" and m["counts"] == {"train": 6}
     assert m["converted"] == {"converted_to_gray": 2, "scaled_to_8bit": 1}
     assert m["ignored"]["non_image_files"] == 1
@@ -122,7 +122,7 @@ def test_bad_input_fails_before_writing_and_names_every_file(tmp_path):
     expected = _bad_corpus(tmp_path / "bad")
     out = tmp_path / "ds"
     with pytest.raises(DataError) as e:
-        pack.preprocess(tmp_path / "bad", out, DataConfig(resolution=32), **quiet)
+        pack.preprocess(tmp_path / "bad", out, DataConfig(resolution=32))
     msg = str(e.value)
     for name, reason in expected.items():
         line = next(ln for ln in msg.splitlines() if name in ln)
@@ -133,7 +133,7 @@ def test_bad_input_fails_before_writing_and_names_every_file(tmp_path):
 
 def test_skip_bad_records_them_in_the_manifest(tmp_path):
     expected = _bad_corpus(tmp_path / "bad")
-    m = pack.preprocess(tmp_path / "bad", tmp_path / "ds", DataConfig(resolution=32, skip_bad=True), **quiet)
+    m = pack.preprocess(tmp_path / "bad", tmp_path / "ds", DataConfig(resolution=32, skip_bad=True))
     assert m["counts"]["train"] == 6
     assert {Path(s["path"]).name for s in m["skipped"]} == set(expected)
     assert all(s["reason"] for s in m["skipped"])
@@ -164,10 +164,10 @@ def test_unusable_source_directories(tmp_path, case, needle):
 
 def test_rerun_is_idempotent(png_release, tmp_path):
     out = tmp_path / "ds"
-    m1 = pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=50), **quiet)
+    m1 = pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=50))
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
-    said = []
-    m2 = pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=50), log=said.append)
+    with log_lines() as said:
+        m2 = pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=50))
     assert not [line for line in said if "wrote" in line], "every shard was kept"
     assert m1["splits"] == m2["splits"]
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == mtimes
@@ -178,9 +178,9 @@ def test_a_task_leaves_other_writers_temp_files_alone(png_release, tmp_path):
     p = pack.start(png_release, out, DataConfig(resolution=32, shard_size=50))
     in_flight = out / ".plan.json.abcd1234.tmp"  # another array task, mid-way through writing the plan
     in_flight.write_text("{")
-    pack.pack_task(out, 1, 2, p.token, **quiet)
+    pack.pack_task(out, 1, 2, p.token)
     assert in_flight.exists()
-    pack.pack_task(out, 0, 2, p.token, **quiet)
+    pack.pack_task(out, 0, 2, p.token)
     pack.seal(out, p.token)  # all tasks done: now leftovers go
     assert not in_flight.exists()
 
@@ -190,47 +190,47 @@ def test_one_packing_at_a_time_writes_a_dataset_directory(png_release, tmp_path)
     """A second packing of a directory is refused naming the first and writes nothing; a packing
     whose process is gone is taken over; the replaced packing's tasks then write nothing."""
     out, data = tmp_path / "ds", DataConfig(resolution=32, shard_size=50)
-    first = pack.start(png_release, out, data, **quiet)  # planned and locked by this (live) process
+    first = pack.start(png_release, out, data)  # planned and locked by this (live) process
     with pytest.raises(DataError, match=f"being packed by packing {first.token}"):
-        pack.preprocess(png_release, out, data, **quiet)
+        pack.preprocess(png_release, out, data)
     assert not list(out.glob("*.h5")), "the refused packing wrote nothing"
     gone = subprocess.Popen(["true"])
     gone.wait()
     lock = out / datalock.LOCK
     lock.write_text(json.dumps({**json.loads(lock.read_text()), "pid": gone.pid, "pid_start": None}))
-    said = []
-    m = pack.preprocess(png_release, out, data, log=said.append)
+    with log_lines() as said:
+        m = pack.preprocess(png_release, out, data)
     assert any(f"taking over {lock}" in line and "is gone" in line for line in said), said
     assert sum(m["counts"].values()) == len(first.units) and not lock.exists(), "sealed, and the lock released"
     with pytest.raises(DataError, match=f"packing {first.token} was replaced"):
-        pack.pack_task(out, 0, 1, first.token, **quiet)
+        pack.pack_task(out, 0, 1, first.token)
     assert not manifest.verify(out)
 
 
 @pytest.mark.fault
 def test_array_tasks_of_one_packing_share_the_lock_and_a_queued_packing_goes_stale(png_release, tmp_path):
     out, data = tmp_path / "ds", DataConfig(resolution=32, shard_size=200)
-    a = pack.start(png_release, out, data, token="array-7", queued=True, **quiet)
-    b = pack.start(png_release, out, data, token="array-7", queued=True, **quiet)  # another task: same plan
+    a = pack.start(png_release, out, data, token="array-7", queued=True)
+    b = pack.start(png_release, out, data, token="array-7", queued=True)  # another task: same plan
     assert a == b
     with pytest.raises(DataError, match="being packed by packing array-7"):
-        pack.start(png_release, out, data, token="array-8", queued=True, **quiet)
+        pack.start(png_release, out, data, token="array-8", queued=True)
     old = time.time() - datalock.STALE_AFTER_S - 60  # its jobs died long ago: nothing refreshed the lock
     os.utime(out / datalock.LOCK, (old, old))
-    c = pack.start(png_release, out, data, token="array-8", queued=True, **quiet)
+    c = pack.start(png_release, out, data, token="array-8", queued=True)
     assert c.token == "array-8"
     with pytest.raises(DataError, match="packing array-7 was replaced"):
         pack.seal(out, "array-7")
 
 
 def test_shards_are_byte_reproducible(png_release, tmp_path):
-    a = pack.preprocess(png_release, tmp_path / "a", DataConfig(resolution=32, shard_size=50), **quiet)
-    b = pack.preprocess(png_release, tmp_path / "b", DataConfig(resolution=32, shard_size=50), **quiet)
+    a = pack.preprocess(png_release, tmp_path / "a", DataConfig(resolution=32, shard_size=50))
+    b = pack.preprocess(png_release, tmp_path / "b", DataConfig(resolution=32, shard_size=50))
     assert a["splits"] == b["splits"]
 
 
 def test_kill_9_during_packing_then_rerun_completes_identically(png_release, tmp_path):
-    ref = pack.preprocess(png_release, tmp_path / "ref", DataConfig(resolution=64, shard_size=8), **quiet)
+    ref = pack.preprocess(png_release, tmp_path / "ref", DataConfig(resolution=64, shard_size=8))
     out = tmp_path / "ds"
     cmd = [sys.executable, "-m", "jobs.preprocess", str(png_release), str(out), "--resolution", "64",
            "--shard-size", "8"]
@@ -258,7 +258,7 @@ def test_kill_9_during_packing_then_rerun_completes_identically(png_release, tmp
 
 def test_verify_catches_a_flipped_byte(png_release, tmp_path):
     out = tmp_path / "ds"
-    pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=100), **quiet)
+    pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=100))
     assert manifest.verify(out) == []
     shard = sorted(out.glob("train-*.h5"))[0]
     b = bytearray(shard.read_bytes())

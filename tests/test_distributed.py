@@ -7,6 +7,8 @@ from oasis_dcgan.launch import environment
 from oasis_dcgan.training import distributed
 from oasis_dcgan.training.distributed import RendezvousError, World
 
+from .conftest import log_lines
+
 
 def slurm_env(procid, nodeid, localid, ntasks=4, nodes=2, nodelist="gpu[07-08]", restart=None):
     env = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": str(procid), "SLURM_NODEID": str(nodeid),
@@ -90,9 +92,9 @@ class _FakeHorovod:
 
 
 @pytest.mark.parametrize("gpus,nccl,warned", [(0, False, False), (2, True, False), (2, False, True)])
-def test_gpus_without_an_nccl_horovod_are_warned_about_with_the_fix(gpus, nccl, warned, caplog):
-    ok = distributed.check_gpu_build(_FakeHorovod(nccl), gpus)
-    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+def test_gpus_without_an_nccl_horovod_are_warned_about_with_the_fix(gpus, nccl, warned):
+    with log_lines() as lines:
+        ok = distributed.check_gpu_build(_FakeHorovod(nccl), gpus)
     assert ok is not warned and len(lines) == int(warned)
     if warned:
         assert "without NCCL" in lines[0] and "make setup-gpu" in lines[0]

@@ -12,16 +12,15 @@ from oasis_dcgan.imaging import to_uint8, to_unit
 from oasis_dcgan.post import anchors, checks, evaluate, intervals, quality, samples
 from oasis_dcgan.prep.reader import ShardReader
 
-SILENT = dict(log=lambda *a: None)
 
 
 def _packed(tmp_path_factory, name: str, cases, seed: int):
     from oasis_dcgan.prep import pack, sample_data
 
     src = tmp_path_factory.mktemp(f"{name}-src")
-    sample_data.write_png_release(src, cases=cases, slices=32, resolution=64, seed=seed, **SILENT)
+    sample_data.write_png_release(src, cases=cases, slices=32, resolution=64, seed=seed)
     out = tmp_path_factory.mktemp(name)
-    pack.preprocess(src, out, DataConfig(resolution=32, shard_size=256), **SILENT)
+    pack.preprocess(src, out, DataConfig(resolution=32, shard_size=256))
     return out
 
 
@@ -53,7 +52,7 @@ def _with_copies(images, dataset, share, seed=0):
 
 
 def _copying(images, dataset):
-    ctx = checks.Context(images, "test", str(dataset), _metrics(), **SILENT)
+    ctx = checks.Context(images, "test", str(dataset), _metrics())
     return checks.copying(ctx)
 
 
@@ -136,7 +135,7 @@ def test_evaluate_an_array_and_a_png_folder(held_out_rich, tmp_path):
     np.save(tmp_path / "real.npy", pixels)
     samples.write_pngs(to_unit(pixels), tmp_path / "pngs")
     m = _metrics(diversity_samples=16)
-    got = evaluate.evaluate(tmp_path / "real.npy", held_out_rich, tmp_path / "a", m, **SILENT)
+    got = evaluate.evaluate(tmp_path / "real.npy", held_out_rich, tmp_path / "a", m)
     on_disk = json.loads((tmp_path / "a" / "metrics.json").read_text())
     for d in (got, on_disk):
         assert isinstance(d["copying"]["flagged"], bool) and {"share", "held_out_share"} <= set(d["copying"])
@@ -144,7 +143,7 @@ def test_evaluate_an_array_and_a_png_folder(held_out_rich, tmp_path):
         assert d["diversity"]["verdict"] in (quality.LESS_VARIED, quality.AS_VARIED, quality.MORE_VARIED)
         assert all(isinstance(d["anchors"][a]["nn_ssim"]["median"], float) for a in ("held_out", "blurred", "linear"))
     assert "On the ladder of anchors" in (tmp_path / "a" / "report.md").read_text()
-    png = evaluate.evaluate(tmp_path / "pngs", held_out_rich, tmp_path / "b", m, **SILENT)
+    png = evaluate.evaluate(tmp_path / "pngs", held_out_rich, tmp_path / "b", m)
     assert png["nn_ssim"]["median"] == pytest.approx(got["nn_ssim"]["median"], abs=1e-6)  # the same pixels
 
 
@@ -175,7 +174,7 @@ def test_feature_distances_sit_beside_held_out_images_at_one_n(held_out_rich, tm
     test = ShardReader(held_out_rich, "test")
     np.save(tmp_path / "real.npy", test.read(np.arange(100)))
     m = _metrics(fid_weights=f'"{tmp_path / "fx.keras"}"', kid_subsets=10, fid_real_images=80)
-    f = evaluate.evaluate(tmp_path / "real.npy", held_out_rich, tmp_path / "out", m, **SILENT)["feature_distances"]
+    f = evaluate.evaluate(tmp_path / "real.npy", held_out_rich, tmp_path / "out", m)["feature_distances"]
     assert f["n"] == 80 and f["held_out"]["fid"] is not None and f["fid"] is not None
     assert f["subset_size"] == 40 and f["kid_std"] > 0 and f["held_out"]["kid_std"] > 0, "subsets of half: a spread"
     assert 0 <= f["precision"] <= 1 and 0 <= f["held_out"]["recall"] <= 1

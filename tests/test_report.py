@@ -8,6 +8,8 @@ import pytest
 from oasis_dcgan import config
 from oasis_dcgan.post import checks, figures, quality, report
 
+from .conftest import log_lines
+
 FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png",
         "nn_ssim.png")
 
@@ -20,7 +22,7 @@ def finished_run(tiny_run):
 def test_postprocess_outputs(finished_run):
     import imageio.v3 as iio
 
-    m = report.postprocess(finished_run, log=lambda *a: None)
+    m = report.postprocess(finished_run)
     rd = finished_run / "report"
     metrics = json.loads((rd / "metrics.json").read_text())
     assert len(metrics["seed_max_ssim"]["per_epoch"]) == 3
@@ -66,7 +68,7 @@ def test_seed_metric_matches_an_independent_recomputation(finished_run, dataset3
     from oasis_dcgan.imaging import to_unit
     from oasis_dcgan.prep.reader import ShardReader
 
-    report.postprocess(finished_run, log=lambda *a: None)
+    report.postprocess(finished_run)
     rd = finished_run / "report"
     sel = json.loads((rd / "metric_batches.json").read_text())
     gen = np.load(finished_run / "samples" / "epoch_0003.npy")
@@ -78,9 +80,9 @@ def test_seed_metric_matches_an_independent_recomputation(finished_run, dataset3
 
 
 def test_rerun_reuses_cached_values(finished_run):
-    report.postprocess(finished_run, log=lambda *a: None)
-    logs = []
-    report.postprocess(finished_run, log=logs.append)
+    report.postprocess(finished_run)
+    with log_lines() as logs:
+        report.postprocess(finished_run)
     assert not any("seed metric for" in x for x in logs), "nothing recomputed"
 
 
@@ -88,7 +90,7 @@ def test_running_run_reports_epochs_so_far(finished_run, tmp_path):
     run = tmp_path / "running"
     shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("report", "generator.keras", "state.json"))
     (run / "samples" / "epoch_0003.npy").unlink()
-    m = report.postprocess(run, log=lambda *a: None)
+    m = report.postprocess(run)
     assert m["epochs_done"] == 2 and m["run_complete"] is False
     assert "in progress" in (run / "report" / "report.md").read_text()
 

@@ -73,7 +73,7 @@ def test_extending_a_finished_run_then_a_stop_is_a_stop_not_a_finish(dataset32, 
     d = retry.decide(run, NO_JOB, 0, 143, max_requeues=5)
     assert d.action == "requeue" and not d.counted, "a stop during an extension is requeued, uncounted"
     assert "stopped" in status.status(run) and "finished" not in status.status(run).split("training", 1)[1]
-    m = report.postprocess(run, log=lambda *a: None)
+    m = report.postprocess(run)
     assert m["run_complete"] is False and "no final generator" in m["nn_ssim"]["source"], \
         "the earlier finish's generator is not scored as this run's"
 
@@ -111,8 +111,8 @@ def test_a_dataset_of_another_size_is_taken_on_when_allowed(dataset32, png_relea
     from oasis_dcgan.prep import pack, sample_data
 
     src, other = tmp_path / "src", tmp_path / "ds-other"
-    sample_data.write_png_release(src, cases=(5, 2, 2), slices=32, resolution=64, seed=2, log=lambda *a: None)
-    pack.preprocess(src, other, DataConfig(resolution=32, shard_size=64), log=lambda *a: None)
+    sample_data.write_png_release(src, cases=(5, 2, 2), slices=32, resolution=64, seed=2)
+    pack.preprocess(src, other, DataConfig(resolution=32, shard_size=64))
     run = tmp_path / "run"
     steps = ["train.checkpoint_every_steps=1", "train.keep_checkpoints=10"]
     trainer.run(cfg_for(dataset32, run, "train.epochs=1", *steps), log_to_stdout=False)

@@ -9,7 +9,6 @@ from oasis_dcgan.prep.manifest import DataError
 from oasis_dcgan.prep.reader import ShardReader
 from oasis_dcgan.config import DataConfig
 
-quiet = {"log": lambda *a: None}
 
 
 def metadata(ds, split):
@@ -22,8 +21,8 @@ def raw_tree(tmp_path_factory):
     """OASIS-1 as its tarballs unpack: disc1/ and disc2/ of Analyze sessions, one subject with an
     MR2 rescan, and a NIfTI session in a third folder."""
     root = tmp_path_factory.mktemp("raw")
-    sample_data.write_raw_release(root, subjects=4, seed=3, fmt="analyze", discs=2, rescans=1, **quiet)
-    sample_data.write_raw_release(root / "more", subjects=1, seed=4, fmt="nifti-gz", **quiet)
+    sample_data.write_raw_release(root, subjects=4, seed=3, fmt="analyze", discs=2, rescans=1)
+    sample_data.write_raw_release(root / "more", subjects=1, seed=4, fmt="nifti-gz")
     (src,) = [p for p in (root / "more").iterdir() if p.is_dir()]  # beside it: the sample-data marker
     dst = root / "disc3" / "OAS1_0099_MR1"
     dst.parent.mkdir()
@@ -42,7 +41,7 @@ def test_every_disc_is_read_and_a_subjects_sessions_share_a_split(raw_tree, tmp_
     assert sorted(p.name for p in raw_tree.iterdir() if p.is_dir()) == ["disc1", "disc2", "disc3"]
     assert layouts.detect_layout(raw_tree) == ("oasis-raw", raw_tree)
     data = DataConfig(resolution=32, shard_size=64, split_fractions=[0.6, 0.2, 0.2], split_seed=7)
-    m = pack.preprocess(raw_tree, tmp_path / "ds", data, **quiet)
+    m = pack.preprocess(raw_tree, tmp_path / "ds", data)
     sessions = sessions_on_disk(raw_tree)
     assert len(sessions) == 6 and sum(m["counts"].values()) == 6 * 32
     rescanned = [s[:-4] for s in sessions if s.endswith("_MR2")]
@@ -64,7 +63,7 @@ def test_every_disc_is_read_and_a_subjects_sessions_share_a_split(raw_tree, tmp_
 
 
 def test_rescans_can_be_dropped_and_the_manifest_says_so(raw_tree, tmp_path):
-    m = pack.preprocess(raw_tree, tmp_path / "ds", DataConfig(resolution=32, slices=4, rescans="drop"), **quiet)
+    m = pack.preprocess(raw_tree, tmp_path / "ds", DataConfig(resolution=32, slices=4, rescans="drop"))
     cases = {x["case"] for split in m["splits"] for x in metadata(tmp_path / "ds", split)}
     assert len(cases) == 5 and not any(c.endswith("_MR2") for c in cases)
     assert m["ignored"]["rescans"] == 1 and m["options"]["rescans"] == "drop"
@@ -81,7 +80,7 @@ def test_a_session_unpacked_twice_is_refused_naming_both_copies(raw_tree, tmp_pa
 
 
 def test_slices_spread_over_the_brain_without_empty_ends(raw_tree, tmp_path):
-    m = pack.preprocess(raw_tree, tmp_path / "ds", DataConfig(resolution=32, shard_size=64), **quiet)
+    m = pack.preprocess(raw_tree, tmp_path / "ds", DataConfig(resolution=32, shard_size=64))
     assert "spread evenly" in m["options"]["slice_selection"]
     for split in m["splits"]:
         rows = metadata(tmp_path / "ds", split)
@@ -112,9 +111,9 @@ def test_slice_count_range_and_spacing_are_configurable():
 
 def test_ras_and_lia_storage_of_one_brain_pack_identically(tmp_path):
     for fmt in ("nifti", "nifti-lia", "analyze"):
-        sample_data.write_raw_release(tmp_path / fmt, subjects=1, seed=11, fmt=fmt, **quiet)
+        sample_data.write_raw_release(tmp_path / fmt, subjects=1, seed=11, fmt=fmt)
         pack.preprocess(tmp_path / fmt, tmp_path / f"ds-{fmt}",
-                        DataConfig(resolution=32, slices=8, split_fractions=[1.0, 0.0, 0.0]), **quiet)
+                        DataConfig(resolution=32, slices=8, split_fractions=[1.0, 0.0, 0.0]))
     import nibabel as nib
 
     (lia,) = (tmp_path / "nifti-lia").rglob("*.nii")
@@ -154,7 +153,7 @@ def test_volumes_that_are_not_3d_or_far_from_isotropic_are_named(tmp_path):
 
 
 def test_a_png_case_in_two_splits_is_refused_unless_allowed(tmp_path):
-    root = sample_data.write_png_release(tmp_path / "src", cases=(2, 1, 1), slices=2, resolution=32, **quiet)
+    root = sample_data.write_png_release(tmp_path / "src", cases=(2, 1, 1), slices=2, resolution=32)
     train = root / "keras_png_slices_train"
     case = sorted(train.iterdir())[0].name.split("_")[1]
     for f in train.glob(f"case_{case}_slice_*"):

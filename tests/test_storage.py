@@ -19,12 +19,11 @@ from oasis_dcgan.training import trainer
 from oasis_dcgan.config import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
-quiet = {"log": lambda *a: None}
 
 
 @pytest.fixture
 def done_run(tiny_run):
-    report.postprocess(tiny_run, **quiet)  # cached after the first time
+    report.postprocess(tiny_run)  # cached after the first time
     return tiny_run
 
 
@@ -34,12 +33,12 @@ def no_temps(root: Path) -> bool:
 
 @pytest.mark.fault
 def test_a_full_disk_in_preprocess_says_what_is_intact_and_a_rerun_finishes(png_release, tmp_path, small_disk):
-    pack.preprocess(png_release, tmp_path / "full", DataConfig(resolution=32, shard_size=32), **quiet)
+    pack.preprocess(png_release, tmp_path / "full", DataConfig(resolution=32, shard_size=32))
     need = sum(f.stat().st_size for f in (tmp_path / "full").rglob("*") if f.is_file()) // 1024
     disk = small_disk(need * 6 // 10)
     out = disk / "ds"
     with pytest.raises(DataError) as e:
-        pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=32), **quiet)
+        pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=32))
     msg = str(e.value)
     assert "\n" not in msg and "No space left on device" in msg and str(out) in msg and "is complete and kept" in msg
     assert no_temps(out)
@@ -49,7 +48,7 @@ def test_a_full_disk_in_preprocess_says_what_is_intact_and_a_rerun_finishes(png_
         rec = fsutil.read_json(out / pack.TASK_DIR / (shard.name + ".json"))
         assert fsutil.sha256_file(shard) == rec["sha256"]
     small_disk.resize(disk, need * 2)
-    m = pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=32), **quiet)
+    m = pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=32))
     assert m["counts"] == {"train": 192, "validate": 64, "test": 64} and manifest.verify(out) == []
 
 
@@ -57,18 +56,18 @@ def test_a_full_disk_in_preprocess_says_what_is_intact_and_a_rerun_finishes(png_
 def test_a_failed_shard_write_never_removes_the_complete_shard_already_there(png_release, small_disk):
     disk = small_disk(4096)
     out = disk / "ds"
-    pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=64), **quiet)
+    pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=64))
     shard = sorted(out.glob("train-*.h5"))[0]
     before = fsutil.sha256_file(shard)
     record = out / pack.TASK_DIR / (shard.name + ".json")
     fsutil.write_json(record, {**fsutil.read_json(record), "inputs_hash": "another writer's"})  # to be rewritten
-    rerun = pack.start(png_release, out, DataConfig(resolution=32, shard_size=64), **quiet)
+    rerun = pack.start(png_release, out, DataConfig(resolution=32, shard_size=64))
     with open(disk / "filler", "wb", buffering=0) as f:  # the disk fills up, to its last block
         with pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 4096)
     with pytest.raises(DataError, match="is complete and kept") as e:
-        pack.pack_task(out, 0, 1, rerun.token, **quiet)
+        pack.pack_task(out, 0, 1, rerun.token)
     assert shard.name in str(e.value), "the failed write is the rewrite of that shard"
     assert shard.is_file() and fsutil.sha256_file(shard) == before, "the complete shard is still there"
     assert no_temps(out)
@@ -106,7 +105,7 @@ def test_a_full_disk_at_a_checkpoint_names_the_newest_intact_one(dataset32, tmp_
 def test_a_full_disk_in_collect_says_what_is_intact(done_run, small_disk):
     dest = small_disk(200)
     with pytest.raises(CollectError) as e:
-        collect.collect(done_run, dest / "home", **quiet)
+        collect.collect(done_run, dest / "home")
     msg = str(e.value)
     assert "\n" not in msg and "No space left on device" in msg and "SHA256SUMS" in msg
     assert no_temps(dest)
@@ -129,7 +128,7 @@ def test_collect_snapshots_growing_files_and_update_refreshes_a_run_that_went_on
     t = threading.Thread(target=grow)
     t.start()
     try:
-        collect.collect(run, dest, **quiet)
+        collect.collect(run, dest)
     finally:
         stop.set()
         t.join()
@@ -145,10 +144,10 @@ def test_collect_snapshots_growing_files_and_update_refreshes_a_run_that_went_on
         f.write('ch", "n": 1}\n')
     (run / "report" / "metrics.json").write_text('{"changed": true}\n')
     with pytest.raises(CollectError, match="--update") as e:
-        collect.collect(run, dest, **quiet)
+        collect.collect(run, dest)
     assert "metrics.json" in str(e.value) and "stats.jsonl" in str(e.value)
     assert (dest / "stats.jsonl").read_bytes() == got
-    r = collect.collect(run, dest, update=True, **quiet)
+    r = collect.collect(run, dest, update=True)
     assert r["updated"] >= 2
     for rel in ("stats.jsonl", "report/metrics.json"):
         assert (dest / rel).read_bytes() == (run / rel).read_bytes(), rel
@@ -162,11 +161,11 @@ from oasis_dcgan.launch import collect
 from oasis_dcgan.prep import pack
 from oasis_dcgan.training import trainer
 src, work = sys.argv[2], sys.argv[3]
-pack.preprocess(src, work + "/ds", config.DataConfig(resolution=32, shard_size=64), log=lambda *a: None)
+pack.preprocess(src, work + "/ds", config.DataConfig(resolution=32, shard_size=64))
 cfg = config.load(None, [f'run_dir="{work}/run"', f'data.dataset="{work}/ds"', "train.epochs=1",
                          "train.batch_size=8", "train.max_steps_per_epoch=1"])
 trainer.run(cfg, log_to_stdout=False)
-collect.collect(work + "/run", work + "/home", include_checkpoints=True, log=lambda *a: None)
+collect.collect(work + "/run", work + "/home", include_checkpoints=True)
 """
 
 

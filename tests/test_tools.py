@@ -13,12 +13,14 @@ from oasis_dcgan.launch import collect, pipeline, status
 from oasis_dcgan.launch.collect import CollectError
 from oasis_dcgan.post import report
 
+from .conftest import log_lines
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def done_run(tiny_run):
-    report.postprocess(tiny_run, log=lambda *a: None)  # cached after the first time
+    report.postprocess(tiny_run)  # cached after the first time
     return tiny_run
 
 
@@ -28,7 +30,7 @@ def sha(p: Path) -> str:
 
 def test_collect_copies_verifies_and_resumes(done_run, tmp_path):
     dest = tmp_path / "home"
-    r = collect.collect(done_run, dest, log=lambda *a: None)
+    r = collect.collect(done_run, dest)
     for rel in ("report/report.html", "report/progress.gif", "report/metrics.json", "options.json",
                 "generator.keras", "dataset_manifest.json", "samples/epoch_0002.png"):
         assert (dest / rel).is_file(), rel
@@ -38,21 +40,21 @@ def test_collect_copies_verifies_and_resumes(done_run, tmp_path):
     assert all(sha(dest / rel) == digest for rel, digest in sums.items())
     # an interrupted collect resumes: remove some, run again, only those are copied
     (dest / "report" / "loss.png").unlink()
-    r2 = collect.collect(done_run, dest, log=lambda *a: None)
+    r2 = collect.collect(done_run, dest)
     assert r2["copied"] == 1 and r2["skipped"] == r["copied"] - 1
 
 
 def test_collect_never_overwrites_a_different_file(done_run, tmp_path):
     dest = tmp_path / "home"
-    collect.collect(done_run, dest, log=lambda *a: None)
+    collect.collect(done_run, dest)
     (dest / "options.json").write_text("{}")
     with pytest.raises(CollectError, match="options.json"):
-        collect.collect(done_run, dest, log=lambda *a: None)
+        collect.collect(done_run, dest)
     assert (dest / "options.json").read_text() == "{}"
 
 
 def test_collect_with_checkpoints(done_run, tmp_path):
-    collect.collect(done_run, tmp_path / "home", include_checkpoints=True, log=lambda *a: None)
+    collect.collect(done_run, tmp_path / "home", include_checkpoints=True)
     assert list((tmp_path / "home" / "checkpoints").glob("ckpt-*/ckpt.index"))
 
 
@@ -138,7 +140,7 @@ def test_train_records_the_datasets_identity_and_refuses_a_config_asking_for_oth
 def test_collect_takes_the_results_group_as_regular_files_only(done_run, tmp_path):
     import shutil
 
-    run, outside, logs = tmp_path / "run", tmp_path / "outside.txt", []
+    run, outside = tmp_path / "run", tmp_path / "outside.txt"
     shutil.copytree(done_run, run, symlinks=True)
     outside.write_text("private")
     outside.chmod(0o600)
@@ -151,13 +153,14 @@ def test_collect_takes_the_results_group_as_regular_files_only(done_run, tmp_pat
     shutil.copy(run / "generator.keras", run / "generator_raw.keras")
     (run / "requeues.jsonl").write_text('{"action": "requeue"}\n')
     dest = tmp_path / "home"
-    collect.collect(run, dest, include_checkpoints=True, log=logs.append)
+    with log_lines() as logs:
+        collect.collect(run, dest, include_checkpoints=True)
     assert not (dest / "report" / "link.txt").exists() and any("link.txt" in x and "outside" in x for x in logs)
     assert (dest / "report" / "private.txt").stat().st_mode & 0o777 == 0o600, "a private file stays private"
     assert not list((dest / "checkpoints").glob(".*")), "no temp is ever collected"
     assert (dest / "generator_raw.keras").is_file() and (dest / "requeues.jsonl").is_file()
     (run / "report" / "private.txt").unlink()
-    r = collect.collect(run, dest, include_checkpoints=True, update=True, log=logs.append)
+    r = collect.collect(run, dest, include_checkpoints=True, update=True)
     assert r["no_longer_in_run"] == ["report/private.txt"] and (dest / "report" / "private.txt").is_file()
 
 

@@ -13,6 +13,7 @@ lists what was collected.
 """
 from __future__ import annotations
 
+import logging
 import hashlib
 import os
 import stat
@@ -22,12 +23,14 @@ from .. import fsutil, rundir
 from ..prep.manifest import MANIFEST
 from ..errors import CollectError
 
+log = logging.getLogger(__name__)
+
 CHUNK = 1 << 20
 SUMS = "SHA256SUMS"
 
 
 
-def files_to_collect(run_dir: Path, include_checkpoints: bool, log=print) -> list[Path]:
+def files_to_collect(run_dir: Path, include_checkpoints: bool) -> list[Path]:
     """Relative paths of the results group's regular files; temps (dot names) left out."""
     wanted = []
     for name in rundir.RESULTS + ((rundir.CHECKPOINTS,) if include_checkpoints else ()):
@@ -36,18 +39,18 @@ def files_to_collect(run_dir: Path, include_checkpoints: bool, log=print) -> lis
             for here, dirs, files in os.walk(top):  # does not descend into symlinked folders
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 wanted += [p for f in sorted(files) if not f.startswith(".")
-                           and (p := _collectable(run_dir, Path(here) / f, log))]
-        elif (p := _collectable(run_dir, top, log)) is not None:
+                           and (p := _collectable(run_dir, Path(here) / f))]
+        elif (p := _collectable(run_dir, top)) is not None:
             wanted.append(p)
     return wanted
 
 
-def _collectable(run_dir: Path, path: Path, log) -> Path | None:
+def _collectable(run_dir: Path, path: Path) -> Path | None:
     """The path relative to the run, if it is a regular file that stays inside the run directory."""
     if path.is_symlink():
         target = path.resolve()
         if run_dir not in target.parents:
-            log(f"WARNING: collect: skipped {path}: a symlink to {target}, outside the run directory")
+            log.warning(f"collect: skipped {path}: a symlink to {target}, outside the run directory")
             return None
         if not target.is_file():
             return None
@@ -98,9 +101,9 @@ def _copy_one(src: Path, target: Path, growing: bool) -> str:
     return digest
 
 
-def _sources(run_dir: Path, include_checkpoints: bool, log=print) -> list[tuple[Path, Path]]:
+def _sources(run_dir: Path, include_checkpoints: bool) -> list[tuple[Path, Path]]:
     """(relative destination, source) pairs; the dataset manifest travels with the results."""
-    pairs = [(f, run_dir / f) for f in files_to_collect(run_dir, include_checkpoints, log)]
+    pairs = [(f, run_dir / f) for f in files_to_collect(run_dir, include_checkpoints)]
     opts = rundir.RunDir(run_dir).read_options()
     manifest = Path(opts["config"]["data"]["dataset"]) / MANIFEST
     if manifest.is_file():
@@ -118,17 +121,17 @@ def _matches(target: Path, src: Path, growing: bool) -> str | None:
 
 
 def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpoints: bool = False,
-            update: bool = False, log=print) -> dict:
+            update: bool = False) -> dict:
     run_dir, dest = Path(run_dir).resolve(), Path(dest).resolve()
     if not rundir.RunDir(run_dir).options.is_file():
         raise CollectError(f"{run_dir}: not a run directory (no {rundir.OPTIONS})")
     state = rundir.RunDir(run_dir).read_state()
     if state["state"] != rundir.FINISHED:  # the results of a run that goes on, or may: collect --update later
-        log(f"collect: the run is {state['state']}, not finished: collecting its results as they stand")
+        log.info(f"collect: the run is {state['state']}, not finished: collecting its results as they stand")
     dest.mkdir(parents=True, exist_ok=True)
     before = _listed(dest)
     sums, counts, conflicts = {}, {"copied": 0, "skipped": 0, "updated": 0}, []
-    for rel, src in _sources(run_dir, include_checkpoints, log):
+    for rel, src in _sources(run_dir, include_checkpoints):
         target, growing = dest / rel, str(rel) in rundir.GROWING
         if target.exists():
             same = _matches(target, src, growing)
@@ -155,11 +158,11 @@ def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpo
                            "pick another DEST):\n" + "\n".join(f"  {c}" for c in conflicts))
     gone = sorted(set(before) - set(sums))
     if gone:  # kept, not deleted: DEST is the user's
-        log(f"collect: {len(gone)} file(s) in {dest} are no longer in the run (kept): " + ", ".join(gone[:10])
-            + (" ..." if len(gone) > 10 else ""))
+        log.info(f"collect: {len(gone)} file(s) in {dest} are no longer in the run (kept): " + ", ".join(gone[:10])
+                 + (" ..." if len(gone) > 10 else ""))
     _write_sums(dest, {**{r: before[r] for r in gone}, **sums})
-    log(f"collected {counts['copied']} new file(s), refreshed {counts['updated']}, {counts['skipped']} already "
-        f"there, into {dest}")
+    log.info(f"collected {counts['copied']} new file(s), refreshed {counts['updated']}, {counts['skipped']} already "
+             f"there, into {dest}")
     return {"dest": str(dest), **counts, "files": len(sums), "no_longer_in_run": gone}
 
 

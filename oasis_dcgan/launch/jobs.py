@@ -11,10 +11,11 @@ fresh TrainJob on the same run directory; the checkpoint is already on disk) and
 """
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
 
-from .. import config as config_mod, rundir
+from .. import config as config_mod, logs, rundir
 from . import environment, retry
 
 STOP_EXIT = 143  # stopped on a signal with a checkpoint on disk: requeue me
@@ -37,6 +38,8 @@ class TrainJob:
         cfg = config_mod.from_dict(self.config)
         run_dir = Path(cfg.run_dir).resolve()
         world = environment.job_world(rundir.RunDir(run_dir).rendezvous)
+        if not world.is_chief:  # the run's progress is rank 0's; another rank's console shows its warnings
+            logs.to_console(logging.WARNING)
         submitit_usr2 = signal.getsignal(signal.SIGUSR2) if environment.under_submitit() else None
 
         def note_stop(reason: str) -> None:  # before the ranks meet: no rank's exit can cut it short
@@ -95,12 +98,14 @@ def install_stop_handlers(trainer) -> None:
 def preprocess_task(out: str, task: int, ntasks: int, token: str) -> dict:
     from ..prep import pack
 
+    logs.to_console()  # the job's log is its stdout
     return pack.pack_task(out, task, ntasks, token)
 
 
 def seal_dataset(out: str, token: str) -> dict:
     from ..prep import pack
 
+    logs.to_console()
     return {"counts": pack.seal(out, token)["counts"], "dataset": out}
 
 
@@ -108,6 +113,7 @@ def postprocess_job(run_dir: str, dataset: str | None = None, batches: int | Non
                     config_file: str | None = None, overrides: tuple = ()) -> dict:
     from ..post import report
 
+    logs.to_console()
     m = report.postprocess(run_dir, dataset, batches, config_file=config_file, overrides=overrides)
     return {"max_ssim": m["seed_max_ssim"]["final"], "report": m["report"]}
 
@@ -115,4 +121,5 @@ def postprocess_job(run_dir: str, dataset: str | None = None, batches: int | Non
 def collect_job(run_dir: str, dest: str, include_checkpoints: bool = False) -> dict:
     from . import collect
 
+    logs.to_console()
     return collect.collect(run_dir, dest, include_checkpoints)

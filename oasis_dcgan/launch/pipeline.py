@@ -7,6 +7,7 @@ Every submitted job is recorded in RUN_DIR/jobs.json for `status`.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from ..training import runlock
 from . import jobs
 from .environment import in_srun_step
 from .executors import AUTO, INPROCESS, LOCAL, SLURM, check_partition, make_executor, resolve_executor, sbatch_text
+
+log = logging.getLogger(__name__)
 
 WATCH_EVERY_S = 2.0
 
@@ -53,9 +56,9 @@ class Pipeline:
     """Stages queued one after another on one executor kind; remembers the job ids."""
 
     def __init__(self, cfg: Config, kind: str, folder: Path, record_in: Path | None = None,
-                 dry_run: bool = False, wait: bool = False, log=print, watch=None):
+                 dry_run: bool = False, wait: bool = False, watch=None):
         self.cfg, self.kind, self.folder = cfg, kind, folder
-        self.record_in, self.dry_run, self.wait, self.log = record_in, dry_run, wait, log
+        self.record_in, self.dry_run, self.wait = record_in, dry_run, wait
         self.watch = watch  # called with the stage's name every few seconds while a waited-for stage runs
         self.dependency: str | None = None
         self.job_ids: dict = {}
@@ -84,7 +87,7 @@ class Pipeline:
             record_job(self.record_in, {"stage": name, "job_id": job_id, "executor": self.kind, **local,
                                         **({"tasks": array} if array else {})})
         self.job_ids[name] = job_id
-        self.log(f"{name}: {self.kind} {'array ' if array else ''}job {job_id}")
+        log.info(f"{name}: {self.kind} {'array ' if array else ''}job {job_id}")
         self.dependency = f"afterok:{job_id}"
         if self.wait:
             while self.watch and not all(j.done() for j in submitted):
@@ -100,7 +103,7 @@ class Pipeline:
 
 
 def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, collect_dest: str = "",
-                    wait: bool | None = None, log=print, watch=None) -> dict:
+                    wait: bool | None = None, watch=None) -> dict:
     """The whole chain for one config. Returns the executor, paths, job ids (and scripts on a dry run)."""
     kind = resolve_executor(executor if executor != AUTO else cfg.cluster.executor)
     if not cfg.data.dataset:  # Path("") would be the current directory
@@ -110,17 +113,17 @@ def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, co
     # A dry run renders the sbatch scripts even where no controller answers (srun must be installed).
     render = SLURM if dry_run and shutil.which("srun") else kind
     chain = Pipeline(cfg, render, rundir.RunDir(run_dir).job_logs, record_in=run_dir, dry_run=dry_run,
-                     wait=kind == LOCAL if wait is None else wait, log=log, watch=watch)
+                     wait=kind == LOCAL if wait is None else wait, watch=watch)
     out: dict = {"executor": kind, "run_dir": str(run_dir), "dataset": str(dataset), "jobs": chain.job_ids}
     runlock.check_free(run_dir)
     if dataset_ready(cfg, dataset):
-        log(f"dataset {dataset} is verified and matches the config; skipping preprocess")
+        log.info(f"dataset {dataset} is verified and matches the config; skipping preprocess")
     elif not cfg.data.source:
         raise ConfigError(f"data.source is empty and {dataset} holds no verified dataset: nothing to train on")
     else:
         # Plan here: a bad input fails now, before anything is queued. A dry run plans only.
         p = (pack.plan(cfg.data.source, cfg.data) if dry_run else
-             pack.start(cfg.data.source, dataset, cfg.data, queued=True, log=log))
+             pack.start(cfg.data.source, dataset, cfg.data, queued=True))
         chain.pack_tasks(dataset, pack.tasks_for(p, cfg.cluster.preprocess_tasks), p.token)
         chain.stage("seal", "seal", jobs.seal_dataset, str(dataset), p.token)
     chain.stage("train", "train", jobs.TrainJob(cfg.to_dict()), all_ranks=True)
@@ -137,15 +140,15 @@ def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, co
 
 # ----------------------------------------------------------------------------- single jobs (the CLI's)
 
-def preprocess(cfg: Config, executor: str, tasks: int, log=print) -> dict:
+def preprocess(cfg: Config, executor: str, tasks: int) -> dict:
     """Pack cfg.data.source into cfg.data.dataset: the tasks in this process, or as an array job."""
     kind = resolve_executor(executor)
     out = Path(cfg.data.dataset).resolve()
-    run_tasks = None if kind == INPROCESS else Pipeline(cfg, kind, out / ".submitit", wait=True, log=log).pack_tasks
-    return pack.preprocess(cfg.data.source, out, cfg.data, tasks, run_tasks=run_tasks, log=log)
+    run_tasks = None if kind == INPROCESS else Pipeline(cfg, kind, out / ".submitit", wait=True).pack_tasks
+    return pack.preprocess(cfg.data.source, out, cfg.data, tasks, run_tasks=run_tasks)
 
 
-def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False, log=print) -> list[dict]:
+def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False) -> list[dict]:
     """Train in this process (srun-started ranks are the job already) or submit the ranks as one job.
 
     restart moves the run's checkpoints and record aside first, here and once: a requeued
@@ -160,17 +163,17 @@ def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False, 
         runlock.check_free(cfg.run_dir)  # refuse before queueing; in-process ranks check as they start
     if restart:
         moved = rundir.RunDir(cfg.run_dir).set_aside()
-        log(f"train: moved the previous checkpoints and record to {moved}" if moved else
-            "train: --restart: nothing to move aside")
+        log.info(f"train: moved the previous checkpoints and record to {moved}" if moved else
+                 "train: --restart: nothing to move aside")
     if kind == INPROCESS:
         return [jobs.TrainJob(cfg.to_dict())()]
-    chain = Pipeline(cfg, kind, rundir.RunDir(cfg.run_dir).job_logs, record_in=Path(cfg.run_dir), wait=wait, log=log)
+    chain = Pipeline(cfg, kind, rundir.RunDir(cfg.run_dir).job_logs, record_in=Path(cfg.run_dir), wait=wait)
     results = chain.stage("train", "train", jobs.TrainJob(cfg.to_dict()), all_ranks=True)
-    log(f"train: {cfg.world_size} rank(s); run directory {cfg.run_dir}")
+    log.info(f"train: {cfg.world_size} rank(s); run directory {cfg.run_dir}")
     return results[0] if results else []
 
 
-def postprocess(run_dir: str | Path, dataset: str | None, batches: int | None, executor: str, log=print,
+def postprocess(run_dir: str | Path, dataset: str | None, batches: int | None, executor: str,
                 config_file: str | None = None, overrides: tuple = ()) -> str:
     """Postprocess here or as a job, with the run's own config (and any file or overrides on top of
     it: the job's account and partition among them). Returns the report's path."""
@@ -180,9 +183,9 @@ def postprocess(run_dir: str | Path, dataset: str | None, batches: int | None, e
     run_dir = Path(run_dir).resolve()
     overrides = tuple(overrides)
     if kind == INPROCESS:
-        return report.postprocess(run_dir, dataset, batches, log=log, config_file=config_file,
+        return report.postprocess(run_dir, dataset, batches, config_file=config_file,
                                   overrides=overrides)["report"]
     _, cfg = report.load_run(run_dir, dataset, batches, config_file, overrides)
-    chain = Pipeline(cfg, kind, rundir.RunDir(run_dir).job_logs, wait=True, log=log)
+    chain = Pipeline(cfg, kind, rundir.RunDir(run_dir).job_logs, wait=True)
     return chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run_dir), dataset, batches,
                        config_file, overrides)[0]["report"]

@@ -11,6 +11,7 @@ extractor is given. Every figure carries a 95% interval and every verdict follow
 """
 from __future__ import annotations
 
+import logging
 import functools
 import time
 import typing
@@ -24,6 +25,8 @@ from ..imaging import to_unit
 from ..prep.manifest import load_manifest
 from ..prep.reader import ShardReader
 from . import anchors, features, intervals, metrics, quality, samples as generated_samples
+
+log = logging.getLogger(__name__)
 
 HELD_OUT_SPLITS = ("validate", "test")   # in order: the first is read for tuning, the second is the final holdout
 
@@ -41,7 +44,6 @@ class Context:
     m: MetricsConfig
     generator: Path | None = None   # the generator they came from, when there is one: FID draws more from it
     raw: Path | None = None         # the raw generator beside an average
-    log: typing.Callable = print
     results: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -54,7 +56,7 @@ class Context:
     def scored(self, images: np.ndarray, what: str, seed_offset: int, cases=None, k: int | None = None):
         t0 = time.perf_counter()
         p = quality.profile(images, self.train, self.k if k is None else k, self.m.seed + seed_offset, cases)
-        self.log(f"[postprocess] {what}: {len(images)} images against {len(self.train)} {self.m.split} images "
+        log.info(f"[postprocess] {what}: {len(images)} images against {len(self.train)} {self.m.split} images "
                  f"in {time.perf_counter() - t0:.1f} s")
         return p
 
@@ -153,7 +155,7 @@ def ladder(ctx: Context) -> dict:
     pick = np.sort(np.random.default_rng(ctx.m.seed + 6).choice(len(ctx.held), n, replace=False))
     held_images, cases = ctx.held_images
     linear = anchors.fit_linear(ctx.split_images(ctx.m.split, anchors.FIT_IMAGES, 7)[0])
-    ctx.log(f"[postprocess] linear anchor: {len(linear.scales)} components fitted in {time.perf_counter() - t0:.1f} s")
+    log.info(f"[postprocess] linear anchor: {len(linear.scales)} components fitted in {time.perf_counter() - t0:.1f} s")
     blurred = ctx.scored(anchors.blurred(held_images[pick]), "blurred held-out anchor", 8, cases[pick])
     lin = ctx.scored(linear.sample(ctx.m.nn_samples, ctx.m.seed + 9), "linear anchor", 9)
     out = {"held_out": {**_anchor(ctx, ctx.held, ctx.reference_share), "split": ctx.held_split},
@@ -200,9 +202,9 @@ def feature_distances(ctx: Context) -> dict:
            "extractor": m.fid_weights, "input_size": list(features.input_size(net)), "features": int(f_train.shape[1]),
            "preprocessing": m.fid_preprocessing, "n": n, "split": m.split, "held_out_split": ctx.held_split}
     out["kid"] = out["kid_mean"]
-    ctx.log(f"[postprocess] FID {out['fid']:.2f} (held-out {out['held_out']['fid']:.2f}), KID {out['kid_mean']:.4f}, "
-            f"precision {out['precision']:.2f}, recall {out['recall']:.2f}; {n} images a set, "
-            f"{time.perf_counter() - t0:.1f} s")
+    log.info(f"[postprocess] FID {out['fid']:.2f} (held-out {out['held_out']['fid']:.2f}), KID {out['kid_mean']:.4f}, "
+             f"precision {out['precision']:.2f}, recall {out['recall']:.2f}; {n} images a set, "
+             f"{time.perf_counter() - t0:.1f} s")
     return out
 
 

@@ -5,6 +5,7 @@ short DIR/report.md.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from ..prep.manifest import DataError, load_manifest
 from . import checks
 from .document import Code, Document
 from ..errors import ImagesError
+
+log = logging.getLogger(__name__)
 
 # The names a run's report gives the same files.
 METRICS_FILE, REPORT_FILE = rundir.REPORT_METRICS, rundir.REPORT_MD
@@ -96,15 +99,14 @@ def load_images(path: str | os.PathLike, resolution: int) -> np.ndarray:
     return _as_unit(a, str(path))
 
 
-def evaluate(images: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike, m: MetricsConfig,
-             log=print) -> dict:
+def evaluate(images: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike, m: MetricsConfig) -> dict:
     """Judge the images against the dataset; write DIR/metrics.json and DIR/report.md; return the metrics."""
     t0 = time.perf_counter()
     manifest = load_manifest(dataset)
     x = load_images(images, int(manifest["resolution"]))
     if m.split not in manifest["splits"]:
         raise DataError(f"{dataset}: no '{m.split}' split to compare with (metrics.split)")
-    ctx = checks.Context(x, str(images), str(dataset), m, log=log)
+    ctx = checks.Context(x, str(images), str(dataset), m)
     results = {**checks.run_all(ctx), "images": str(images), "dataset": str(dataset), "n_images": len(x)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,5 +115,5 @@ def evaluate(images: str | os.PathLike, dataset: str | os.PathLike, out: str | o
     doc.lines([["Images: ", Code(str(images)), f" ({len(x)})"], ["Against: ", Code(str(dataset))]])
     checks.add_section(doc, results, [])
     fsutil.write_text(out / REPORT_FILE, doc.markdown())
-    log(f"[evaluate] {out / METRICS_FILE} and {out / REPORT_FILE} in {time.perf_counter() - t0:.1f} s")
+    log.info(f"[evaluate] {out / METRICS_FILE} and {out / REPORT_FILE} in {time.perf_counter() - t0:.1f} s")
     return results

@@ -6,6 +6,7 @@ per-epoch values (metrics.jsonl), so running it again only computes what is new.
 """
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
 import os
@@ -24,6 +25,8 @@ from ..prep.manifest import load_manifest, manifest_hash
 from ..prep.reader import ShardReader, read_batches, sample_batches
 from . import checks, figures, metrics, samples as generated_samples
 from .document import Bold, Code, Document
+
+log = logging.getLogger(__name__)
 
 NOTABLE_EPOCHS = (1, 2, 3, 10, 25, 50)  # the reference's table of epochs, for a 50-epoch run
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
@@ -79,7 +82,7 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
 
 
-def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config, log=print) -> list[dict]:
+def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config) -> list[dict]:
     """The reference max-SSIM for every finished epoch; reuses values already in metrics.jsonl."""
     sel = metric_batches(report_dir, dataset, cfg)
     key = _digest([sel["batches"], cfg.metrics.real_batches])
@@ -97,7 +100,7 @@ def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config
             done[e] = {"epoch": e, "seed_max_ssim": m["max"], "best_batch": m["batch"],
                        "best_position": m["position"], "mean_ssim": float(np.mean(m["values"])),
                        "batches_sha": key, "samples_sha": h}
-        log(f"[postprocess] seed metric for {len(todo)} epoch(s) in {time.perf_counter() - t0:.2f} s")
+        log.info(f"[postprocess] seed metric for {len(todo)} epoch(s) in {time.perf_counter() - t0:.2f} s")
     rows = [done[e] for e in sorted(done)]
     fsutil.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
@@ -126,15 +129,15 @@ def final_generators(run: rundir.RunDir) -> tuple[Path | None, Path | None]:
     return run.generator, (run.generator_raw if run.generator_raw.is_file() else None)
 
 
-def judged(run: rundir.RunDir, last_batch: tuple[int, Path], dataset: str, cfg: Config, log) -> checks.Context:
+def judged(run: rundir.RunDir, last_batch: tuple[int, Path], dataset: str, cfg: Config) -> checks.Context:
     """What the checks judge: the final generator's samples, else the newest epoch's fixed-noise batch."""
     m = cfg.metrics
     final, raw = final_generators(run)
     if final is not None:
         return checks.Context(generated_samples.generate(final, m.nn_samples, m.seed + 1), final.name, dataset, m,
-                              generator=final, raw=raw, log=log)
+                              generator=final, raw=raw)
     return checks.Context(figures.load_batch(last_batch[1]), f"fixed-noise batch of epoch {last_batch[0]} (no final "
-                          "generator yet)", dataset, m, log=log)
+                          "generator yet)", dataset, m)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -263,7 +266,7 @@ def load_run(run_dir: Path, dataset: str | None = None, batches: int | None = No
 
 
 def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches: int | None = None,
-                log=print, config_file: str | None = None, overrides: tuple = ()) -> dict:
+                config_file: str | None = None, overrides: tuple = ()) -> dict:
     run_dir = Path(run_dir).resolve()
     run = rundir.RunDir(run_dir)
     options, cfg = load_run(run_dir, dataset, batches, config_file, tuple(overrides))
@@ -275,9 +278,9 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     if not samples:
         raise RunDirError(f"{run_dir}/samples: no finished epoch yet; nothing to report")
     # ---- The reference metric, every finished epoch (cached)
-    rows = per_epoch_metrics(run_dir, report_dir, ds, cfg, log=log)
+    rows = per_epoch_metrics(run_dir, report_dir, ds, cfg)
     # ---- Copying, quality, variety, the anchors, FID/KID on the final generator
-    ctx = judged(run, samples[-1], ds, cfg, log)
+    ctx = judged(run, samples[-1], ds, cfg)
     results = checks.run_all(ctx)
     m = summarise(rows, results, cfg, samples[-1][0], run.finished())
     fsutil.write_json(run.report_file(rundir.REPORT_METRICS), m)
@@ -287,6 +290,6 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     doc = build_document(run_dir, options, manifest, m, rows, figure_list)
     fsutil.write_text(run.report_file(rundir.REPORT_MD), doc.markdown())
     fsutil.write_text(run.report_file(rundir.REPORT_HTML), doc.html(report_dir))
-    log(f"[postprocess] report: {run.report_file(rundir.REPORT_HTML)}")
+    log.info(f"[postprocess] report: {run.report_file(rundir.REPORT_HTML)}")
     m["per_epoch_rows"], m["report"] = rows, str(run.report_file(rundir.REPORT_HTML))
     return m

@@ -13,6 +13,7 @@ Another packing is refused while the lock is live, naming its holder. A lock is 
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import secrets
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from .. import fsutil
 from .manifest import DataError
+
+log = logging.getLogger(__name__)
 
 LOCK = ".packing.lock"
 STALE_AFTER_S = 15 * 60.0
@@ -56,7 +59,7 @@ def why_stale(holder: dict, age_s: float) -> str:
     return ""
 
 
-def take(out: Path, token: str, queued: bool, log=print) -> None:
+def take(out: Path, token: str, queued: bool) -> None:
     """Hold `out` for the packing `token` (already its holder: nothing to do), or raise naming the live one."""
     path = out / LOCK
     for _ in range(5):  # another taker may win a race for a stale lock: look again
@@ -78,7 +81,7 @@ def take(out: Path, token: str, queued: bool, log=print) -> None:
                             f"finish, or set data.dataset to another directory. (If its jobs are gone, the lock "
                             f"is given up {STALE_AFTER_S / 60:.0f} min after its last sign of life, or remove "
                             f"{path}.)")
-        log(f"[preprocess] taking over {path} from {describe(holder)}: {why}")
+        log.info(f"[preprocess] taking over {path} from {describe(holder)}: {why}")
         fsutil.break_claim(path, holder)
     raise DataError(f"{path}: could not take the dataset's lock (other packings kept taking it)")
 

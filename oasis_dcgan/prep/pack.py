@@ -12,6 +12,7 @@ kept, so a rerun after a kill finishes only what is missing.
 """
 from __future__ import annotations
 
+import logging
 import dataclasses
 import hashlib
 import io
@@ -28,6 +29,8 @@ from .. import __version__, fsutil
 from ..config import DataConfig
 from . import datalock, layouts
 from .manifest import FORMAT_VERSION, MANIFEST, SHARD_NAME, SPLITS, DataError, image_block_offset, shard_name
+
+log = logging.getLogger(__name__)
 
 PLAN_FILE = ".plan.json"
 TASK_DIR = ".tasks"
@@ -108,8 +111,8 @@ def plan(src: str | os.PathLike, data: DataConfig) -> Plan:
     return p
 
 
-def start(src: str | os.PathLike, out: str | os.PathLike, data: DataConfig, token: str = "", queued: bool = False,
-          log=print) -> Plan:
+def start(src: str | os.PathLike, out: str | os.PathLike, data: DataConfig, token: str = "",
+          queued: bool = False) -> Plan:
     """Lock `out` for a packing and save its plan. `token` names a packing whose tasks start on
     their own (a plain sbatch array): the first to arrive plans, the others use its plan.
     `queued`: the tasks are jobs, which may start long after this process is gone."""
@@ -120,7 +123,7 @@ def start(src: str | os.PathLike, out: str | os.PathLike, data: DataConfig, toke
         raise DataError(f"{out}: cannot create the dataset directory ({fsutil.io_reason(e)})") from e
     shared = bool(token)
     token = token or datalock.new_token()
-    datalock.take(out, token, queued, log)
+    datalock.take(out, token, queued)
     try:
         if shared and (out / PLAN_FILE).is_file() and load_plan(out).token == token:
             return load_plan(out)
@@ -282,7 +285,7 @@ def _plan_of(out: Path, token: str) -> Plan:
     return p
 
 
-def pack_task(out: str | os.PathLike, task: int, ntasks: int, token: str = "", log=print) -> dict:
+def pack_task(out: str | os.PathLike, task: int, ntasks: int, token: str = "") -> dict:
     """Write this task's shards of the packing `token`. A shard already on disk with the same
     inputs and hash is kept."""
     out = Path(out)
@@ -303,7 +306,7 @@ def pack_task(out: str | os.PathLike, task: int, ntasks: int, token: str = "", l
             continue
         written += 1
         images += n
-        log(f"[preprocess task {task}/{ntasks}] wrote {name}: {n} images")
+        log.info(f"[preprocess task {task}/{ntasks}] wrote {name}: {n} images")
     return {"task": task, "written": written, "kept": kept, "images": images, "seconds": time.perf_counter() - t0}
 
 
@@ -387,17 +390,17 @@ def seal(out: str | os.PathLike, token: str = "") -> dict:
 
 
 def preprocess(src: str | os.PathLike, out: str | os.PathLike, data: DataConfig, tasks: int = 1,
-               run_tasks=None, log=print) -> dict:
+               run_tasks=None) -> dict:
     """The one way to pack: plan and lock here, then `tasks` pack tasks (in this process, or as
     jobs through `run_tasks(out, n)`, which waits for them), then seal. Returns the manifest."""
-    p = start(src, out, data, queued=run_tasks is not None, log=log)
+    p = start(src, out, data, queued=run_tasks is not None)
     n = tasks_for(p, tasks)
     if run_tasks is not None:
         run_tasks(Path(out), n, p.token)
         return seal(out, p.token)
     try:
         for t in range(n):
-            pack_task(out, t, n, p.token, log=log)
+            pack_task(out, t, n, p.token)
         return seal(out, p.token)
     finally:  # everything of this packing ran here: whatever happened, it is over
         datalock.release(Path(out), p.token)

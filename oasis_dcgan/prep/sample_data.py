@@ -8,6 +8,7 @@ intensity changes of it give subject-like variety. From those "subjects" this mo
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import numpy as np
 from ..config import DataConfig
 from . import layouts
 from .pixels import round_to_uint8, to_square, volume_slices
+
+log = logging.getLogger(__name__)
 
 OASIS_T88_SHAPE = (176, 208, 176)
 MARKER = "SAMPLE-DATA.txt"  # preprocess records a source holding this as synthetic
@@ -91,7 +94,7 @@ def _segment(img: np.ndarray) -> np.ndarray:
 
 
 def write_png_release(out: str | Path, cases=(24, 4, 4), slices: int = 32, resolution: int = 256,
-                      seed: int = 0, nested: bool = False, log=print) -> Path:
+                      seed: int = 0, nested: bool = False) -> Path:
     """Write keras_png_slices_data/ as the OASIS PNG release is laid out. Returns its root."""
     import imageio.v3 as iio
 
@@ -116,7 +119,7 @@ def write_png_release(out: str | Path, cases=(24, 4, 4), slices: int = 32, resol
                 px = round_to_uint8(to_square(np.clip(img, 0, 255), resolution))
                 iio.imwrite(img_dir / f"case_{case:03d}_slice_{k}.nii.png", px)
                 iio.imwrite(seg_dir / f"seg_{case:03d}_slice_{k}.nii.png", _segment(px))
-        log(f"[sample-data] {split}: {count} cases x {slices} slices -> {img_dir}")
+        log.info(f"[sample-data] {split}: {count} cases x {slices} slices -> {img_dir}")
     mark_synthetic(root)
     return root
 
@@ -147,7 +150,7 @@ def _t88_canvas(vol: np.ndarray) -> np.ndarray:
 
 
 def write_raw_release(out: str | Path, subjects: int = 6, seed: int = 0, fmt: str = "analyze",
-                      discs: int = 0, rescans: int = 0, log=print) -> Path:
+                      discs: int = 0, rescans: int = 0) -> Path:
     """Write OAS1_NNNN_MRk/PROCESSED/MPRAGE/T88_111/*_t88_masked_gfc volumes.
 
     fmt: analyze (as OASIS-1 ships), nifti, nifti-gz, or nifti-lia / nifti-gz-lia (LIA voxel
@@ -172,5 +175,5 @@ def write_raw_release(out: str | Path, subjects: int = 6, seed: int = 0, fmt: st
         (base / name / "FSL_SEG").mkdir(exist_ok=True)
         _save_volume(d / f"{name}_mpr_n4_anon_111_t88_masked_gfc", data, fmt)
     mark_synthetic(root)
-    log(f"[sample-data] {subjects} raw OASIS-1 subjects, {len(sessions)} sessions ({fmt}) -> {root}")
+    log.info(f"[sample-data] {subjects} raw OASIS-1 subjects, {len(sessions)} sessions ({fmt}) -> {root}")
     return root

@@ -218,7 +218,7 @@ class OneRank:
     def __init__(self, local_rank: int = 0):
         self.local_rank = local_rank
 
-    def allreduce_mean(self, tensors, wire: str = "fp32") -> list:
+    def allreduce_mean(self, tensors, half: int = 0) -> list:
         return list(tensors)
 
     def barrier(self, name: str) -> None:
@@ -249,11 +249,23 @@ class HorovodRanks:
         self.rank, self.size = hvd.rank(), hvd.size()
         self.local_rank, self.cross_rank, self.cross_size = hvd.local_rank(), hvd.cross_rank(), hvd.cross_size()
 
-    def allreduce_mean(self, tensors, wire: str = "fp32") -> list:
-        """The mean over ranks of every tensor, in one grouped call: one negotiation, one fused
-        buffer. wire="fp16" sends floating tensors as fp16 and hands them back in their own dtype."""
-        compression = self._hvd.Compression.fp16 if wire == "fp16" else self._hvd.Compression.none
-        return self._hvd.grouped_allreduce(list(tensors), op=self._hvd.Average, compression=compression)
+    def allreduce_mean(self, tensors, half: int = 0) -> list:
+        """The mean over ranks of every tensor, in one grouped call: one negotiation cycle, one
+        fused buffer. The first `half` tensors travel as fp16 (half the bytes) and come back in
+        their own dtype; Horovod's grouped op takes one dtype, so the rest go in a second group,
+        enqueued with the first so that both are usually negotiated in the same cycle."""
+        import tensorflow as tf
+
+        tensors = list(tensors)
+        if not half:
+            return self._hvd.grouped_allreduce(tensors, op=self._hvd.Average)
+        dtypes = [t.dtype for t in tensors[:half]]
+        sent = [tf.cast(t, tf.float16) for t in tensors[:half]]
+        with tf.control_dependencies(sent):  # the rest is ready long before the gradients: wait for them
+            rest = [tf.identity(t) for t in tensors[half:]]
+        out = self._hvd.grouped_allreduce(sent, op=self._hvd.Average)
+        return ([tf.cast(t, d) for t, d in zip(out, dtypes)]
+                + list(self._hvd.grouped_allreduce(rest, op=self._hvd.Average)))
 
     def barrier(self, name: str) -> None:
         """Return once every rank got here."""

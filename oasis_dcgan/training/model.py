@@ -94,12 +94,10 @@ def lr_factor(epoch: int, epochs: int, rampdown: float) -> float:
     return 1.0 if span <= 0 else min(1.0, (epochs - epoch) / span)
 
 
-def set_learning_rates(g_opt, d_opt, lr: float, epoch: int, t) -> float:
-    """Set both optimizers' rates for 0-based `epoch` (train.lr_rampdown, train.d_lr_ratio); returns G's."""
-    epoch_lr = lr * lr_factor(epoch, t.epochs, t.lr_rampdown)
-    g_opt.learning_rate = epoch_lr
-    d_opt.learning_rate = epoch_lr * t.d_lr_ratio
-    return epoch_lr
+def set_learning_rates(g_opt, d_opt, lr: float, d_lr_ratio: float) -> None:
+    """G's rate `lr`, D's `lr` x train.d_lr_ratio."""
+    g_opt.learning_rate = lr
+    d_opt.learning_rate = lr * d_lr_ratio
 
 
 def build_all(cfg: Config, lr: float) -> tuple:

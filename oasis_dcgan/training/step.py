@@ -110,12 +110,16 @@ class TrainState:
         for k in ("step_in_epoch", "images_in_epoch", "epoch_images"):
             self.counters[k].assign(0)
 
+    def epoch_record(self) -> dict:
+        """Inside a compiled call: the epoch's loss accumulators, visits and images seen, as they are."""
+        return {k: tf.identity(v) for k, v in {**self.losses, "visits": self.visits,
+                                               "images_seen": self.counters["images_seen"]}.items()}
+
     def close_epoch(self):
         """Inside a compiled call: the ended epoch's records, then the next epoch's start. One call,
         so no signal sees it half done, and no host round trip per variable while every rank waits.
         Returns the records and the counters after it."""
-        record = {k: tf.identity(v) for k, v in {**self.losses, "visits": self.visits,
-                                                 "images_seen": self.counters["images_seen"]}.items()}
+        record = self.epoch_record()
         with tf.control_dependencies(list(record.values())):
             for k, v in self.losses.items():
                 v.assign(LOSS_START[k])
@@ -170,16 +174,31 @@ def ema_beta(half_life_kimg: float, global_batch: int, images_seen=None, rampup:
     return 0.5 ** (global_batch / half_life)
 
 
+def _epoch_end(state: TrainState, sampler):
+    """The two branches of a call's end: `close` the epoch its last step completed (its records,
+    and rank 0's fixed-noise samples, come out of the call, so the loop does not pause between
+    epochs for them), or `keep` it going (its records so far, no samples)."""
+    no_samples = tf.zeros([0, 1, 1, 1])
+
+    def close():
+        fake = no_samples if sampler is None else tf.cast(sampler(state.fixed_noise, training=False), tf.float32)
+        return fake, state.close_epoch()[0]
+
+    def keep():
+        return no_samples, state.epoch_record()
+
+    return close, keep
+
+
 def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, ranks, batch_size: int,
                      noise_dim: int, seed: int, fp16_allreduce: bool = False, generator_ema=None,
-                     ema_kimg: float = 0.0, ema_rampup: float = 0.0):
-    """The reference's two-tape step, data-parallel: one fused allreduce, identical state on all ranks.
+                     ema_kimg: float = 0.0, ema_rampup: float = 0.0, sampler=None):
+    """The seed's two-tape step, data-parallel: one fused allreduce, identical state on all ranks.
 
-    Each rank's losses are sums over its own images times world_size / (images in the step),
-    so the allreduce's average is the mean over every image of the step, however the last,
-    partial step of an epoch is spread over the ranks. With full batches this is the
-    reference's per-batch mean.
-    """
+    Each rank's losses are sums over its own images times world_size / (images in the step), so
+    the allreduce's average is the mean over every image of the step, however the last, partial
+    step of an epoch is spread over the ranks (with full batches: the seed's per-batch mean).
+    `sampler` (rank 0's) draws the fixed-noise samples as an epoch closes."""
     world_size, rank = ranks.size, ranks.rank
 
     def train_step(images_uint8, slots, want_stop):
@@ -196,8 +215,7 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
             fake_logits = discriminator(fake, training=True)
             g_loss = tf.reduce_sum(model.generator_loss_per_image(fake_logits) * weights) * scale
             d_loss = tf.reduce_sum(model.discriminator_loss_per_image(real_logits, fake_logits) * weights) * scale
-            # Under fp16 the optimizers scale the losses up (and the gradients back down, skipping
-            # a step whose gradients overflowed); otherwise scale_loss returns the loss as it is.
+            # fp16: the optimizers scale the losses up (the gradients back down, skipping overflows).
             g_scaled, d_scaled = g_opt.scale_loss(g_loss), d_opt.scale_loss(d_loss)
         g_grads = g_tape.gradient(g_scaled, generator.trainable_variables)
         d_grads = d_tape.gradient(d_scaled, discriminator.trainable_variables)
@@ -206,15 +224,11 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         # checkpoint is the run's, and a resume is exact for any number of ranks.
         bn_stats = [tf.convert_to_tensor(v) for v in generator.non_trainable_variables]
         n_grads = len(g_grads) + len(d_grads)
-        # A rank's wish to stop rides along: above zero on average means some rank asked, and
-        # every rank learns it from the same step.
+        # A rank's wish to stop rides along: above zero on average means some rank asked.
         extra = bn_stats + [g_loss, d_loss, want_stop]
-        if fp16_allreduce:  # only gradients travel in fp16; statistics, losses and the flag stay fp32
-            grads = ranks.allreduce_mean(g_grads + d_grads, wire="fp16")
-            rest = ranks.allreduce_mean(extra)
-        else:  # one fused allreduce for everything
-            both = ranks.allreduce_mean(g_grads + d_grads + extra)
-            grads, rest = both[:n_grads], both[n_grads:]
+        # One grouped allreduce a step (train.fp16_allreduce: the gradients travel in fp16).
+        both = ranks.allreduce_mean(g_grads + d_grads + extra, half=n_grads if fp16_allreduce else 0)
+        grads, rest = both[:n_grads], both[n_grads:]
         g_opt.apply_gradients(zip(grads[:len(g_grads)], generator.trainable_variables))
         d_opt.apply_gradients(zip(grads[len(g_grads):], discriminator.trainable_variables))
         for v, mean in zip(generator.non_trainable_variables, rest[:len(bn_stats)]):
@@ -226,16 +240,22 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         state.record_step(g_mean, d_mean, slots)
         return g_mean, d_mean, rest[-1] > 0
 
+    close, keep = _epoch_end(state, sampler)
+
     @tf.function
-    def train_steps(iterator, want_stop, n):
+    def train_steps(iterator, want_stop, n, budget):
         """Up to n steps from the iterator in one call, fewer if a stop is agreed on the way.
 
-        Each compiled call costs the host a fixed overhead, a sizeable share of a GPU step
-        (bench/bench_overhead.py measures it: bench/results/overhead.json): several steps a
-        call pay it once. Returns the last step's losses, whether a stop was
-        agreed, the steps run and the counters after them. One iteration at a time, so each step sees the last one's
-        variables and every rank's allreduces pair up in order.
+        A call's fixed host cost is a sizeable share of a GPU step (bench/results/overhead.json):
+        several steps a call pay it once. One iteration at a time, so each step sees the last
+        one's variables and every rank's allreduces pair up in order. An epoch begins (with
+        `budget` images) in the call of its first step and closes in the call of its last.
+        Returns the last step's losses, whether a stop was agreed, the steps run, the counters
+        after them, whether the epoch closed, its samples and its records (see _epoch_end).
         """
+        epoch_images = state.counters["epoch_images"]
+        epoch_images.assign(tf.where(epoch_images == 0, budget, epoch_images))
+
         def body(i, g, d, agreed):
             images, slots = iterator.get_next()
             g, d, agreed = train_step(images, slots, want_stop)
@@ -245,6 +265,8 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         i, g, d, agreed = tf.while_loop(lambda i, g, d, agreed: tf.logical_and(i < n, tf.logical_not(agreed)),
                                         body, (tf.constant(0), zero, zero, tf.constant(False)),
                                         parallel_iterations=1)
-        return g, d, agreed, i, state._counters()
+        closed = state.counters["images_in_epoch"] >= state.counters["epoch_images"]
+        fake, record = tf.cond(closed, close, keep)
+        return g, d, agreed, i, state._counters(), closed, fake, record
 
     return train_steps

@@ -48,7 +48,7 @@ class Trainer:
         self.lock = RunLock(self.run_dir, self.world.job_id, self.world.attempt) if self.chief else None
         self.outputs = ChiefOutputs(cfg, self.run_files, self.lock, self.world) if self.chief else NoOutputs()
         self.stop, self.policy, self.saver = StopRequest(), SavePolicy(cfg.train), NoSaver()
-        self.run_log = self.ranks = self.state = self.checkpoints = self.train_steps = self.close_epoch = None
+        self.run_log = self.ranks = self.state = self.checkpoints = self.train_steps = self.budget_t = None
         self.generator = self.discriminator = self.generator_ema = self.g_opt = self.d_opt = None
         self.groups, self.dataset_hash, self.lr, self.epoch_lr = {}, "", 0.0, 0.0
         self.budget = self.steps_per_epoch = self.total_images = self.global_batch = 0
@@ -114,11 +114,12 @@ class Trainer:
         if self.chief:
             self.saver = Saver(self.checkpoints, self.state, self.lock, self._checkpoint_meta, self.outputs.saved,
                                background=t.checkpoint_in_background)
-        self.close_epoch = tf.function(self._close_epoch)
+        self.budget_t = tf.constant(self.budget, tf.int64)  # made once: a new epoch's images, for the step
         self.train_steps = build_train_step(self.generator, self.discriminator, self.g_opt, self.d_opt, self.state,
                                             self.ranks, t.batch_size, t.noise_dim, seed=t.seed,
                                             fp16_allreduce=t.fp16_allreduce, generator_ema=self.generator_ema,
-                                            ema_kimg=t.ema_kimg, ema_rampup=t.ema_rampup)
+                                            ema_kimg=t.ema_kimg, ema_rampup=t.ema_rampup,
+                                            sampler=self.sampler if self.chief else None)
 
     @property
     def sampler(self):
@@ -172,9 +173,9 @@ class Trainer:
         stream = None
         while self.epoch < self.cfg.train.epochs and not self.stop.agreed:
             stream = stream or self.input_stream()
-            steps, seconds, complete = self.train_epoch(stream)
-            if complete:
-                self.end_epoch(steps, seconds)  # its checkpoint is also the stop's, if one was agreed
+            steps, seconds, closed = self.train_epoch(stream)
+            if closed:
+                self.end_epoch(steps, seconds, *closed)  # its checkpoint is also the stop's, if one was agreed
             elif self.stop.agreed and not self.stop.saved:
                 self.saver.save(self.stop.agreed)
         if self.stop.agreed:  # no rank leaves before rank 0's checkpoint and every rank's note are on disk
@@ -201,34 +202,43 @@ class Trainer:
         """Images trained on so far, over all epochs (what the progress bar and ETA count)."""
         return self.epoch * self.budget + self.state.now["images_in_epoch"]
 
-    def train_epoch(self, batches) -> tuple[int, float, bool]:
-        """The rest of the current epoch, from its next unseen image.
-        Returns (steps run, seconds, whether the epoch is complete)."""
-        c = self.state.begin_epoch(self.budget)
+    def train_epoch(self, batches) -> tuple[int, float, tuple | None]:
+        """The rest of the current epoch, from its next unseen image. Returns (steps run, seconds,
+        and the epoch's samples and records if it closed, else None: a stop was agreed first)."""
+        c = self.state.now
         self._set_learning_rates()
-        n_steps = steps_left(c["epoch_images"], c["images_in_epoch"], self.cfg.train.batch_size, self.ranks.size)
+        n_steps = steps_left(c["epoch_images"] or self.budget, c["images_in_epoch"], self.cfg.train.batch_size,
+                             self.ranks.size)
         steps = self.clock.begin()
-        while steps < n_steps:
+        while True:  # at least one call: an epoch whose last step was checkpointed before it closed closes now
             t_call = time.monotonic()
             want = tf.constant(self._steps_for_call(n_steps - steps))
-            g_loss, d_loss, agreed, ran, counters = self.train_steps(batches, self.stop.flag(), want)
+            g_loss, d_loss, agreed, ran, counters, closed, fake, record = self.train_steps(
+                batches, self.stop.flag(), want, self.budget_t)
             ran = int(ran)  # waits for the call: every rank's allreduces are in it
             self.state.take(counters)
             self.clock.call(time.monotonic() - t_call, ran)
             steps += ran
             if bool(agreed):
                 self.stop.agree()
-                break
+            if bool(closed) or self.stop.agreed:
+                return steps, self.clock.end(), (fake, record) if bool(closed) else None
+            if steps >= n_steps:
+                raise RuntimeError(f"epoch {self.epoch + 1} trained its {n_steps} steps but did not close: "
+                                   f"{self.state.now}")
             if self.outputs.due():
                 self.outputs.show(g_loss, d_loss, self.state.now, self.images_done(), self.clock)
             self.saver.poll()
             if steps < n_steps and self.policy.due(self.global_step):  # the epoch end saves anyway
                 self.saver.save("periodic", background=True)
                 self.policy.mark()
-        return steps, self.clock.end(), steps >= n_steps
 
     def _set_learning_rates(self) -> None:
-        self.epoch_lr = model.set_learning_rates(self.g_opt, self.d_opt, self.lr, self.epoch, self.cfg.train)
+        t = self.cfg.train
+        lr = self.lr * model.lr_factor(self.epoch, t.epochs, t.lr_rampdown)
+        if lr != self.epoch_lr:  # two eager assigns cost a millisecond between epochs: only on a change
+            model.set_learning_rates(self.g_opt, self.d_opt, lr, t.d_lr_ratio)
+        self.epoch_lr = lr
 
     def _steps_for_call(self, left: int) -> int:
         """train.steps_per_call once steps are short (a GPU's milliseconds), else one: a call
@@ -241,10 +251,9 @@ class Trainer:
             n = min(n, every - self.global_step % every)
         return n
 
-    def end_epoch(self, steps: int, seconds: float) -> None:
-        """Every rank ran the same steps; rank 0 writes the epoch's samples and stats, and a checkpoint if due."""
-        fake, record, counters = self.close_epoch(self.chief)
-        self.state.take(counters)
+    def end_epoch(self, steps: int, seconds: float, fake, record: dict) -> None:
+        """Every rank ran the same steps; rank 0 writes the epoch's samples and stats in the
+        background, and a checkpoint if due."""
         rec = dict(kind="epoch", epoch=self.epoch, global_step=self.global_step, lr=self.epoch_lr,
                    **self.clock.record(steps, seconds, self.global_batch))
         self.outputs.epoch(fake, rec, record, self.state, self.sampler)
@@ -253,12 +262,6 @@ class Trainer:
         if reason:
             self.saver.save(reason, background=not self.stop.agreed)
             self.policy.mark()
-
-    def _close_epoch(self, with_samples: bool):
-        """Compiled: rank 0's samples of the fixed noise and every rank's epoch records, then the next
-        epoch's start. (Eagerly the samples alone took ~30 ms of Python, every rank waiting.)"""
-        fake = self.sampler(self.state.fixed_noise, training=False) if with_samples else None
-        return (fake, *self.state.close_epoch())
 
     def checkpoint_now(self, reason: str) -> bool:
         """What a preemption handler calls: rank 0 saves the state in memory now, running no

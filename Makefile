@@ -62,8 +62,9 @@ lint: setup
 test-fast: setup
 	$(PY) -m pytest -m "not cluster and not slow"
 
+# make bench runs every section; make bench SECTION=overhead one (or several: SECTION="ssim data").
 bench: setup cluster-up
-	source slurm/devcluster.env && $(PY) -m bench.run_all
+	source slurm/devcluster.env && $(PY) -m bench.run_all $(SECTION)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -261,19 +261,21 @@ def main():
     def rounds_us(r):
         return f"{r['over_seed'] * 1000:.0f} ({', '.join(f'{x * 1000:.0f}' for x in r['over_seed_each'])})"
 
-    print(table([(c, f"{r['step']:.2f}", rounds_us(r) if "over_seed" in r else "",
+    print(table([(c, f"{r['step']:.2f}", f"{r['step'] / r['base']:.2f}x" if "base" in r else "",
+                  rounds_us(r) if "over_seed" in r else "",
                   f"{100 * r['over_seed'] / H200_STEP_MS:+.1f}%" if "over_seed" in r else "", us(r, "outside"))
                  for c, r in rows],
-                ("256x256, batch 16, stand-in networks", "ms per step",
+                ("256x256, batch 16, stand-in networks", "ms per step", "vs the seed's loop (same ranks)",
                  f"over the seed's loop, us: median (each of {ROUNDS})",
                  "that, of the H200 step (5.8 ms)", "loop's own time outside the compiled calls, us")))
     print()
     print(f"The input pipeline spends {BATCH / per_core * 1000:.2f} ms of CPU a step at 256 (in a background thread: "
           "on a GPU node another core; here it competes with the step for the same 2 cores).")
     print()
-    print(f"Between two epochs the loop pauses {one['gap']:.0f} ms on 1 rank and {two['gap']:.0f} ms on 2 "
-          "(the epoch's samples and stats; the pictures are drawn in a thread), with the default cadence "
-          "writing no checkpoint.")
+    print(f"Between two epochs the loop pauses {one['gap']:.2f} ms on 1 rank and {two['gap']:.2f} ms on 2 "
+          "(median over the epochs after the first, each round; the samples and records come out of the "
+          "epoch's last compiled call, and the stats, grids and TensorBoard are written in a thread), with "
+          "the default cadence writing no checkpoint.")
     print()
     print(table([("HDF5 reader (the job's pipeline, uint8)", f"{per_core:.0f}", f"{per_core / png:.1f}x",
                   f"{H200_IMG_S / per_core:.2f}"),

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import re
+import subprocess
 import sys
 import time
 
@@ -55,12 +56,15 @@ def rendered_section(heading: str, mod) -> str:
 
 
 def run_section(heading: str, mod) -> str:
+    """The section's module in a process of its own: each sets TensorFlow's threads before it runs
+    anything, which a process where an earlier section ran TensorFlow no longer allows."""
     print(f"== {heading}", flush=True)
-    buf, t = io.StringIO(), time.time()
-    with contextlib.redirect_stdout(buf):
-        mod.main()
-    print(buf.getvalue(), flush=True)
-    return f"## {heading}\n\n{describe_machine()}\n\n{buf.getvalue().strip()}\n\n(took {time.time() - t:.0f} s)\n"
+    t = time.time()
+    r = subprocess.run([sys.executable, "-m", mod.__name__], stdout=subprocess.PIPE, text=True)
+    print(r.stdout, flush=True)
+    if r.returncode:
+        raise SystemExit(f"{mod.__name__} failed (exit {r.returncode}); the sections before it are in its output")
+    return f"## {heading}\n\n{describe_machine()}\n\n{r.stdout.strip()}\n\n(took {time.time() - t:.0f} s)\n"
 
 
 def existing_sections() -> dict[str, str]:

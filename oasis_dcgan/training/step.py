@@ -46,16 +46,20 @@ class TrainState:
 
     def read_counters(self) -> dict:
         """All counters in one compiled read: each variable read alone costs a host round trip."""
-        return self.take(self._counters())
+        return self.take(self._read())
 
     def take(self, stacked) -> dict:
         """Note the counters a compiled call returned (stacked in COUNTERS order) as `now`."""
         self.now = dict(zip(COUNTERS, stacked.numpy().tolist()))
         return dict(self.now)
 
-    @tf.function
-    def _counters(self):
+    def stacked(self):
+        """The counters in COUNTERS order, as one tensor (inside a compiled call)."""
         return tf.stack([self.counters[k] for k in COUNTERS])
+
+    @tf.function
+    def _read(self):  # eager callers only: compiled code calls stacked(), so this traces once
+        return self.stacked()
 
     @staticmethod
     def epoch_losses(losses: dict) -> dict:
@@ -100,7 +104,7 @@ class TrainState:
     def _begin_epoch(self, budget):
         if self.counters["epoch_images"] == 0:
             self.counters["epoch_images"].assign(budget)
-        return self._counters()
+        return self.stacked()
 
     def restart_epoch(self) -> None:
         """The epoch under way starts again from its first image (its data changed under it)."""
@@ -127,7 +131,7 @@ class TrainState:
             for k in ("step_in_epoch", "images_in_epoch", "epoch_images"):
                 self.counters[k].assign(0)
             self.counters["epoch"].assign_add(1)
-        return record, self._counters()  # read after the writes: a compiled call orders them
+        return record, self.stacked()  # read after the writes: a compiled call orders them
 
 
 DROPOUT_DRAWS_PER_STEP = 2  # D runs twice a step (real, fake); each Dropout draws one seed a run
@@ -267,6 +271,6 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
                                         parallel_iterations=1)
         closed = state.counters["images_in_epoch"] >= state.counters["epoch_images"]
         fake, record = tf.cond(closed, close, keep)
-        return g, d, agreed, i, state._counters(), closed, fake, record
+        return g, d, agreed, i, state.stacked(), closed, fake, record
 
     return train_steps

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup setup-gpu demo demo-cluster test test-fast lint bench cluster-up cluster-down clean
+.PHONY: setup setup-gpu demo demo-cluster test test-fast lint bench docs cluster-up cluster-down clean
 
 setup: $(STAMP)
 
@@ -63,8 +63,13 @@ test-fast: setup
 	$(PY) -m pytest -m "not cluster and not slow"
 
 # make bench runs every section; make bench SECTION=overhead one (or several: SECTION="ssim data").
-bench: setup cluster-up
-	source slurm/devcluster.env && $(PY) -m bench.run_all $(SECTION)
+# The sections that need the dev Slurm cluster bring it up themselves.
+bench: setup
+	$(PY) -m bench.run_all $(SECTION)
+
+# docs/performance.md and bench/results/RESULTS.md, rendered from bench/results/*.json.
+docs: setup
+	$(PY) -m bench.run_all --from-results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -18,7 +18,7 @@ import numpy as np
 from oasis_dcgan.rundir import RunDir
 
 from bench.bench_train import dataset
-from bench.common import REPO, WORK, anchor, save, table
+from bench.common import REPO, WORK, seed_baseline, save, table
 
 RES, BATCH, STEPS = 256, 16, 6
 
@@ -42,24 +42,33 @@ def run_job(name: str, *sets: str) -> dict:
     return out
 
 
+RESULT = "checkpoint"
+
+
 def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    seed = anchor("train", "--res", str(RES), "--steps", "4")["images_per_s"]
+    seed = seed_baseline("train", "--res", str(RES), "--steps", "4")["images_per_s"]
     none = run_job("none", "train.checkpoint_every_steps=0")
     inline = run_job("inline", "train.checkpoint_every_steps=1", "train.checkpoint_in_background=false")
     background = run_job("background", "train.checkpoint_every_steps=1")
-    result = save("checkpoint", {"res": RES, "batch": BATCH, "seed_img_s": seed, "no_checkpoints": none,
-                                 "every_step_inline": inline, "every_step_background": background})
+    result = save(RESULT, {"res": RES, "batch": BATCH, "seed_img_s": seed, "no_checkpoints": none,
+                           "every_step_inline": inline, "every_step_background": background})
+    show(result)
+    return result
+
+
+def show(result: dict) -> None:
+    seed, inline, background = result["seed_img_s"], result["every_step_inline"], result["every_step_background"]
     rows = [("seed's bare step (no checkpoints)", f"{seed:.2f}", "", "", "1.00x")]
-    for name, r in (("our job, no checkpoint", none), ("our job, a checkpoint every step, in the loop", inline),
+    for name, r in (("our job, no checkpoint", result["no_checkpoints"]),
+                    ("our job, a checkpoint every step, in the loop", inline),
                     ("our job, a checkpoint every step, in the background", background)):
         rows.append((name, f"{r['images_per_s']:.2f}", f"{r['blocking_s']:.3f} s" if "blocking_s" in r else "",
                      f"{r['write_s']:.3f} s" if "write_s" in r else "", f"{r['images_per_s'] / seed:.2f}x"))
-    print(table(rows, (f"{RES}x{RES}, batch {BATCH}, 1 rank", "img/s", "loop waits per save", "write per save",
-                       "vs seed step")))
+    print(table(rows, (f"{result['res']}x{result['res']}, batch {result['batch']}, 1 rank", "img/s",
+                       "loop waits per save", "write per save", "vs seed step")))
     print(f"\nin the background the loop waits {background['blocking_s'] / background['write_s']:.2f} of the write "
           f"(in the loop: {inline['blocking_s'] / inline['write_s']:.2f})")
-    return result
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, WORK, anchor, sample_release, save, table
+from bench.common import REPO, WORK, seed_baseline, sample_release, save, table
 from oasis_dcgan.config import DataConfig
 
 
@@ -68,6 +68,9 @@ def replicate(src_train: Path, dest: Path, copies: int) -> Path:
     return dest
 
 
+RESULT = "data"
+
+
 def main():
     from oasis_dcgan.prep import manifest, pack
 
@@ -76,7 +79,7 @@ def main():
     train_png = release / "keras_png_slices_data" / "keras_png_slices_train"
     n_png = len(list(train_png.iterdir()))
     one, two = pack_rate(release, WORK / "pack1", 1), pack_rate(release, WORK / "pack2", 2)
-    seed_png = anchor("png", str(train_png), "--limit", str(n_png))
+    seed_png = seed_baseline("png", str(train_png), "--limit", str(n_png))
     big_src = replicate(train_png, WORK / "folder-10k", 10)        # 10,240 images
     small_src = replicate(train_png, WORK / "folder-1k", 1)        # 1,024 images
     sizes = {}
@@ -87,26 +90,32 @@ def main():
         sizes[name] = (sum(manifest.load_manifest(out)["counts"].values()), first_batch_s(out))
     ours_read = read_rate(WORK / "ds-10k", scaled=False)
     ours_scaled = read_rate(WORK / "ds-10k", scaled=True)
-    res = save("data", {
+    result = save(RESULT, {
         "images": n_png, "pack_1_task_img_s": one, "pack_2_tasks_img_s": two, "pack_speedup": two / one,
         "seed_png_img_s": seed_png["images_per_s"], "reader_img_s": ours_read,
         "reader_x_vs_seed": ours_read / seed_png["images_per_s"],
         "reader_scaled_img_s": ours_scaled, "reader_scaled_x_vs_seed": ours_scaled / seed_png["images_per_s"],
         "first_batch_s": {k: {"images": v[0], "seconds": v[1]} for k, v in sizes.items()},
     })
+    show(result)
+    return result
+
+
+def show(r: dict) -> None:
+    one, two, seed, small, big = (r["pack_1_task_img_s"], r["pack_2_tasks_img_s"], r["seed_png_img_s"],
+                                  r["first_batch_s"]["1k"], r["first_batch_s"]["10k"])
     print(table([
         ("pack, 1 task", f"{one:.0f} img/s", ""),
         ("pack, 2 array tasks", f"{two:.0f} img/s", f"{two / one:.2f}x vs 1 task"),
-        ("seed feeding (PNG read+decode+resize+scale)", f"{seed_png['images_per_s']:.0f} img/s", "1.0x"),
-        ("our reader as training uses it (uint8 batches of 16; scaling in the train step)", f"{ours_read:.0f} img/s",
-         f"{ours_read / seed_png['images_per_s']:.1f}x vs seed"),
-        ("our reader with scaling to (-1, 1) in the pipeline", f"{ours_scaled:.0f} img/s",
-         f"{ours_scaled / seed_png['images_per_s']:.1f}x vs seed"),
-        (f"time to first batch, {sizes['1k'][0]} images", f"{sizes['1k'][1] * 1000:.0f} ms", "beyond TF import"),
-        (f"time to first batch, {sizes['10k'][0]} images", f"{sizes['10k'][1] * 1000:.0f} ms",
-         f"{sizes['10k'][1] / sizes['1k'][1]:.2f}x the 1k figure"),
+        ("seed feeding (PNG read+decode+resize+scale)", f"{seed:.0f} img/s", "1.0x"),
+        ("our reader as training uses it (uint8 batches of 16; scaling in the train step)",
+         f"{r['reader_img_s']:.0f} img/s", f"{r['reader_x_vs_seed']:.1f}x vs seed"),
+        ("our reader with scaling to (-1, 1) in the pipeline", f"{r['reader_scaled_img_s']:.0f} img/s",
+         f"{r['reader_scaled_x_vs_seed']:.1f}x vs seed"),
+        (f"time to first batch, {small['images']} images", f"{small['seconds'] * 1000:.0f} ms", "beyond TF import"),
+        (f"time to first batch, {big['images']} images", f"{big['seconds'] * 1000:.0f} ms",
+         f"{big['seconds'] / small['seconds']:.2f}x the 1k figure"),
     ], ("what (256x256)", "figure", "ratio")))
-    return res
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 from oasis_dcgan.rundir import RunDir
 
 from bench.bench_train import _allreduce_worker, dataset, our_run
-from bench.common import REPO, WORK, anchor, save, table
+from bench.common import dev_cluster, REPO, WORK, seed_baseline, save, table
 
 PARTITION = "multi"
 
@@ -52,38 +52,45 @@ def two_node_run(res: int, steps: int, epochs: int) -> dict:
             "network": net.split("network:", 1)[-1].strip()}
 
 
+RESULT = "multinode"
+
+
 def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    dev_cluster(nodes=2)
     loop, bridge = allreduce(256, nodes=1), allreduce(256, nodes=2)
-    seed1 = anchor("train", "--res", "64", "--steps", "30", "--threads", "1")
+    seed1 = seed_baseline("train", "--res", "64", "--steps", "30", "--threads", "1")
     one = our_run(64, steps=40, epochs=3, ranks=1, threads=1)
     same_host = our_run(64, steps=40, epochs=3, ranks=2, threads=1)
     two_hosts = two_node_run(64, steps=40, epochs=3)
-    result = save("multinode", {
+    result = save(RESULT, {
         "allreduce_256": {"loopback": loop, "bridge": bridge},
         "weak_scaling_64": {"seed_1thread_img_s": seed1["images_per_s"], "ranks1_img_s": one["images_per_s"],
                             "one_host_2ranks_img_s": same_host["images_per_s"], "two_hosts": two_hosts,
                             "efficiency_two_hosts": two_hosts["images_per_s"] / (2 * one["images_per_s"]),
                             "efficiency_one_host": same_host["images_per_s"] / (2 * one["images_per_s"])}})
+    show(result)
+    return result
+
+
+def show(result: dict) -> None:
+    loop, bridge = result["allreduce_256"]["loopback"], result["allreduce_256"]["bridge"]
+    s = result["weak_scaling_64"]
+    seed1, two_hosts = s["seed_1thread_img_s"], s["two_hosts"]
     mb = loop["gradient_bytes"] / 1e6
     print(table([(f"{name}", f"{r['fp32_s'] * 1000:.0f} ms", f"{r['fp16_s'] * 1000:.0f} ms",
                   f"{r['fp32_s'] / loop['fp32_s']:.2f}x")
                  for name, r in (("one host, loopback", loop), ("two hosts, over the bridge", bridge))],
                 (f"allreduce of {mb:.1f} MB (256 model), 2 ranks", "fp32", "fp16 on the wire", "vs loopback")))
     print()
-    s = result["weak_scaling_64"]
-    def vs_seed(r: dict) -> str:
-        return f"{r['images_per_s'] / seed1['images_per_s']:.2f}x"
-
-    print(table([("seed's bare step, 1 thread", f"{seed1['images_per_s']:.1f}", "", ""),
-                 ("1 rank, 1 thread", f"{one['images_per_s']:.1f}", vs_seed(one), "100%"),
-                 ("2 ranks on one host", f"{same_host['images_per_s']:.1f}", vs_seed(same_host),
-                  f"{s['efficiency_one_host'] * 100:.0f}%"),
-                 ("2 hosts, 1 rank each", f"{two_hosts['images_per_s']:.1f}", vs_seed(two_hosts),
-                  f"{s['efficiency_two_hosts'] * 100:.0f}%")],
+    print(table([("seed's bare step, 1 thread", f"{seed1:.1f}", "", ""),
+                 ("1 rank, 1 thread", f"{s['ranks1_img_s']:.1f}", f"{s['ranks1_img_s'] / seed1:.2f}x", "100%"),
+                 ("2 ranks on one host", f"{s['one_host_2ranks_img_s']:.1f}",
+                  f"{s['one_host_2ranks_img_s'] / seed1:.2f}x", f"{s['efficiency_one_host'] * 100:.0f}%"),
+                 ("2 hosts, 1 rank each", f"{two_hosts['images_per_s']:.1f}",
+                  f"{two_hosts['images_per_s'] / seed1:.2f}x", f"{s['efficiency_two_hosts'] * 100:.0f}%")],
                 ("64x64 weak scaling, 1 thread a rank", "img/s", "vs seed step", "efficiency")))
     print(f"\nhosts: {', '.join(two_hosts['hosts'])}; {two_hosts['network']}")
-    return result
 
 
 if __name__ == "__main__":

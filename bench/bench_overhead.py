@@ -22,7 +22,7 @@ import numpy as np
 
 from oasis_dcgan.rundir import RunDir
 
-from bench.common import WORK, anchor, epoch_gaps, our_step_ms, save, table
+from bench.common import WORK, seed_baseline, epoch_gaps, our_step_ms, save, table
 from bench.bench_train import dataset
 
 RES, BATCH = 256, 16
@@ -139,16 +139,42 @@ def job_step_ms_one_rank(name: str, steps: int, extra: tuple = ()) -> dict:
     return _step_ms(run)
 
 
-def _rank_worker(run_dir: str, steps: int, extra: tuple) -> None:
+def _pin(rank: int) -> None:
+    """This rank's process (its threads included) on one core of its own."""
+    os.sched_setaffinity(0, {rank % os.cpu_count()})
+
+
+def _rank_worker(run_dir: str, steps: int, extra: tuple, pinned: bool = False) -> None:
     from pathlib import Path
 
     from oasis_dcgan import config
     from oasis_dcgan.launch.environment import job_world
     from oasis_dcgan.training import trainer
 
+    world = job_world(run_dir + ".rdv")
+    if pinned:
+        _pin(world.rank)
     _use_stand_ins()
-    trainer.run(config.load(None, _options(Path(run_dir), steps, extra)), job_world(run_dir + ".rdv"),
-                log_to_stdout=False)
+    trainer.run(config.load(None, _options(Path(run_dir), steps, extra)), world, log_to_stdout=False)
+
+
+def _our_steps_worker(run_dir: str, per_call: int) -> float:
+    """Our compiled steps on a constant batch on this rank: no reader, no loop."""
+    from pathlib import Path
+
+    from oasis_dcgan import config
+    from oasis_dcgan.launch.environment import job_world
+    from oasis_dcgan.training.trainer import Trainer
+
+    _use_stand_ins()
+    cfg = config.load(None, _options(Path(run_dir), 1, ("train.intra_op_threads=1",)))
+    t = Trainer(cfg, job_world(run_dir + ".rdv"), log_to_stdout=False)
+    t.setup_process()
+    t.build()
+    t.restore_and_broadcast()
+    ms = our_step_ms(t, RES, BATCH, 200, per_call)
+    t.ranks.barrier("ours.done")
+    return ms
 
 
 def _bare_hvd_worker(rendezvous: str) -> float:
@@ -186,12 +212,24 @@ def bare_step_ms_two_ranks() -> float:
     return _two_ranks(_bare_hvd_worker, str(rdv))[0]
 
 
-def job_step_ms_two_ranks(name: str, steps: int, env: dict | None = None) -> dict:
+def _fresh(name: str) -> str:
     run = WORK / f"overhead-{name}"
     shutil.rmtree(run, ignore_errors=True)
     shutil.rmtree(f"{run}.rdv", ignore_errors=True)
-    _two_ranks(_rank_worker, str(run), steps, ("train.intra_op_threads=1",), env=env)
+    return str(run)
+
+
+def job_step_ms_two_ranks(name: str, steps: int, env: dict | None = None, pinned: bool = False) -> dict:
+    run = _fresh(name)
+    _two_ranks(_rank_worker, run, steps, ("train.intra_op_threads=1",), pinned, env=env)
     return _step_ms(run)
+
+
+def our_steps_ms_two_ranks() -> float:
+    """Our compiled steps, the default steps a call, on a constant batch on 2 ranks."""
+    from oasis_dcgan import config
+
+    return _two_ranks(_our_steps_worker, _fresh("ours-2ranks"), config.Config().train.steps_per_call)[0]
 
 
 def reader_per_core(n_images: int = 2048) -> float:
@@ -211,19 +249,25 @@ def reader_per_core(n_images: int = 2048) -> float:
 def one_round(steps: int = 64) -> dict:
     """Every case once, each against the seed's loop on as many ranks, measured beside it: on 2
     ranks that loop also averages its gradients with Horovod, so what is left is what the job adds.
+    On 2 ranks the job is also taken apart: its compiled steps alone on a constant batch (what the
+    step adds), each rank held to a core of its own, and Horovod's cycle shortened.
     64 steps: the sample dataset's whole epoch at 256 (1,024 images)."""
     bare = bare_step_ms()
     bare_two = bare_step_ms_two_ranks()
     ours = our_steps_ms()
+    ours_two = our_steps_ms_two_ranks()
     one = job_step_ms_one_rank("1rank", steps, ("train.intra_op_threads=1",))
     two = job_step_ms_two_ranks("2ranks", steps)
+    pinned = job_step_ms_two_ranks("2ranks-pinned", steps, pinned=True)
     two_fast = job_step_ms_two_ranks("2ranks-cycle0.1", steps, {"HOROVOD_CYCLE_TIME": "0.1"})
-    rows = {"seed's loop, 1 rank: one call a step": {"step": bare},
+    rows = {SEED_1: {"step": bare},
             **{f"our compiled steps alone, constant batch, {k} a call": {"step": ms, "base": bare}
                for k, ms in ours.items()},
-            "the job, 1 rank": {**one, "base": bare},
-            "seed's loop + Horovod allreduce, 2 ranks": {"step": bare_two},
-            "the job, 2 ranks (gloo, Horovod defaults)": {**two, "base": bare_two},
+            JOB_1: {**one, "base": bare},
+            SEED_2: {"step": bare_two},
+            OURS_2: {"step": ours_two, "base": bare_two},
+            JOB_2: {**two, "base": bare_two},
+            "the job, 2 ranks, each held to a core of its own": {**pinned, "base": bare_two},
             "the job, 2 ranks, HOROVOD_CYCLE_TIME=0.1 ms": {**two_fast, "base": bare_two}}
     for r in rows.values():
         if "base" in r:
@@ -231,29 +275,54 @@ def one_round(steps: int = 64) -> dict:
     return rows
 
 
+SEED_1, JOB_1 = "seed's loop, 1 rank: one call a step", "the job, 1 rank"
+SEED_2, JOB_2 = "seed's loop + Horovod allreduce, 2 ranks", "the job, 2 ranks (gloo, Horovod defaults)"
+OURS_2 = "our compiled steps alone, constant batch, 2 ranks"
+
+
+def median_rows(rounds: list[dict]) -> dict:
+    rows = {case: {k: float(np.median([r[case][k] for r in rounds])) for k in rounds[0][case]} for case in rounds[0]}
+    for case, r in rows.items():
+        if "over_seed" in r:
+            r["over_seed_each"] = [x[case]["over_seed"] for x in rounds]
+    return rows
+
+
+RESULT = "overhead"
+
+
 def main():
     import tensorflow as tf
+
+    from oasis_dcgan import config
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tf.config.threading.set_intra_op_parallelism_threads(1)  # the 1-rank job below is told the same
     tf.config.threading.set_inter_op_parallelism_threads(1)
     per_core, wall = reader_per_core()
-    png = anchor("png", str(_png_folder()), "--limit", "400", "--res", str(RES))["images_per_s"]
-    rounds = [one_round() for _ in range(ROUNDS)]
-    rows = [(case, {k: float(np.median([r[case][k] for r in rounds])) for k in rounds[0][case]})
-            for case in rounds[0]]
-    for case, r in rows:
-        if "over_seed" in r:
-            r["over_seed_each"] = [x[case]["over_seed"] for x in rounds]
-    one, two = dict(rows)["the job, 1 rank"], dict(rows)["the job, 2 ranks (gloo, Horovod defaults)"]
-    result = save("overhead", {
+    png = seed_baseline("png", str(_png_folder()), "--limit", "400", "--res", str(RES))["images_per_s"]
+    rows = median_rows([one_round() for _ in range(ROUNDS)])
+    one, two = rows[JOB_1], rows[JOB_2]
+    k = config.Config().train.steps_per_call
+    k_a_call = rows[f"our compiled steps alone, constant batch, {k} a call"]
+    result = save(RESULT, {
         "resolution": RES, "batch": BATCH, "steps_per_epoch": 64, "rounds": ROUNDS,
-        "rows": [{"case": c, **r} for c, r in rows],
+        "rows": [{"case": c, **r} for c, r in rows.items()],
         "job_over_seed_ms": {"1rank": one["over_seed"], "2ranks": two["over_seed"]},
+        # What the compiled call costs a step beyond the seed's (its bookkeeping, its fixed cost
+        # over k steps): the projection's input, with the loop's own time outside the calls.
+        "call_over_seed_ms": k_a_call["over_seed"],
         "host_outside_step_ms": max(one["outside"], two["outside"]),
         "epoch_gap_ms": {"1rank": one["gap"], "2ranks": two["gap"]},
         "reader_img_per_cpu_s": per_core, "reader_img_per_s_wall": wall, "seed_png_img_per_s": png,
         "cores_per_gpu_at_2771": H200_IMG_S / per_core})
+    show(result)
+    return result
+
+
+def show(result: dict) -> None:
+    rows = {r["case"]: r for r in result["rows"]}
+    per_core, png = result["reader_img_per_cpu_s"], result["seed_png_img_per_s"]
 
     def us(r, k):
         return f"{r[k] * 1000:.0f}" if k in r else ""
@@ -263,25 +332,29 @@ def main():
 
     print(table([(c, f"{r['step']:.2f}", f"{r['step'] / r['base']:.2f}x" if "base" in r else "",
                   rounds_us(r) if "over_seed" in r else "",
-                  f"{100 * r['over_seed'] / H200_STEP_MS:+.1f}%" if "over_seed" in r else "", us(r, "outside"))
-                 for c, r in rows],
-                ("256x256, batch 16, stand-in networks", "ms per step", "vs the seed's loop (same ranks)",
-                 f"over the seed's loop, us: median (each of {ROUNDS})",
-                 "that, of the H200 step (5.8 ms)", "loop's own time outside the compiled calls, us")))
+                  f"{100 * r['over_seed'] / H200_STEP_MS:+.1f}%" if "over_seed" in r else "", us(r, "outside"),
+                  f"{r['gap']:.2f}" if "gap" in r else "")
+                 for c, r in rows.items()],
+                (f"{RES}x{RES}, batch {BATCH}, stand-in networks", "ms per step", "vs the seed's loop (same ranks)",
+                 f"over the seed's loop, us: median (each of {result['rounds']})",
+                 "that, of the H200 step (5.8 ms)", "loop's own time outside the compiled calls, us",
+                 "pause between epochs, ms")))
     print()
-    print(f"The input pipeline spends {BATCH / per_core * 1000:.2f} ms of CPU a step at 256 (in a background thread: "
-          "on a GPU node another core; here it competes with the step for the same 2 cores).")
+    ours_two, job_two = rows[OURS_2], rows[JOB_2]
+    print(f"On 2 ranks, the compiled steps alone on a constant batch are {ours_two['over_seed']:+.2f} ms a step "
+          f"against the seed's loop with the same allreduce; the whole job is {job_two['over_seed']:+.2f} ms. What "
+          f"the job adds beyond its steps is its reader: {BATCH / per_core * 1000:.2f} ms of CPU a step and rank, "
+          "in threads that share these 2 cores with the two ranks' steps (on a GPU node, cores of their own).")
     print()
-    print(f"Between two epochs the loop pauses {one['gap']:.2f} ms on 1 rank and {two['gap']:.2f} ms on 2 "
-          "(median over the epochs after the first, each round; the samples and records come out of the "
-          "epoch's last compiled call, and the stats, grids and TensorBoard are written in a thread), with "
-          "the default cadence writing no checkpoint.")
+    print(f"The loop pauses {rows[JOB_1]['gap']:.2f} ms between two epochs on 1 rank and {job_two['gap']:.2f} ms on 2 "
+          "(median over the epochs after the first, each round; the samples and records come out of the epoch's "
+          "last compiled call, and one thread for the whole run writes the stats, grid and TensorBoard), with the "
+          "default cadence writing no checkpoint.")
     print()
     print(table([("HDF5 reader (the job's pipeline, uint8)", f"{per_core:.0f}", f"{per_core / png:.1f}x",
                   f"{H200_IMG_S / per_core:.2f}"),
                  ("seed: PNG read, decode, resize (one core)", f"{png:.0f}", "1.0x", f"{H200_IMG_S / png:.1f}")],
                 ("input at 256x256", "img/s per core", "vs seed", "cores per GPU at 2,771 img/s")))
-    return result
 
 
 def _png_folder():

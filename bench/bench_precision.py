@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from bench.bench_train import dataset
-from bench.common import REPO, WORK, anchor, machine, save, table
+from bench.common import REPO, WORK, seed_baseline, save, table, train_and_score
 
 RES = 64
 SEEDS = (0, 1, 2)
@@ -51,22 +51,17 @@ print(json.dumps({{"images_per_s": 16 / ms * 1000}}))
     return json.loads(r.stdout.strip().splitlines()[-1])["images_per_s"]
 
 
-def quality_run(precision: str, seed: int, epochs: int) -> dict:
-    from oasis_dcgan.post.report import postprocess
+def quality_run(precision: str, rng_seed: int, epochs: int) -> dict:
+    return train_and_score(f"precision-{precision}-{rng_seed}", dataset(RES), rng_seed, epochs, STEPS,
+                           f'train.precision="{precision}"')
 
-    run = WORK / f"precision-{precision}-{seed}"
-    shutil.rmtree(run, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "jobs.train", str(dataset(RES)), str(run), "--epochs", str(epochs),
-                    "--seed", str(seed), "--executor", "inprocess", "--set", f"train.max_steps_per_epoch={STEPS}",
-                    "--set", f'train.precision="{precision}"'], cwd=REPO, check=True, capture_output=True)
-    m = postprocess(run)
-    return {"seed_max_ssim": m["seed_max_ssim"]["final"], "diversity": m["diversity"]["generated"],
-            "nn_ssim_mean": m["nn_ssim"]["mean"]}
+
+RESULT = "precision"
 
 
 def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    seed_step = anchor("train", "--res", str(RES), "--steps", "20")["images_per_s"]
+    seed_step = seed_baseline("train", "--res", str(RES), "--steps", "20")["images_per_s"]
     speeds = {p: step_speed(p, 20 if p == "fp32" else 4) for p in ("fp32", "bf16", "fp16")}
     epochs = epochs_for(speeds["bf16"])
     runs = {p: [quality_run(p, s, epochs) for s in SEEDS] for p in ("fp32", "bf16")}
@@ -77,13 +72,20 @@ def main():
     # bf16's mean inside the range of the fp32 runs: as close to fp32 as fp32 is to itself.
     within = {k: min(values("fp32", k)) <= float(np.mean(values("bf16", k))) <= max(values("fp32", k))
               for k in ("seed_max_ssim", "diversity")}
-    result = save("precision", {"res": RES, "seed_step_img_s": seed_step, "step_img_s": speeds, "runs": runs,
-                                "epochs": epochs, "steps_per_epoch": STEPS, "bf16_within_fp32_spread": within})
-    print(f"CPU flags that matter here: {machine().get('simd')} (bf16 and fp16 are emulated without avx512_bf16 "
-          "or amx; on GPUs they run on tensor cores)")
+    result = save(RESULT, {"res": RES, "seed_step_img_s": seed_step, "step_img_s": speeds, "runs": runs,
+                           "epochs": epochs, "steps_per_epoch": STEPS, "bf16_within_fp32_spread": within})
+    show(result)
+    return result
+
+
+def show(result: dict) -> None:
+    seed_step, runs, within, epochs = (result["seed_step_img_s"], result["runs"], result["bf16_within_fp32_spread"],
+                                       result["epochs"])
+    print(f"CPU flags that matter here: {result['machine'].get('simd')} (bf16 and fp16 are emulated without "
+          "avx512_bf16 or amx; on GPUs they run on tensor cores)")
     print()
     print(table([("seed step (fp32)", f"{seed_step:.1f}", "1.00x")]
-                + [(f"our step, {p}", f"{v:.1f}", f"{v / seed_step:.2f}x") for p, v in speeds.items()],
+                + [(f"our step, {p}", f"{v:.1f}", f"{v / seed_step:.2f}x") for p, v in result["step_img_s"].items()],
                 (f"{RES}x{RES}, batch 16, constant batch", "img/s", "vs seed")))
     print()
     rows = [(p, s, f"{r['seed_max_ssim']:.4f}", f"{r['diversity']:.4f}", f"{r['nn_ssim_mean']:.4f}")
@@ -91,11 +93,10 @@ def main():
     print(table(rows, ("precision", "seed", "seed metric (max SSIM)", "MS-SSIM diversity (lower: more diverse)",
                        "mean NN-SSIM")))
     print()
-    print(f"The whole job, {epochs} epochs of {STEPS} steps (as many as bf16 trains in about {RUN_BUDGET_S} s "
-          f"here) at {RES}x{RES}, then postprocess. Is the mean of the bf16 "
+    print(f"The whole job, {epochs} epochs of {result['steps_per_epoch']} steps (as many as bf16 trains in about "
+          f"{RUN_BUDGET_S} s here) at {RES}x{RES}, then postprocess. Is the mean of the bf16 "
           f"runs inside the range of the fp32 runs? seed metric: {'yes' if within['seed_max_ssim'] else 'NO'}; "
           f"diversity: {'yes' if within['diversity'] else 'NO'}.")
-    return result
 
 
 if __name__ == "__main__":

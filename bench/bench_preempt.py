@@ -20,7 +20,7 @@ from pathlib import Path
 
 from oasis_dcgan.rundir import RunDir
 from bench.bench_train import dataset
-from bench.common import REPO, WORK, anchor, dev_cluster, save, table
+from bench.common import REPO, WORK, seed_baseline, dev_cluster, save, table
 
 RES, BATCH, STEPS_BEFORE, STEPS = 256, 4, 6, 12
 H200_STEP_S, SEED_STEPS_PER_EPOCH, SEED_EPOCHS = 0.0058, 604, 50
@@ -81,6 +81,9 @@ def _size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.iterdir()) / 1e6 if path.is_dir() else float("nan")
 
 
+RESULT = "preempt"
+
+
 def main():
     import shutil
 
@@ -88,32 +91,36 @@ def main():
     run = WORK / "preempt" / "run"
     shutil.rmtree(run.parent, ignore_errors=True)
     run.parent.mkdir(parents=True)
-    seed = anchor("train", "--res", str(RES), "--steps", "4")
+    seed = seed_baseline("train", "--res", str(RES), "--steps", "4")
     ours = preempt_once(run)
     # The seed redoes every image trained before the signal, at its own rate on this machine.
     images_before = ours["steps_before_signal"] * BATCH * 2
     seed_step_s = 16 / seed["images_per_s"]
     seed_lost = images_before / seed["images_per_s"]
     mid_run_h200 = SEED_EPOCHS // 2 * SEED_STEPS_PER_EPOCH * H200_STEP_S
-    result = save("preempt", {**ours, "seed_step_s": seed_step_s, "seed_redone_images": images_before,
-                              "seed_redone_s": seed_lost, "seed_mid_run_h200_redone_s": mid_run_h200,
-                              "lost_vs_seed_here": ours["signal_to_first_new_step_s"] / seed_lost,
-                              "lost_vs_seed_mid_run_h200": ours["signal_to_first_new_step_s"] / mid_run_h200})
-    print(table([
-        ("signal -> stop checkpoint on disk", f"{ours['signal_to_saved_s']:.1f} s",
-         f"save {ours['save_s']:.1f} s, {ours['checkpoint_mb']:.0f} MB"),
-        ("signal -> requeued job starts", f"{ours['signal_to_restart_s']:.1f} s", "Slurm's requeue"),
-        ("signal -> checkpoint restored", f"{ours['signal_to_resumed_s']:.1f} s", "start-up, TensorFlow, restore"),
-        ("signal -> first new step", f"{ours['signal_to_first_new_step_s']:.1f} s", "the time lost per preemption"),
-        ("work redone", f"{ours['redone_steps']} steps", f"seed: all {images_before} images so far, "
-         f"{seed_lost:.0f} s here (no checkpoint: it starts again)"),
-    ], (f"USR2 at {RES}x{RES}, 2 ranks, batch {BATCH}", "ours", "note")))
-    print(f"\nseed step here: {seed_step_s:.2f} s (batch 16). A seed run preempted half-way on an H200 "
-          f"redoes {SEED_EPOCHS // 2 * SEED_STEPS_PER_EPOCH} steps, {mid_run_h200:.0f} s at 5.8 ms a step; ours "
-          f"redoes {ours['redone_steps']} and loses {ours['signal_to_first_new_step_s']:.0f} s "
-          f"(ratio {ours['signal_to_first_new_step_s'] / mid_run_h200:.2f}x the seed's loss).")
-    print(json.dumps({k: ours[k] for k in ("job", "stop_step", "steps_before_signal")}))
+    result = save(RESULT, {**ours, "seed_step_s": seed_step_s, "seed_redone_images": images_before,
+                           "seed_redone_s": seed_lost, "seed_mid_run_h200_redone_s": mid_run_h200,
+                           "lost_vs_seed_here": ours["signal_to_first_new_step_s"] / seed_lost,
+                           "lost_vs_seed_mid_run_h200": ours["signal_to_first_new_step_s"] / mid_run_h200})
+    show(result)
     return result
+
+
+def show(r: dict) -> None:
+    print(table([
+        ("signal -> stop checkpoint on disk", f"{r['signal_to_saved_s']:.1f} s",
+         f"save {r['save_s']:.1f} s, {r['checkpoint_mb']:.0f} MB"),
+        ("signal -> requeued job starts", f"{r['signal_to_restart_s']:.1f} s", "Slurm's requeue"),
+        ("signal -> checkpoint restored", f"{r['signal_to_resumed_s']:.1f} s", "start-up, TensorFlow, restore"),
+        ("signal -> first new step", f"{r['signal_to_first_new_step_s']:.1f} s", "the time lost per preemption"),
+        ("work redone", f"{r['redone_steps']} steps", f"seed: all {r['seed_redone_images']} images so far, "
+         f"{r['seed_redone_s']:.0f} s here (no checkpoint: it starts again)"),
+    ], (f"USR2 at {RES}x{RES}, 2 ranks, batch {BATCH}", "ours", "note")))
+    print(f"\nseed step here: {r['seed_step_s']:.2f} s (batch 16). A seed run preempted half-way on an H200 "
+          f"redoes {SEED_EPOCHS // 2 * SEED_STEPS_PER_EPOCH} steps, {r['seed_mid_run_h200_redone_s']:.0f} s at "
+          f"5.8 ms a step; ours redoes {r['redone_steps']} and loses {r['signal_to_first_new_step_s']:.0f} s "
+          f"(ratio {r['lost_vs_seed_mid_run_h200']:.2f}x the seed's loss).")
+    print(json.dumps({k: r[k] for k in ("job", "stop_step", "steps_before_signal")}))
 
 
 if __name__ == "__main__":

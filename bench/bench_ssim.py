@@ -1,7 +1,8 @@
 """The seed metric: our vectorised SSIM against the seed's loop and a skimage loop, same run.
 
-The anchor's own function makes the data (real slices, a noisy "generated" batch, 50 real
-batches); our implementation scores exactly the same arrays, so the values sit side by side.
+The seed baseline's own functions (bench/seed_style.py) make the data (real slices, a noisy
+"generated" batch, 50 real batches); our implementation scores exactly the same arrays, so
+the values sit side by side.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import time
 
 import numpy as np
 
-from bench.common import anchor, anchor_module, sample_release, save, table
+from bench import seed_style
+from bench.common import sample_release, save, seed_baseline, table
 
 REPEATS = 5
 
@@ -31,12 +33,8 @@ def matmul_gflops() -> float:
 def bench(res: int, folder: str) -> dict:
     from oasis_dcgan.post import metrics
 
-    seed_run = anchor("ssim", folder, "--res", str(res), "--skimage")
-    mod = anchor_module()
-    reals = mod.load_reals(folder, res)
-    rng = np.random.default_rng(0)  # the anchor's draws, in the anchor's order
-    fixed = np.clip(reals[rng.choice(len(reals), 16)] + rng.normal(0, 0.2, (16, res, res)), -1, 1).astype(np.float32)
-    batches = np.stack([reals[rng.choice(len(reals), 16)] for _ in range(50)])
+    seed_run = seed_baseline("ssim", folder, "--res", str(res), "--skimage", "--rng-seed", "0")
+    fixed, batches = seed_style.draws(seed_style.reals(folder, res), 0, 50)  # the pairs the baseline scored
     t = time.perf_counter()
     first = metrics.max_ssim_over_batches(fixed, batches)
     first_s = time.perf_counter() - t
@@ -95,6 +93,9 @@ def nearest(res: int, seed_pair_s: float, queries: int = 16) -> dict:
             "found_own_source": float(np.mean(out["index"] == np.arange(queries)))}
 
 
+RESULT = "ssim"
+
+
 def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     folder = str(sample_release() / "keras_png_slices_data" / "keras_png_slices_train")
@@ -104,15 +105,21 @@ def main():
         r["limit_s_at_peak"] = r["limit_gmac"] * 2 / peak
         r["ours_gmac_per_s"] = r["ours_gmac"] / r["ours_s"]
         r["fraction_of_peak"] = r["ours_gmac"] * 2 / r["ours_s"] / peak
+    nn = nearest(256, rows[1]["seed_loop_s"] / 800)
+    result = save(RESULT, {"matmul_gflops": peak, "rows": rows, "nearest": nn})
+    show(result)
+    return result
+
+
+def show(result: dict) -> None:
+    rows, nn = result["rows"], result["nearest"]
     print(table([(r["res"], f"{r['seed_loop_s']:.2f}", f"{r['skimage_loop_s']:.2f}", f"{r['ours_s']:.3f}",
                   f"{r['x_vs_seed']:.0f}x", f"{r['x_vs_skimage']:.1f}x",
                   f"{r['value_seed']:.5f} / {r['value_skimage']:.5f} / {r['value_ours']:.5f}",
                   f"{r['limit_s_at_peak']:.3f}", f"{r['fraction_of_peak'] * 100:.0f}%") for r in rows],
                 ("res", "seed loop s", "skimage loop s", "ours s", "vs seed", "vs skimage",
                  "max SSIM seed / skimage / ours", "limit s (5 maps at matmul peak)", "ours, % of peak")))
-    print(f"matmul peak on this machine: {peak:.0f} GFLOP/s")
-    nn = nearest(256, rows[1]["seed_loop_s"] / 800)
-    res = save("ssim", {"matmul_gflops": peak, "rows": rows, "nearest": nn})
+    print(f"matmul peak on this machine: {result['matmul_gflops']:.0f} GFLOP/s")
     print()
     print(table([(f"{nn['res']}x{nn['res']}", f"{nn['seed_pairs_per_s']:.0f}", f"{nn['pairs_per_s']:.0f}",
                   f"{nn['x_vs_seed']:.1f}x", f"{nn['seed_projected_s_256x9664'] / 60:.0f} min",
@@ -122,7 +129,6 @@ def main():
     print(f"Measured on {nn['pairs']} pairs (16 noisy training images against the whole packed sample set); the "
           f"nearest was the image's own source for {nn['found_own_source'] * 100:.0f}% of them. Every pair is scored: "
           "no shortlist.")
-    return res
 
 
 if __name__ == "__main__":

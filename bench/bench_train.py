@@ -16,7 +16,7 @@ import numpy as np
 
 from oasis_dcgan.rundir import RunDir
 
-from bench.common import REPO, WORK, anchor, epoch_gaps, sample_release, save, table
+from bench.common import REPO, WORK, seed_baseline, epoch_gaps, sample_release, save, table
 from oasis_dcgan.config import DataConfig
 
 REFERENCE_STEPS_PER_EPOCH = 604  # 9664 / 16: the seed's epoch, for the overhead projection
@@ -67,7 +67,7 @@ def our_run(res: int, steps: int, epochs: int, ranks: int = 1, threads: int = 0,
 
 
 def seed_run(res: int, steps: int) -> float:
-    return anchor("train", "--res", str(res), "--steps", str(steps))["images_per_s"]
+    return seed_baseline("train", "--res", str(res), "--steps", str(steps))["images_per_s"]
 
 
 def allreduce_cost(res: int) -> dict:
@@ -137,36 +137,44 @@ def job_against_seed(res: int, steps: int, epochs: int) -> dict:
             "with_checkpoints": {**ckpt, "x_vs_seed": ckpt["images_per_s"] / seed_median}}
 
 
+RESULT = "train"
+
+
 def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     res_rows = []
     for res, steps, epochs in ((64, 60, 4), (256, 8, 3)):
         res_rows.append(job_against_seed(res, steps, epochs))
     # Weak scaling: global batch grows with ranks; each rank gets one thread (2 cores).
-    seed1 = anchor("train", "--res", "64", "--steps", "30", "--threads", "1")
+    seed1 = seed_baseline("train", "--res", "64", "--steps", "30", "--threads", "1")
     one = our_run(64, steps=40, epochs=3, ranks=1, threads=1)
     two = our_run(64, steps=40, epochs=3, ranks=2, threads=1)
     scaling = {"seed_1thread_img_s": seed1["images_per_s"], "ranks1_img_s": one["images_per_s"],
                "ranks2_img_s": two["images_per_s"], "efficiency": two["images_per_s"] / (2 * one["images_per_s"])}
     ar = allreduce_cost(256)
-    result = save("train", {"rows": res_rows, "weak_scaling_64": scaling, "allreduce_256_2ranks": ar})
+    result = save(RESULT, {"rows": res_rows, "weak_scaling_64": scaling, "allreduce_256_2ranks": ar})
+    show(result)
+    return result
+
+
+def show(result: dict) -> None:
+    scaling, ar = result["weak_scaling_64"], result["allreduce_256_2ranks"]
     print(table([(r["res"], f"{r['seed_img_s']:.1f}", f"{r['images_per_s']:.1f}",
                   " / ".join(f"{x['x_vs_seed']:.2f}x" for x in r["rounds"]), f"{r['ratio_spread'] * 100:.0f}%",
                   f"{r['before_x_vs_seed']:.2f}x", f"{r['epoch_end_s']:.2f} s",
                   f"{r['with_checkpoints']['x_vs_seed']:.2f}x, {r['with_checkpoints']['epoch_end_s']:.2f} s")
-                 for r in res_rows],
+                 for r in result["rows"]],
                 ("res", "seed step img/s", "our job img/s", "job / seed, 3 rounds", "spread",
                  "before (tf.data autotune on)", "epoch end", "checkpoint every epoch: job / seed, epoch end")))
     print()
-    print(table([("1 rank, 1 thread", f"{one['images_per_s']:.1f}",
-                  f"seed step, 1 thread: {seed1['images_per_s']:.1f}"),
-                 ("2 ranks, 1 thread each", f"{two['images_per_s']:.1f}",
+    print(table([("1 rank, 1 thread", f"{scaling['ranks1_img_s']:.1f}",
+                  f"seed step, 1 thread: {scaling['seed_1thread_img_s']:.1f}"),
+                 ("2 ranks, 1 thread each", f"{scaling['ranks2_img_s']:.1f}",
                   f"efficiency {scaling['efficiency'] * 100:.0f}%")],
                 ("64x64 weak scaling", "img/s", "")))
     print()
     print(f"allreduce of the 256 model's gradients, 2 gloo ranks on one host: {ar['gradient_bytes'] / 1e6:.1f} MB "
           f"in {ar['tensors']} tensors; fp32 {ar['fp32_s'] * 1000:.0f} ms, fp16 {ar['fp16_s'] * 1000:.0f} ms per step")
-    return result
 
 
 def _job_with_autotune(args: list[str]) -> int:

@@ -1,12 +1,10 @@
-"""Shared by the benchmarks: the machine's description, the seed anchors, a results table.
+"""Shared by the benchmarks: the machine's description, the seed baseline, a results table.
 
-Every benchmark runs the seed's approach (the baseline script seed_style_bench.py, looked up
-beside the repository or in $OASIS_ANCHORS) in the same run, on the same machine and data,
-and reports our figure as a ratio against it.
+Every benchmark runs the seed's approach (bench/seed_style.py) in the same run, on the same
+machine and data, and reports our figure as a ratio against it.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -20,40 +18,24 @@ RESULTS = REPO / "bench" / "results"
 WORK = Path(os.environ.get("OASIS_BENCH_WORK", "/var/tmp/oasis-bench"))
 
 
-def dev_cluster() -> str:
-    """Bring up the repository's dev Slurm cluster and point Slurm's commands at it, as
-    slurm/devcluster.env says. Returns SLURM_CONF."""
-    subprocess.run([str(REPO / "slurm" / "devcluster"), "up"], check=True)
+def dev_cluster(nodes: int | None = None) -> str:
+    """Bring up the repository's dev Slurm cluster (with `nodes` namespace hosts beside this one,
+    if given) and point Slurm's commands at it, as slurm/devcluster.env says. Returns SLURM_CONF."""
+    subprocess.run([str(REPO / "slurm" / "devcluster"), "up", *(["--nodes", str(nodes)] if nodes else [])], check=True)
     conf = subprocess.run(["bash", "-c", "source slurm/devcluster.env && printf %s \"$SLURM_CONF\""], cwd=REPO,
                           capture_output=True, text=True, check=True).stdout
     os.environ["SLURM_CONF"] = conf
     return conf
 
 
-def anchor_path() -> Path:
-    for cand in (REPO.parent / "shared" / "anchors" / "seed_style_bench.py",
-                 Path(os.environ.get("OASIS_ANCHORS", "")) / "seed_style_bench.py"):
-        if cand.is_file():
-            return cand
-    raise SystemExit("cannot find shared/anchors/seed_style_bench.py beside the repository "
-                     "(set OASIS_ANCHORS to its folder)")
-
-
-def anchor(*args: str, env: dict | None = None) -> dict:
-    """Run a seed baseline in a fresh process and return its JSON line."""
-    r = subprocess.run([sys.executable, str(anchor_path()), *args], capture_output=True, text=True,
+def seed_baseline(*args: str, env: dict | None = None) -> dict:
+    """Run the seed's approach (bench/seed_style.py) in a fresh process and return its JSON line."""
+    r = subprocess.run([sys.executable, "-m", "bench.seed_style", *args], capture_output=True, text=True, cwd=REPO,
                        env={**os.environ, **(env or {})}, check=False)
     lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
     if r.returncode or not lines:
-        raise RuntimeError(f"anchor {args} failed:\n{r.stderr[-3000:]}")
+        raise RuntimeError(f"seed_style {args} failed:\n{r.stderr[-3000:]}")
     return json.loads(lines[-1])
-
-
-def anchor_module():
-    spec = importlib.util.spec_from_file_location("seed_style_bench", anchor_path())
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def machine() -> dict:
@@ -100,6 +82,27 @@ def save(name: str, result: dict) -> dict:
     return result
 
 
+def train_and_score(name: str, data, rng_seed: int, epochs: int, steps: int, *sets: str, ranks: int = 1) -> dict:
+    """The real train job (`python -m jobs.train`; on `ranks` local Horovod ranks), then postprocess:
+    the seed metric, MS-SSIM diversity, mean NN-SSIM and the epoch losses of stats.jsonl."""
+    from oasis_dcgan.post.report import postprocess
+    from oasis_dcgan.rundir import RunDir
+
+    run = WORK / name
+    subprocess.run(["rm", "-rf", str(run), f"{run}.rdv"], check=True)
+    args = [sys.executable, "-m", "jobs.train", str(data), str(run), "--epochs", str(epochs), "--seed", str(rng_seed),
+            "--set", f"train.max_steps_per_epoch={steps}"]
+    args += ["--executor", "inprocess"] if ranks == 1 else ["--executor", "local", "--ranks", str(ranks)]
+    for s in sets:
+        args += ["--set", s]
+    subprocess.run(args, cwd=REPO, check=True, capture_output=True)
+    m = postprocess(run)
+    epochs_ = [r for r in RunDir(run).read_stats() if r["kind"] == "epoch"]
+    return {"seed_max_ssim": m["seed_max_ssim"]["final"], "diversity": m["diversity"]["generated"],
+            "nn_ssim_mean": m["nn_ssim"]["mean"], "g_loss": [r["g_loss"] for r in epochs_],
+            "d_loss": [r["d_loss"] for r in epochs_]}
+
+
 def table(rows: list[tuple], header: tuple) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -113,7 +116,8 @@ def our_step_ms(trainer, resolution: int, batch: int, steps: int, per_call: int)
     import tensorflow as tf
 
     x = tf.zeros([batch, resolution, resolution, 1], tf.uint8)
-    slots = tf.constant(np.arange(batch)[None], tf.int64)
+    size = trainer.ranks.size  # every rank's slots of the step, as the reader hands them over
+    slots = tf.constant(np.arange(size * batch).reshape(size, batch), tf.int64)
     batches = iter(tf.data.Dataset.from_tensors((x, slots)).repeat())
     # An epoch of more images than the measurement trains: no call closes one (an epoch's close,
     # its samples and records, is the job's per-epoch cost, measured by the job's own rows).

@@ -1,9 +1,12 @@
-"""`make bench`: every benchmark, one after another, then one results table (bench/results/RESULTS.md).
+"""`make bench`: every benchmark, each in a process of its own, then the results documents.
 
-`python -m bench.run_all multinode preempt` runs only those and replaces their sections in the
-existing RESULTS.md; each section names the machine and the time it was measured on.
-`python -m bench.run_all --from-results quality` rebuilds a section from its saved result file
-(for the sections whose module has a show()), measuring nothing.
+Each section's module measures, saves bench/results/<name>.json (the machine, its CPU flags and
+the time included) and prints its tables through its `show(result)`. This module never copies
+a figure: bench/results/RESULTS.md and docs/performance.md are rendered from those JSON files
+alone, by the same `show` functions.
+
+`python -m bench.run_all multinode preempt` runs only those, then re-renders both documents.
+`python -m bench.run_all --from-results` (`make docs`) re-renders them, measuring nothing.
 """
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ import json
 import re
 import subprocess
 import sys
-import time
+from collections import Counter
 
 from bench import (bench_checkpoint, bench_data, bench_multinode, bench_overhead, bench_precision, bench_preempt,
-                   bench_quality, bench_recipe, bench_ssim, bench_train, probe_generator, projection)
-from bench.common import RESULTS, machine
+                   bench_quality, bench_recipe, bench_ssim, bench_train, bench_wire, probe_generator, projection)
+from bench.common import REPO, RESULTS
+from oasis_dcgan import fsutil
 
 SECTIONS = {  # short name: (heading, module)
     "ssim": ("Seed metric (max SSIM, 800 pairs)", bench_ssim),
@@ -28,70 +32,139 @@ SECTIONS = {  # short name: (heading, module)
     "multinode": ("Two hosts (dev Slurm cluster, partition multi)", bench_multinode),
     "overhead": ("Host overhead per step, and the reader's headroom", bench_overhead),
     "precision": ("Mixed precision", bench_precision),
+    "wire": ("Gradients in fp16 on the wire: what they cost the model", bench_wire),
     "recipe": ("The demo's recipe: brains in its budget", bench_recipe),
     "probe": ("Why the demo's recipe stalls: the generator's upsampling, R1, more steps", probe_generator),
     "quality": ("Quality against images seen: the seed's recipe and the demo's, three seeds", bench_quality),
     # Last: it reads what overhead and checkpoint measured.
     "projection": ("Projection: data-parallel efficiency on H200 clusters", projection),
 }
-HEAD = ("# Benchmark results\n\nEvery ratio is against the seed's approach (the baseline script seed_style_bench.py) "
-        "run in the same session on the same data. Each section says when and on what it was measured.\n\n")
+HEAD = ("# Benchmark results\n\nEvery ratio is against the seed's approach (the seed-style baseline, "
+        "bench/seed_style.py) run in the same session on the same data. Each section says when and on what it "
+        "was measured. Rendered from bench/results/*.json by `python -m bench.run_all --from-results`: "
+        "do not edit.\n\n")
+PERFORMANCE = REPO / "docs" / "performance.md"
+PERFORMANCE_HEAD = """# Performance
+
+Rendered from `bench/results/*.json` by `python -m bench.run_all --from-results` (`make docs`): do not edit
+by hand; rerun a section with `make bench SECTION=name` and the page follows.
+
+How to read it:
+- Every ratio is against the seed's approach, run in the same session on the same machine and data by
+  `bench/seed_style.py`, written in this project from the seed's description: PNG files decoded every epoch, an
+  eager SSIM loop, one compiled call a step.
+- These machines have 2 cores and no GPU. A GPU's step is milliseconds (5.8 ms on an H200 at 256, batch 16),
+  so the suite's own costs are judged against that budget: "Host overhead" measures them with the networks
+  replaced by stand-ins of negligible arithmetic, and "Projection" turns them into efficiency on GPU clusters.
+- Each section names its CPU and flags. A section measured on another CPU than most says so; compare its
+  ratios, not its times.
+
+"""
 
 
-def describe_machine(m: dict | None = None, when: str | None = None) -> str:
-    """The machine a section was measured on: this one now, or the one its result file names."""
-    m = m or machine()
-    return (f"Measured {when or time.strftime('%Y-%m-%d %H:%M')} on: {m.get('cpu')}, {m['cores']} cores "
-            f"({m.get('simd')}), {m.get('memory_gib')} GiB, no GPU; Python {m['python']}, TensorFlow "
-            f"{m.get('tensorflow')}, numpy {m['numpy']}.")
+def describe_machine(m: dict, when: str, usual: tuple | None = None) -> str:
+    """The machine a section was measured on, as its result file names it; flagged when its CPU
+    differs from the one most sections were measured on (`usual`)."""
+    text = (f"Measured {when} on: {m.get('cpu')}, {m['cores']} cores ({m.get('simd')}), {m.get('memory_gib')} GiB, "
+            f"no GPU; Python {m['python']}, TensorFlow {m.get('tensorflow')}, numpy {m['numpy']}.")
+    if usual and cpu_of(m) != usual:
+        text += f" **Another CPU than most sections ({usual[0]}, {usual[1]}): compare ratios, not times.**"
+    return text
 
 
-def rendered_section(heading: str, mod) -> str:
-    """A section rebuilt from its saved result file (the module's show()), with the machine that file names."""
-    result = json.loads((RESULTS / f"{mod.RESULT}.json").read_text())
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        mod.show(result)
-    return f"## {heading}\n\n{describe_machine(result['machine'], result['when'])}\n\n{buf.getvalue().strip()}\n"
+def cpu_of(m: dict) -> tuple:
+    return m.get("cpu"), m.get("simd")
 
 
-def run_section(heading: str, mod) -> str:
+def results() -> dict[str, dict]:
+    """Each section's saved result, by section name, for the sections that have one."""
+    out = {}
+    for name, (_, mod) in SECTIONS.items():
+        path = RESULTS / f"{mod.RESULT}.json"
+        if path.is_file():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+def render(saved: dict[str, dict]) -> str:
+    """Every saved section, in SECTIONS order, as its module's show() prints it."""
+    usual = Counter(cpu_of(r["machine"]) for r in saved.values()).most_common(1)[0][0] if saved else None
+    parts = []
+    for name, result in saved.items():
+        heading, mod = SECTIONS[name]
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            mod.show(result)
+        parts.append(f"## {heading}\n\n(`make bench SECTION={name}`) "
+                     f"{describe_machine(result['machine'], result['when'], usual)}\n\n{buf.getvalue().strip()}\n")
+    return "\n".join(parts)
+
+
+def performance_page(body: str) -> str:
+    return PERFORMANCE_HEAD + body
+
+
+README = REPO / "README.md"
+HEADLINE = re.compile(r"(<!-- bench:headline -->\n).*?(<!-- /bench:headline -->)", re.S)
+
+
+def headline(saved: dict[str, dict]) -> str:
+    """The README's few figures, from the same result files (a missing section is left out)."""
+    rows = []
+    if "ssim" in saved:
+        r = saved["ssim"]["rows"][-1]
+        rows.append((f"the seed metric, 800 pairs at {r['res']}", f"{r['x_vs_seed']:.0f}x the seed's eager loop"))
+    if "data" in saved:
+        rows.append(("feeding images at 256", f"{saved['data']['reader_x_vs_seed']:.1f}x the seed's PNG loop"))
+    if "train" in saved:
+        for r in saved["train"]["rows"]:
+            rows.append((f"the whole job, 1 rank, {r['res']}x{r['res']}", f"{r['images_per_s'] / r['seed_img_s']:.2f}x "
+                         "the seed's bare step"))
+    if "overhead" in saved:
+        o = saved["overhead"]
+        rows.append(("the loop's cost a step beyond the seed's, 1 rank / 2 ranks (stand-ins at 256)",
+                     f"{o['job_over_seed_ms']['1rank']:+.2f} / {o['job_over_seed_ms']['2ranks']:+.2f} ms"))
+        rows.append(("the pause between epochs, 1 rank / 2 ranks",
+                     f"{o['epoch_gap_ms']['1rank']:.2f} / {o['epoch_gap_ms']['2ranks']:.2f} ms"))
+    if "projection" in saved:
+        for r in saved["projection"]["levers"]:
+            if r["lever"] == projection.FP16_WIRE:
+                rows.append((f"projected efficiency, {r['gpus']} H200s over {r['network']}, batch 16, "
+                             "fp16 gradients", f"{r['efficiency'] * 100:.0f}% (goal {r['goal'] * 100:.0f}%)"))
+    lines = ["| measured | figure |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_documents() -> None:
+    saved = results()
+    body = render(saved)
+    fsutil.write_text(RESULTS / "RESULTS.md", HEAD + body)
+    fsutil.write_text(PERFORMANCE, performance_page(body))
+    fsutil.write_text(README, HEADLINE.sub(lambda m: m.group(1) + headline(saved) + m.group(2), README.read_text()))
+    print(f"written: {RESULTS / 'RESULTS.md'}, {PERFORMANCE}, the README's headline figures")
+
+
+def run_section(heading: str, mod) -> None:
     """The section's module in a process of its own: each sets TensorFlow's threads before it runs
     anything, which a process where an earlier section ran TensorFlow no longer allows."""
     print(f"== {heading}", flush=True)
-    t = time.time()
-    r = subprocess.run([sys.executable, "-m", mod.__name__], stdout=subprocess.PIPE, text=True)
-    print(r.stdout, flush=True)
+    r = subprocess.run([sys.executable, "-m", mod.__name__])
     if r.returncode:
-        raise SystemExit(f"{mod.__name__} failed (exit {r.returncode}); the sections before it are in its output")
-    return f"## {heading}\n\n{describe_machine()}\n\n{r.stdout.strip()}\n\n(took {time.time() - t:.0f} s)\n"
-
-
-def existing_sections() -> dict[str, str]:
-    path = RESULTS / "RESULTS.md"
-    text = path.read_text() if path.is_file() else ""
-    parts = re.split(r"(?m)^(?=## )", text)
-    return {p.splitlines()[0][3:].strip(): p.rstrip() + "\n" for p in parts if p.startswith("## ")}
+        raise SystemExit(f"{mod.__name__} failed (exit {r.returncode}); the sections before it are saved")
 
 
 def main(argv: list[str]) -> int:
-    """Run the named sections (all without names); with --from-results, rebuild them from their result files."""
-    render = "--from-results" in argv
+    """Run the named sections (all without names), then render the documents; --from-results: only render."""
+    render_only = "--from-results" in argv
     argv = [a for a in argv if a != "--from-results"]
-    unknown = [a for a in argv if a not in SECTIONS or (render and not hasattr(SECTIONS[a][1], "show"))]
+    unknown = [a for a in argv if a not in SECTIONS]
     if unknown:
-        print(f"unknown benchmark(s), or none that can be rebuilt from its results: {', '.join(unknown)}; choose from "
-              f"{', '.join(SECTIONS)}", file=sys.stderr)
+        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
-    chosen = argv or list(SECTIONS)
-    done = existing_sections() if argv else {}
-    for name in chosen:
-        heading, mod = SECTIONS[name]
-        done[heading] = rendered_section(heading, mod) if render else run_section(heading, mod)
-    body = "\n".join(done[h] for h, _ in SECTIONS.values() if h in done)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "RESULTS.md").write_text(HEAD + body)
-    print(f"written: {RESULTS / 'RESULTS.md'}")
+    if not render_only:
+        for name in argv or list(SECTIONS):
+            run_section(*SECTIONS[name])
+    write_documents()
     return 0
 
 

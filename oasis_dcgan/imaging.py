@@ -89,6 +89,12 @@ def grid_figure(images, title: str = ""):
     return fig
 
 
-def save_grid(images, path: str | os.PathLike, title: str = "") -> None:
-    """The reference's per-epoch figure: the fixed-noise batch as a grid PNG."""
-    save_figure(grid_figure(images, title), path, dpi=64)
+def save_grid(images, path: str | os.PathLike) -> None:
+    """The per-epoch grid PNG that training writes: the fixed-noise batch tiled at full
+    resolution. Plain pixels, no figure: it is written while the next epoch trains, and a
+    matplotlib figure held Python's lock for a tenth of a second a grid (postprocess draws the
+    titled figures and the GIF from the epoch's .npy)."""
+    import imageio.v3 as iio
+
+    with fsutil.atomic_path(path) as tmp:
+        iio.imwrite(tmp, to_uint8(tile(images)), extension=".png")

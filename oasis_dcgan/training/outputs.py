@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -62,8 +63,7 @@ class ChiefOutputs:
         self.stats: Stats | None = None
         self.tensorboard = None
         self.progress: Progress | None = None
-        self._publishing: threading.Thread | None = None  # writing the last epoch's records and samples
-        self._publish_error: BaseException | None = None  # a full disk met by that thread, raised in the loop
+        self._epochs = Publisher(self._write_records)
         self._t_run = self._last_tick = time.monotonic()
         self._done_at_start = 0
 
@@ -91,6 +91,7 @@ class ChiefOutputs:
         self.stats = Stats(self.run_files.stats)
         self.tensorboard = tf.summary.create_file_writer(str(self.run_files.tensorboard))
         self.run_files.samples.mkdir(exist_ok=True)
+        self._epochs.start()
         self.progress = Progress(total, done=done, unit="img")
         self._t_run = self._last_tick = time.monotonic()
         self._done_at_start = done
@@ -121,22 +122,9 @@ class ChiefOutputs:
     def epoch(self, fake, rec: dict, record: dict, state: TrainState, sampler) -> None:
         """The epoch's samples, stats line, log line and TensorBoard scalars, written by a thread from
         what the epoch's close handed over, while the next epoch trains."""
-        self.wait()  # one at a time: a slow disk must not pile them up
-        self._publishing = threading.Thread(target=self._publish, args=(fake, rec, record, state),
-                                            name="epoch-publish", daemon=True)
-        self._publishing.start()
+        self._epochs.put(fake, rec, record, state)
         if self.cfg.train.snapshot_every_epoch:
             save_model(sampler, self.run_files.snapshot(rec["epoch"]))
-
-    def _publish(self, fake, rec: dict, record: dict, state: TrainState) -> None:
-        """In a thread: matplotlib takes ~0.2 s a grid and an fsync may take longer, while a GPU
-        epoch lasts ~3 s. Samples are not worth the run: a failure is logged, not raised."""
-        try:
-            self._write_records(fake, rec, record, state)
-        except fsutil.StorageError as e:  # the next checkpoint would fail the same way: end the run
-            self._publish_error = e
-        except Exception as e:
-            log.warning(f"epoch {rec['epoch']}'s records or samples were not all written: {type(e).__name__}: {e}")
 
     def _write_records(self, fake, rec: dict, record: dict, state: TrainState) -> None:
         number = rec["epoch"]
@@ -150,7 +138,7 @@ class ChiefOutputs:
         with fsutil.atomic_path(self.run_files.sample(number, "npy")) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, fake)
-        save_grid(fake, self.run_files.sample(number, "png"), f"epoch {number}")
+        save_grid(fake, self.run_files.sample(number, "png"))
         with self.tensorboard.as_default():
             for k in ("g_loss", "d_loss", "images_per_s"):
                 tf.summary.scalar(k, rec[k], step=number)
@@ -189,18 +177,63 @@ class ChiefOutputs:
 
     def wait(self, timeout: float | None = None) -> None:
         """The epoch in the background is written; its full disk, if it met one, is raised here."""
-        if self._publishing:
-            self._publishing.join(timeout)
-            self._publishing = None
-        if self._publish_error:
-            raise self._publish_error
+        self._epochs.wait(timeout)
 
     def close(self) -> None:
+        self._epochs.stop()
         if self.progress:
             self.progress.close()
         if self.stats:
             self.stats, stats = None, self.stats  # a late signal's checkpoint line finds no closed file
             stats.close()
+
+
+class Publisher:
+    """One thread for the whole run that writes each epoch's records while the next one trains.
+    Handing an epoch over is a queue put: a thread started each epoch made the loop wait until
+    the OS ran it, milliseconds when the ranks keep every core busy. One epoch at a time, so a
+    slow disk does not pile them up. Samples are not worth the run: a failure is logged, not
+    raised, except a full disk (StorageError), which the next checkpoint would meet as well."""
+
+    def __init__(self, write):
+        self._write = write
+        self._jobs: queue.Queue = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="epoch-publish", daemon=True)
+            self._thread.start()
+
+    def put(self, *job) -> None:
+        self.wait()
+        self._idle.clear()
+        self._jobs.put(job)
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._idle.wait(timeout)
+        if self._error:
+            raise self._error
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._write(*job)
+            except fsutil.StorageError as e:
+                self._error = e
+            except Exception as e:
+                log.warning(f"epoch {job[1]['epoch']}'s records or samples were not all written: "
+                            f"{type(e).__name__}: {e}")
+            finally:
+                self._idle.set()
 
 
 class NoOutputs:

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup setup-gpu demo demo-cluster test test-fast lint bench docs cluster-up cluster-down clean
+.PHONY: setup setup-gpu demo demo-cluster test test-unit test-fast lint bench docs cluster-up cluster-down clean
 
 setup: $(STAMP)
 
@@ -58,9 +58,12 @@ test: setup lint cluster-up
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Unit tests only: no cluster.
+# The unit tier alone (nothing trains; under 2 minutes), and everything but the cluster's tier.
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
 test-fast: setup
-	$(PY) -m pytest -m "not cluster and not slow"
+	$(PY) -m pytest tests/unit tests/integration
 
 # make bench runs every section; make bench SECTION=overhead one (or several: SECTION="ssim data").
 # The sections that need the dev Slurm cluster bring it up themselves.

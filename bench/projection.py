@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from bench.common import RESULTS, save, table
 
@@ -162,10 +162,6 @@ def lever_table(o: Overheads, b: Bytes) -> list[dict]:
             bare = step_breakdown(gpus, 16, "fp32", net, Overheads(), lv, b)
             out.append({"gpus": gpus, "network": net, "goal": goal, "lever": name, **r,
                         "efficiency_without_overheads": bare["efficiency"]})
-        no_gap = replace(o, gap_ms=min(o.gap_ms, 1.0))
-        r = step_breakdown(gpus, 16, "fp32", net, no_gap, LEVER_STEPS[-1][1], b)
-        out.append({"gpus": gpus, "network": net, "goal": goal, "lever": "+ the pause between epochs at 1 ms",
-                    **r, "efficiency_without_overheads": bare["efficiency"]})
     return out
 
 

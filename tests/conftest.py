@@ -1,10 +1,16 @@
-"""Shared fixtures. Everything the tests read is made here or by the suite itself."""
+"""Shared fixtures and helpers. Everything the tests read is made here or by the suite itself.
+
+The folder decides a test's tier: tests/unit (nothing trains; `make test-unit`), tests/integration
+(trains, on real Horovod ranks and files), tests/cluster (the dev Slurm cluster). Each test is
+marked with its folder's name, so `-m "not cluster"` works as well as a path."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +38,47 @@ def log_lines(logger: str = "oasis_dcgan"):
     finally:
         target.removeHandler(handler)
         target.setLevel(level)
+
+
+# A few small steps a run: what most training tests need.
+SMALL_TRAIN = ["--batch-size", "8", "--set", "train.max_steps_per_epoch=6", "--set", "train.intra_op_threads=1",
+               "--set", "train.tick_seconds=0.5"]
+
+
+def train_cmd(dataset, run_dir, ranks, epochs, *extra):
+    """`python -m jobs.train`, deterministic, a checkpoint a step, on 1 (in process) or more local ranks."""
+    executor = ["--executor", "inprocess"] if ranks == 1 else ["--executor", "local", "--ranks", str(ranks)]
+    return [sys.executable, "-m", "jobs.train", str(dataset), str(run_dir), "--epochs", str(epochs),
+            "--deterministic", "--seed", "3", "--checkpoint-every-steps", "1", *executor, *SMALL_TRAIN, *extra]
+
+
+def rank_digests(run_dir, ranks):
+    """Each rank's digest of its final weights, from its note."""
+    return [json.loads((Path(run_dir) / "ranks" / f"rank-{r}.json").read_text())["weights_sha256"]
+            for r in range(ranks)]
+
+
+def resumes(run_dir) -> list[dict]:
+    """The run's resume lines in stats.jsonl, oldest first."""
+    from oasis_dcgan.rundir import RunDir
+
+    return RunDir(run_dir).read_stats("resume")
+
+
+def stop_checkpoints(run_dir, signal_name: str) -> list[int]:
+    """The global steps of the checkpoints a stop on `signal_name` wrote, from stats.jsonl."""
+    from oasis_dcgan.rundir import RunDir
+
+    return [c["global_step"] for c in RunDir(run_dir).read_stats("checkpoint") if signal_name in c["reason"]]
+
+
+@pytest.fixture
+def done_run(tiny_run):
+    """tiny_run, post-processed (cached after the first time)."""
+    from oasis_dcgan.post import report
+
+    report.postprocess(tiny_run)
+    return tiny_run
 
 
 @pytest.fixture(scope="session")
@@ -116,8 +163,8 @@ def small_disk(tmp_path):
 
 
 # ---------------------------------------------------------------- the fault matrix
-# Tests marked `fault` each inflict one fault on a run directory (README: "Faults, and what is
-# kept"); the session's summary counts them: tried, and survived with nothing lost (passed).
+# Tests marked `fault` each inflict one fault on a run directory (docs/resume.md: "Faults, and
+# what is kept"); the session's summary counts them: tried, and survived with nothing lost (passed).
 _faults: dict = {}
 
 
@@ -132,3 +179,14 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"fault matrix: {len(_faults)} faults tried, {survived} survived with nothing "
                                     f"lost" + ("" if survived == len(_faults) else
                                                f"; not survived: {sorted(k for k, v in _faults.items() if not v)}"))
+
+
+# ---------------------------------------------------------------- tiers by folder
+TIERS = ("unit", "integration", "cluster")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
+        if parts[0] in TIERS:
+            item.add_marker(parts[0])

@@ -7,7 +7,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from oasis_dcgan.launch import status
+import json
+
+from oasis_dcgan import config
+from oasis_dcgan.launch import executors, jobs, pipeline, status
+from oasis_dcgan.rundir import RunDir
+
+EPOCHS = 30  # a submitted training run's epochs: long enough to interrupt
 
 
 def sh(*cmd, **kw):
@@ -92,3 +98,25 @@ def kill(pids, sig=signal.SIGKILL) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def assert_continuous(run: Path) -> None:
+    epochs = [r["epoch"] for r in RunDir(run).read_stats() if r["kind"] == "epoch"]
+    assert epochs == list(range(1, EPOCHS + 1)), "every epoch logged exactly once"
+    ranks = [json.loads((run / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    state = RunDir(run).read_state()
+    assert state["state"] == "finished" and state["global_step"] == EPOCHS * 12
+
+
+def train_cfg(dataset, run):
+    return config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset}"', f"train.epochs={EPOCHS}",
+                              "train.batch_size=8", "train.checkpoint_every_steps=5", "train.intra_op_threads=1",
+                              "cluster.tasks_per_node=2", "cluster.timeout_min=30"])
+
+
+def submit_train(cfg):
+    ex = executors.make_executor(cfg, Path(cfg.run_dir) / "slurm", "slurm", "train", "oasis-train")
+    job = ex.submit(jobs.TrainJob(cfg.to_dict()))
+    pipeline.record_job(Path(cfg.run_dir), {"stage": "train", "job_id": job.job_id})
+    return job

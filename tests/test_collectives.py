@@ -7,7 +7,7 @@ import sys
 
 from oasis_dcgan import rundir
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 STEPS = 8  # 2 epochs of 4 steps
 

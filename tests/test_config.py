@@ -5,7 +5,7 @@ import pytest
 from oasis_dcgan import config
 from oasis_dcgan.config import ConfigError
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 
 def test_defaults_are_the_seeds_settings():
@@ -74,11 +74,10 @@ def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
 
 
 def test_every_key_is_declared_with_a_doc_and_the_example_is_generated_from_them():
-    from pathlib import Path
 
     keys = list(config.declared(config.Config()))
     assert len(keys) > 60 and all(f.metadata["doc"] for _, f, _ in keys)
-    example = Path(__file__).resolve().parent.parent / "slurm" / "example.toml"
+    example = REPO / "slurm" / "example.toml"
     assert example.read_text() == config.example(), "regenerate it: oasis-dcgan config --example > slurm/example.toml"
     assert config.load(example) == config.Config()
 

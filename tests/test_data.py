@@ -17,9 +17,8 @@ from oasis_dcgan.prep.manifest import DataError
 from oasis_dcgan.prep.reader import ShardReader, epoch_budget, epoch_permutation, train_dataset
 from oasis_dcgan.config import DataConfig
 
-from .conftest import log_lines
+from tests.conftest import REPO, log_lines
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def all_metadata(ds, split="train"):

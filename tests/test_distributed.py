@@ -7,7 +7,7 @@ from oasis_dcgan.launch import environment
 from oasis_dcgan.training import distributed
 from oasis_dcgan.training.distributed import RendezvousError, World
 
-from .conftest import log_lines
+from tests.conftest import log_lines
 
 
 def slurm_env(procid, nodeid, localid, ntasks=4, nodes=2, nodelist="gpu[07-08]", restart=None):

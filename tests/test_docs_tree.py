@@ -5,7 +5,7 @@ import re
 
 from oasis_dcgan import rundir
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 README = REPO / "README.md"
 DOCS = REPO / "docs"

@@ -2,11 +2,11 @@
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
 WRITER = """
 import os, sys
 os.umask(int(sys.argv[2], 8))

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parent.parent / "oasis_dcgan"
+from tests.conftest import REPO
+
+PKG = REPO / "oasis_dcgan"
 # Lower layers never import higher ones: base < prep < training < post < launch < cli/demo.
 LAYERS = {"prep": 1, "training": 2, "post": 3, "launch": 4, "cli": 5, "demo": 5}
 MAX_FUNCTION_LINES = 80

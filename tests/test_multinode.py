@@ -19,11 +19,11 @@ from oasis_dcgan.launch import retry, status
 from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.prep import manifest
 
-from .slurmkit import kill, sacct_rows, sh, top_states, wait_for_checkpoint, wait_for_ranks, wait_gone
-from .test_slurm_jobs import submit_train
+from tests.slurmkit import kill, sacct_rows, sh, top_states, wait_for_checkpoint, wait_for_ranks, wait_gone
+from tests.slurmkit import submit_train
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-REPO = Path(__file__).resolve().parent.parent
 N_TRAIN = 192  # dataset32's training images
 EPOCHS = 8
 ENV = {**os.environ, "OASIS_PYTHON": sys.executable, "PYTHONPATH": str(REPO)}

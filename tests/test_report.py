@@ -8,7 +8,7 @@ import pytest
 from oasis_dcgan import config
 from oasis_dcgan.post import checks, figures, quality, report
 
-from .conftest import log_lines
+from tests.conftest import log_lines
 
 FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png",
         "nn_ssim.png")

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +20,9 @@ from oasis_dcgan.post import report
 from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.training import trainer
 from oasis_dcgan.config import DataConfig
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.fault
-REPO = Path(__file__).resolve().parent.parent
 FAST = ["train.batch_size=8", "train.max_steps_per_epoch=4", "train.intra_op_threads=1"]
 
 

@@ -17,7 +17,7 @@ from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.training import runlock
 from oasis_dcgan.training.runlock import RunLock, RunLockError
 
-from .conftest import log_lines
+from tests.conftest import log_lines
 
 
 pytestmark = pytest.mark.fault

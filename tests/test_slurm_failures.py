@@ -13,12 +13,11 @@ import pytest
 from oasis_dcgan.launch import retry, status
 from oasis_dcgan.rundir import RunDir
 
-from .slurmkit import (checkpoint_steps, kill, sh, top_states, wait_for_checkpoint, wait_for_ranks, wait_gone)
-from .test_slurm_jobs import assert_continuous, submit_train, train_cfg
-from .test_train import digests, train_cmd
+from tests.conftest import REPO, rank_digests, resumes, train_cmd
+from tests.slurmkit import (assert_continuous, checkpoint_steps, kill, sh, submit_train, top_states, train_cfg,
+                           wait_for_checkpoint, wait_for_ranks, wait_gone)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.fault]
-REPO = Path(__file__).resolve().parent.parent
 
 
 def sbatch_train(tmp_path, dataset, run, ranks, *args, env=None):
@@ -61,9 +60,8 @@ def test_sigkill_mid_checkpoint_and_mid_run_then_requeued_resume_is_bit_identica
     decisions = retry.read_decisions(run)
     assert [d["action"] for d in decisions] == ["requeue", "requeue"] and all(d["counted"] for d in decisions)
     assert "no rank left a note" in decisions[0]["reason"]
-    log = (run / "log.txt").read_text()
-    assert f"global step {mid_write - 1})" in log, "the first resume starts at the last published checkpoint"
-    assert digests(run, ranks) == digests(ref, ranks), "weights bit-identical to the uninterrupted run"
+    assert resumes(run)[0]["global_step"] == mid_write - 1, "the first resume starts at the last published checkpoint"
+    assert rank_digests(run, ranks) == rank_digests(ref, ranks), "weights bit-identical to the uninterrupted run"
     run_ep = [x for x in RunDir(run).read_stats() if x["kind"] == "epoch"]
     ref_ep = [x for x in RunDir(ref).read_stats() if x["kind"] == "epoch"]
     assert [x["epoch"] for x in run_ep] == [1, 2]

@@ -7,38 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from oasis_dcgan import config, fsutil
-from oasis_dcgan.launch import executors, jobs, pipeline, status
+from oasis_dcgan import fsutil
+from oasis_dcgan.launch import status
 from oasis_dcgan.prep import manifest
 from oasis_dcgan.rundir import RunDir
 
-from .slurmkit import sh, top_states, wait_for_checkpoint, wait_gone
+from tests.conftest import resumes, stop_checkpoints
+from tests.slurmkit import (EPOCHS, assert_continuous, sh, submit_train, top_states, train_cfg, wait_for_checkpoint,
+                           wait_gone)
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-REPO = Path(__file__).resolve().parent.parent
-EPOCHS = 30
-
-
-def assert_continuous(run: Path) -> None:
-    epochs = [r["epoch"] for r in RunDir(run).read_stats() if r["kind"] == "epoch"]
-    assert epochs == list(range(1, EPOCHS + 1)), "every epoch logged exactly once"
-    ranks = [json.loads((run / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
-    state = RunDir(run).read_state()
-    assert state["state"] == "finished" and state["global_step"] == EPOCHS * 12
-
-
-def train_cfg(dataset, run):
-    return config.load(None, [f'run_dir="{run}"', f'data.dataset="{dataset}"', f"train.epochs={EPOCHS}",
-                              "train.batch_size=8", "train.checkpoint_every_steps=5", "train.intra_op_threads=1",
-                              "cluster.tasks_per_node=2", "cluster.timeout_min=30"])
-
-
-def submit_train(cfg):
-    ex = executors.make_executor(cfg, Path(cfg.run_dir) / "slurm", "slurm", "train", "oasis-train")
-    job = ex.submit(jobs.TrainJob(cfg.to_dict()))
-    pipeline.record_job(Path(cfg.run_dir), {"stage": "train", "job_id": job.job_id})
-    return job
 
 
 @pytest.mark.fault
@@ -50,8 +29,8 @@ def test_submitit_train_survives_scontrol_requeue(devcluster, dataset32, tmp_pat
     wait_gone(job.job_id)
     states = top_states(job.job_id)
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
-    log = (run / "log.txt").read_text()
-    assert "resumed from" in log and log.count("(signal SIGTERM") == 1, "one agreed stop, one checkpoint"
+    assert len(stop_checkpoints(run, "SIGTERM")) == 1, "one agreed stop, one checkpoint"
+    assert len(resumes(run)) == 1, "the requeued job resumed"
     assert_continuous(run)
     text = status.status(run)
     assert "COMPLETED, requeued 1x" in text and "training     finished" in text
@@ -119,10 +98,9 @@ def test_usr2_at_256_with_2_ranks_saves_one_complete_checkpoint(devcluster, data
     sh("scancel", "--signal=USR2", job)
     wait_gone(job, timeout=900)
     assert top_states(job)[-1] == "COMPLETED", top_states(job)
-    log = (run / "log.txt").read_text()
-    assert log.count("(signal SIGUSR2") == 1, "exactly one save for the stop"
-    stop_step = int(log.split("(signal SIGUSR2")[0].rsplit("checkpoint ckpt-", 1)[1].split()[0])
-    assert f"ckpt-{stop_step:09d} (epoch 0, step " in log and "resumed from" in log, "the requeued job loaded it"
+    [stop_step] = stop_checkpoints(run, "SIGUSR2")  # exactly one save for the stop
+    assert [(x["checkpoint"], x["epoch"]) for x in resumes(run)] == [(f"ckpt-{stop_step:09d}", 0)], \
+        "the requeued job loaded it"
     assert 0 < stop_step < 12
     _assert_complete_checkpoint(run / "checkpoints" / f"ckpt-{stop_step:09d}")
     ranks = [json.loads((run / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]

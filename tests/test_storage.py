@@ -12,19 +12,13 @@ import pytest
 from oasis_dcgan import config, fsutil
 from oasis_dcgan.launch import collect
 from oasis_dcgan.launch.collect import CollectError
-from oasis_dcgan.post import report
 from oasis_dcgan.prep import manifest, pack
 from oasis_dcgan.prep.manifest import DataError
 from oasis_dcgan.training import trainer
 from oasis_dcgan.config import DataConfig
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 
-
-@pytest.fixture
-def done_run(tiny_run):
-    report.postprocess(tiny_run)  # cached after the first time
-    return tiny_run
 
 
 def no_temps(root: Path) -> bool:

@@ -11,17 +11,9 @@ import pytest
 from oasis_dcgan import config
 from oasis_dcgan.launch import collect, pipeline, status
 from oasis_dcgan.launch.collect import CollectError
-from oasis_dcgan.post import report
 
-from .conftest import log_lines
+from tests.conftest import REPO, log_lines
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def done_run(tiny_run):
-    report.postprocess(tiny_run)  # cached after the first time
-    return tiny_run
 
 
 def sha(p: Path) -> str:

@@ -17,10 +17,8 @@ from oasis_dcgan import config
 from oasis_dcgan.training import model, trainer
 from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.config import DataConfig
+from tests.conftest import REPO, rank_digests, resumes, stop_checkpoints, train_cmd
 
-REPO = Path(__file__).resolve().parent.parent
-SMALL = ["--batch-size", "8", "--set", "train.max_steps_per_epoch=6", "--set", "train.intra_op_threads=1",
-         "--set", "train.tick_seconds=0.5"]
 
 
 def overrides_for(dataset, run_dir, *overrides) -> list[str]:
@@ -30,17 +28,6 @@ def overrides_for(dataset, run_dir, *overrides) -> list[str]:
 
 def cfg_for(dataset, run_dir, *overrides):
     return config.load(None, overrides_for(dataset, run_dir, *overrides))
-
-
-def train_cmd(dataset, run_dir, ranks, epochs, *extra):
-    executor = ["--executor", "inprocess"] if ranks == 1 else ["--executor", "local", "--ranks", str(ranks)]
-    return [sys.executable, "-m", "jobs.train", str(dataset), str(run_dir), "--epochs", str(epochs),
-            "--deterministic", "--seed", "3", "--checkpoint-every-steps", "1", *executor, *SMALL, *extra]
-
-
-def digests(run_dir, ranks):
-    return [json.loads((Path(run_dir) / "ranks" / f"rank-{r}.json").read_text())["weights_sha256"]
-            for r in range(ranks)]
 
 
 def test_one_rank_run_directory_and_checkpoint_format(dataset32, tmp_path):
@@ -177,9 +164,9 @@ def test_corrupt_newest_checkpoint_falls_back(dataset32, tmp_path):
     (half_written / "ckpt.index").write_bytes(b"partial")
     s = trainer.run(cfg_for(dataset32, run, "train.epochs=2", "train.checkpoint_every_steps=1",
                           "train.keep_checkpoints=3"))
-    log = (run / "log.txt").read_text()
-    assert "skipping checkpoint" in log and "ckpt-000000004" in log and "sha256" in log
-    assert "global step 3)" in log
+    [back] = resumes(run)
+    assert back["checkpoint"] == "ckpt-000000003" and back["global_step"] == 3
+    assert [x["checkpoint"] for x in back["skipped"]] == ["ckpt-000000004"] and "sha256" in back["skipped"][0]["why"]
     assert s["global_step"] == 8
     epochs = [x["epoch"] for x in RunDir(run).read_stats() if x["kind"] == "epoch"]
     assert epochs == [1, 2]
@@ -203,15 +190,13 @@ def test_a_signal_stops_with_one_checkpoint_and_a_rerun_finishes_identically(dat
     proc.send_signal(signal.SIGUSR2)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-2000:]
-    log = (run / "log.txt").read_text()
-    assert log.count("(signal SIGUSR2") == 1, "the stop wrote one checkpoint"
-    stopped_at = int(log.split("(signal SIGUSR2")[0].rsplit("checkpoint ckpt-", 1)[1].split()[0])
+    [stopped_at] = stop_checkpoints(run, "SIGUSR2")  # the stop wrote one checkpoint
     state = RunDir(run).read_state()
     assert 3 <= stopped_at < 12 and state["state"] == "stopped" and "SIGUSR2" in state["reason"]
     r = subprocess.run(train_cmd(dataset32, run, 1, 2), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"global step {stopped_at})" in (run / "log.txt").read_text()
-    assert digests(run, 1) == digests(ref, 1), "weights bit-identical to the uninterrupted run"
+    assert [x["global_step"] for x in resumes(run)] == [stopped_at]
+    assert rank_digests(run, 1) == rank_digests(ref, 1), "weights bit-identical to the uninterrupted run"
 
 
 def test_unloadable_checkpoints_stop_the_run_and_restart_moves_them_aside(dataset32, tmp_path):
@@ -286,10 +271,12 @@ def test_half_precision_trains_resumes_and_is_recorded(dataset32, tmp_path, firs
     trainer.run(cfg_for(dataset32, run, "train.epochs=1", f'train.precision="{first}"'), log_to_stdout=False)
     s = trainer.run(cfg_for(dataset32, run, "train.epochs=2", f'train.precision="{then}"'), log_to_stdout=False)
     assert s["global_step"] == 8
-    log = (run / "log.txt").read_text()
-    assert f"lr 0.0001, {first}" in log and "resumed from" in log
+    [back] = resumes(run)
+    assert back["checkpoint"] == "ckpt-000000004"
     if first != then:
-        assert f"train.precision was {first}" in log and "holds no loss_scale state" in log
+        assert back["config_changes"] == {"precision": [first, then]} and back["started_afresh"] == ["loss_scale"]
+    else:
+        assert back["config_changes"] == {} and back["started_afresh"] == []
     assert json.loads((run / "options.json").read_text())["config"]["train"]["precision"] == then
     ckpt = sorted((run / "checkpoints").iterdir())[-1]
     assert json.loads((ckpt / "meta.json").read_text())["precision"] == then
@@ -368,10 +355,8 @@ def test_world_size_2_then_1_then_2_visits_every_image_once_an_epoch(dataset32, 
     second = _run_until_killed(train_cmd(dataset32, run, 1, 2, *full), run, kill_at_step=first + 14)  # into epoch 2
     r = subprocess.run(train_cmd(dataset32, run, 2, 2, *full), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    log = (run / "log.txt").read_text()
-    assert f"global step {first})" in log and f"global step {second})" in log
-    assert "on 1 rank(s) (the checkpoint was written by 2)" in log
-    assert "on 2 rank(s) (the checkpoint was written by 1)" in log
+    assert [(x["global_step"], x["written_by"], x["world_size"]) for x in resumes(run)] == [(first, 2, 1),
+                                                                                           (second, 1, 2)]
 
     def epochs(d):
         return [(x["epoch"], x["images"], x["images_sha256"]) for x in RunDir(d).read_stats() if x["kind"] == "epoch"]

@@ -281,7 +281,7 @@ class CheckpointManager:
         returns the variables to leave out of the restore ({group: keys}) or nothing. None
         when there are no checkpoints; CheckpointError when there are and none can be used.
         """
-        failures = []
+        failures, skipped = [], []
         for ckpt_dir in reversed(self.list()):
             why = self.verify(ckpt_dir)
             if why is None:
@@ -291,10 +291,13 @@ class CheckpointManager:
                     self._reader_for(ckpt_dir, leave_out).read(str(ckpt_dir / PREFIX)).assert_existing_objects_matched()
                     log.info(f"resumed from {ckpt_dir} (epoch {meta['epoch']}, step {meta['step_in_epoch']}, "
                              f"global step {meta['global_step']})")
-                    return meta
+                    # What the run's resume line records: the checkpoint, those passed over and why,
+                    # and the state it did not hold.
+                    return {**meta, "checkpoint": ckpt_dir.name, "skipped": skipped, "started_afresh": self.absent}
                 except Exception as e:  # DataLossError, NotFoundError, mismatched graph, ...
                     why = f"does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
             log.warning(f"skipping checkpoint {ckpt_dir}: {why}; trying the one before")
+            skipped.append({"checkpoint": ckpt_dir.name, "why": why})
             failures.append(f"  {ckpt_dir}: {why}")
         if failures:
             raise CheckpointError(f"{self.dir}: no checkpoint can be resumed from, and starting afresh here would "

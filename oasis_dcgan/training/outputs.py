@@ -55,6 +55,11 @@ class EpochClock:
                     loop_end_time=self.loop_end)
 
 
+# What a "resume" line of stats.jsonl copies from the checkpoint's meta and the restore.
+RESUME_FIELDS = ("checkpoint", "epoch", "step_in_epoch", "global_step", "skipped", "started_afresh", "config_changes",
+                 "epoch_order_seed")
+
+
 class ChiefOutputs:
     """Rank 0's outputs. `open` before the first step; `close` once the run is done."""
 
@@ -89,6 +94,9 @@ class ChiefOutputs:
                      f"global batch {options['global_batch']}, {options['steps_per_epoch']} steps/epoch, "
                      f"{t.epochs} epochs, lr {options['learning_rate']:g}, {t.precision}")
         self.stats = Stats(self.run_files.stats)
+        if resumed:  # for machines what the log says in words: from where, and what changed
+            self.stats.write(kind="resume", **{k: resumed.get(k) for k in RESUME_FIELDS},
+                             world_size=options["world_size"], written_by=resumed.get("world_size"))
         self.tensorboard = tf.summary.create_file_writer(str(self.run_files.tensorboard))
         self.run_files.samples.mkdir(exist_ok=True)
         self._epochs.start()

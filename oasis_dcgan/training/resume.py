@@ -64,13 +64,17 @@ def epoch_seed(cfg: Config, resumed: dict | None, counters: dict) -> int:
     return int(theirs)
 
 
-def log_config_changes(resumed: dict, now: dict) -> None:
-    """Each key of the checkpoint's meta that the config now sets otherwise; the config wins."""
+def config_changes(resumed: dict, now: dict) -> dict:
+    """Each key of the checkpoint's meta that the config now sets otherwise ({key: [was, now]},
+    logged too); the config wins."""
+    changes = {}
     for key, label in (("learning_rate", "learning rate"), ("batch_size", "train.batch_size"), ("world_size", "ranks"),
                        ("precision", "train.precision"), ("dataset_manifest_sha256", "dataset")):
         theirs = resumed.get(key, "fp32" if key == "precision" else None)
         if theirs is not None and theirs != now[key]:
             log.info(f"resume: {label} was {theirs} when the checkpoint was written, now {now[key]}; the config wins")
+            changes[key] = [theirs, now[key]]
+    return changes
 
 
 def restore(checkpoints, cfg: Config, dataset_hash: str, state, generator, average) -> tuple[dict | None, str]:

@@ -144,7 +144,8 @@ class Trainer:
         self.epoch_seed = self.ranks.broadcast(resume.epoch_seed(self.cfg, resumed, counters), "bcast.seed")
         self._set_learning_rates()
         if resumed:
-            resume.log_config_changes(resumed, self._checkpoint_meta())
+            resumed.update(config_changes=resume.config_changes(resumed, self._checkpoint_meta()),
+                           epoch_order_seed=self.epoch_seed)
         seed_dropout(self.discriminator, self.cfg.train.seed, self.ranks.rank, self.global_step)
         self.saver.ready = True
         return resumed

@@ -74,16 +74,27 @@ def run_variant(i: int, overrides: list[str]) -> dict:
             **readout(m)}
 
 
+def _cell(r: dict, key: str, spec: str) -> str:
+    """One figure, or "-" where the result file (from an earlier version of this bench) lacks it."""
+    if key not in r or (not spec and not isinstance(r[key], str)):  # a verdict's key once held a number
+        return "-"
+    v = r[key]
+    return f"{v[0]:{spec}}, {v[1]:{spec}}" if isinstance(v, list) else (f"{v:{spec}}" if spec else str(v))
+
+
 def show(result: dict) -> None:
-    rows = [(name, f"{r['minutes']:.1f}", f"{r['seed_max_ssim']:.3f}",
-             f"{r['nn_median']:.3f} [{r['nn_ci95'][0]:.3f}, {r['nn_ci95'][1]:.3f}]", f"{r['held_out_median']:.3f}",
-             f"{r['linear_median']:.3f}", r["copying"],
-             f"{r['diversity_ratio']:.2f} [{r['diversity_ci95'][0]:.2f}, {r['diversity_ci95'][1]:.2f}]", r["diversity"])
+    rows = [(name, _cell(r, "minutes", ".1f"), _cell(r, "seed_max_ssim", ".3f"),
+             f"{_cell(r, 'nn_median', '.3f')} [{_cell(r, 'nn_ci95', '.3f')}]", _cell(r, "held_out_median", ".3f"),
+             _cell(r, "linear_median", ".3f"), _cell(r, "copying", ""),
+             f"{_cell(r, 'diversity_ratio', '.2f')} [{_cell(r, 'diversity_ci95', '.2f')}]", _cell(r, "diversity", ""))
             for name, r in result["runs"].items()]
     print(table(rows, ("the demo, 64x64, 2 ranks", "min", "seed metric", "NN-SSIM median [95%]", "held-out",
                        "linear anchor", "copying", "div. ratio [95%]", "variety")))
     print()
     print(f"Each row is the whole demo ({result['epochs']} epochs); the verdicts are its report's.")
+    if any("nn_ci95" not in r for r in result["runs"].values()):
+        print("This result file is from an earlier version of the bench, which saved fewer fields: \"-\" marks "
+              "what it lacks. `make bench SECTION=recipe` measures them all.")
 
 
 def main():

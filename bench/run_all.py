@@ -126,6 +126,10 @@ def headline(saved: dict[str, dict]) -> str:
                      f"{o['job_over_seed_ms']['1rank']:+.2f} / {o['job_over_seed_ms']['2ranks']:+.2f} ms"))
         rows.append(("the pause between epochs, 1 rank / 2 ranks",
                      f"{o['epoch_gap_ms']['1rank']:.2f} / {o['epoch_gap_ms']['2ranks']:.2f} ms"))
+    if "wire" in saved:
+        w = saved["wire"]
+        rows.append((f"fp16 gradients against fp32, whole runs on {w['ranks']} ranks, {len(w['rng_seeds'])} rng seeds",
+                     "seed metric, diversity and losses as fp32's" if w["holds"] else "they differ: see the page"))
     if "projection" in saved:
         for r in saved["projection"]["levers"]:
             if r["lever"] == projection.FP16_WIRE:

@@ -65,8 +65,10 @@ def test_generate_is_seeded(done_run, tmp_path):
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-def test_submit_dry_run_prints_config_and_scripts(png_release, tmp_path):
-    """Every script, array line included, even where no Slurm controller answers."""
+@pytest.mark.cluster
+def test_submit_dry_run_prints_config_and_scripts(devcluster, png_release, tmp_path):
+    """Every script, array line included, even where no Slurm controller answers (submitit renders
+    them where srun is installed: the dev cluster's set-up installs it)."""
     odd = tmp_path / "it's a dir"
     r = subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "submit", str(REPO / "slurm/example.toml"),
                         "--dry-run", "--set", f'run_dir="{odd / "run"}"',

@@ -170,8 +170,9 @@ def sbatch_text(ex, array: int = 0) -> str:
     """The sbatch script submitit would submit with this executor (for --dry-run); `array` tasks."""
     inner = getattr(ex, "_executor", ex)
     make = getattr(inner, "_make_submission_file_text", None)
-    if make is None:
-        return "(the local executor submits no sbatch script)"
+    if make is None or getattr(ex, "cluster", SLURM) != SLURM:
+        # submitit renders Slurm's scripts only where srun is installed.
+        return "(not rendered: this machine has no srun, and the local executor submits no sbatch script)"
     saved = dict(inner.parameters)
     if array:  # what submitit sets when it submits an array
         inner.parameters["map_count"] = array

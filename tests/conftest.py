@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from oasis_dcgan.config import DataConfig
 
@@ -160,6 +161,100 @@ def small_disk(tmp_path):
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], check=False)
         shutil.rmtree(where, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- helpers shared by the tiers
+# A few small steps a run, as a config: what most in-process training tests need.
+SMALL_CFG = ["train.batch_size=8", "train.max_steps_per_epoch=4", "train.intra_op_threads=1"]
+
+
+def small_overrides(dataset, run_dir, *overrides) -> list[str]:
+    return [f'run_dir="{run_dir}"', f'data.dataset="{dataset}"', *SMALL_CFG, *overrides]
+
+
+def small_cfg(dataset, run_dir, *overrides):
+    from oasis_dcgan import config
+
+    return config.load(None, small_overrides(dataset, run_dir, *overrides))
+
+
+def no_temps(root: Path) -> bool:
+    """No temp file of an atomic write is left anywhere under root."""
+    return not [p for p in root.rglob(".*") if p.name.endswith(".tmp")]
+
+
+def shard_metadata(ds, split):
+    """Source, case and slice of every image of a split."""
+    from oasis_dcgan.prep.reader import ShardReader
+
+    r = ShardReader(ds, split)
+    return r.metadata(np.arange(len(r)))
+
+
+def packed_brains(tmp_path_factory, name: str, cases, rng_seed: int):
+    """Sample brains (train, validate, test cases) packed at 32x32."""
+    from oasis_dcgan.prep import pack, sample_data
+
+    src = tmp_path_factory.mktemp(f"{name}-src")
+    sample_data.write_png_release(src, cases=cases, slices=32, resolution=64, seed=rng_seed)
+    out = tmp_path_factory.mktemp(name)
+    pack.preprocess(src, out, DataConfig(resolution=32, shard_size=256))
+    return out
+
+
+@pytest.fixture(scope="session")
+def held_out_rich(tmp_path_factory):
+    """6 training brains and 6 each in validate and test: 192 held-out images a split, enough to see 5%."""
+    return packed_brains(tmp_path_factory, "rich", (6, 6, 6), rng_seed=3)
+
+
+def small_metrics(**kw):
+    from oasis_dcgan import config
+
+    return config.load(None, [f"metrics.{k}={v}" for k, v in {"diversity_samples": 24, "nn_samples": 64,
+                                                              **kw}.items()]).metrics
+
+
+def with_copies(images, dataset, share, rng_seed=0):
+    """`images` with a share of them replaced by verbatim training slices."""
+    import numpy as np
+
+    from oasis_dcgan.imaging import to_unit
+    from oasis_dcgan.prep.reader import ShardReader
+
+    train = ShardReader(dataset, "train")
+    rng = np.random.default_rng(rng_seed)
+    k = int(round(share * len(images)))
+    out = images.copy()
+    out[rng.choice(len(images), k, replace=False)] = to_unit(train.read(np.sort(rng.choice(len(train), k, False))))
+    return out, k
+
+
+def copying_of(images, dataset):
+    from oasis_dcgan.post import checks
+
+    return checks.copying(checks.Context(images, "test", str(dataset), small_metrics()))
+
+
+@pytest.fixture(scope="session")
+def raw_tree(tmp_path_factory):
+    """OASIS-1 as its tarballs unpack: disc1/ and disc2/ of Analyze sessions, one subject with an
+    MR2 rescan, and a NIfTI session in a third folder."""
+    import shutil
+
+    from oasis_dcgan.prep import sample_data
+
+    root = tmp_path_factory.mktemp("raw")
+    sample_data.write_raw_release(root, subjects=4, seed=3, fmt="analyze", discs=2, rescans=1)
+    sample_data.write_raw_release(root / "more", subjects=1, seed=4, fmt="nifti-gz")
+    (src,) = [p for p in (root / "more").iterdir() if p.is_dir()]  # beside it: the sample-data marker
+    dst = root / "disc3" / "OAS1_0099_MR1"
+    dst.parent.mkdir()
+    shutil.move(str(src), dst)
+    for f in (dst / "PROCESSED" / "MPRAGE" / "T88_111").iterdir():
+        f.rename(f.with_name(f.name.replace(src.name, dst.name)))
+    shutil.rmtree(root / "more")
+    return root
 
 
 # ---------------------------------------------------------------- the fault matrix

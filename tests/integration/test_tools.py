@@ -1,0 +1,114 @@
+"""collect, generate, submit --dry-run and status: the tools around the three jobs."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oasis_dcgan.launch import collect, status
+from oasis_dcgan.launch.collect import CollectError
+
+from tests.conftest import REPO, log_lines
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_collect_copies_verifies_and_resumes(done_run, tmp_path):
+    dest = tmp_path / "home"
+    r = collect.collect(done_run, dest)
+    for rel in ("report/report.html", "report/progress.gif", "report/metrics.json", "options.json",
+                "generator.keras", "dataset_manifest.json", "samples/epoch_0002.png"):
+        assert (dest / rel).is_file(), rel
+    assert not (dest / "checkpoints").exists()
+    sums = dict(reversed(line.split("  ", 1)) for line in (dest / "SHA256SUMS").read_text().splitlines())
+    assert sums["options.json"] == sha(done_run / "options.json")
+    assert all(sha(dest / rel) == digest for rel, digest in sums.items())
+    # an interrupted collect resumes: remove some, run again, only those are copied
+    (dest / "report" / "loss.png").unlink()
+    r2 = collect.collect(done_run, dest)
+    assert r2["copied"] == 1 and r2["skipped"] == r["copied"] - 1
+
+
+def test_collect_never_overwrites_a_different_file(done_run, tmp_path):
+    dest = tmp_path / "home"
+    collect.collect(done_run, dest)
+    (dest / "options.json").write_text("{}")
+    with pytest.raises(CollectError, match="options.json"):
+        collect.collect(done_run, dest)
+    assert (dest / "options.json").read_text() == "{}"
+
+
+def test_collect_with_checkpoints(done_run, tmp_path):
+    collect.collect(done_run, tmp_path / "home", include_checkpoints=True)
+    assert list((tmp_path / "home" / "checkpoints").glob("ckpt-*/ckpt.index"))
+
+
+def test_generate_is_seeded(done_run, tmp_path):
+    import imageio.v3 as iio
+
+    def gen(out, seed):
+        r = subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "generate", str(done_run), "-n", "5", str(out),
+                            "--seed", str(seed)], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return [iio.imread(p) for p in sorted(Path(out).glob("*.png"))]
+
+    a, b, c = gen(tmp_path / "a", 1), gen(tmp_path / "b", 1), gen(tmp_path / "c", 2)
+    assert len(a) == 5 and a[0].shape == (32, 32) and a[0].dtype == np.uint8
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_status_on_a_finished_run_without_accounting(done_run):
+    text = status.status(done_run)
+    assert "training     finished" in text and "report" in text and "seed metric" in text
+    assert "checkpoint   ckpt-" in text
+
+
+@pytest.mark.fault
+def test_collect_takes_the_results_group_as_regular_files_only(done_run, tmp_path):
+    import shutil
+
+    run, outside = tmp_path / "run", tmp_path / "outside.txt"
+    shutil.copytree(done_run, run, symlinks=True)
+    outside.write_text("private")
+    outside.chmod(0o600)
+    (run / "report" / "link.txt").symlink_to(outside)       # leaves the run directory
+    (run / "report" / "private.txt").write_text("mine")
+    (run / "report" / "private.txt").chmod(0o600)
+    half = run / "checkpoints" / ".ckpt-000000099.123.456.tmp"  # a checkpoint being written
+    half.mkdir()
+    (half / "ckpt.index").write_bytes(b"half")
+    shutil.copy(run / "generator.keras", run / "generator_raw.keras")
+    (run / "requeues.jsonl").write_text('{"action": "requeue"}\n')
+    dest = tmp_path / "home"
+    with log_lines() as logs:
+        collect.collect(run, dest, include_checkpoints=True)
+    assert not (dest / "report" / "link.txt").exists() and any("link.txt" in x and "outside" in x for x in logs)
+    assert (dest / "report" / "private.txt").stat().st_mode & 0o777 == 0o600, "a private file stays private"
+    assert not list((dest / "checkpoints").glob(".*")), "no temp is ever collected"
+    assert (dest / "generator_raw.keras").is_file() and (dest / "requeues.jsonl").is_file()
+    (run / "report" / "private.txt").unlink()
+    r = collect.collect(run, dest, include_checkpoints=True, update=True)
+    assert r["no_longer_in_run"] == ["report/private.txt"] and (dest / "report" / "private.txt").is_file()
+
+
+def test_status_shows_local_jobs_real_states_and_why_one_failed(dataset32, tmp_path):
+    def train(run, *extra):
+        return subprocess.run([sys.executable, "-m", "oasis_dcgan.cli", "train", str(dataset32), str(run),
+                               "--executor", "local", "--ranks", "1", "--epochs", "1", "--set",
+                               "train.max_steps_per_epoch=2", "--set", "train.intra_op_threads=1", *extra],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    r = train(tmp_path / "ok", "--batch-size", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = status.status(tmp_path / "ok")
+    assert "UNKNOWN" not in text and "COMPLETED" in text.split("train", 1)[1].splitlines()[0], text
+    r = train(tmp_path / "bad", "--batch-size", "4096")
+    assert r.returncode != 0
+    text = status.status(tmp_path / "bad")
+    assert "FAILED" in text and "cannot fill one batch" in text, text

@@ -1,0 +1,101 @@
+"""The quality verdicts against independent computations: copies are flagged and real unseen
+brains are not, one image repeated is less varied, the linear anchor is a PCA, intervals resample
+cases; and `evaluate` on an array and on a folder of PNGs."""
+
+import numpy as np
+import pytest
+
+from oasis_dcgan.imaging import to_uint8, to_unit
+from oasis_dcgan.post import anchors, evaluate, intervals, quality
+from oasis_dcgan.prep.reader import ShardReader
+
+from tests.conftest import copying_of, small_metrics, with_copies
+
+
+@pytest.mark.parametrize("share", [0.05, 0.10])
+def test_verbatim_copies_among_held_out_images_are_flagged(held_out_rich, share):
+    test = ShardReader(held_out_rich, "test")
+    mixed, k = with_copies(to_unit(test.read(np.arange(len(test)))), held_out_rich, share, rng_seed=2)
+    got = copying_of(mixed, held_out_rich)
+    assert got["flagged"] is True and got["count"] >= k
+
+
+def test_with_one_held_out_split_each_case_is_read_against_the_others():
+    nn = np.array([0.80, 0.82, 0.90, 0.70, 0.85, 0.88, 0.60, 0.65, 0.95])
+    cases = np.repeat(["a", "b", "c"], 3)
+    held = quality.Profile(nn=nn, nearest=np.zeros(9, int), brain=nn, pairs=None, cases=cases)
+    got = quality.left_out_share(held)
+    # a against max(b, c) = 0.95: none; b against 0.95: none; c against 0.90: 0.95 only
+    assert got["count"] == 1 and got["n"] == 9
+
+
+def test_one_image_repeated_is_less_varied_and_real_sets_are_as_varied(held_out_rich):
+    reader = ShardReader(held_out_rich, "train")
+    real = to_unit(reader.read(np.arange(len(reader))))
+    cases = np.array([m["case"] for m in reader.metadata(np.arange(len(reader)))])
+    base = quality.pairs_only(real, 24, seed=0, cases=cases)
+    one = quality.pairs_only(np.stack([real[5]] * 24), 24, seed=0)
+    assert quality.diversity(one, base, seed=0)["verdict"] == quality.LESS_VARIED
+    other = quality.pairs_only(real, 24, seed=1, cases=cases)
+    same = quality.diversity(other, base, seed=0)
+    assert same["verdict"] == quality.AS_VARIED and same["ci95"][0] < 1 < same["ci95"][1]
+    noise = quality.pairs_only(np.random.default_rng(0).uniform(-1, 1, (24, 32, 32)).astype(np.float32), 24, 0)
+    assert quality.diversity(noise, base, seed=0)["verdict"] == quality.MORE_VARIED
+
+
+def test_the_linear_anchor_is_a_pca_of_the_training_images():
+    rng = np.random.default_rng(0)
+    images = np.tanh(rng.normal(size=(60, 12, 12)) + np.linspace(-1, 1, 12)).astype(np.float32)
+    model = anchors.fit_linear(images, 5)
+    x = images.reshape(60, -1).astype(np.float64)
+    u, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    np.testing.assert_allclose(model.mean, x.mean(0), atol=1e-12)
+    np.testing.assert_allclose(model.scales, s[:5] / np.sqrt(59), rtol=1e-8)
+    np.testing.assert_allclose(np.abs((model.components * vt[:5]).sum(1)), 1.0, rtol=1e-8)  # same axes, any sign
+    z = np.random.default_rng(3).standard_normal((4, 5))
+    signs = np.sign((model.components * vt[:5]).sum(1))
+    want = np.clip(x.mean(0) + (z * s[:5] / np.sqrt(59) * signs) @ vt[:5], -1, 1).reshape(4, 12, 12)
+    np.testing.assert_allclose(model.sample(4, seed=3), want, atol=1e-5)
+
+
+def test_bootstrap_by_case_is_wider_than_by_image_when_cases_differ():
+    values = np.repeat([0.6, 0.7, 0.8, 0.9], 30) + np.random.default_rng(0).normal(0, 0.01, 120)
+    by_image = intervals.bootstrap(values, seed=0)
+    by_case = intervals.bootstrap(values, groups=np.repeat(np.arange(4), 30), seed=0)
+    assert by_case[1] - by_case[0] > 3 * (by_image[1] - by_image[0])
+    assert intervals.share_interval(0, 100)[0] == 0.0 and intervals.share_interval(100, 100)[1] == 1.0
+
+
+def test_evaluate_refuses_bad_images_by_name(held_out_rich, tmp_path):
+    cases = {"small.npy": np.zeros((4, 16, 16), np.uint8), "range.npy": np.full((4, 32, 32), 3.0, np.float32),
+             "ints.npy": np.zeros((4, 32, 32), np.int64), "one.npy": np.zeros((1, 32, 32), np.uint8)}
+    for name, a in cases.items():
+        np.save(tmp_path / name, a)
+        with pytest.raises(evaluate.ImagesError, match=str(tmp_path / name)):
+            evaluate.load_images(tmp_path / name, 32)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(evaluate.ImagesError, match="no .png files"):
+        evaluate.load_images(tmp_path / "empty", 32)
+    assert evaluate.load_images(_save(tmp_path, to_uint8(np.zeros((3, 32, 32)))), 32).shape == (3, 32, 32)
+
+
+def _save(tmp_path, a):
+    np.savez(tmp_path / "ok.npz", images=a)
+    return tmp_path / "ok.npz"
+
+
+def test_feature_distances_sit_beside_held_out_images_at_one_n(held_out_rich, tmp_path):
+    import tensorflow as tf
+
+    net = tf.keras.Sequential([tf.keras.layers.Input((32, 32, 1)), tf.keras.layers.Conv2D(6, 3, strides=2),
+                               tf.keras.layers.GlobalAveragePooling2D()])
+    net.save(tmp_path / "fx.keras")
+    test = ShardReader(held_out_rich, "test")
+    np.save(tmp_path / "real.npy", test.read(np.arange(100)))
+    m = small_metrics(fid_weights=f'"{tmp_path / "fx.keras"}"', kid_subsets=10, fid_real_images=80)
+    f = evaluate.evaluate(tmp_path / "real.npy", held_out_rich, tmp_path / "out", m)["feature_distances"]
+    assert f["n"] == 80 and f["held_out"]["fid"] is not None and f["fid"] is not None
+    assert f["subset_size"] == 40 and f["kid_std"] > 0 and f["held_out"]["kid_std"] > 0, "subsets of half: a spread"
+    assert 0 <= f["precision"] <= 1 and 0 <= f["held_out"]["recall"] <= 1
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "FID against the train split" in md and "+- 0.0000" not in md

@@ -1,0 +1,105 @@
+"""The docs stay true to the code: the README's tree names every module, docs/resume.md's tree
+every run-directory entry and its fault table every fault test, and the README stays short."""
+
+import ast
+import re
+
+from oasis_dcgan import rundir
+
+from tests.conftest import REPO
+
+README = REPO / "README.md"
+
+
+DOCS = REPO / "docs"
+
+
+def code_block(text: str, after: str, first_line: str) -> str:
+    start = text.index(after)
+    block = re.search(rf"```\n({re.escape(first_line)}.*?)```", text[start:], re.S)
+    assert block, f"no code block starting {first_line!r} under {after!r}"
+    return block.group(1)
+
+
+def test_readme_is_short_and_opens_with_the_two_commands():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines"
+    first_screen = "\n".join(lines[:40])
+    assert "make demo" in first_screen and "make test" in first_screen
+
+
+def test_readme_tree_names_every_module():
+    tree = code_block(README.read_text(), "## Layout", "jobs/")
+    # Each line of the tree: indent, a name, then its description. A folder line ends in "/".
+    stack, named = [], set()
+    for line in tree.splitlines():
+        m = re.match(r"^( *)([\w.]+/?)\s", line + " ")
+        if not m:
+            continue
+        depth = len(m.group(1)) // 2
+        stack[depth:] = [m.group(2).rstrip("/")]
+        if m.group(2).endswith(".py"):
+            named.add("/".join(stack))
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "oasis_dcgan").rglob("*.py")
+               if p.name != "__init__.py"}
+    assert not sorted(modules - named), f"README's tree misses {sorted(modules - named)}"
+    assert not sorted(named - modules), f"README's tree names modules that do not exist: {sorted(named - modules)}"
+
+
+def test_readme_links_every_docs_page():
+    text = README.read_text()
+    pages = {p.name for p in DOCS.glob("*.md")}
+    linked = set(re.findall(r"\(docs/([\w-]+\.md)\)", text))
+    assert {"data.md", "cluster.md", "resume.md", "metrics.md", "recipes.md", "performance.md"} <= pages
+    assert pages == linked, f"docs pages not linked from the README: {sorted(pages - linked)}; " \
+                            f"links to missing pages: {sorted(linked - pages)}"
+
+
+def test_run_directory_tree_names_every_entry():
+    tree = code_block((DOCS / "resume.md").read_text(), "## The run directory", "RUN_DIR/")
+    entries = {v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str)
+               and not k.startswith("REPORT_") and v not in (rundir.NEW, rundir.TRAINING, rundir.STOPPED,
+                                                             rundir.FAILED, rundir.FINISHED)}
+    named = set(re.findall(r"^  ([.\w-]+)", tree, re.M))
+    missing = sorted(entries - named)
+    assert not missing, f"docs/resume.md's run-directory tree misses {missing}"
+    assert not sorted(named - entries), "the tree names an entry rundir.py does not declare"
+
+
+def fault_tests() -> set[str]:
+    """Every test that carries the `fault` mark, itself or through its module's pytestmark."""
+    names = set()
+    for path in (REPO / "tests").rglob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        whole = any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)
+                    and "mark.fault" in ast.unparse(n.value) for n in tree.body)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and (
+                    whole or any("mark.fault" in ast.unparse(d) for d in node.decorator_list)):
+                names.add(node.name)
+    return names
+
+
+def test_every_fault_test_has_its_row_in_the_fault_table():
+    text = (DOCS / "resume.md").read_text()
+    section = text[text.index("### Faults, and what is kept"):]
+    table = re.search(r"^\| fault \|.*?(?=\n\n|\Z)", section, re.S | re.M).group(0)
+    named = set(re.findall(r"`(test_\w+)`", table))
+    faults = fault_tests()
+    assert len(faults) >= 25
+    assert not sorted(faults - named), f"fault tests without a row: {sorted(faults - named)}"
+    assert not sorted(named - faults), f"rows naming no fault test: {sorted(named - faults)}"
+
+
+def test_performance_figures_are_rendered_from_the_bench_results():
+    """docs/performance.md, RESULTS.md and the README's figures are what the result files render
+    to: a figure edited by hand, or a result saved without rendering, fails here (`make docs`)."""
+    from bench import run_all
+
+    saved = run_all.results()
+    assert set(saved) == set(run_all.SECTIONS), f"sections without a result file: {set(run_all.SECTIONS) - set(saved)}"
+    body = run_all.render(saved)
+    assert (DOCS / "performance.md").read_text() == run_all.performance_page(body)
+    assert (REPO / "bench" / "results" / "RESULTS.md").read_text() == run_all.HEAD + body
+    block = run_all.HEADLINE.search(README.read_text())
+    assert block and block.group(0) == block.group(1) + run_all.headline(saved) + block.group(2)

@@ -37,7 +37,7 @@ def read_rate(dataset: Path, scaled: bool, repeats: int = 3) -> float:
 
     best = 0.0
     for e in range(repeats):
-        ds, steps = train_dataset(dataset, seed=0, epoch=e, batch_size=16, scaled=scaled)
+        ds, steps = train_dataset(dataset, rng_seed=0, epoch=e, batch_size=16, scaled=scaled)
         it = iter(ds)
         next(it)  # the pipeline's one-off start is what time-to-first-batch measures
         n, t = 0, time.perf_counter()

@@ -236,7 +236,7 @@ def reader_per_core(n_images: int = 2048) -> float:
     """Images per CPU-second through the job's own input pipeline (uint8, as the step takes it)."""
     from oasis_dcgan.prep.reader import train_dataset
 
-    ds, steps = train_dataset(dataset(RES), seed=0, epoch=0, batch_size=BATCH, scaled=False)
+    ds, steps = train_dataset(dataset(RES), rng_seed=0, epoch=0, batch_size=BATCH, scaled=False)
     n, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
     for images, _ in ds:
         n += int(images.shape[0])

@@ -71,7 +71,7 @@ def sample_release(n_cases: int = 32, resolution: int = 256) -> Path:
     root = WORK / f"release-{n_cases}-{resolution}"
     train = root / "keras_png_slices_data" / "keras_png_slices_train"
     if not train.is_dir():
-        sample_data.write_png_release(root, cases=(n_cases, 2, 2), resolution=resolution, seed=11)
+        sample_data.write_png_release(root, cases=(n_cases, 2, 2), resolution=resolution, rng_seed=11)
     return root
 
 

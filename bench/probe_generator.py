@@ -51,7 +51,7 @@ def dataset(work):
     src, out = work / "oasis", work / "dataset-64"
     if not (out / "manifest.json").is_file():
         if not (src / "keras_png_slices_data").is_dir():
-            sample_data.write_png_release(src, cases=(24, 4, 4), seed=0)
+            sample_data.write_png_release(src, cases=(24, 4, 4), rng_seed=0)
         pack.preprocess(src, out, DataConfig(resolution=64, shard_size=256))
     return out
 

@@ -198,9 +198,9 @@ def cmd_sample_data(a) -> int:
     from .prep import sample_data
 
     if a.layout == layouts.PNG:
-        root = sample_data.write_png_release(a.out, cases=tuple(a.cases), seed=a.seed)
+        root = sample_data.write_png_release(a.out, cases=tuple(a.cases), rng_seed=a.seed)
     else:
-        root = sample_data.write_raw_release(a.out, subjects=sum(a.cases), seed=a.seed, fmt=a.format,
+        root = sample_data.write_raw_release(a.out, subjects=sum(a.cases), rng_seed=a.seed, fmt=a.format,
                                              discs=a.discs, rescans=a.rescans)
     print(f"sample data: {root}")
     return 0

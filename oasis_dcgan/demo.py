@@ -52,7 +52,7 @@ def run(out: Path, executor: str = executors.LOCAL, epochs: int | None = None,
     out = out.resolve()
     src = out / "oasis"
     if not (src / "keras_png_slices_data" / "keras_png_slices_train").is_dir():
-        sample_data.write_png_release(src, cases=(24, 4, 4), seed=0)
+        sample_data.write_png_release(src, cases=(24, 4, 4), rng_seed=0)
     else:
         print(f"[demo] reusing sample data in {src}")
     cfg = config.load(config.preset("demo"), [

@@ -97,7 +97,7 @@ def png_release(tmp_path_factory) -> Path:
     from oasis_dcgan.prep import sample_data
 
     out = tmp_path_factory.mktemp("png-release")
-    sample_data.write_png_release(out, cases=(6, 2, 2), slices=32, resolution=64, seed=1)
+    sample_data.write_png_release(out, cases=(6, 2, 2), slices=32, resolution=64, rng_seed=1)
     return out
 
 
@@ -196,7 +196,7 @@ def packed_brains(tmp_path_factory, name: str, cases, rng_seed: int):
     from oasis_dcgan.prep import pack, sample_data
 
     src = tmp_path_factory.mktemp(f"{name}-src")
-    sample_data.write_png_release(src, cases=cases, slices=32, resolution=64, seed=rng_seed)
+    sample_data.write_png_release(src, cases=cases, slices=32, resolution=64, rng_seed=rng_seed)
     out = tmp_path_factory.mktemp(name)
     pack.preprocess(src, out, DataConfig(resolution=32, shard_size=256))
     return out
@@ -245,8 +245,8 @@ def raw_tree(tmp_path_factory):
     from oasis_dcgan.prep import sample_data
 
     root = tmp_path_factory.mktemp("raw")
-    sample_data.write_raw_release(root, subjects=4, seed=3, fmt="analyze", discs=2, rescans=1)
-    sample_data.write_raw_release(root / "more", subjects=1, seed=4, fmt="nifti-gz")
+    sample_data.write_raw_release(root, subjects=4, rng_seed=3, fmt="analyze", discs=2, rescans=1)
+    sample_data.write_raw_release(root / "more", subjects=1, rng_seed=4, fmt="nifti-gz")
     (src,) = [p for p in (root / "more").iterdir() if p.is_dir()]  # beside it: the sample-data marker
     dst = root / "disc3" / "OAS1_0099_MR1"
     dst.parent.mkdir()

@@ -33,8 +33,8 @@ class LinearModel:
     shape: tuple
     fitted_on: int           # how many images
 
-    def sample(self, n: int, seed: int) -> np.ndarray:
-        z = np.random.default_rng(seed).standard_normal((n, len(self.scales)))
+    def sample(self, n: int, rng_seed: int) -> np.ndarray:
+        z = np.random.default_rng(rng_seed).standard_normal((n, len(self.scales)))
         x = self.mean + (z * self.scales) @ self.components
         return np.clip(x, -1.0, 1.0).reshape(n, *self.shape).astype(np.float32)
 

@@ -53,18 +53,18 @@ class Context:
         self.held_split, self.test_split = (held + [None, None])[:2]
         self.k = min(self.m.diversity_samples, len(self.generated))   # images per diversity set
 
-    def scored(self, images: np.ndarray, what: str, seed_offset: int, cases=None, k: int | None = None):
+    def scored(self, images: np.ndarray, what: str, rng_offset: int, cases=None, k: int | None = None):
         t0 = time.perf_counter()
-        p = quality.profile(images, self.train, self.k if k is None else k, self.m.seed + seed_offset, cases)
+        p = quality.profile(images, self.train, self.k if k is None else k, self.m.seed + rng_offset, cases)
         log.info(f"[postprocess] {what}: {len(images)} images against {len(self.train)} {self.m.split} images "
                  f"in {time.perf_counter() - t0:.1f} s")
         return p
 
-    def split_images(self, split: str, n: int = 0, seed_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def split_images(self, split: str, n: int = 0, rng_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """A split's images on (-1, 1) with their cases: all of them, or n drawn at random."""
         reader = ShardReader(self.dataset, split)
         idx = np.arange(len(reader)) if not n or n >= len(reader) else \
-            np.sort(np.random.default_rng(self.m.seed + seed_offset).choice(len(reader), n, replace=False))
+            np.sort(np.random.default_rng(self.m.seed + rng_offset).choice(len(reader), n, replace=False))
         return to_unit(reader.read(idx)), _cases(reader, idx)
 
     @functools.cached_property

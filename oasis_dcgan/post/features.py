@@ -93,14 +93,14 @@ def _poly_mmd2(a: np.ndarray, b: np.ndarray) -> float:
                  - 2 * kab.mean())
 
 
-def kid(f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> dict:
+def kid(f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000, rng_seed: int = 0) -> dict:
     """KID as the mean and standard deviation of the MMD^2 over random subsets of both sets.
 
     Subsets as large as a whole set would all be that set, and their spread a meaningless 0:
     when a set holds no more than `subset_size` images, the subsets take half of it. Below 4
     images there is no spread to give, and the result says so (kid_std None).
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng_seed)
     n = min(len(f1), len(f2))
     size = subset_size if n > subset_size else n // 2
     if size < 2:

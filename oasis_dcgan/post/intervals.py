@@ -32,11 +32,11 @@ def resamples(n: int, rng: np.random.Generator, groups=None) -> typing.Iterator[
         yield np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
 
 
-def bootstrap(values, statistic: typing.Callable = np.median, groups=None, seed: int = 0) -> list[float]:
+def bootstrap(values, statistic: typing.Callable = np.median, groups=None, rng_seed: int = 0) -> list[float]:
     """The 95% percentile-bootstrap interval of `statistic` over `values` (by group when `groups` is given)."""
     v = np.asarray(values, np.float64)
     g = None if groups is None else np.asarray(groups)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng_seed)
     return percentiles([statistic(v[idx]) for idx in resamples(len(v), rng, g)])
 
 

@@ -203,13 +203,13 @@ def pair_matrix(images, max_val: float = 2.0) -> np.ndarray:
     return mat
 
 
-def pairwise_diversity(images, max_val: float = 2.0, seed: int = 0, max_pairs: int = 2016) -> float:
+def pairwise_diversity(images, max_val: float = 2.0, rng_seed: int = 0, max_pairs: int = 2016) -> float:
     """Mean MS-SSIM over distinct pairs of a set: near 1 means the set is near-identical (collapse)."""
     images = _squeeze(images)
     n = len(images)
     i, j = np.triu_indices(n, k=1)
     if len(i) > max_pairs:
-        sel = np.random.default_rng(seed).choice(len(i), max_pairs, replace=False)
+        sel = np.random.default_rng(rng_seed).choice(len(i), max_pairs, replace=False)
         i, j = i[sel], j[sel]
     return float(np.mean(ms_ssim_pairs(images[i], images[j], max_val)))
 

@@ -38,14 +38,14 @@ class Profile:
         return len(self.nn)
 
 
-def profile(images: np.ndarray, train, k: int, seed: int, cases=None) -> Profile:
+def profile(images: np.ndarray, train, k: int, rng_seed: int, cases=None) -> Profile:
     """Score `images` ([N, H, W] on (-1, 1)) against the training split's reader; k images for diversity."""
     nn = metrics.nearest_ssim(images, train)
     order = np.argsort(nn["index"], kind="stable")   # read the neighbours in index order, then put them back
     neighbours = np.empty_like(images)
     neighbours[order] = to_unit(train.read(nn["index"][order]))
     k = min(k, len(images))
-    pick = np.sort(np.random.default_rng(seed).choice(len(images), k, replace=False)) if k >= 2 else None
+    pick = np.sort(np.random.default_rng(rng_seed).choice(len(images), k, replace=False)) if k >= 2 else None
     cases = None if cases is None else np.asarray(cases)
     return Profile(nn=nn["ssim"].astype(np.float64), nearest=nn["index"],
                    brain=metrics.brain_ssim(images, neighbours).astype(np.float64),
@@ -53,20 +53,20 @@ def profile(images: np.ndarray, train, k: int, seed: int, cases=None) -> Profile
                    cases=cases, pair_cases=None if cases is None or pick is None else cases[pick])
 
 
-def pairs_only(images: np.ndarray, k: int, seed: int, cases=None) -> Profile:
+def pairs_only(images: np.ndarray, k: int, rng_seed: int, cases=None) -> Profile:
     """A real training set for the diversity baseline: its nearest neighbours would be itself."""
-    pick = np.sort(np.random.default_rng(seed).choice(len(images), min(k, len(images)), replace=False))
+    pick = np.sort(np.random.default_rng(rng_seed).choice(len(images), min(k, len(images)), replace=False))
     empty = np.zeros(0)
     return Profile(nn=empty, nearest=empty.astype(np.int64), brain=empty, pairs=metrics.pair_matrix(images[pick]),
                    pair_cases=None if cases is None else np.asarray(cases)[pick])
 
 
-def nn_summary(p: Profile, seed: int) -> dict:
+def nn_summary(p: Profile, rng_seed: int) -> dict:
     """The median nearest-neighbour SSIM (the quality reading), whole slice and brain only, with intervals."""
     brain = p.brain[np.isfinite(p.brain)]
-    return {"median": float(np.median(p.nn)), "ci95": intervals.bootstrap(p.nn, groups=p.cases, seed=seed),
+    return {"median": float(np.median(p.nn)), "ci95": intervals.bootstrap(p.nn, groups=p.cases, rng_seed=rng_seed),
             "brain_median": float(np.median(brain)) if len(brain) else None,
-            "brain_ci95": intervals.bootstrap(p.brain, np.nanmedian, p.cases, seed) if len(brain) else None,
+            "brain_ci95": intervals.bootstrap(p.brain, np.nanmedian, p.cases, rng_seed) if len(brain) else None,
             **{k: v for k, v in metrics.summary(p.nn).items() if k != "median"}, "n": len(p),
             "resampled": "by case" if p.cases is not None else "by image"}
 
@@ -112,12 +112,12 @@ def _pairs_mean(mat: np.ndarray, idx: np.ndarray) -> float:
     return float(pairs.mean()) if len(pairs) else float("nan")
 
 
-def diversity(p: Profile, real: Profile, seed: int) -> dict | None:
+def diversity(p: Profile, real: Profile, rng_seed: int) -> dict | None:
     """Mean pairwise MS-SSIM of p against the real set's, as a ratio with a bootstrap interval."""
     if p.pairs is None or real.pairs is None:
         return None
     gen_mean, real_mean = float(np.nanmean(p.pairs)), float(np.nanmean(real.pairs))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng_seed)
     ratios = [_pairs_mean(p.pairs, a) / _pairs_mean(real.pairs, b) for a, b in zip(
         intervals.resamples(len(p.pairs), rng, p.pair_cases), intervals.resamples(len(real.pairs), rng,
                                                                                    real.pair_cases))]

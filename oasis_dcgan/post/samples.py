@@ -17,12 +17,12 @@ def generator_file(run_or_model: str | os.PathLike) -> Path:
     return rundir.RunDir(src).generator if src.is_dir() else src
 
 
-def generate(run_or_model: str | os.PathLike, n: int, seed: int) -> np.ndarray | None:
+def generate(run_or_model: str | os.PathLike, n: int, rng_seed: int) -> np.ndarray | None:
     """n seeded images [N, H, W] in (-1, 1); None when the run has no final generator yet."""
     path = generator_file(run_or_model)
     if not path.is_file():
         return None
-    return model.generate(model.load_generator(path), n, seed)
+    return model.generate(model.load_generator(path), n, rng_seed)
 
 
 def write_pngs(images: np.ndarray, out: str | os.PathLike) -> list[Path]:

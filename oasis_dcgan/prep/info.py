@@ -26,14 +26,14 @@ def summary(dataset: str | os.PathLike) -> list[str]:
     return lines
 
 
-def contact_sheet(dataset: str | os.PathLike, path: str | os.PathLike, per_split: int = 8, seed: int = 0) -> None:
+def contact_sheet(dataset: str | os.PathLike, path: str | os.PathLike, per_split: int = 8, rng_seed: int = 0) -> None:
     """A row of `per_split` random images for each split, as one PNG."""
     splits = list(load_manifest(dataset)["splits"])
     fig, axes = pyplot().subplots(len(splits), per_split, figsize=(per_split * 1.2, len(splits) * 1.35),
                                   squeeze=False)
     for r, split in enumerate(splits):
         reader = ShardReader(dataset, split)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(rng_seed)
         imgs = reader.read(np.sort(rng.choice(len(reader), size=min(per_split, len(reader)), replace=False)))
         reader.close()
         for c, ax in enumerate(axes[r]):

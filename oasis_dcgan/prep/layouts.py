@@ -158,9 +158,9 @@ def _raw_volume(subject_dir: Path) -> Path | None:
     return None
 
 
-def assign_splits(names: list[str], fractions, seed: int) -> dict:
+def assign_splits(names: list[str], fractions, rng_seed: int) -> dict:
     """A seeded shuffle of `names` cut by `fractions` into train, validate and test."""
-    order = np.random.default_rng(seed).permutation(len(names))
+    order = np.random.default_rng(rng_seed).permutation(len(names))
     n_train = int(round(fractions[0] * len(names)))
     n_val = int(round(fractions[1] * len(names)))
     return {names[i]: "train" if pos < n_train else "validate" if pos < n_train + n_val else "test"
@@ -198,7 +198,7 @@ def _sessions_kept(sessions: dict, rescans: str, scan: Scan) -> dict:
     return {n: sessions[n] for n in first.values()}
 
 
-def scan_raw(root: Path, fractions, seed: int, rescans: str = "keep") -> Scan:
+def scan_raw(root: Path, fractions, rng_seed: int, rescans: str = "keep") -> Scan:
     scan = Scan()
     sessions = _sessions_kept(_unique_sessions(root, _session_folders(root)), rescans, scan)
     found = []
@@ -212,7 +212,7 @@ def scan_raw(root: Path, fractions, seed: int, rescans: str = "keep") -> Scan:
     # Split by subject, seeded: a subject's sessions (MR1 and its rescans) share one split, so
     # no brain is in train and in test.
     subject_of = {name: RAW_SESSION.match(name).group(1) for name, _ in found}
-    scan.split_assignment = assign_splits(sorted(set(subject_of.values()), key=natural_key), fractions, seed)
+    scan.split_assignment = assign_splits(sorted(set(subject_of.values()), key=natural_key), fractions, rng_seed)
     scan.units = sorted((Unit(scan.split_assignment[subject_of[name]], str(vol), name) for name, vol in found),
                         key=lambda u: (SPLITS.index(u.split), natural_key(u.case)))
     for split in SPLITS:

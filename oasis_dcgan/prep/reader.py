@@ -100,8 +100,8 @@ class ShardReader:
         self._maps.clear()
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_permutation(n: int, rng_seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([rng_seed, epoch]).permutation(n)
 
 
 def epoch_budget(n: int, batch_size: int, max_steps: int = 0, world_size: int = 1) -> int:
@@ -122,14 +122,14 @@ def step_slots(perm: np.ndarray, budget: int, position: int, batch_size: int, wo
     return np.where(pos < budget, perm[np.minimum(pos, len(perm) - 1)], -1).reshape(world_size, batch_size)
 
 
-def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
+def train_dataset(dataset, rng_seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
                   start_image: int = 0, budget: int = 0, split: str = "train", scaled: bool = True,
                   block: int = 8, prefetch: int = 8, autotune: bool = False, epochs: int = 1,
-                  later_budget: int = 0, first_seed: int | None = None):
+                  later_budget: int = 0, first_rng_seed: int | None = None):
     """A tf.data.Dataset of this rank's steps for the rest of `epoch` and the `epochs - 1` after
     it, and how many steps that is.
 
-    The first epoch resumes at `start_image` with its own `budget` (and `first_seed`, when a
+    The first epoch resumes at `start_image` with its own `budget` (and `first_rng_seed`, when a
     resumed epoch began under another seed); the later ones start at 0
     with `later_budget` (both default to the whole split). One stream across epoch ends keeps
     the prefetch full there, where a new pipeline per epoch paused every rank.
@@ -144,8 +144,9 @@ def train_dataset(dataset, seed: int, epoch: int, batch_size: int, rank: int = 0
 
     reader = ShardReader(dataset, split)
     n = len(reader)
-    plans = [(epoch, budget or epoch_budget(n, batch_size), start_image, seed if first_seed is None else first_seed)]
-    plans += [(e, later_budget or epoch_budget(n, batch_size), 0, seed) for e in range(epoch + 1, epoch + epochs)]
+    first = rng_seed if first_rng_seed is None else first_rng_seed
+    plans = [(epoch, budget or epoch_budget(n, batch_size), start_image, first)]
+    plans += [(e, later_budget or epoch_budget(n, batch_size), 0, rng_seed) for e in range(epoch + 1, epoch + epochs)]
     if min(p[1] for p in plans) < batch_size:
         raise DataError(f"{dataset}: {n} {split} images cannot fill one batch of {batch_size}")
     res, stride = reader.resolution, batch_size * world_size
@@ -191,9 +192,9 @@ def read_batches(dataset, split: str, batches) -> np.ndarray:
     return imgs.reshape(len(batches), len(batches[0]), reader.resolution, reader.resolution)
 
 
-def sample_batches(dataset, n_batches: int, batch_size: int, seed: int, split: str = "train"):
+def sample_batches(dataset, n_batches: int, batch_size: int, rng_seed: int, split: str = "train"):
     """Indices and float images of `n_batches` seeded random batches, reading only those images."""
     n = len(ShardReader(dataset, split))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng_seed)
     batches = [rng.choice(n, size=batch_size, replace=n < batch_size).tolist() for _ in range(n_batches)]
     return batches, read_batches(dataset, split, batches)

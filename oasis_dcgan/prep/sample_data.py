@@ -94,11 +94,11 @@ def _segment(img: np.ndarray) -> np.ndarray:
 
 
 def write_png_release(out: str | Path, cases=(24, 4, 4), slices: int = 32, resolution: int = 256,
-                      seed: int = 0, nested: bool = False) -> Path:
+                      rng_seed: int = 0, nested: bool = False) -> Path:
     """Write keras_png_slices_data/ as the OASIS PNG release is laid out. Returns its root."""
     import imageio.v3 as iio
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng_seed)
     root = Path(out) / "keras_png_slices_data"
     if nested:
         root = root / "keras_png_slices_data"
@@ -149,7 +149,7 @@ def _t88_canvas(vol: np.ndarray) -> np.ndarray:
     return np.clip(canvas * 1200, 0, 32767).astype(np.int16)
 
 
-def write_raw_release(out: str | Path, subjects: int = 6, seed: int = 0, fmt: str = "analyze",
+def write_raw_release(out: str | Path, subjects: int = 6, rng_seed: int = 0, fmt: str = "analyze",
                       discs: int = 0, rescans: int = 0) -> Path:
     """Write OAS1_NNNN_MRk/PROCESSED/MPRAGE/T88_111/*_t88_masked_gfc volumes.
 
@@ -157,7 +157,7 @@ def write_raw_release(out: str | Path, subjects: int = 6, seed: int = 0, fmt: st
     order). `discs` > 0 deals the sessions into disc1/ ... discN/ as the release's tarballs
     unpack; the first `rescans` subjects also get an MR2 session, a second scan of the same brain.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng_seed)
     root = Path(out)
     template = load_template()
     sessions = []

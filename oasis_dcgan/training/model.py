@@ -156,9 +156,9 @@ def load_generator(path: str | os.PathLike) -> tf.keras.Model:
     return tf.keras.models.load_model(str(path), compile=False)
 
 
-def generate(generator, n: int, seed: int, chunk: int = 64) -> np.ndarray:
+def generate(generator, n: int, rng_seed: int, chunk: int = 64) -> np.ndarray:
     """n images [N, H, W] in (-1, 1) from seeded standard-normal noise (the same seed, the same images)."""
-    noise = np.random.default_rng(seed).normal(size=(n, generator.input_shape[-1])).astype(np.float32)
+    noise = np.random.default_rng(rng_seed).normal(size=(n, generator.input_shape[-1])).astype(np.float32)
     out = [generator(noise[s:s + chunk], training=False).numpy() for s in range(0, n, chunk)]
     return np.concatenate(out)[..., 0]
 

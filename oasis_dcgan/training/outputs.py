@@ -57,7 +57,7 @@ class EpochClock:
 
 # What a "resume" line of stats.jsonl copies from the checkpoint's meta and the restore.
 RESUME_FIELDS = ("checkpoint", "epoch", "step_in_epoch", "global_step", "skipped", "started_afresh", "config_changes",
-                 "epoch_order_seed")
+                 "epoch_rng_seed")
 
 
 class ChiefOutputs:

@@ -53,7 +53,7 @@ def data_changed(resumed: dict | None, dataset_hash: str) -> bool:
     return bool(resumed) and resumed.get("dataset_manifest_sha256") not in (None, dataset_hash)
 
 
-def epoch_seed(cfg: Config, resumed: dict | None, counters: dict) -> int:
+def epoch_rng_seed(cfg: Config, resumed: dict | None, counters: dict) -> int:
     """The data order's seed for the epoch under way. An epoch begun under another train.seed
     finishes in the order it began, so no image repeats or is skipped in it."""
     theirs, ours = (resumed or {}).get("data_seed"), cfg.train.seed

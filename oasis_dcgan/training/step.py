@@ -29,7 +29,7 @@ FIXED_NOISE_BATCH = 16   # the reference's per-epoch 4x4 grid, and the batch its
 class TrainState:
     """Counters, the current epoch's loss accumulators and visits, and the fixed noise, as TF variables."""
 
-    def __init__(self, noise_dim: int, seed: int, n_images: int):
+    def __init__(self, noise_dim: int, rng_seed: int, n_images: int):
         self.counters = {k: tf.Variable(0, dtype=tf.int64, name=k) for k in COUNTERS}
         # The counters as the host last read them (a compiled call returns them): the loop's only
         # view of them, so there is no second count in Python to drift from the variables.
@@ -38,7 +38,7 @@ class TrainState:
         # How often each training image was trained on this epoch, by every rank together.
         self.visits = tf.Variable(tf.zeros([n_images], tf.int32), name="visits")
         self.fixed_noise = tf.Variable(tf.random.stateless_normal([FIXED_NOISE_BATCH, noise_dim],
-                                                                  seed=[seed, 0x5EED]), name="fixed_noise")
+                                                                  seed=[rng_seed, 0x5EED]), name="fixed_noise")
 
     def variables(self) -> dict:
         """By name, as checkpoints key them."""
@@ -137,7 +137,7 @@ class TrainState:
 DROPOUT_DRAWS_PER_STEP = 2  # D runs twice a step (real, fake); each Dropout draws one seed a run
 
 
-def seed_dropout(discriminator, seed: int, rank: int, global_step: int) -> None:
+def set_dropout_rng(discriminator, rng_seed: int, rank: int, global_step: int) -> None:
     """Point every Dropout's seed at (seed, rank, layer), at the draw the given step makes.
 
     Called eagerly once a process starts, after rank 0's variables were broadcast: ranks
@@ -148,7 +148,7 @@ def seed_dropout(discriminator, seed: int, rank: int, global_step: int) -> None:
     layers = [layer for layer in discriminator.layers if hasattr(layer, "seed_generator")]
     for i, layer in enumerate(layers):
         state = layer.seed_generator.state
-        state.assign(tf.constant([(seed * 1000 + rank) * 16 + i, global_step * DROPOUT_DRAWS_PER_STEP],
+        state.assign(tf.constant([(rng_seed * 1000 + rank) * 16 + i, global_step * DROPOUT_DRAWS_PER_STEP],
                                  dtype=state.dtype))
 
 
@@ -195,7 +195,7 @@ def _epoch_end(state: TrainState, sampler):
 
 
 def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, ranks, batch_size: int,
-                     noise_dim: int, seed: int, fp16_allreduce: bool = False, generator_ema=None,
+                     noise_dim: int, rng_seed: int, fp16_allreduce: bool = False, generator_ema=None,
                      ema_kimg: float = 0.0, ema_rampup: float = 0.0, sampler=None):
     """The seed's two-tape step, data-parallel: one fused allreduce, identical state on all ranks.
 
@@ -212,7 +212,7 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         # The noise is a function of (seed, rank, global step): ranks differ, and a resumed
         # run draws exactly what an uninterrupted one would (dropout: see seed_dropout).
         noise = tf.random.stateless_normal([batch_size, noise_dim], seed=tf.stack([
-            tf.constant(seed * 1000 + rank, tf.int64), state.counters["global_step"]]))
+            tf.constant(rng_seed * 1000 + rank, tf.int64), state.counters["global_step"]]))
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = generator(noise, training=True)
             real_logits = discriminator(images, training=True)

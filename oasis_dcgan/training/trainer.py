@@ -27,7 +27,7 @@ from .distributed import World
 from .outputs import ChiefOutputs, EpochClock, NoOutputs
 from .runlock import RunLock
 from .saving import NoSaver, SavePolicy, Saver, StopRequest
-from .step import TrainState, build_train_step, seed_dropout
+from .step import TrainState, build_train_step, set_dropout_rng
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Trainer:
         self.generator = self.discriminator = self.generator_ema = self.g_opt = self.d_opt = None
         self.groups, self.dataset_hash, self.lr, self.epoch_lr = {}, "", 0.0, 0.0
         self.budget = self.steps_per_epoch = self.total_images = self.global_batch = 0
-        self.epoch_seed = cfg.train.seed  # the data order's seed for the epoch under way (a resume may differ)
+        self.epoch_rng_seed = cfg.train.seed  # the data order's seed for the epoch under way (a resume may differ)
         self.clock = EpochClock()
 
     def run(self) -> dict:
@@ -116,7 +116,7 @@ class Trainer:
                                background=t.checkpoint_in_background)
         self.budget_t = tf.constant(self.budget, tf.int64)  # made once: a new epoch's images, for the step
         self.train_steps = build_train_step(self.generator, self.discriminator, self.g_opt, self.d_opt, self.state,
-                                            self.ranks, t.batch_size, t.noise_dim, seed=t.seed,
+                                            self.ranks, t.batch_size, t.noise_dim, rng_seed=t.seed,
                                             fp16_allreduce=t.fp16_allreduce, generator_ema=self.generator_ema,
                                             ema_kimg=t.ema_kimg, ema_rampup=t.ema_rampup,
                                             sampler=self.sampler if self.chief else None)
@@ -141,19 +141,21 @@ class Trainer:
         for name, group in self.groups.items():
             self.ranks.broadcast_variables(list(group.values()), prefix=f"bcast.{name}")
         counters = self.state.read_counters()
-        self.epoch_seed = self.ranks.broadcast(resume.epoch_seed(self.cfg, resumed, counters), "bcast.seed")
+        self.epoch_rng_seed = self.ranks.broadcast(resume.epoch_rng_seed(self.cfg, resumed, counters),
+                                                   "bcast.seed")
         self._set_learning_rates()
         if resumed:
             resumed.update(config_changes=resume.config_changes(resumed, self._checkpoint_meta()),
-                           epoch_order_seed=self.epoch_seed)
-        seed_dropout(self.discriminator, self.cfg.train.seed, self.ranks.rank, self.global_step)
+                           epoch_rng_seed=self.epoch_rng_seed)
+        set_dropout_rng(self.discriminator, self.cfg.train.seed, self.ranks.rank, self.global_step)
         self.saver.ready = True
         return resumed
 
     def _checkpoint_meta(self) -> dict:
         """What each checkpoint's meta.json records beside the counters: what a resume compares."""
         t = self.cfg.train
-        return {"world_size": self.ranks.size, "data_seed": self.epoch_seed, "resolution": self.cfg.data.resolution,
+        return {"world_size": self.ranks.size, "data_seed": self.epoch_rng_seed,  # the key older checkpoints hold
+                "resolution": self.cfg.data.resolution,
                 "noise_dim": t.noise_dim, "batch_size": t.batch_size, "learning_rate": self.lr,
                 "precision": t.precision, "dataset_manifest_sha256": self.dataset_hash}
 
@@ -193,7 +195,7 @@ class Trainer:
         t = self.cfg.train
         c = self.state.begin_epoch(self.budget)
         ds, _ = train_dataset(self.cfg.data.dataset, t.seed, self.epoch, t.batch_size, self.ranks.rank,
-                              self.ranks.size, first_seed=self.epoch_seed,
+                              self.ranks.size, first_rng_seed=self.epoch_rng_seed,
                               start_image=c["images_in_epoch"], budget=c["epoch_images"], scaled=False,
                               epochs=max(t.epochs - self.epoch, 1), later_budget=self.budget,
                               block=max(8, t.steps_per_call), prefetch=max(8, 2 * t.steps_per_call))
@@ -258,7 +260,7 @@ class Trainer:
         rec = dict(kind="epoch", epoch=self.epoch, global_step=self.global_step, lr=self.epoch_lr,
                    **self.clock.record(steps, seconds, self.global_batch))
         self.outputs.epoch(fake, rec, record, self.state, self.sampler)
-        self.epoch_seed = self.cfg.train.seed  # a resumed epoch's own seed ends with it
+        self.epoch_rng_seed = self.cfg.train.seed  # a resumed epoch's own seed ends with it
         reason = self.policy.at_epoch_end(self.epoch, self.global_step, self.stop)
         if reason:
             self.saver.save(reason, background=not self.stop.agreed)

@@ -23,7 +23,7 @@ def new_brains(tmp_path_factory):
 @pytest.mark.parametrize("share", [0.05, 0.10])
 def test_verbatim_copies_among_generated_images_are_flagged(held_out_rich, share):
     train = to_unit(ShardReader(held_out_rich, "train").read(np.arange(192)))
-    generated = anchors.fit_linear(train, 20).sample(260, seed=1)   # a generator that copies nothing
+    generated = anchors.fit_linear(train, 20).sample(260, rng_seed=1)   # a generator that copies nothing
     clean = copying_of(generated, held_out_rich)
     assert clean["flagged"] is False and clean["count"] == 0
     mixed, k = with_copies(generated, held_out_rich, share)

@@ -106,7 +106,7 @@ def test_a_dataset_of_another_size_is_taken_on_when_allowed(dataset32, png_relea
     from oasis_dcgan.prep import pack, sample_data
 
     src, other = tmp_path / "src", tmp_path / "ds-other"
-    sample_data.write_png_release(src, cases=(5, 2, 2), slices=32, resolution=64, seed=2)
+    sample_data.write_png_release(src, cases=(5, 2, 2), slices=32, resolution=64, rng_seed=2)
     pack.preprocess(src, other, DataConfig(resolution=32, shard_size=64))
     run = tmp_path / "run"
     steps = ["train.checkpoint_every_steps=1", "train.keep_checkpoints=10"]

@@ -58,7 +58,7 @@ def test_slices_spread_over_the_brain_without_empty_ends(raw_tree, tmp_path):
 
 def test_ras_and_lia_storage_of_one_brain_pack_identically(tmp_path):
     for fmt in ("nifti", "nifti-lia", "analyze"):
-        sample_data.write_raw_release(tmp_path / fmt, subjects=1, seed=11, fmt=fmt)
+        sample_data.write_raw_release(tmp_path / fmt, subjects=1, rng_seed=11, fmt=fmt)
         pack.preprocess(tmp_path / fmt, tmp_path / f"ds-{fmt}",
                         DataConfig(resolution=32, slices=8, split_fractions=[1.0, 0.0, 0.0]))
     import nibabel as nib

@@ -221,7 +221,7 @@ def test_half_precision_trains_resumes_and_is_recorded(dataset32, tmp_path, firs
     reader = tf.train.load_checkpoint(str(ckpt / "ckpt"))
     scales = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith("loss_scale/g_scale")]
     assert (len(scales) == 1 and 0 < scales[0] < np.inf) if then == "fp16" else not scales
-    images = model.generate(model.load_generator(run / "generator.keras"), 4, seed=0)
+    images = model.generate(model.load_generator(run / "generator.keras"), 4, rng_seed=0)
     assert images.dtype == np.float32 and np.isfinite(images).all() and images.shape == (4, 32, 32)
 
 

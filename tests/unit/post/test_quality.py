@@ -33,14 +33,14 @@ def test_one_image_repeated_is_less_varied_and_real_sets_are_as_varied(held_out_
     reader = ShardReader(held_out_rich, "train")
     real = to_unit(reader.read(np.arange(len(reader))))
     cases = np.array([m["case"] for m in reader.metadata(np.arange(len(reader)))])
-    base = quality.pairs_only(real, 24, seed=0, cases=cases)
-    one = quality.pairs_only(np.stack([real[5]] * 24), 24, seed=0)
-    assert quality.diversity(one, base, seed=0)["verdict"] == quality.LESS_VARIED
-    other = quality.pairs_only(real, 24, seed=1, cases=cases)
-    same = quality.diversity(other, base, seed=0)
+    base = quality.pairs_only(real, 24, rng_seed=0, cases=cases)
+    one = quality.pairs_only(np.stack([real[5]] * 24), 24, rng_seed=0)
+    assert quality.diversity(one, base, rng_seed=0)["verdict"] == quality.LESS_VARIED
+    other = quality.pairs_only(real, 24, rng_seed=1, cases=cases)
+    same = quality.diversity(other, base, rng_seed=0)
     assert same["verdict"] == quality.AS_VARIED and same["ci95"][0] < 1 < same["ci95"][1]
     noise = quality.pairs_only(np.random.default_rng(0).uniform(-1, 1, (24, 32, 32)).astype(np.float32), 24, 0)
-    assert quality.diversity(noise, base, seed=0)["verdict"] == quality.MORE_VARIED
+    assert quality.diversity(noise, base, rng_seed=0)["verdict"] == quality.MORE_VARIED
 
 
 def test_the_linear_anchor_is_a_pca_of_the_training_images():
@@ -55,13 +55,13 @@ def test_the_linear_anchor_is_a_pca_of_the_training_images():
     z = np.random.default_rng(3).standard_normal((4, 5))
     signs = np.sign((model.components * vt[:5]).sum(1))
     want = np.clip(x.mean(0) + (z * s[:5] / np.sqrt(59) * signs) @ vt[:5], -1, 1).reshape(4, 12, 12)
-    np.testing.assert_allclose(model.sample(4, seed=3), want, atol=1e-5)
+    np.testing.assert_allclose(model.sample(4, rng_seed=3), want, atol=1e-5)
 
 
 def test_bootstrap_by_case_is_wider_than_by_image_when_cases_differ():
     values = np.repeat([0.6, 0.7, 0.8, 0.9], 30) + np.random.default_rng(0).normal(0, 0.01, 120)
-    by_image = intervals.bootstrap(values, seed=0)
-    by_case = intervals.bootstrap(values, groups=np.repeat(np.arange(4), 30), seed=0)
+    by_image = intervals.bootstrap(values, rng_seed=0)
+    by_case = intervals.bootstrap(values, groups=np.repeat(np.arange(4), 30), rng_seed=0)
     assert by_case[1] - by_case[0] > 3 * (by_image[1] - by_image[0])
     assert intervals.share_interval(0, 100)[0] == 0.0 and intervals.share_interval(100, 100)[1] == 1.0
 

@@ -280,19 +280,19 @@ def test_reader_resumes_at_an_image_with_another_world_size(dataset32):
     def indices(ds, rank):
         return [i for _, slots in ds for i in slots.numpy()[rank] if i >= 0]
 
-    full, steps = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, rank=0, world_size=1)
+    full, steps = train_dataset(dataset32, rng_seed=1, epoch=3, batch_size=8, rank=0, world_size=1)
     full_idx = indices(full, 0)
     assert steps == 24 and len(full_idx) == 192
-    part, rest = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, rank=0, world_size=1, start_image=48)
+    part, rest = train_dataset(dataset32, rng_seed=1, epoch=3, batch_size=8, rank=0, world_size=1, start_image=48)
     assert rest == 18 and indices(part, 0) == full_idx[48:]
-    first, _ = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, rank=1, world_size=2)
+    first, _ = train_dataset(dataset32, rng_seed=1, epoch=3, batch_size=8, rank=1, world_size=2)
     images, slots = next(iter(first))
     assert images.shape == (8, 32, 32, 1) and images.numpy().min() >= -1 and images.numpy().max() <= 1
     assert slots.numpy()[1].tolist() == full_idx[8:16], "rank 1 of 2 takes the second batch of a step"
     # One stream across epoch ends: the resumed epoch's rest, then whole epochs with their own order.
-    stream, total = train_dataset(dataset32, seed=1, epoch=3, batch_size=8, start_image=48, epochs=3,
+    stream, total = train_dataset(dataset32, rng_seed=1, epoch=3, batch_size=8, start_image=48, epochs=3,
                                   later_budget=64)
-    next_epoch, _ = train_dataset(dataset32, seed=1, epoch=4, batch_size=8, budget=64)
+    next_epoch, _ = train_dataset(dataset32, rng_seed=1, epoch=4, batch_size=8, budget=64)
     assert total == 18 + 8 + 8
     streamed = indices(stream, 0)
     assert streamed[:144] == full_idx[48:] and streamed[144:208] == indices(next_epoch, 0)

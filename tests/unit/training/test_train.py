@@ -71,13 +71,13 @@ def test_lr_rampdown_factor_falls_linearly_over_the_last_epochs():
 def test_dropout_masks_differ_across_ranks_and_follow_the_step():
     import tensorflow as tf
 
-    from oasis_dcgan.training.step import seed_dropout
+    from oasis_dcgan.training.step import set_dropout_rng
 
     D = model.build_discriminator(32)
     x = tf.ones([4, 32, 32, 1])
 
     def masks(rank, step):
-        seed_dropout(D, seed=3, rank=rank, global_step=step)
+        set_dropout_rng(D, rng_seed=3, rank=rank, global_step=step)
         return D(x, training=True).numpy()
 
     assert np.array_equal(masks(0, 5), masks(0, 5)), "a function of (seed, rank, step)"

@@ -210,7 +210,7 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         weights = tf.cast(slots[rank] >= 0, tf.float32)
         scale = world_size / tf.cast(tf.math.count_nonzero(slots >= 0), tf.float32)
         # The noise is a function of (seed, rank, global step): ranks differ, and a resumed
-        # run draws exactly what an uninterrupted one would (dropout: see seed_dropout).
+        # run draws exactly what an uninterrupted one would (dropout: see set_dropout_rng).
         noise = tf.random.stateless_normal([batch_size, noise_dim], seed=tf.stack([
             tf.constant(rng_seed * 1000 + rank, tf.int64), state.counters["global_step"]]))
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:

@@ -395,7 +395,7 @@ def _add_tool_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="oasis-dcgan", description="Pack OASIS brain slices, train the reference DCGAN "
+    ap = argparse.ArgumentParser(prog="oasis-dcgan", description="Pack OASIS brain slices, train the seed's DCGAN "
                                  "with Horovod on Slurm, and report.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_job_commands(sub)

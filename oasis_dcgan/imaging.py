@@ -1,6 +1,6 @@
 """Pixels and pictures shared by every stage: the uint8 <-> (-1, 1) mapping, grids, matplotlib.
 
-Shards store uint8; the model sees x / 127.5 - 1 exactly as the reference project scales
+Shards store uint8; the model sees x / 127.5 - 1 exactly as the seed project scales
 its PNGs, and generated images come back to uint8 by the inverse. One module owns that
 mapping and the one headless matplotlib set-up, so packing, training and the report agree.
 """

@@ -113,7 +113,7 @@ def dataset32(png_release, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dataset256(png_release, tmp_path_factory) -> Path:
-    """png_release packed at the reference's 256x256, for the full-size model's checkpoints."""
+    """png_release packed at the seed's 256x256, for the full-size model's checkpoints."""
     from oasis_dcgan.prep import pack
 
     out = tmp_path_factory.mktemp("ds256")

@@ -1,10 +1,10 @@
-"""Image-quality metrics: the reference's max-SSIM, and the numbers that say more than it does.
+"""Image-quality metrics: the seed's max-SSIM, and the numbers that say more than it does.
 
 SSIM here is tf.image.ssim's definition (11-tap Gaussian, sigma 1.5, k1 0.01, k2 0.03,
 valid filtering, no sample-covariance correction), computed differently:
   - the 11x11 Gaussian is applied as an 11x1 then a 1x11 pass (22 taps, not 121),
     written as shifted adds that XLA fuses into one vectorised loop;
-  - in the reference metric the generated batch is the same for all 50 real batches, so its
+  - in the seed metric the generated batch is the same for all 50 real batches, so its
     local means and variances are filtered once; each pair then needs only E[xy].
 """
 from __future__ import annotations
@@ -145,7 +145,7 @@ def ssim(x, y, max_val: float = 2.0, chunk: int = 64) -> np.ndarray:
 
 
 def max_ssim_over_batches(generated, real_batches, max_val: float = 2.0) -> dict:
-    """The reference's metric: generated[k] vs real_batches[b][k] for all b, k; the max of them all.
+    """The seed's metric: generated[k] vs real_batches[b][k] for all b, k; the max of them all.
 
     generated: [16, H, W]; real_batches: [B, 16, H, W]. Returns max, argmax and all values.
     """

@@ -1,4 +1,4 @@
-"""The postprocess job: the reference metric per epoch, the checks beside it, figures, GIF, report.
+"""The postprocess job: the seed metric per epoch, the checks beside it, figures, GIF, report.
 
 Works on a finished run or a running one (it reports the epochs done so far). Results are
 cached in RUN_DIR/report/: the real batches the metric draws (metric_batches.json) and the
@@ -28,7 +28,7 @@ from .document import Bold, Code, Document
 
 log = logging.getLogger(__name__)
 
-NOTABLE_EPOCHS = (1, 2, 3, 10, 25, 50)  # the reference's table of epochs, for a 50-epoch run
+NOTABLE_EPOCHS = (1, 2, 3, 10, 25, 50)  # the seed's table of epochs, for a 50-epoch run
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
 
 
@@ -41,7 +41,7 @@ def epoch_samples(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def notable_epochs(n_epochs: int) -> list[int]:
-    """The reference's table (1, 2, 3, 10, 25, 50) scaled to a run of n_epochs."""
+    """The seed's table (1, 2, 3, 10, 25, 50) scaled to a run of n_epochs."""
     if n_epochs >= 50:
         picks = [e if e <= 3 else round(e * n_epochs / 50) for e in NOTABLE_EPOCHS]
     else:
@@ -83,7 +83,7 @@ def _digest(obj) -> str:
 
 
 def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config) -> list[dict]:
-    """The reference max-SSIM for every finished epoch; reuses values already in metrics.jsonl."""
+    """The seed's max-SSIM for every finished epoch; reuses values already in metrics.jsonl."""
     sel = metric_batches(report_dir, dataset, cfg)
     key = _digest([sel["batches"], cfg.metrics.real_batches])
     path = report_dir / "metrics.jsonl"
@@ -107,14 +107,14 @@ def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config
 
 
 def summarise(rows: list[dict], results: dict, cfg: Config, epochs_done: int, run_complete: bool) -> dict:
-    """metrics.json: the reference metric over epochs, and the checks beside it."""
+    """metrics.json: the seed metric over epochs, and the checks beside it."""
     per_epoch = [r["seed_max_ssim"] for r in rows]
     return {
         "seed_max_ssim": {"per_epoch": per_epoch, "epochs": [r["epoch"] for r in rows],
                           "final": per_epoch[-1], "best": max(per_epoch),
                           "definition": "max over 50x16 position-paired tf.image.ssim values, max_val=2",
                           "batches": cfg.metrics.batches, "batch_size": cfg.metrics.batch_size,
-                          "split": cfg.metrics.split, "seed_reported": figures.REFERENCE_SSIM},
+                          "split": cfg.metrics.split, "seed_reported": figures.SEED_REPORTED_SSIM},
         **results,
         "epochs_done": epochs_done,
         "run_complete": run_complete,
@@ -193,7 +193,7 @@ def _metrics_section(doc: Document, m: dict, manifest: dict) -> None:
                   "numbers measure different things.")
     checks.add_section(doc, m, [
         [f"max SSIM vs {ref.get('batches', 50)} real {ref.get('split', 'train')} batches (final epoch)",
-         checks.fmt(ref["final"], 4), str(figures.REFERENCE_SSIM)],
+         checks.fmt(ref["final"], 4), str(figures.SEED_REPORTED_SSIM)],
         ["best max SSIM over epochs (picked on these same batches, so optimistic)", checks.fmt(ref.get("best"), 4),
          "-"],
     ], ["metric", f"this run ({res} px)", "seed README (OASIS, 256 px)"])
@@ -277,7 +277,7 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     samples = epoch_samples(run_dir)
     if not samples:
         raise RunDirError(f"{run_dir}/samples: no finished epoch yet; nothing to report")
-    # ---- The reference metric, every finished epoch (cached)
+    # ---- The seed metric, every finished epoch (cached)
     rows = per_epoch_metrics(run_dir, report_dir, ds, cfg)
     # ---- Copying, quality, variety, the anchors, FID/KID on the final generator
     ctx = judged(run, samples[-1], ds, cfg)

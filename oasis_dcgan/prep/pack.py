@@ -369,7 +369,7 @@ def seal(out: str | os.PathLike, token: str = "") -> dict:
         "origin": _origin(Path(p.source)),
         "resolution": p.resolution,
         "dtype": "uint8",
-        "scaling": "reader maps uint8 x to (x - 127.5) / 127.5, as the reference project does",
+        "scaling": "reader maps uint8 x to (x - 127.5) / 127.5, as the seed project does",
         "splits": splits,
         "counts": {k: v["count"] for k, v in splits.items()},
         "skipped": skipped,

@@ -106,7 +106,7 @@ def epoch_permutation(n: int, rng_seed: int, epoch: int) -> np.ndarray:
 
 def epoch_budget(n: int, batch_size: int, max_steps: int = 0, world_size: int = 1) -> int:
     """Images one epoch trains on: all n less a remainder under one per-rank batch (none for the
-    reference's 9664 / 16), capped at max_steps global batches when that is set (smoke runs)."""
+    seed's 9664 / 16), capped at max_steps global batches when that is set (smoke runs)."""
     budget = (n // batch_size) * batch_size
     return min(budget, max_steps * batch_size * world_size) if max_steps else budget
 

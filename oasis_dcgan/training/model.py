@@ -1,4 +1,4 @@
-"""The reference project's DCGAN, layer for layer, at 32, 64, 128 or 256 pixels.
+"""The seed project's DCGAN, layer for layer, at 32, 64, 128 or 256 pixels.
 
 Generator: Dense to (res/8)^2 x 256 (no bias), BatchNorm, LeakyReLU, reshape, then three
 stride-2 3x3 transposed convolutions (128, 64, then 1 channel with tanh), the first two
@@ -124,12 +124,12 @@ def _bce(label: float, logits):
 
 
 def discriminator_loss_per_image(real_logits, fake_logits):
-    """The reference's D loss, BCE(1, D(real)) + BCE(0, D(fake)), before the batch mean."""
+    """The seed's D loss, BCE(1, D(real)) + BCE(0, D(fake)), before the batch mean."""
     return _bce(1.0, real_logits) + _bce(0.0, fake_logits)
 
 
 def generator_loss_per_image(fake_logits):
-    """The reference's G loss, BCE(1, D(fake)), before the batch mean."""
+    """The seed's G loss, BCE(1, D(fake)), before the batch mean."""
     return _bce(1.0, fake_logits)
 
 

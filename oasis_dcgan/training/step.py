@@ -23,7 +23,7 @@ COUNTERS = ("epoch", "step_in_epoch", "global_step", "images_in_epoch", "epoch_i
 # The loss accumulators, at the value each epoch starts from.
 LOSS_START = {"g_sum": 0.0, "d_sum": 0.0, "count": 0.0,
               "g_min": np.inf, "g_max": -np.inf, "d_min": np.inf, "d_max": -np.inf}
-FIXED_NOISE_BATCH = 16   # the reference's per-epoch 4x4 grid, and the batch its metric scores
+FIXED_NOISE_BATCH = 16   # the seed's per-epoch 4x4 grid, and the batch its metric scores
 
 
 class TrainState:

@@ -87,7 +87,7 @@ def _assert_complete_checkpoint(ckpt: Path) -> None:
 
 @pytest.mark.fault
 def test_usr2_at_256_with_2_ranks_saves_one_complete_checkpoint(devcluster, dataset256, tmp_path):
-    """The reference's full-size model (a checkpoint of ~335 MB) through train.sbatch: stop, requeue,
+    """The seed's full-size model (a checkpoint of ~335 MB) through train.sbatch: stop, requeue,
     resume. (submitit's USR2 path is test_multinode's, at 32x32: what differs at 256 is the size.)"""
     run = tmp_path / "run"
     opts = ["train.epochs=1", "train.batch_size=2", "train.max_steps_per_epoch=12", "train.checkpoint_every_steps=0",

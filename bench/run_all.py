@@ -105,7 +105,9 @@ def performance_page(body: str) -> str:
 
 
 README = REPO / "README.md"
-HEADLINE = re.compile(r"(<!-- bench:headline -->\n).*?(<!-- /bench:headline -->)", re.S)
+# A block a page quotes: <!-- bench:NAME --> ... <!-- /bench:NAME -->, NAME a section (its show()) or
+# "headline" (the README's few figures). Everything between the markers is rendered, never typed.
+BLOCK = re.compile(r"(<!-- bench:([a-z]+) -->\n).*?(<!-- /bench:\2 -->)", re.S)
 
 
 def headline(saved: dict[str, dict]) -> str:
@@ -139,13 +141,35 @@ def headline(saved: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def block(name: str, saved: dict[str, dict]) -> str:
+    if name == "headline":
+        return headline(saved)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        SECTIONS[name][1].show(saved[name])
+    when = f"{saved[name]['machine'].get('cpu')} ({saved[name]['machine'].get('simd')}), {saved[name]['when']}"
+    return f"(`bench/results/{SECTIONS[name][1].RESULT}.json`, measured {when})\n\n{buf.getvalue().strip()}\n"
+
+
+def quoting_pages() -> list:
+    """The pages that quote bench blocks: the README and docs/, but the page rendered whole."""
+    return [README] + sorted(p for p in (REPO / "docs").glob("*.md") if p != PERFORMANCE)
+
+
+def with_blocks(text: str, saved: dict[str, dict]) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + block(m.group(2), saved) + m.group(3), text)
+
+
 def write_documents() -> None:
     saved = results()
     body = render(saved)
     fsutil.write_text(RESULTS / "RESULTS.md", HEAD + body)
     fsutil.write_text(PERFORMANCE, performance_page(body))
-    fsutil.write_text(README, HEADLINE.sub(lambda m: m.group(1) + headline(saved) + m.group(2), README.read_text()))
-    print(f"written: {RESULTS / 'RESULTS.md'}, {PERFORMANCE}, the README's headline figures")
+    for page in quoting_pages():
+        text = page.read_text()
+        if with_blocks(text, saved) != text:
+            fsutil.write_text(page, with_blocks(text, saved))
+    print(f"written: {RESULTS / 'RESULTS.md'}, {PERFORMANCE}, and the blocks the README and docs/ quote")
 
 
 def run_section(heading: str, mod) -> None:

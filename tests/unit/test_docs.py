@@ -101,5 +101,7 @@ def test_performance_figures_are_rendered_from_the_bench_results():
     body = run_all.render(saved)
     assert (DOCS / "performance.md").read_text() == run_all.performance_page(body)
     assert (REPO / "bench" / "results" / "RESULTS.md").read_text() == run_all.HEAD + body
-    block = run_all.HEADLINE.search(README.read_text())
-    assert block and block.group(0) == block.group(1) + run_all.headline(saved) + block.group(2)
+    assert "<!-- bench:headline -->" in README.read_text()
+    for page in run_all.quoting_pages():
+        text = page.read_text()
+        assert run_all.with_blocks(text, saved) == text, f"{page.name}: a bench block differs from its result file"

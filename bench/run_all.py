@@ -86,18 +86,20 @@ def results() -> dict[str, dict]:
     return out
 
 
+def shown(name: str, result: dict) -> str:
+    """What the section's show() prints for a saved result."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        SECTIONS[name][1].show(result)
+    return buf.getvalue().strip()
+
+
 def render(saved: dict[str, dict]) -> str:
     """Every saved section, in SECTIONS order, as its module's show() prints it."""
     usual = Counter(cpu_of(r["machine"]) for r in saved.values()).most_common(1)[0][0] if saved else None
-    parts = []
-    for name, result in saved.items():
-        heading, mod = SECTIONS[name]
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            mod.show(result)
-        parts.append(f"## {heading}\n\n(`make bench SECTION={name}`) "
-                     f"{describe_machine(result['machine'], result['when'], usual)}\n\n{buf.getvalue().strip()}\n")
-    return "\n".join(parts)
+    return "\n".join(f"## {SECTIONS[name][0]}\n\n(`make bench SECTION={name}`) "
+                     f"{describe_machine(result['machine'], result['when'], usual)}\n\n{shown(name, result)}\n"
+                     for name, result in saved.items())
 
 
 def performance_page(body: str) -> str:
@@ -144,11 +146,9 @@ def headline(saved: dict[str, dict]) -> str:
 def block(name: str, saved: dict[str, dict]) -> str:
     if name == "headline":
         return headline(saved)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        SECTIONS[name][1].show(saved[name])
-    when = f"{saved[name]['machine'].get('cpu')} ({saved[name]['machine'].get('simd')}), {saved[name]['when']}"
-    return f"(`bench/results/{SECTIONS[name][1].RESULT}.json`, measured {when})\n\n{buf.getvalue().strip()}\n"
+    m = saved[name]["machine"]
+    when = f"{m.get('cpu')} ({m.get('simd')}), {saved[name]['when']}"
+    return f"(`bench/results/{SECTIONS[name][1].RESULT}.json`, measured {when})\n\n{shown(name, saved[name])}\n"
 
 
 def quoting_pages() -> list:
@@ -167,8 +167,9 @@ def write_documents() -> None:
     fsutil.write_text(PERFORMANCE, performance_page(body))
     for page in quoting_pages():
         text = page.read_text()
-        if with_blocks(text, saved) != text:
-            fsutil.write_text(page, with_blocks(text, saved))
+        quoted = with_blocks(text, saved)
+        if quoted != text:
+            fsutil.write_text(page, quoted)
     print(f"written: {RESULTS / 'RESULTS.md'}, {PERFORMANCE}, and the blocks the README and docs/ quote")
 
 

@@ -5,6 +5,8 @@ machine and data, and reports our figure as a ratio against it.
 """
 from __future__ import annotations
 
+import contextlib
+import encodings.ascii  # noqa: F401 -- loaded now: a process forked as another user cannot read the library
 import json
 import os
 import platform
@@ -140,3 +142,40 @@ def epoch_gaps(epoch_records: list[dict]) -> list[float]:
     ends = [r["loop_end_time"] for r in epoch_records]
     starts = [e - r["epoch_time"] for e, r in zip(ends, epoch_records)]
     return [b - a for a, b in zip(ends, starts[1:])]
+
+
+class AsUser:
+    """`fn(*args)`, which returns a string, in a forked process of user `uid` in group `gid`
+    (umask 002), its answer read back with `line()`. Forked, not exec'd: this interpreter may sit
+    where another user cannot read it, so what `fn` needs is imported before. `linger_s` keeps the
+    process alive after it answered (a live holder)."""
+
+    def __init__(self, uid: int, gid: int, fn, *args, linger_s: float = 0.0):
+        r, w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into its caller
+            code = 1
+            try:
+                os.close(r)
+                os.setgroups([gid])
+                os.setgid(gid)
+                os.setuid(uid)
+                os.umask(0o002)
+                os.write(w, (fn(*args) + "\n").encode())
+                time.sleep(linger_s)
+                code = 0
+            except BaseException as e:  # noqa: BLE001
+                os.write(w, f"child error: {type(e).__name__}: {e}\n".encode())
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.out = os.fdopen(r)
+
+    def line(self) -> str:
+        return self.out.readline().strip()
+
+    def end(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, 9)
+        os.waitpid(self.pid, 0)
+        self.out.close()

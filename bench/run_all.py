@@ -19,7 +19,8 @@ import sys
 from collections import Counter
 
 from bench import (bench_checkpoint, bench_data, bench_multinode, bench_overhead, bench_precision, bench_preempt,
-                   bench_quality, bench_recipe, bench_ssim, bench_train, bench_wire, probe_generator, projection)
+                   bench_quality, bench_recipe, bench_soak, bench_ssim, bench_train, bench_wire, probe_generator,
+                   projection)
 from bench.common import REPO, RESULTS
 from oasis_dcgan import fsutil
 
@@ -30,6 +31,7 @@ SECTIONS = {  # short name: (heading, module)
     "checkpoint": ("Checkpoints off the critical path", bench_checkpoint),
     "preempt": ("Preemption (dev Slurm cluster)", bench_preempt),
     "multinode": ("Two hosts (dev Slurm cluster, partition multi)", bench_multinode),
+    "soak": ("Fault soak: seeded faults on real runs, nothing lost", bench_soak),
     "overhead": ("Host overhead per step, and the reader's headroom", bench_overhead),
     "precision": ("Mixed precision", bench_precision),
     "wire": ("Gradients in fp16 on the wire: what they cost the model", bench_wire),

@@ -193,6 +193,8 @@ class ClusterConfig:
     signal_delay_s: int = key(90, "USR2 this long before the time limit: checkpoint and requeue", at_least(0))
     max_requeues: int = key(5, "requeues after a failed attempt (a dead rank), per job; stops never count",
                             at_least(0))
+    lock_stale_after_s: float = key(900.0, "a run's or dataset's lock whose holder neither its host nor Slurm can "
+                                    "vouch for is taken over once nothing refreshed it this long", more_than(0))
     setup: list[str] = key([], 'shell lines run first in every job, e.g. ["module load cuda/12.2"]')
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 USER_EXIT = 2       # fix the input, then run again
 RETRYABLE_EXIT = 1  # a known fault that another attempt may not meet
+LEASE_LOST_EXIT = 3  # another job took the run's lock: this one stopped writing; never requeued
 
 
 class UserError(Exception):
@@ -38,6 +39,15 @@ class CheckpointError(UserError):
 
 class RunLockError(UserError):
     """Another live job holds the run directory."""
+
+
+class LeaseLostError(RunLockError):
+    """This job held the run's lock and lost it (suspended or cut off past the takeover limit):
+    it stops writing into the run at once, and leaves the run's state to the new holder."""
+
+
+class PlantedLinkError(UserError):
+    """A symlink where the suite writes or reads a file of its own: never followed."""
 
 
 class RunDirError(UserError, FileNotFoundError):
@@ -81,6 +91,8 @@ def is_user_error(e: BaseException) -> bool:
 
 def exit_code(e: BaseException) -> int | None:
     """The CLI's exit code for an error it prints as one line; None for one that keeps its traceback."""
+    if isinstance(e, LeaseLostError):
+        return LEASE_LOST_EXIT
     if is_user_error(e):
         return USER_EXIT
     return RETRYABLE_EXIT if isinstance(e, RetryableError) else None

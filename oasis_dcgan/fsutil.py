@@ -10,12 +10,10 @@ import errno
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import tempfile
-import time
 from pathlib import Path
-from .errors import BadFileError, StorageError
+from .errors import BadFileError, PlantedLinkError, StorageError
 
 
 def umask() -> int:
@@ -102,6 +100,19 @@ def write_json(dest: str | os.PathLike, obj) -> None:
     write_text(dest, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def open_append(path: str | os.PathLike):
+    """A text file to append lines to, line-buffered; never through a symlink planted at its name
+    (a StorageError naming it), and made with the umask's mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PlantedLinkError(f"{path}: is a symbolic link; the suite never writes through one (move it "
+                                   "away, then run again)") from None
+        raise storage_error(path, "open", e) from e
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+
 def read_json(path: str | os.PathLike):
     """Read JSON, naming the file in the error when it is not valid."""
     try:
@@ -141,6 +152,23 @@ def follow_jsonl(path: str | os.PathLike, offset: int) -> tuple[list[dict], int]
 
 # A full disk, a quota, an I/O error, a read-only file system: the storage's fault, not the data's.
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+
+
+def is_storage_fault(e: BaseException) -> bool:
+    """A full disk, a quota, an I/O error, a read-only mount: also when a library words it its own way."""
+    return getattr(e, "errno", None) in STORAGE_ERRNOS or io_reason(e) in map(os.strerror, STORAGE_ERRNOS)
+
+
+def io_failure(text: str, e: BaseException, user_error=None) -> Exception:
+    """The error for an I/O failure worded `text`: retryable (StorageError) when the storage is at
+    fault, else `user_error` (the input's; a DataError, a CollectError). Same text either way."""
+    if is_storage_fault(e) or user_error is None:
+        err = StorageError(text)
+        err.errno = getattr(e, "errno", None)
+    else:
+        err = user_error(text)
+    err.__cause__ = e
+    return err
 
 
 def storage_error(path, what: str, e: BaseException, intact: str = "", then: str = "") -> StorageError:
@@ -183,62 +211,6 @@ def remove_stale_temps(directory: str | os.PathLike, name: str = "") -> int:
                     p.unlink()
             n += 1
     return n
-
-
-# ----------------------------------------------------------------------------- lock files
-
-def link_claim(path: Path, record: dict) -> bool:
-    """Take the lock file `path` holding `record`, the NFS-safe way: the record is written and
-    fsynced to a claim file of its own, then link()ed to `path`, which succeeds whole or fails
-    because a lock exists. A lock is therefore never empty or half-written. True: taken.
-    An OSError from writing the claim (a full disk) is the caller's to word."""
-    fd, claim = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(claim, path)
-            return True
-        except FileExistsError:
-            # On NFS a link() whose reply was lost reports failure after it succeeded.
-            return os.stat(claim).st_nlink == 2
-        except FileNotFoundError:  # another taker's start swept our claim file: try again
-            return False
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(claim)
-
-
-def read_claim(path: Path) -> tuple[dict, float] | None:
-    """A lock's record ({} when unreadable) and the seconds since it was last touched; None: no lock."""
-    try:
-        age = time.time() - path.stat().st_mtime
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError):
-        record = {}
-    return (record if isinstance(record, dict) else {}), age
-
-
-def break_claim(path: Path, stale: dict) -> None:
-    """Move a stale lock away by rename (one taker wins); if what moved was not the stale lock
-    but a new holder's, put it back."""
-    moved = path.with_name(f"{path.name}.{secrets.token_hex(6)}.broken.tmp")
-    try:
-        os.rename(path, moved)
-    except FileNotFoundError:
-        return
-    try:
-        taken = (read_claim(moved) or ({}, 0))[0]
-        if taken != stale and taken:
-            with contextlib.suppress(FileExistsError):
-                os.link(moved, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(moved)
 
 
 # ----------------------------------------------------------------------------- lock holders

@@ -46,15 +46,13 @@ class RunLog(logging.Handler):
     with `echo` where no console handler prints them already, on stdout (the Slurm log). Other
     ranks attach none: their progress is rank 0's."""
 
-    def __init__(self, run_dir: str | os.PathLike, echo: bool = True):
+    def __init__(self, run_dir: rundir.RunDir | str | os.PathLike, echo: bool = True):
         super().__init__(logging.INFO)
         self.echo = echo
-        self.path = rundir.RunDir(run_dir).log
+        self.run = run_dir if isinstance(run_dir, rundir.RunDir) else rundir.RunDir(run_dir)
+        self.path = self.run.log
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._f = open(self.path, "a", encoding="utf-8", buffering=1)
-        except OSError as e:
-            raise fsutil.storage_error(self.path, "open the run's log", e) from e
+        self._f = fsutil.open_append(self.path)
 
     def emit(self, record: logging.LogRecord) -> None:
         # (Called under the handler's re-entrant lock: the loop, the thread that publishes
@@ -62,6 +60,14 @@ class RunLog(logging.Handler):
         text = line(record)
         if self.echo:
             print(text, flush=True)
+        if self._f is not None and self.run.lease is not None and not self.run.lease.valid():
+            # The run is another job's now: this job's last lines go to its own log only.
+            self._f.close()
+            self._f = None
+        if self._f is None:
+            if not self.echo:
+                print(text, file=sys.stderr, flush=True)
+            return
         try:
             self._f.write(text + "\n")
         except OSError as e:  # raised, not swallowed: a run must not go on without its log
@@ -77,7 +83,7 @@ class RunLog(logging.Handler):
 
     def close(self) -> None:
         logging.getLogger(LOGGER).removeHandler(self)
-        with contextlib.suppress(OSError):  # a full disk was reported when the line failed
+        with contextlib.suppress(OSError, AttributeError):  # a full disk was reported when the line failed
             self._f.close()
         super().close()
 
@@ -85,16 +91,16 @@ class RunLog(logging.Handler):
 class Stats:
     """stats.jsonl: one JSON object a line, flushed at once so `status` and `tail -f` see it."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, guard=None):
         self.path = Path(path)
-        try:
-            self._f = open(self.path, "a", encoding="utf-8", buffering=1)
-        except OSError as e:
-            raise fsutil.storage_error(self.path, "open", e) from e
+        self._f = fsutil.open_append(self.path)
+        self._guard = guard  # the run's fence (rundir.RunDir.guard): raises once this job lost the run
         self._lock = threading.RLock()  # re-entered by a signal handler that interrupted a write
 
     def write(self, **record) -> None:
         record.setdefault("time", time.time())
+        if self._guard:
+            self._guard()
         with self._lock:  # the training loop and the thread that publishes epochs both write
             try:
                 self._f.write(json.dumps(record) + "\n")

@@ -71,10 +71,16 @@ NEW, TRAINING, STOPPED, FAILED, FINISHED = "new", "training", "stopped", "failed
 
 
 class RunDir:
-    """Paths of one run directory, and its typed readers."""
+    """Paths of one run directory, its typed readers, and its writes, fenced by the writer's lease."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, lease=None):
         self.path = Path(path)
+        self.lease = lease  # rank 0's run lock (training/runlock.py), once it holds one
+
+    def guard(self) -> None:
+        """Before any write into the run: raise LeaseLostError if the writer no longer holds it."""
+        if self.lease is not None:
+            self.lease.check()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -140,8 +146,13 @@ class RunDir:
 
     def write_state(self, state: str, **fields) -> dict:
         rec = {"state": state, **fields, "time": time.time()}
-        fsutil.write_json(self.state_file, rec)
+        self.write_json(self.state_file, rec)
         return rec
+
+    def write_json(self, path: Path, obj) -> None:
+        """A file of the run, whole or not at all, by its writer only."""
+        self.guard()
+        fsutil.write_json(path, obj)
 
     def finished(self) -> bool:
         return self.read_state()["state"] == FINISHED

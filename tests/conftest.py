@@ -261,6 +261,12 @@ def raw_tree(tmp_path_factory):
 # Tests marked `fault` each inflict one fault on a run directory (docs/resume.md: "Faults, and
 # what is kept"); the session's summary counts them: tried, and survived with nothing lost (passed).
 _faults: dict = {}
+_soak = {"tried": 0, "survived": 0}  # the faults a soak test tried inside one test (bench/bench_soak.py)
+
+
+def record_soak(result: dict) -> None:
+    _soak["tried"] += result["tried"]
+    _soak["survived"] += result["survived"]
 
 
 def pytest_runtest_logreport(report):
@@ -270,9 +276,10 @@ def pytest_runtest_logreport(report):
 
 def pytest_terminal_summary(terminalreporter):
     if _faults:
-        survived = sum(_faults.values())
-        terminalreporter.write_line(f"fault matrix: {len(_faults)} faults tried, {survived} survived with nothing "
-                                    f"lost" + ("" if survived == len(_faults) else
+        tried, survived = len(_faults) + _soak["tried"], sum(_faults.values()) + _soak["survived"]
+        soaked = f" ({_soak['tried']} of them in the seeded soak)" if _soak["tried"] else ""
+        terminalreporter.write_line(f"fault matrix: {tried} faults tried{soaked}, {survived} survived with nothing "
+                                    f"lost" + ("" if survived == tried else
                                                f"; not survived: {sorted(k for k, v in _faults.items() if not v)}"))
 
 

@@ -13,8 +13,9 @@ lists what was collected.
 """
 from __future__ import annotations
 
-import logging
+import errno
 import hashlib
+import logging
 import os
 import stat
 from pathlib import Path
@@ -30,8 +31,9 @@ SUMS = "SHA256SUMS"
 
 
 
-def files_to_collect(run_dir: Path, include_checkpoints: bool) -> list[Path]:
-    """Relative paths of the results group's regular files; temps (dot names) left out."""
+def files_to_collect(run_dir: Path, include_checkpoints: bool) -> list[tuple[Path, Path]]:
+    """(relative destination, relative source) of the results group's regular files; temps (dot
+    names) left out. A symlink is listed as the file it points to, if that stays inside the run."""
     wanted = []
     for name in rundir.RESULTS + ((rundir.CHECKPOINTS,) if include_checkpoints else ()):
         top = run_dir / name
@@ -45,53 +47,90 @@ def files_to_collect(run_dir: Path, include_checkpoints: bool) -> list[Path]:
     return wanted
 
 
-def _collectable(run_dir: Path, path: Path) -> Path | None:
-    """The path relative to the run, if it is a regular file that stays inside the run directory."""
+def _collectable(run_dir: Path, path: Path) -> tuple[Path, Path] | None:
+    """(where it goes, what to read), relative to the run, if it is a regular file inside the run directory."""
+    rel = path.relative_to(run_dir)
     if path.is_symlink():
         target = path.resolve()
         if run_dir not in target.parents:
             log.warning(f"collect: skipped {path}: a symlink to {target}, outside the run directory")
             return None
-        if not target.is_file():
-            return None
-    elif not path.exists() or not stat.S_ISREG(path.lstat().st_mode):
+        return (rel, target.relative_to(run_dir)) if target.is_file() else None
+    if not path.exists() or not stat.S_ISREG(path.lstat().st_mode):
         return None
-    return path.relative_to(run_dir)
+    return rel, rel
 
 
-def _snapshot_size(src: Path) -> int:
+class Swapped(Exception):
+    """A file listed as regular that is now something else (a symlink planted mid-collect)."""
+
+
+def open_regular(base: Path, rel: Path) -> int:
+    """A read descriptor of base/rel, opened one name at a time from base's descriptor, following
+    no symlink on the way, and checked to be a regular file on the descriptor itself: what is
+    read is what was checked, whatever is swapped in between. Raises Swapped otherwise."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in rel.parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        nxt = os.open(rel.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Swapped(f"{base / rel}: no longer a regular file ({os.strerror(e.errno)})") from None
+        raise
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(nxt).st_mode):
+        os.close(nxt)
+        raise Swapped(f"{base / rel}: no longer a regular file")
+    return nxt
+
+
+def _snapshot_size(fd: int) -> int:
     """How much of a growing file to take: its size now, back to the end of its last full line."""
-    size = src.stat().st_size
-    with open(src, "rb") as f:
-        back = min(size, 1 << 16)
-        f.seek(size - back)
-        tail = f.read(back)
+    size = os.fstat(fd).st_size
+    back = min(size, 1 << 16)
+    tail = os.pread(fd, back, size - back)
     cut = tail.rfind(b"\n")
     return size - back + cut + 1 if cut >= 0 else size
 
 
-def copy_hashed(src: Path, dest: Path, limit: int | None = None) -> str:
-    """Copy `src` (its first `limit` bytes) to `dest` atomically; return the sha256 of what was copied."""
+def _hash_fd(fd: int, limit: int | None = None) -> str:
     h = hashlib.sha256()
-    left = src.stat().st_size if limit is None else limit
-    with fsutil.atomic_path(dest) as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
-        os.fchmod(fout.fileno(), stat.S_IMODE(os.fstat(fin.fileno()).st_mode))  # a private file stays private
-        while left > 0:
-            chunk = fin.read(min(CHUNK, left))
-            if not chunk:
-                raise CollectError(f"{src}: shrank while it was copied")
-            h.update(chunk)
-            fout.write(chunk)
-            left -= len(chunk)
+    for chunk in _chunks(fd, os.fstat(fd).st_size if limit is None else limit):
+        h.update(chunk)
     return h.hexdigest()
 
 
-def _copy_one(src: Path, target: Path, growing: bool) -> str:
+def _chunks(fd: int, size: int):
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(CHUNK, size - offset), offset)
+        if not chunk:
+            raise CollectError(f"/proc/self/fd/{fd}: shrank while it was copied")
+        offset += len(chunk)
+        yield chunk
+
+
+def copy_hashed(fd: int, dest: Path, limit: int | None = None) -> str:
+    """Copy the open file `fd` (its first `limit` bytes) to `dest` atomically; return the sha256 of what was copied."""
+    h = hashlib.sha256()
+    with fsutil.atomic_path(dest) as tmp, open(tmp, "wb") as fout:
+        os.fchmod(fout.fileno(), stat.S_IMODE(os.fstat(fd).st_mode))  # a private file stays private
+        for chunk in _chunks(fd, os.fstat(fd).st_size if limit is None else limit):
+            h.update(chunk)
+            fout.write(chunk)
+    return h.hexdigest()
+
+
+def _copy_one(fd: int, src: Path, target: Path, growing: bool) -> str:
     """Copy and check; a file other than the log and stats that changes mid-copy is copied again."""
     for _ in range(3):
-        before = src.stat()
-        digest = copy_hashed(src, target, _snapshot_size(src) if growing else None)
-        after = src.stat()
+        before = os.fstat(fd)
+        digest = copy_hashed(fd, target, _snapshot_size(fd) if growing else None)
+        after = os.fstat(fd)
         if growing or (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
             break
     else:
@@ -101,23 +140,23 @@ def _copy_one(src: Path, target: Path, growing: bool) -> str:
     return digest
 
 
-def _sources(run_dir: Path, include_checkpoints: bool) -> list[tuple[Path, Path]]:
-    """(relative destination, source) pairs; the dataset manifest travels with the results."""
-    pairs = [(f, run_dir / f) for f in files_to_collect(run_dir, include_checkpoints)]
+def _sources(run_dir: Path, include_checkpoints: bool) -> list[tuple[Path, Path, Path]]:
+    """(relative destination, base folder, source relative to it); the dataset manifest travels with the results."""
+    triples = [(rel, run_dir, src) for rel, src in files_to_collect(run_dir, include_checkpoints)]
     opts = rundir.RunDir(run_dir).read_options()
-    manifest = Path(opts["config"]["data"]["dataset"]) / MANIFEST
-    if manifest.is_file():
-        pairs.append((Path("dataset_" + MANIFEST), manifest))
-    return pairs
+    dataset = Path(opts["config"]["data"]["dataset"])
+    if (dataset / MANIFEST).is_file():
+        triples.append((Path("dataset_" + MANIFEST), dataset, Path(MANIFEST)))
+    return triples
 
 
-def _matches(target: Path, src: Path, growing: bool) -> str | None:
+def _matches(target: Path, fd: int, growing: bool) -> str | None:
     """The target's hash when it already holds what would be copied now, else None."""
-    limit = _snapshot_size(src) if growing else None
+    limit = _snapshot_size(fd) if growing else None
     if growing and target.stat().st_size != limit:
         return None
     have = fsutil.sha256_file(target)
-    return have if fsutil.sha256_file(src, limit=limit) == have else None
+    return have if _hash_fd(fd, limit) == have else None
 
 
 def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpoints: bool = False,
@@ -131,28 +170,25 @@ def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpo
     dest.mkdir(parents=True, exist_ok=True)
     before = _listed(dest)
     sums, counts, conflicts = {}, {"copied": 0, "skipped": 0, "updated": 0}, []
-    for rel, src in _sources(run_dir, include_checkpoints):
-        target, growing = dest / rel, str(rel) in rundir.GROWING
-        if target.exists():
-            same = _matches(target, src, growing)
-            if same:
-                counts["skipped"] += 1
-                sums[str(rel)] = same
+    try:
+        for rel, base, src in _sources(run_dir, include_checkpoints):
+            try:
+                fd = open_regular(base, src)
+            except Swapped as e:
+                log.warning(f"collect: skipped {e}")
                 continue
-            if not update:
-                conflicts.append(str(target))
+            try:
+                outcome, digest = _take(fd, base / src, dest / rel, str(rel) in rundir.GROWING, update)
+            finally:
+                os.close(fd)
+            if outcome == "conflict":
+                conflicts.append(str(dest / rel))
                 continue
-        existed = target.exists()
-        try:
-            sums[str(rel)] = _copy_one(src, target, growing)
-        except OSError as e:
-            _write_sums(dest, sums, quiet=True)
-            raise CollectError(f"{target}: cannot copy {src} ({fsutil.io_reason(e)}); the partial copy was "
-                               f"removed. Intact in {dest}: the {len(sums)} file(s) listed in SHA256SUMS. Free "
-                               "space and collect again: it copies only what is missing.") from e
-        counts["updated" if existed else "copied"] += 1
+            sums[str(rel)] = digest
+            counts[outcome] += 1
+    finally:  # whatever fails, DEST/SHA256SUMS keeps every entry it had, updated by what was copied
+        _write_sums(dest, {**before, **sums}, quiet=True)
     if conflicts:
-        _write_sums(dest, sums, quiet=True)
         raise CollectError(f"{len(conflicts)} file(s) in {dest} differ from the run's and were left as they are "
                            "(a run that went on: collect --update refreshes them; otherwise move them away or "
                            "pick another DEST):\n" + "\n".join(f"  {c}" for c in conflicts))
@@ -164,6 +200,24 @@ def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpo
     log.info(f"collected {counts['copied']} new file(s), refreshed {counts['updated']}, {counts['skipped']} already "
              f"there, into {dest}")
     return {"dest": str(dest), **counts, "files": len(sums), "no_longer_in_run": gone}
+
+
+def _take(fd: int, src: Path, target: Path, growing: bool, update: bool) -> tuple[str, str]:
+    """Bring one file to DEST: (copied | updated | skipped | conflict, its sha256)."""
+    existed = target.exists()
+    if existed:
+        same = _matches(target, fd, growing)
+        if same:
+            return "skipped", same
+        if not update:
+            return "conflict", ""
+    try:
+        return ("updated" if existed else "copied"), _copy_one(fd, src, target, growing)
+    except OSError as e:
+        text = (f"{target}: cannot copy {src} ({fsutil.io_reason(e)}); the partial copy was removed. Intact "
+                f"in {target.parent}: every file listed in SHA256SUMS. Free space and collect again: it copies "
+                "only what is missing.")
+        raise fsutil.io_failure(text, e, CollectError) from e  # a full disk is worth another try
 
 
 def _listed(dest: Path) -> dict:

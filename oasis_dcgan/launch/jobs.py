@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 
 from .. import config as config_mod, logs, rundir
+from ..errors import RunLockError
 from . import environment, retry
 
 STOP_EXIT = 143  # stopped on a signal with a checkpoint on disk: requeue me
@@ -33,6 +34,8 @@ class TrainJob:
         return {"config": self.config, "log_to_stdout": self.log_to_stdout, "_trainer": None}
 
     def __call__(self) -> dict:
+        submitit_usr2 = signal.getsignal(signal.SIGUSR2) if environment.under_submitit() else None
+        early = install_stop_handlers(None)  # before anything slow: a stop now is held, not fatal
         from ..training.trainer import Trainer
 
         cfg = config_mod.from_dict(self.config)
@@ -40,17 +43,17 @@ class TrainJob:
         world = environment.job_world(rundir.RunDir(run_dir).rendezvous)
         if not world.is_chief:  # the run's progress is rank 0's; another rank's console shows its warnings
             logs.to_console(logging.WARNING)
-        submitit_usr2 = signal.getsignal(signal.SIGUSR2) if environment.under_submitit() else None
 
         def note_stop(reason: str) -> None:  # before the ranks meet: no rank's exit can cut it short
             retry.note_attempt(run_dir, world, "stopped", reason)
 
         try:
             self._trainer = Trainer(cfg, world, log_to_stdout=self.log_to_stdout, before_barrier=note_stop)
-            install_stop_handlers(self._trainer)
+            install_stop_handlers(self._trainer, early)
             summary = self._trainer.run()
         except Exception as e:  # the batch script's retry step reads this rank's note
-            retry.note_failure(run_dir, world, e)
+            if not isinstance(e, RunLockError):  # the run is another job's: this one writes nothing into it
+                retry.note_failure(run_dir, world, e)
             raise
         if not summary.get("stopped"):
             return summary
@@ -71,6 +74,10 @@ def hand_stop_to_submitit(handler, run_dir: Path, world, reason: str) -> None:
     """submitit's own USR2 handling: checkpoint() (the checkpoint is on disk already), requeue,
     exit. The note says "requeued by submitit" only once submitit has requeued; when it did not
     (or was cut short), the retry step requeues the stop itself, uncounted."""
+    # The requeue signals every process of the job, `scontrol requeue` itself among them, which it
+    # then killed before it could report success. Ignored here, and so in scontrol (an ignored signal
+    # is inherited), it cuts nothing short: the stop's checkpoint and notes are on disk already.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         handler(signal.SIGUSR2, None)
     except SystemExit:  # submitit requeued the job, and exits
@@ -81,18 +88,29 @@ def hand_stop_to_submitit(handler, run_dir: Path, world, reason: str) -> None:
               flush=True)
 
 
-def install_stop_handlers(trainer) -> None:
+def install_stop_handlers(trainer, early: list | None = None) -> list:
     """USR2 and SIGTERM ask the Trainer for an agreed stop (SIGTERM also has rank 0 save at once).
 
     This replaces submitit's handlers for the run of the Trainer (its SIGTERM handler only
-    logs; its USR2 handler is called once the agreed stop's checkpoint is on disk).
+    logs; its USR2 handler is called once the agreed stop's checkpoint is on disk). With no
+    Trainer yet (the job is importing TensorFlow), a signal is held in the returned list;
+    installing them for the Trainer then hands it the first one held.
     """
+    held: list = []
+
     def stop(signum, frame):
         # SIGKILL follows SIGTERM within KillWait, or at once when srun forces the step down.
-        trainer.request_stop(f"signal {signal.Signals(signum).name}", urgent=signum == signal.SIGTERM)
+        reason, urgent = f"signal {signal.Signals(signum).name}", signum == signal.SIGTERM
+        if trainer is None:
+            held.append((reason, urgent))
+        else:
+            trainer.request_stop(reason, urgent=urgent)
 
     for signum in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(signum, stop)
+    if trainer is not None and early:
+        trainer.request_stop(early[0][0], urgent=False)  # nothing to save yet: the stop rides in the first step
+    return held
 
 
 def preprocess_task(out: str, task: int, ntasks: int, token: str) -> dict:

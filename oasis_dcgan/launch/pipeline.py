@@ -13,16 +13,22 @@ import time
 from pathlib import Path
 
 from .. import fsutil, rundir
+from ..claimfile import Liveness
 from ..config import Config, ConfigError
-from ..prep import layouts, manifest, pack
+from ..prep import datalock, layouts, manifest, pack
 from ..training import runlock
 from . import jobs
-from .environment import in_srun_step
+from .environment import in_srun_step, slurm_jobs_alive
 from .executors import AUTO, INPROCESS, LOCAL, SLURM, check_partition, make_executor, resolve_executor, sbatch_text
 
 log = logging.getLogger(__name__)
 
 WATCH_EVERY_S = 2.0
+
+
+def liveness(cfg: Config) -> Liveness:
+    """How this submitting process judges a lock's holder: by Slurm where it answers, else by age."""
+    return Liveness(cfg.cluster.lock_stale_after_s, slurm_jobs_alive)
 
 
 def record_job(run_dir: str | Path, entry: dict) -> None:
@@ -100,6 +106,13 @@ class Pipeline:
         """The pack tasks of a started packing (prep.pack.start) as one array job."""
         self.stage("preprocess", "preprocess", jobs.preprocess_task, [str(dataset)] * n, list(range(n)), [n] * n,
                    [token] * n, array=n)
+        self.name_packing_jobs(dataset, token, ("preprocess",))
+
+    def name_packing_jobs(self, dataset: Path, token: str, stages: tuple) -> None:
+        """Slurm jobs of a queued packing go into its lock: alive while Slurm has them, however long
+        they wait (a local executor's ids are processes of this host, not Slurm's)."""
+        if self.kind == SLURM and not self.dry_run:
+            datalock.name_jobs(dataset, token, [self.job_ids[s] for s in stages])
 
 
 def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, collect_dest: str = "",
@@ -115,7 +128,7 @@ def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, co
     chain = Pipeline(cfg, render, rundir.RunDir(run_dir).job_logs, record_in=run_dir, dry_run=dry_run,
                      wait=kind == LOCAL if wait is None else wait, watch=watch)
     out: dict = {"executor": kind, "run_dir": str(run_dir), "dataset": str(dataset), "jobs": chain.job_ids}
-    runlock.check_free(run_dir)
+    runlock.check_free(run_dir, liveness(cfg))
     if dataset_ready(cfg, dataset):
         log.info(f"dataset {dataset} is verified and matches the config; skipping preprocess")
     elif not cfg.data.source:
@@ -123,9 +136,10 @@ def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, co
     else:
         # Plan here: a bad input fails now, before anything is queued. A dry run plans only.
         p = (pack.plan(cfg.data.source, cfg.data) if dry_run else
-             pack.start(cfg.data.source, dataset, cfg.data, queued=True))
+             pack.start(cfg.data.source, dataset, cfg.data, queued=True, liveness=liveness(cfg)))
         chain.pack_tasks(dataset, pack.tasks_for(p, cfg.cluster.preprocess_tasks), p.token)
         chain.stage("seal", "seal", jobs.seal_dataset, str(dataset), p.token)
+        chain.name_packing_jobs(dataset, p.token, ("preprocess", "seal"))
     chain.stage("train", "train", jobs.TrainJob(cfg.to_dict()), all_ranks=True)
     res = chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run_dir), str(dataset),
                       cfg.metrics.batches)
@@ -145,7 +159,7 @@ def preprocess(cfg: Config, executor: str, tasks: int) -> dict:
     kind = resolve_executor(executor)
     out = Path(cfg.data.dataset).resolve()
     run_tasks = None if kind == INPROCESS else Pipeline(cfg, kind, out / ".submitit", wait=True).pack_tasks
-    return pack.preprocess(cfg.data.source, out, cfg.data, tasks, run_tasks=run_tasks)
+    return pack.preprocess(cfg.data.source, out, cfg.data, tasks, run_tasks=run_tasks, liveness=liveness(cfg))
 
 
 def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False) -> list[dict]:
@@ -160,7 +174,8 @@ def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False) 
         raise ConfigError("--restart inside a Slurm job step would restart again on every requeue; restart once "
                          "from the login node (oasis-dcgan train ... --restart --no-wait), or move the run aside")
     if kind != INPROCESS or restart:
-        runlock.check_free(cfg.run_dir)  # refuse before queueing; in-process ranks check as they start
+        # Refuse before queueing; in-process ranks check as they start.
+        runlock.check_free(cfg.run_dir, liveness(cfg))
     if restart:
         moved = rundir.RunDir(cfg.run_dir).set_aside()
         log.info(f"train: moved the previous checkpoints and record to {moved}" if moved else

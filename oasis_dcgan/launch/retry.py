@@ -28,7 +28,8 @@ from pathlib import Path
 
 from .. import fsutil, rundir
 from ..config import ClusterConfig
-from ..errors import is_user_error
+from ..errors import LEASE_LOST_EXIT, RunLockError, is_user_error
+from ..training import runlock
 from ..logs import Stats
 
 
@@ -86,6 +87,9 @@ class Decision:
 def decide(run_dir, job_id: str, attempt: int, rc: int, max_requeues: int) -> Decision:
     """What to do with a job whose train step just ended with exit code rc."""
     run_dir = Path(run_dir)
+    if rc == LEASE_LOST_EXIT:
+        return Decision("none", "another job took the run's lock (this one was suspended or cut off past the "
+                                "takeover limit); this job stopped writing, and the run is the holder's")
     state = rundir.RunDir(run_dir).read_state()
     if state["state"] == rundir.FINISHED and str(state.get("job_id")) == str(job_id):
         return Decision("none", f"training finished ({state.get('epochs')} epochs)")
@@ -128,6 +132,17 @@ def _job_state(job_id: str) -> str:
     return fields.get("JobState", "UNKNOWN")
 
 
+def _held_by_another(run_dir: Path, job_id: str) -> str:
+    """The run's lock's holder when it is another job (whose run this job must not write into), else ""."""
+    try:
+        found = runlock.read(run_dir)
+    except RunLockError as e:
+        return str(e)
+    if found is None or not found[0] or str(found[0].get("job_id")) == str(job_id):
+        return ""
+    return runlock.describe(found[0])
+
+
 def _max_requeues(run_dir: Path) -> int:
     run = rundir.RunDir(run_dir)
     if run.options.is_file():
@@ -149,7 +164,9 @@ def main(argv=None) -> int:
     if d.action == "requeue" and state != "RUNNING":
         d = Decision("none", f"job is {state}, not running: Slurm has it in hand")
     print(f"[retry] job {job_id} attempt {attempt}: {d.action}: {d.reason}", flush=True)
-    if d.action != "none":
+    if d.action != "none" and (other := _held_by_another(run_dir, job_id)):
+        print(f"[retry] not recorded in {run_dir}: it is held by {other}", flush=True)
+    elif d.action != "none":
         _record(run_dir, job_id=job_id, attempt=attempt, rc=a.rc, action=d.action, reason=d.reason,
                 counted=d.counted)
     if d.action == "requeue":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, fsutil
+from .. import __version__, claimfile, fsutil
 from ..config import DataConfig
 from . import datalock, layouts
 from .manifest import FORMAT_VERSION, MANIFEST, SHARD_NAME, SPLITS, DataError, image_block_offset, shard_name
@@ -112,7 +112,7 @@ def plan(src: str | os.PathLike, data: DataConfig) -> Plan:
 
 
 def start(src: str | os.PathLike, out: str | os.PathLike, data: DataConfig, token: str = "",
-          queued: bool = False) -> Plan:
+          queued: bool = False, liveness: claimfile.Liveness = datalock.BY_AGE) -> Plan:
     """Lock `out` for a packing and save its plan. `token` names a packing whose tasks start on
     their own (a plain sbatch array): the first to arrive plans, the others use its plan.
     `queued`: the tasks are jobs, which may start long after this process is gone."""
@@ -120,13 +120,18 @@ def start(src: str | os.PathLike, out: str | os.PathLike, data: DataConfig, toke
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"{out}: cannot create the dataset directory ({fsutil.io_reason(e)})") from e
+        raise fsutil.io_failure(f"{out}: cannot create the dataset directory ({fsutil.io_reason(e)})", e,
+                                DataError) from e
     shared = bool(token)
     token = token or datalock.new_token()
-    datalock.take(out, token, queued)
+    datalock.take(out, token, queued, liveness)
     try:
         if shared and (out / PLAN_FILE).is_file() and load_plan(out).token == token:
             return load_plan(out)
+        if (out / MANIFEST).is_file() and (runs := datalock.live_readers(out, liveness)):
+            raise DataError(f"{out}: live run(s) train on this dataset: {'; '.join(runs)}. Packing into it would "
+                            "change their data under them; nothing was written. Set data.dataset to a new "
+                            "directory to pack a new version beside it, or wait for them to end.")
         p = plan(src, data)
         p.token = token
         save_plan(p, out)
@@ -147,8 +152,8 @@ def save_plan(p: Plan, out: str | os.PathLike) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         fsutil.write_json(out / PLAN_FILE, p.to_dict())
     except OSError as e:
-        raise DataError(f"{out / PLAN_FILE}: cannot write the packing plan ({fsutil.io_reason(e)}); "
-                        "no shard was written by this attempt.") from e
+        raise fsutil.io_failure(f"{out / PLAN_FILE}: cannot write the packing plan ({fsutil.io_reason(e)}); "
+                                "no shard was written by this attempt.", e, DataError) from e
     return out / PLAN_FILE
 
 
@@ -270,9 +275,9 @@ def _pack_shard(out: Path, p: Plan, name: str, split: str, units: list) -> int |
         # The shard is written whole or not at all, so whatever is at dest is complete: never
         # remove it (it may be another writer's, or the previous one). A shard whose record is
         # missing or differs is rewritten by the rerun.
-        raise DataError(f"{dest}: cannot write the shard ({fsutil.io_reason(e)}). Every shard already in {out} "
-                        "is complete and kept; its temp file was removed. Free space and run preprocess again: "
-                        "it writes only the missing shards.") from e
+        raise fsutil.io_failure(f"{dest}: cannot write the shard ({fsutil.io_reason(e)}). Every shard already in "
+                                f"{out} is complete and kept; its temp file was removed. Free space and run "
+                                "preprocess again: it writes only the missing shards.", e, DataError) from e
     return len(c.images)
 
 
@@ -383,17 +388,18 @@ def seal(out: str | os.PathLike, token: str = "") -> dict:
     try:
         fsutil.write_json(out / MANIFEST, manifest)
     except OSError as e:
-        raise DataError(f"{out / MANIFEST}: cannot write the manifest ({fsutil.io_reason(e)}); every shard is "
-                        "complete and verified. Free space and run preprocess --seal.") from e
+        raise fsutil.io_failure(f"{out / MANIFEST}: cannot write the manifest ({fsutil.io_reason(e)}); every shard "
+                                "is complete and verified. Free space and run preprocess --seal.", e, DataError) from e
     datalock.release(out, p.token)
     return manifest
 
 
 def preprocess(src: str | os.PathLike, out: str | os.PathLike, data: DataConfig, tasks: int = 1,
-               run_tasks=None) -> dict:
+               run_tasks=None, liveness: claimfile.Liveness = datalock.BY_AGE) -> dict:
     """The one way to pack: plan and lock here, then `tasks` pack tasks (in this process, or as
-    jobs through `run_tasks(out, n)`, which waits for them), then seal. Returns the manifest."""
-    p = start(src, out, data, queued=run_tasks is not None)
+    jobs through `run_tasks(out, n)`, which waits for them), then seal. Returns the manifest.
+    `liveness` judges another packing's lock found there."""
+    p = start(src, out, data, queued=run_tasks is not None, liveness=liveness)
     n = tasks_for(p, tasks)
     if run_tasks is not None:
         run_tasks(Path(out), n, p.token)

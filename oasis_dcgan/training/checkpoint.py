@@ -96,9 +96,10 @@ class SaveRecord:
 class CheckpointManager:
     """Save, list, verify and restore the run's checkpoints; keeps the newest `keep`."""
 
-    def __init__(self, directory: str | os.PathLike, groups: dict, keep: int = 3):
+    def __init__(self, directory: str | os.PathLike, groups: dict, keep: int = 3, guard=None):
         self.dir = Path(directory)
         self.keep = keep
+        self.guard = guard or (lambda: None)  # the run's fence: raises once this job lost the run
         self._groups = groups
         self._ckpt = tf.train.Checkpoint(**groups)
         self._shadows = None        # (live, shadow) pairs, made at the first save
@@ -223,6 +224,7 @@ class CheckpointManager:
         fsutil.write_json(tmp / META, {**meta, "global_step": global_step, "files": files,
                                               "saved_at": time.time()})
         _test_delay(global_step)
+        self.guard()  # a writer that lost the run while this was written publishes nothing
         replaced = final.with_name(f".{final.name}{REPLACED}")
         if final.exists():  # the same step again (a stop right after an epoch end): the new one is complete first
             shutil.rmtree(replaced, ignore_errors=True)
@@ -230,6 +232,7 @@ class CheckpointManager:
         os.rename(tmp, final)
         fsutil.fsync_path(self.dir)
         shutil.rmtree(replaced, ignore_errors=True)
+        self.guard()
         for old in self.list()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class World:
     attempt: int = 0            # how often the scheduler restarted the job: each gets a fresh rendezvous
     step: str = "0"             # the Slurm job step: a second srun step in one job gets its own rendezvous
     rendezvous_dir: str = ""    # shared by all nodes; rank 0 publishes its address here
+    # The scheduler's word on whether jobs live ([job ids] -> True, False, or None: no answer);
+    # None outside a scheduler. A lock naming a live job is never taken over, whatever its age.
+    jobs_alive: typing.Callable[[list], bool | None] | None = None
 
     @property
     def hostname(self) -> str:

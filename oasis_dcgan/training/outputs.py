@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from .. import fsutil, rundir
 from ..config import Config
+from ..errors import LeaseLostError
 from ..imaging import save_grid
 from ..logs import Progress, Stats, format_seconds
 from .checkpoint import SaveRecord
@@ -75,11 +76,12 @@ class ChiefOutputs:
     def open(self, resumed: dict | None, options, counters: dict, done: int, total: int) -> None:
         """options.json (`options()`), the run's state, the resume notes, stats.jsonl, TensorBoard and the bar."""
         options = options()
+        self.guard()
         if not resumed and (moved := self.run_files.set_aside()):
             # A record without a checkpoint: an earlier start died before its first one. A new
             # run must not append to it (its epochs would repeat in stats.jsonl and the plots).
             log.info(f"new run: moved the earlier record without a checkpoint to {moved}")
-        fsutil.write_json(self.run_files.options, options)
+        self.run_files.write_json(self.run_files.options, options)
         self.write_state(rundir.TRAINING, epochs=self.cfg.train.epochs)
         if resumed:
             log.info(f"continuing epoch {counters['epoch'] + 1} at image {counters['images_in_epoch']} of "
@@ -93,7 +95,7 @@ class ChiefOutputs:
             log.info(f"new run: {options['resolution']}x{options['resolution']}, {options['world_size']} rank(s), "
                      f"global batch {options['global_batch']}, {options['steps_per_epoch']} steps/epoch, "
                      f"{t.epochs} epochs, lr {options['learning_rate']:g}, {t.precision}")
-        self.stats = Stats(self.run_files.stats)
+        self.stats = Stats(self.run_files.stats, guard=self.guard)
         if resumed:  # for machines what the log says in words: from where, and what changed
             self.stats.write(kind="resume", **{k: resumed.get(k) for k in RESUME_FIELDS},
                              world_size=options["world_size"], written_by=resumed.get("world_size"))
@@ -103,6 +105,10 @@ class ChiefOutputs:
         self.progress = Progress(total, done=done, unit="img")
         self._t_run = self._last_tick = time.monotonic()
         self._done_at_start = done
+
+    def guard(self) -> None:
+        """Raise LeaseLostError once this job no longer holds the run: it writes nothing more."""
+        self.run_files.guard()
 
     def due(self) -> bool:
         """Whether `show` has anything to show: reading the losses waits for the step to finish."""
@@ -132,9 +138,11 @@ class ChiefOutputs:
         what the epoch's close handed over, while the next epoch trains."""
         self._epochs.put(fake, rec, record, state)
         if self.cfg.train.snapshot_every_epoch:
+            self.guard()
             save_model(sampler, self.run_files.snapshot(rec["epoch"]))
 
     def _write_records(self, fake, rec: dict, record: dict, state: TrainState) -> None:
+        self.guard()  # queued before the run was lost, written after: not into another job's run
         number = rec["epoch"]
         losses = {k: v.numpy() for k, v in record.items() if k not in ("visits", "images_seen")}
         rec.update(kimg=int(record["images_seen"]) / 1000, **state.epoch_losses(losses),
@@ -166,13 +174,15 @@ class ChiefOutputs:
 
     def failed(self, e: BaseException) -> None:
         """The state says failed, and why; never over another holder's, and never hiding the error."""
-        if self.lock.held and not self.lock.lost:
-            with contextlib.suppress(OSError):  # the disk that failed the run; the job's log has the error
-                self.write_state(rundir.FAILED, reason=f"{type(e).__name__}: {str(e)[:300]}")
+        if self.lock.valid():
+            with contextlib.suppress(OSError, ValueError):  # the disk that failed the run; the log has the error
+                # The step and epoch reached stay on record: they say a checkpoint exists (resume.py).
+                before = {k: v for k, v in self.run_files.read_state().items() if k in ("global_step", "epoch")}
+                self.write_state(rundir.FAILED, reason=f"{type(e).__name__}: {str(e)[:300]}", **before)
 
     def finish(self, summary: dict, sampler, raw) -> None:
         """The final generator (and the raw one beside an average), and the state that says finished."""
-        self.lock.check()
+        self.guard()
         save_model(sampler, self.run_files.generator)
         if raw is not None:
             save_model(raw, self.run_files.generator_raw)
@@ -235,7 +245,7 @@ class Publisher:
         while (job := self._jobs.get()) is not None:
             try:
                 self._write(*job)
-            except fsutil.StorageError as e:
+            except (fsutil.StorageError, LeaseLostError) as e:  # the run cannot go on: the loop raises it
                 self._error = e
             except Exception as e:
                 log.warning(f"epoch {job[1]['epoch']}'s records or samples were not all written: "
@@ -251,6 +261,9 @@ class NoOutputs:
         pass
 
     def write_state(self, state: str, **fields) -> None:
+        pass
+
+    def guard(self) -> None:
         pass
 
     def finish(self, summary: dict, sampler, raw) -> None:

@@ -7,6 +7,7 @@ an error, not a resume. The config, not the checkpoint, decides what is not lear
 from __future__ import annotations
 
 import logging
+import os
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError
@@ -77,7 +78,30 @@ def config_changes(resumed: dict, now: dict) -> dict:
     return changes
 
 
-def restore(checkpoints, cfg: Config, dataset_hash: str, state, generator, average) -> tuple[dict | None, str]:
+def checkpoint_on_record(run_files) -> int | None:
+    """The global step of the last checkpoint this run's record says was written (state.json's
+    step, or a checkpoint line of stats.jsonl); None when the record shows none."""
+    steps = [r.get("global_step") for r in run_files.read_stats("checkpoint")]
+    steps.append(run_files.read_state().get("global_step"))
+    steps = [int(s) for s in steps if isinstance(s, int) and s > 0]
+    return max(steps) if steps else None
+
+
+def missing_checkpoints(run_files, checkpoints) -> str:
+    """Why a run must not start afresh although no checkpoint is found: its record shows one.
+    Its storage is purged or not mounted; starting again would train the whole run over, silently."""
+    step = checkpoint_on_record(run_files)
+    if step is None:
+        return ""
+    where = checkpoints.dir
+    link = f" (a link to {os.readlink(where)})" if where.is_symlink() else ""
+    return (f"{run_files.path}: its record shows a checkpoint at global step {step}, but {where}{link} holds "
+            "none; is its storage mounted? Nothing was written. To start the run again on purpose, train with "
+            "--restart (the record is moved aside, nothing is deleted)")
+
+
+def restore(checkpoints, cfg: Config, dataset_hash: str, state, generator, average,
+            run_files) -> tuple[dict | None, str]:
     """Rank 0: restore the newest checkpoint this config can resume. Returns (its meta or None for a
     fresh run, ""), or (None, why none can be resumed)."""
     checkpoints.recover()
@@ -86,6 +110,8 @@ def restore(checkpoints, cfg: Config, dataset_hash: str, state, generator, avera
                                                                                         where))
     except CheckpointError as e:
         return None, str(e)
+    if resumed is None and (why := missing_checkpoints(run_files, checkpoints)):
+        return None, why
     if resumed and average is not None and "generator_ema" in checkpoints.absent:
         average.set_weights(generator.get_weights())  # an average starts from G
     if data_changed(resumed, dataset_hash):

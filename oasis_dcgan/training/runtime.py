@@ -11,12 +11,36 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from .. import __version__
+from .. import __version__, rundir
+from ..logs import RunLog
+from ..prep import datalock
+from .runlock import RunLock
 from ..config import Config
 
 log = logging.getLogger(__name__)
 
 VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "horovod", "numpy", "h5py", "submitit")
+
+
+def take_run(lock: RunLock, run_files: rundir.RunDir, dataset: str, echo: bool) -> RunLog:
+    """Rank 0 takes the run's lock, then fences every write into the run by it, opens log.txt and
+    names the run as reading its dataset (which no packing may then change under it). A refused
+    start has written nothing into the run, not even a log line."""
+    lock.acquire()
+    run_files.lease = lock
+    run_log = RunLog(run_files, echo=echo).attach()
+    if lock.taken_from:
+        log.info(lock.taken_from)
+    run_files.sweep_temps()  # what killed writers left: no one else writes here now
+    datalock.add_reader(dataset, lock.path, lock.holder["token"])
+    return run_log
+
+
+def leave_run(lock: RunLock, dataset: str) -> None:
+    """The end of take_run: the dataset is no longer read by this run, and the lock is released."""
+    if lock.held:
+        datalock.remove_reader(dataset, lock.holder["token"])
+    lock.release()
 
 
 def configure_tensorflow(cfg: Config, local_rank: int) -> list:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from .. import fsutil, rundir
+from .. import rundir
+from ..claimfile import Liveness
 from ..config import Config
 from ..errors import CheckpointError, DataError
-from ..logs import RunLog
 from ..prep.manifest import check_before_training, load_manifest, manifest_hash
 from ..prep.reader import ShardReader, epoch_budget, steps_left, train_dataset
 from . import distributed, model, resume, runtime
@@ -45,7 +45,8 @@ class Trainer:
         # Called on every rank at an agreed stop, before the ranks meet: what a rank must have on
         # disk before any rank may exit (its note), since srun may end the others at the first exit.
         self.before_barrier = before_barrier
-        self.lock = RunLock(self.run_dir, self.world.job_id, self.world.attempt) if self.chief else None
+        self.lock = RunLock(self.run_dir, self.world.job_id, self.world.attempt,
+                            Liveness(cfg.cluster.lock_stale_after_s, self.world.jobs_alive)) if self.chief else None
         self.outputs = ChiefOutputs(cfg, self.run_files, self.lock, self.world) if self.chief else NoOutputs()
         self.stop, self.policy, self.saver = StopRequest(), SavePolicy(cfg.train), NoSaver()
         self.run_log = self.ranks = self.state = self.checkpoints = self.train_steps = self.budget_t = None
@@ -73,16 +74,14 @@ class Trainer:
         finally:
             self.outputs.close()
             if self.lock:
-                self.lock.release()
+                runtime.leave_run(self.lock, self.cfg.data.dataset)
             if self.run_log:
                 self.run_log.close()
 
     def setup_process(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.chief:  # before the rendezvous, which clears the run's old rendezvous files
-            self.run_log = RunLog(self.run_dir, echo=self.log_to_stdout).attach()
-            self.lock.acquire()
-            self.run_files.sweep_temps()  # what killed writers left: no one else writes here now
+            self.run_log = runtime.take_run(self.lock, self.run_files, self.cfg.data.dataset, self.log_to_stdout)
         self.ranks = distributed.init(self.world, timeout_s=self.cfg.train.peer_timeout_s)
         gpus = runtime.configure_tensorflow(self.cfg, self.ranks.local_rank)
         if self.world.local_rank == 0:
@@ -110,7 +109,8 @@ class Trainer:
         self.state = TrainState(t.noise_dim, t.seed, n_train)
         self.groups = variable_groups(self.generator, self.discriminator, self.g_opt, self.d_opt,
                                       self.state.variables(), self.generator_ema)
-        self.checkpoints = CheckpointManager(self.run_files.checkpoints, self.groups, keep=t.keep_checkpoints)
+        self.checkpoints = CheckpointManager(self.run_files.checkpoints, self.groups, keep=t.keep_checkpoints,
+                                             guard=self.run_files.guard)
         if self.chief:
             self.saver = Saver(self.checkpoints, self.state, self.lock, self._checkpoint_meta, self.outputs.saved,
                                background=t.checkpoint_in_background)
@@ -132,7 +132,7 @@ class Trainer:
 
     def restore_and_broadcast(self) -> dict | None:
         resumed, failure = resume.restore(self.checkpoints, self.cfg, self.dataset_hash, self.state, self.generator,
-                                          self.generator_ema) if self.chief else (None, "")
+                                          self.generator_ema, self.run_files) if self.chief else (None, "")
         # Every rank learns whether rank 0 could resume, so none waits for a rank that gave up.
         if self.ranks.broadcast(int(bool(failure)), "bcast.flag"):
             raise CheckpointError(failure or "rank 0 could not resume from this run's checkpoints (see its log)")
@@ -219,6 +219,7 @@ class Trainer:
             g_loss, d_loss, agreed, ran, counters, closed, fake, record = self.train_steps(
                 batches, self.stop.flag(), want, self.budget_t)
             ran = int(ran)  # waits for the call: every rank's allreduces are in it
+            self.outputs.guard()  # a job that lost the run (suspended past takeover) stops here
             self.state.take(counters)
             self.clock.call(time.monotonic() - t_call, ran)
             steps += ran
@@ -287,7 +288,7 @@ class Trainer:
             log.info(f"stopped at global step {summary['global_step']}: {self.stop.agreed}")
             return summary
         # Every rank leaves a note: proof it ran, and a digest to compare replicas by.
-        fsutil.write_json(self.run_files.rank_note(self.ranks.rank), summary)
+        self.run_files.write_json(self.run_files.rank_note(self.ranks.rank), summary)
         self.outputs.finish(summary, self.sampler, raw=self.generator if self.generator_ema is not None else None)
         return summary
 

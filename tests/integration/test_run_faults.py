@@ -4,6 +4,7 @@ Each test is one row of the fault table (docs: "Resume, preemption and faults");
 counts them, and test_fault_matrix_is_whole checks that every row has its test."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -27,12 +28,17 @@ pytestmark = pytest.mark.fault
 
 
 def train_proc(dataset, run, epochs, *sets):
+    return subprocess.Popen(train_args(dataset, run, epochs, *sets), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def train_args(dataset, run, epochs, *sets) -> list[str]:
     cmd = [sys.executable, "-m", "jobs.train", str(dataset), str(run), "--epochs", str(epochs), "--executor",
            "inprocess", "--batch-size", "8", "--set", "train.max_steps_per_epoch=4", "--set",
            "train.intra_op_threads=1", "--set", "train.tick_seconds=0.2"]
     for s in sets:
         cmd += ["--set", s]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return cmd
 
 
 def wait_for(cond, proc, what, timeout=300):
@@ -159,3 +165,117 @@ def test_a_full_disk_during_training_is_one_line_and_the_run_resumes(dataset32, 
                             "train.checkpoint_every_epochs=1", "train.keep_checkpoints=1"), log_to_stdout=False)
     assert RunDir(run).finished() and s["global_step"] >= 4
     assert epochs_logged(run) == list(range(1, len(epochs_logged(run)) + 1)), "every epoch once, in order"
+
+
+def test_a_run_whose_checkpoints_are_gone_is_refused_not_trained_again(dataset32, tmp_path):
+    """Scratch purged, or checkpoint storage not mounted (a link to nowhere): the record says a
+    checkpoint exists, so starting afresh would train the whole run again and end COMPLETED."""
+    run = tmp_path / "run"
+    trainer.run(small_cfg(dataset32, run, "train.epochs=1"), log_to_stdout=False)
+    before = RunDir(run).stats.read_text()
+    shutil.rmtree(RunDir(run).checkpoints)
+    RunDir(run).checkpoints.symlink_to(tmp_path / "unmounted" / "checkpoints")
+    r = subprocess.run(train_args(dataset32, run, 2), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert "global step" in err and "is its storage mounted?" in err and "--restart" in err, err
+    assert str(tmp_path / "unmounted") in err, "it says where the checkpoints were"
+    assert RunDir(run).stats.read_text() == before, "nothing trained, nothing logged"
+
+
+UTS_HOST = 'hostname "$OASIS_TEST_HOST" && exec "$@"'
+
+
+def test_a_holder_suspended_past_takeover_writes_nothing_once_it_resumes(dataset32, tmp_path):
+    """The holder runs as another host (a UTS namespace of its own), so age decides; it is
+    SIGSTOPped past cluster.lock_stale_after_s, another job takes the run over and trains, and the
+    holder is SIGCONTed mid-way: it must stop within one compiled call, writing nothing more."""
+    if not shutil.which("unshare") or subprocess.run(["unshare", "--uts", "true"]).returncode != 0:
+        pytest.skip("needs unshare --uts (root)")
+    run = tmp_path / "run"
+    sets = ("cluster.lock_stale_after_s=3", "train.checkpoint_every_epochs=1")
+    a = subprocess.Popen(["unshare", "--uts", "sh", "-c", UTS_HOST, "sh", *train_args(dataset32, run, 400, *sets)],
+                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OASIS_TEST_HOST": "suspended-node"})
+    try:
+        wait_for(lambda: len(RunDir(run).read_stats("checkpoint")) >= 2, a, "the holder's first checkpoints")
+        a.send_signal(signal.SIGSTOP)
+        reached = max(epochs_logged(run))
+        time.sleep(4.5)  # past the takeover limit, with no heartbeat
+        b = train_proc(dataset32, run, reached + 12, *sets)
+        wait_for(lambda: max(epochs_logged(run)) >= reached + 3, b, "the new holder's epochs")
+        a.send_signal(signal.SIGCONT)
+        assert a.wait(timeout=120) == 3, "a distinct outcome: the lease was lost"
+        a_err = a.stderr.read()
+        assert "no longer holds the run's lock" in a_err, a_err[-2000:]
+        assert b.wait(timeout=300) == 0, b.stderr.read()[-2000:]
+    finally:
+        if a.poll() is None:
+            a.send_signal(signal.SIGCONT)
+            a.kill()
+    epochs = epochs_logged(run)
+    assert epochs == list(range(1, reached + 13)), "every epoch logged once: nothing of the old holder's after"
+    state = RunDir(run).read_state()
+    assert state["state"] == rundir.FINISHED
+    log_text = RunDir(run).log.read_text()
+    assert "lost the run's lock" not in log_text and "suspended-node" in log_text, \
+        "the new holder logged the takeover; the old one's last lines went to its own log only"
+
+
+def test_a_refused_start_writes_nothing_into_the_live_run(dataset32, tmp_path):
+    """Another job's start is refused by the live holder's lock: not a log line, not a note in
+    attempts/, not a line in requeues.jsonl from its retry step."""
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        from oasis_dcgan import claimfile, fsutil
+        claimfile.take(RunDir(run).lock, {"job_id": "77", "attempt": 0, "host": __import__("platform").node(),
+                                          "pid": holder.pid, "pid_start": fsutil.start_time(holder.pid),
+                                          "token": "live"})
+        before = sorted(p.name for p in run.iterdir())
+        env = {**os.environ, "SLURM_JOB_ID": "78"}
+        r = subprocess.run(train_args(dataset32, run, 1), cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env=env)
+        assert r.returncode == 2 and "job 77" in r.stderr, r.stderr[-2000:]
+        d = subprocess.run([sys.executable, "-m", "oasis_dcgan.launch.retry", str(run), "--rc", "2"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert "not recorded" in d.stdout, d.stdout + d.stderr
+        assert sorted(p.name for p in run.iterdir()) == before == [rundir.LOCK]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_repacking_a_dataset_a_live_run_trains_on_is_refused_naming_the_run(png_release, tmp_path):
+    from oasis_dcgan.prep import pack
+    from oasis_dcgan.prep.manifest import DataError
+
+    ds, run, data = tmp_path / "ds", tmp_path / "run", DataConfig(resolution=32, shard_size=64)
+    pack.preprocess(png_release, ds, data)
+    a = train_proc(ds, run, 400)
+    try:
+        wait_for(lambda: len(epochs_logged(run)) >= 1, a, "the run's first epoch")
+        shards = {p.name: p.stat().st_mtime_ns for p in ds.glob("*.h5")}
+        with pytest.raises(DataError, match=f"live run.*{run}"):
+            pack.preprocess(png_release, ds, data)
+        assert {p.name: p.stat().st_mtime_ns for p in ds.glob("*.h5")} == shards, "nothing was written"
+    finally:
+        a.kill()
+        a.wait()
+    pack.preprocess(png_release, ds, data)  # the run is gone: its note is stale, and the packing goes on
+
+
+def test_a_stop_while_the_job_still_imports_tensorflow_is_held_not_fatal(dataset32, tmp_path):
+    """USR2 before the Trainer exists (the job is importing TensorFlow, seconds): held, then the
+    run stops with one checkpoint and its note, exit 143, instead of dying on the signal (140)."""
+    run = tmp_path / "run"
+    a = train_proc(dataset32, run, 50)
+    time.sleep(1.5)  # the CLI is up (a quarter second); TensorFlow is loading (several seconds)
+    assert a.poll() is None and not RunDir(run).lock.exists(), "still starting"
+    a.send_signal(signal.SIGUSR2)
+    assert a.wait(timeout=300) == 143, a.stderr.read()[-2000:]
+    assert RunDir(run).read_state()["state"] == rundir.STOPPED
+    notes = list(RunDir(run).attempts.glob("*/rank-0.json"))
+    assert notes and json.loads(notes[0].read_text())["outcome"] == "stopped"
+    assert list(RunDir(run).checkpoints.glob("ckpt-*")), "the stop's checkpoint"

@@ -48,7 +48,7 @@ def test_a_full_disk_at_a_checkpoint_names_the_newest_intact_one(dataset32, tmp_
 @pytest.mark.fault
 def test_a_full_disk_in_collect_says_what_is_intact(done_run, small_disk):
     dest = small_disk(200)
-    with pytest.raises(CollectError) as e:
+    with pytest.raises(fsutil.StorageError) as e:  # the storage's fault: retryable, not the user's
         collect.collect(done_run, dest / "home")
     msg = str(e.value)
     assert "\n" not in msg and "No space left on device" in msg and "SHA256SUMS" in msg

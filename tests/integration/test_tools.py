@@ -112,3 +112,42 @@ def test_status_shows_local_jobs_real_states_and_why_one_failed(dataset32, tmp_p
     assert r.returncode != 0
     text = status.status(tmp_path / "bad")
     assert "FAILED" in text and "cannot fill one batch" in text, text
+
+
+@pytest.mark.fault
+def test_a_file_swapped_for_a_symlink_mid_collect_is_never_read_through_it(done_run, tmp_path, monkeypatch):
+    """The swap lands after the listing and before the copy opens the file: what is read is
+    what the open checked, a regular file of the run, never the link's target."""
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(done_run), str(run)], check=True)
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY\n")
+    real = collect.open_regular
+
+    def swap_then_open(base, rel):
+        if rel.as_posix() == "report/metrics.json":
+            (base / rel).unlink()
+            (base / rel).symlink_to(secret)
+        return real(base, rel)
+
+    monkeypatch.setattr(collect, "open_regular", swap_then_open)
+    with log_lines() as logs:
+        collect.collect(run, tmp_path / "home")
+    home = tmp_path / "home"
+    assert not (home / "report" / "metrics.json").exists()
+    assert "PRIVATE KEY" not in "".join(p.read_text(errors="replace") for p in home.rglob("*") if p.is_file())
+    assert "  report/metrics.json\n" not in (home / "SHA256SUMS").read_text()
+    assert any("metrics.json" in line and "no longer a regular file" in line for line in logs)
+
+
+@pytest.mark.fault
+def test_a_collect_that_fails_keeps_every_entry_sha256sums_had(done_run, tmp_path):
+    home = tmp_path / "home"
+    collect.collect(done_run, home)
+    listed = (home / "SHA256SUMS").read_text().splitlines()
+    (home / "options.json").write_text("{}")  # a conflict: this collect fails
+    (home / "report" / "loss.png").unlink()   # and has something to copy before it does
+    with pytest.raises(CollectError):
+        collect.collect(done_run, home)
+    assert sorted((home / "SHA256SUMS").read_text().splitlines()) == sorted(listed), \
+        "a later --update can still tell what the run no longer has"

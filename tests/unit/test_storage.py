@@ -4,7 +4,6 @@ import pytest
 
 from oasis_dcgan import fsutil
 from oasis_dcgan.prep import manifest, pack
-from oasis_dcgan.prep.manifest import DataError
 from oasis_dcgan.config import DataConfig
 
 from tests.conftest import no_temps
@@ -16,7 +15,7 @@ def test_a_full_disk_in_preprocess_says_what_is_intact_and_a_rerun_finishes(png_
     need = sum(f.stat().st_size for f in (tmp_path / "full").rglob("*") if f.is_file()) // 1024
     disk = small_disk(need * 6 // 10)
     out = disk / "ds"
-    with pytest.raises(DataError) as e:
+    with pytest.raises(fsutil.StorageError) as e:  # the storage's fault: retryable, not the input's
         pack.preprocess(png_release, out, DataConfig(resolution=32, shard_size=32))
     msg = str(e.value)
     assert "\n" not in msg and "No space left on device" in msg and str(out) in msg and "is complete and kept" in msg
@@ -45,7 +44,7 @@ def test_a_failed_shard_write_never_removes_the_complete_shard_already_there(png
         with pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 4096)
-    with pytest.raises(DataError, match="is complete and kept") as e:
+    with pytest.raises(fsutil.StorageError, match="is complete and kept") as e:
         pack.pack_task(out, 0, 1, rerun.token)
     assert shard.name in str(e.value), "the failed write is the rewrite of that shard"
     assert shard.is_file() and fsutil.sha256_file(shard) == before, "the complete shard is still there"

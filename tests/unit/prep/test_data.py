@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from oasis_dcgan import claimfile
 from oasis_dcgan.prep import datalock, info, layouts, manifest, pack, sample_data
 from oasis_dcgan.prep.manifest import DataError
 from oasis_dcgan.prep.reader import ShardReader, epoch_budget, epoch_permutation, train_dataset
@@ -209,12 +210,38 @@ def test_array_tasks_of_one_packing_share_the_lock_and_a_queued_packing_goes_sta
     assert a == b
     with pytest.raises(DataError, match="being packed by packing array-7"):
         pack.start(png_release, out, data, token="array-8", queued=True)
-    old = time.time() - datalock.STALE_AFTER_S - 60  # its jobs died long ago: nothing refreshed the lock
+    old = time.time() - datalock.BY_AGE.stale_after_s - 60  # its jobs died long ago: nothing refreshed the lock
     os.utime(out / datalock.LOCK, (old, old))
     c = pack.start(png_release, out, data, token="array-8", queued=True)
     assert c.token == "array-8"
     with pytest.raises(DataError, match="packing array-7 was replaced"):
         pack.seal(out, "array-7")
+
+
+@pytest.mark.fault
+def test_a_queued_packing_whose_jobs_slurm_still_has_never_goes_stale(png_release, tmp_path):
+    """The scheduler's word, not age, decides for a packing that names its jobs (here the
+    scheduler's answer is a stand-in; tests/cluster asks the real one)."""
+    out, data = tmp_path / "ds", DataConfig(resolution=32, shard_size=200)
+    pack.start(png_release, out, data, token="array-7", queued=True)
+    datalock.name_jobs(out, "array-7", ["4242", "4243"])
+    old = time.time() - 10 * datalock.BY_AGE.stale_after_s  # hours in a busy queue
+    os.utime(out / datalock.LOCK, (old, old))
+    asked = []
+    queue = {"alive": True}
+
+    def jobs_alive(ids):
+        asked.append(list(ids))
+        return queue["alive"]
+
+    slurm = claimfile.Liveness(datalock.BY_AGE.stale_after_s, jobs_alive)
+    with pytest.raises(DataError, match="being packed by packing array-7"):
+        pack.start(png_release, out, data, token="array-8", queued=True, liveness=slurm)
+    assert asked == [["4242", "4243"]]
+    queue["alive"] = False  # cancelled
+    with log_lines() as said:
+        assert pack.start(png_release, out, data, token="array-8", queued=True, liveness=slurm).token == "array-8"
+    assert any("Slurm job(s) 4242, 4243 have ended" in line for line in said), said
 
 
 def test_shards_are_byte_reproducible(png_release, tmp_path):

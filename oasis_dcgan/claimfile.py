@@ -154,9 +154,10 @@ def server_now(directory: Path) -> float:
             os.unlink(probe)
 
 
-def read(path: Path) -> tuple[dict, float] | None:
+def read(path: Path, aged: bool = True) -> tuple[dict, float] | None:
     """The lock's record ({} when its bytes do not parse) and its age in seconds on the file
-    server's clock; None: no lock. Raises ClaimAccessError when it exists but cannot be read."""
+    server's clock (0 unless `aged`: the clock costs a probe file, which a holder checking its
+    own token does not need); None: no lock. Raises ClaimAccessError when it exists but cannot be read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -174,7 +175,7 @@ def read(path: Path) -> tuple[dict, float] | None:
         record = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         record = {}
-    age = max(server_now(path.parent) - mtime, 0.0)
+    age = max(server_now(path.parent) - mtime, 0.0) if aged else 0.0
     return (record if isinstance(record, dict) else {}), age
 
 
@@ -188,7 +189,7 @@ def break_stale(path: Path, stale: dict) -> None:
         return
     try:
         try:
-            taken = (read(moved) or ({}, 0))[0]
+            taken = (read(moved, aged=False) or ({}, 0))[0]
         except ClaimAccessError:
             taken = None  # cannot tell whose it is: put it back
         if taken is None or (taken and taken != stale):

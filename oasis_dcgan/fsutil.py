@@ -101,8 +101,8 @@ def write_json(dest: str | os.PathLike, obj) -> None:
 
 
 def open_append(path: str | os.PathLike):
-    """A text file to append lines to, line-buffered; never through a symlink planted at its name
-    (a StorageError naming it), and made with the umask's mode."""
+    """A text file to append lines to, line-buffered, made with the umask's mode; never through a
+    symlink planted at its name (a PlantedLinkError naming it)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as e:

@@ -83,8 +83,9 @@ class RunLog(logging.Handler):
 
     def close(self) -> None:
         logging.getLogger(LOGGER).removeHandler(self)
-        with contextlib.suppress(OSError, AttributeError):  # a full disk was reported when the line failed
-            self._f.close()
+        if self._f is not None:  # None: closed when the run was lost
+            with contextlib.suppress(OSError):  # a full disk was reported when the line failed
+                self._f.close()
         super().close()
 
 

@@ -97,29 +97,30 @@ def _snapshot_size(fd: int) -> int:
     return size - back + cut + 1 if cut >= 0 else size
 
 
-def _hash_fd(fd: int, limit: int | None = None) -> str:
+def _hash_fd(fd: int, src: Path, limit: int | None = None) -> str:
     h = hashlib.sha256()
-    for chunk in _chunks(fd, os.fstat(fd).st_size if limit is None else limit):
+    for chunk in _chunks(fd, src, limit):
         h.update(chunk)
     return h.hexdigest()
 
 
-def _chunks(fd: int, size: int):
-    offset = 0
+def _chunks(fd: int, src: Path, limit: int | None):
+    """The open file `src`'s bytes (its first `limit`), read by offset from its descriptor."""
+    size, offset = os.fstat(fd).st_size if limit is None else limit, 0
     while offset < size:
         chunk = os.pread(fd, min(CHUNK, size - offset), offset)
         if not chunk:
-            raise CollectError(f"/proc/self/fd/{fd}: shrank while it was copied")
+            raise CollectError(f"{src}: shrank while it was copied")
         offset += len(chunk)
         yield chunk
 
 
-def copy_hashed(fd: int, dest: Path, limit: int | None = None) -> str:
-    """Copy the open file `fd` (its first `limit` bytes) to `dest` atomically; return the sha256 of what was copied."""
+def copy_hashed(fd: int, src: Path, dest: Path, limit: int | None = None) -> str:
+    """Copy the open file `src` (its first `limit` bytes) to `dest` atomically; return the sha256 of what was copied."""
     h = hashlib.sha256()
     with fsutil.atomic_path(dest) as tmp, open(tmp, "wb") as fout:
         os.fchmod(fout.fileno(), stat.S_IMODE(os.fstat(fd).st_mode))  # a private file stays private
-        for chunk in _chunks(fd, os.fstat(fd).st_size if limit is None else limit):
+        for chunk in _chunks(fd, src, limit):
             h.update(chunk)
             fout.write(chunk)
     return h.hexdigest()
@@ -129,7 +130,7 @@ def _copy_one(fd: int, src: Path, target: Path, growing: bool) -> str:
     """Copy and check; a file other than the log and stats that changes mid-copy is copied again."""
     for _ in range(3):
         before = os.fstat(fd)
-        digest = copy_hashed(fd, target, _snapshot_size(fd) if growing else None)
+        digest = copy_hashed(fd, src, target, _snapshot_size(fd) if growing else None)
         after = os.fstat(fd)
         if growing or (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
             break
@@ -150,13 +151,13 @@ def _sources(run_dir: Path, include_checkpoints: bool) -> list[tuple[Path, Path,
     return triples
 
 
-def _matches(target: Path, fd: int, growing: bool) -> str | None:
+def _matches(target: Path, fd: int, src: Path, growing: bool) -> str | None:
     """The target's hash when it already holds what would be copied now, else None."""
     limit = _snapshot_size(fd) if growing else None
     if growing and target.stat().st_size != limit:
         return None
     have = fsutil.sha256_file(target)
-    return have if _hash_fd(fd, limit) == have else None
+    return have if _hash_fd(fd, src, limit) == have else None
 
 
 def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpoints: bool = False,
@@ -206,7 +207,7 @@ def _take(fd: int, src: Path, target: Path, growing: bool, update: bool) -> tupl
     """Bring one file to DEST: (copied | updated | skipped | conflict, its sha256)."""
     existed = target.exists()
     if existed:
-        same = _matches(target, fd, growing)
+        same = _matches(target, fd, src, growing)
         if same:
             return "skipped", same
         if not update:

@@ -51,10 +51,10 @@ def describe(holder: dict) -> str:
     return f"packing {holder.get('token')} ({how}, since {since})"
 
 
-def read(path: Path) -> tuple[dict, float] | None:
+def read(path: Path, aged: bool = True) -> tuple[dict, float] | None:
     """The holding packing and the lock's age; None: no lock. One that cannot be read is refused."""
     try:
-        return claimfile.read(path)
+        return claimfile.read(path, aged)
     except claimfile.ClaimAccessError as e:
         raise DataError(f"{e.strerror}: which packing holds the dataset cannot be known, so nothing was "
                         "written. Ask its owner, or have it made readable by the group.") from None
@@ -91,7 +91,7 @@ def name_jobs(out: Path, token: str, job_ids: list[str]) -> None:
     """Write the Slurm jobs of a queued packing into its lock: while Slurm has any of them, the
     packing is alive, however long they wait in the queue."""
     path = out / LOCK
-    found = read(path)
+    found = read(path, aged=False)
     if found is not None and found[0].get("token") == token:
         claimfile.rewrite(path, {**found[0], "jobs": [str(j) for j in job_ids]})
 
@@ -99,7 +99,7 @@ def name_jobs(out: Path, token: str, job_ids: list[str]) -> None:
 def check(out: Path, token: str) -> None:
     """Before a task or the seal writes: the lock must still name its packing. Refreshes it."""
     path = out / LOCK
-    found = read(path)
+    found = read(path, aged=False)
     if found is None or found[0].get("token") != token:
         now = describe(found[0]) if found else "no packing"
         raise DataError(f"{out}: this packing ({token}) no longer holds the dataset's lock, which names {now}; "
@@ -113,7 +113,7 @@ def check(out: Path, token: str) -> None:
 def release(out: Path, token: str) -> None:
     """Remove the lock if it still names this packing."""
     path = out / LOCK
-    found = read(path)
+    found = read(path, aged=False)
     if found is not None and found[0].get("token") == token:
         path.unlink(missing_ok=True)
 

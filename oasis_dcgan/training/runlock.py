@@ -160,7 +160,7 @@ class RunLock:
 
     def _refresh(self) -> str:
         try:
-            found = claimfile.read(self.path)
+            found = claimfile.read(self.path, aged=False)
             if found is None or found[0].get("token") != self.holder["token"]:
                 return self._lose(f"the lock now names {describe(found[0])}" if found else "the lock was removed")
             os.utime(self.path)
@@ -215,7 +215,7 @@ class RunLock:
 
     def _remove_if_mine(self) -> str:
         try:
-            found = claimfile.read(self.path)
+            found = claimfile.read(self.path, aged=False)
         except OSError as e:
             return f"left the run's lock in place: {e}"
         if found is not None and found[0].get("token") == self.holder["token"]:

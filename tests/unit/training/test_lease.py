@@ -105,16 +105,16 @@ def test_a_heartbeat_that_cannot_refresh_gives_the_lease_up_after_its_misses(tmp
     real = claimfile.read
     fails = {"n": 0}
 
-    def flaky(path):
+    def flaky(path, **kw):
         if fails["n"] < runlock.MISSED_BEATS - 1:
             fails["n"] += 1
             raise RuntimeError("not an OSError at all")
-        return real(path)
+        return real(path, **kw)
 
     monkeypatch.setattr(claimfile, "read", flaky)
     time.sleep(1.0)
     assert not lock.lost and lock._beat.is_alive(), "fewer misses than the limit: it survives and refreshes"
-    monkeypatch.setattr(claimfile, "read", lambda path: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    monkeypatch.setattr(claimfile, "read", lambda path, **kw: (_ for _ in ()).throw(OSError(5, "I/O error")))
     deadline = time.time() + 10
     while not lock.lost and time.time() < deadline:
         time.sleep(0.05)

@@ -18,9 +18,9 @@ import subprocess
 import sys
 from collections import Counter
 
-from bench import (bench_checkpoint, bench_data, bench_multinode, bench_overhead, bench_precision, bench_preempt,
-                   bench_quality, bench_recipe, bench_soak, bench_ssim, bench_train, bench_wire, probe_generator,
-                   projection)
+from bench import (bench_checkpoint, bench_copying, bench_data, bench_multinode, bench_overhead, bench_precision,
+                   bench_preempt, bench_quality, bench_recipe, bench_soak, bench_ssim, bench_train, bench_wire,
+                   probe_generator, projection)
 from bench.common import REPO, RESULTS
 from oasis_dcgan import fsutil
 
@@ -38,6 +38,7 @@ SECTIONS = {  # short name: (heading, module)
     "recipe": ("The demo's recipe: brains in its budget", bench_recipe),
     "probe": ("Why the demo's recipe stalls: the generator's upsampling, R1, more steps", probe_generator),
     "quality": ("Quality against images seen: the seed's recipe and the demo's, three seeds", bench_quality),
+    "copying": ("Copies found, unseen brains left alone: power and the null's false-flag rate", bench_copying),
     # Last: it reads what overhead and checkpoint measured.
     "projection": ("Projection: data-parallel efficiency on H200 clusters", projection),
 }

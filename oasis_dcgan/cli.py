@@ -190,7 +190,7 @@ def cmd_generate(a) -> int:
 def cmd_evaluate(a) -> int:
     from .post import evaluate
 
-    evaluate.evaluate(a.images, a.dataset, a.out, _config(a).metrics)
+    evaluate.evaluate(a.images, a.dataset, a.out, _config(a).metrics, a.split, a.cases)
     return 0
 
 
@@ -360,9 +360,12 @@ def _add_tool_commands(sub) -> None:
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("evaluate", help="the report's checks, anchors and verdicts for any set of images")
-    p.add_argument("images", help="a .npy/.npz array [N, H, W] (uint8, or floats on (-1, 1)), or a folder of PNGs")
+    p.add_argument("images", help="a .npy/.npz array [N, H, W] (uint8, or floats on (-1, 1)), a folder of PNGs, or a "
+                   "packed dataset (with --split)")
     p.add_argument("dataset", help="a packed dataset at the images' size: its training split is what copying means")
     p.add_argument("--out", required=True, help="the directory metrics.json and report.md go to")
+    p.add_argument("--split", help="when IMAGES is a packed dataset: the split judged (real slices, by subject)")
+    p.add_argument("--cases", help="a file of case ids, one a line, one per image: real slices, resampled by subject")
     _config_options(p)   # the metrics.* keys
     p.set_defaults(fn=cmd_evaluate)
 

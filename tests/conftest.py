@@ -191,14 +191,14 @@ def shard_metadata(ds, split):
     return r.metadata(np.arange(len(r)))
 
 
-def packed_brains(tmp_path_factory, name: str, cases, rng_seed: int):
-    """Sample brains (train, validate, test cases) packed at 32x32."""
+def packed_brains(tmp_path_factory, name: str, cases, rng_seed: int, resolution: int = 32):
+    """Sample brains (train, validate, test cases) packed at 32x32, or at 64."""
     from oasis_dcgan.prep import pack, sample_data
 
     src = tmp_path_factory.mktemp(f"{name}-src")
     sample_data.write_png_release(src, cases=cases, slices=32, resolution=64, rng_seed=rng_seed)
     out = tmp_path_factory.mktemp(name)
-    pack.preprocess(src, out, DataConfig(resolution=32, shard_size=256))
+    pack.preprocess(src, out, DataConfig(resolution=resolution, shard_size=256))
     return out
 
 
@@ -206,6 +206,18 @@ def packed_brains(tmp_path_factory, name: str, cases, rng_seed: int):
 def held_out_rich(tmp_path_factory):
     """6 training brains and 6 each in validate and test: 192 held-out images a split, enough to see 5%."""
     return packed_brains(tmp_path_factory, "rich", (6, 6, 6), rng_seed=3)
+
+
+@pytest.fixture(scope="session")
+def demo_brains(tmp_path_factory):
+    """The demo's own sample brains (24 training, 4 validate, 4 test subjects, seed 0) at 64x64."""
+    return packed_brains(tmp_path_factory, "demo-brains", (24, 4, 4), rng_seed=0, resolution=64)
+
+
+@pytest.fixture(scope="session")
+def fresh_brains(tmp_path_factory):
+    """Brains of another sample-data seed at 64x64: real, and unseen by any split of demo_brains."""
+    return packed_brains(tmp_path_factory, "fresh-brains", (12, 1, 1), rng_seed=7, resolution=64)
 
 
 def small_metrics(**kw):
@@ -230,10 +242,23 @@ def with_copies(images, dataset, share, rng_seed=0):
     return out, k
 
 
-def copying_of(images, dataset):
+_BASELINES = {}   # the held-out side of a dataset, scored once for every test that judges a set against it
+
+
+def judged(images, dataset, cases=None):
+    """A checks.Context for images judged against the dataset, its held-out side scored once a session."""
     from oasis_dcgan.post import checks
 
-    return checks.copying(checks.Context(images, "test", str(dataset), small_metrics()))
+    key = (str(dataset), None if cases is None else tuple(cases))
+    ctx = checks.Context(images, "test", str(dataset), small_metrics(), cases=cases, base=_BASELINES.get(key))
+    _BASELINES[key] = ctx.base
+    return ctx
+
+
+def copying_of(images, dataset, cases=None):
+    from oasis_dcgan.post import checks
+
+    return checks.copying(judged(images, dataset, cases))
 
 
 @pytest.fixture(scope="session")

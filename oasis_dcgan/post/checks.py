@@ -3,11 +3,13 @@ rows in the report's tables, and its reading in words. metrics.json holds each c
 under its name; the report, the tables and the readings all come from CHECKS.
 
 The seed metric alone says one generated slice resembles one real slice. These say more, each
-against what real unseen brains score on the same data: copying (the share of samples closer to
-a training slice than any held-out slice is), quality (the median nearest-neighbour SSIM, whole
-slice and brain only), variety (MS-SSIM diversity against real slices), a ladder of simple
-anchors the generator is placed on, and FID/KID with precision/recall when a local feature
-extractor is given. Every figure carries a 95% interval and every verdict follows the intervals.
+against what real unseen brains score on the same data: closeness to the training split (the
+median nearest-neighbour SSIM, whole slice and brain only), copying (exact copies counted, near
+copies tested against held-out subjects: copying.py), variety (MS-SSIM diversity against the
+held-out set's own), the distribution metric (can a classifier tell the samples from unseen
+brains: distribution.py), a ladder of simple anchors the generator is placed on, and FID/KID with
+precision/recall when a local feature extractor is given. Every figure carries a 95% interval, and
+every verdict reads it against a margin fixed in advance (verdicts.py), or says "undetermined".
 """
 from __future__ import annotations
 
@@ -21,129 +23,96 @@ from pathlib import Path
 import numpy as np
 
 from ..config import MetricsConfig
-from ..imaging import to_unit
-from ..prep.manifest import load_manifest
-from ..prep.reader import ShardReader
-from . import anchors, features, intervals, metrics, quality, samples as generated_samples
+from ..imaging import to_uint8
+from . import anchors, copying as copies, distribution, features, intervals, metrics, quality
+from . import samples as generated_samples
+from .baseline import Baseline, case_ids, sample_ids
+from .verdicts import (AS_VARIED, CLOSER, COPIES, FURTHER, LESS_VARIED, LEVEL, MORE_VARIED, NEAR_COPIES, NO_SIGN,
+                       UNDETERMINED)
 
 log = logging.getLogger(__name__)
 
-HELD_OUT_SPLITS = ("validate", "test")   # in order: the first is read for tuning, the second is the final holdout
-
-
-def _cases(reader: ShardReader, idx: np.ndarray) -> np.ndarray:
-    return np.array([m["case"] for m in reader.metadata(idx)])
+__all__ = ["Baseline", "Context", "case_ids", "sample_ids"]
 
 
 @dataclass
 class Context:
-    """What the checks share: the generated images they judge, the dataset, and the sets scored once."""
+    """What the checks share: the images they judge, and the held-out side they are read against."""
     generated: np.ndarray           # [N, H, W] on (-1, 1)
     source: str                     # where they came from, in words
     dataset: str
     m: MetricsConfig
     generator: Path | None = None   # the generator they came from, when there is one: FID draws more from it
     raw: Path | None = None         # the raw generator beside an average
+    cases: np.ndarray | None = None  # the images' subjects when they are real slices: resampled by case, and a
+                                     # held-out subject among them leaves every held-out pool
+    base: Baseline | None = None    # the held-out side, when one is already scored for these settings
     results: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.train = ShardReader(self.dataset, self.m.split)
-        splits = load_manifest(self.dataset)["splits"]
-        held = [s for s in HELD_OUT_SPLITS if s in splits and s != self.m.split and splits[s]["count"]]
-        self.held_split, self.test_split = (held + [None, None])[:2]
+        self.cases = None if self.cases is None else np.asarray(self.cases).astype(str)
+        self.groups = self.cases if self.cases is not None else sample_ids(len(self.generated))
+        if self.base is None or not self.base.fits(self.dataset, self.m, self.cases):
+            self.base = Baseline(self.dataset, self.m, self.cases)
         self.k = min(self.m.diversity_samples, len(self.generated))   # images per diversity set
-
-    def scored(self, images: np.ndarray, what: str, rng_offset: int, cases=None, k: int | None = None):
-        t0 = time.perf_counter()
-        p = quality.profile(images, self.train, self.k if k is None else k, self.m.seed + rng_offset, cases)
-        log.info(f"[postprocess] {what}: {len(images)} images against {len(self.train)} {self.m.split} images "
-                 f"in {time.perf_counter() - t0:.1f} s")
-        return p
-
-    def split_images(self, split: str, n: int = 0, rng_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """A split's images on (-1, 1) with their cases: all of them, or n drawn at random."""
-        reader = ShardReader(self.dataset, split)
-        idx = np.arange(len(reader)) if not n or n >= len(reader) else \
-            np.sort(np.random.default_rng(self.m.seed + rng_offset).choice(len(reader), n, replace=False))
-        return to_unit(reader.read(idx)), _cases(reader, idx)
 
     @functools.cached_property
     def gen(self) -> quality.Profile:
-        return self.scored(self.generated, "generated images", 1)
-
-    @functools.cached_property
-    def held(self) -> quality.Profile | None:
-        """The whole held-out split, resampled by case: the baseline a generator is read against."""
-        if not self.held_split:
-            return None
-        images, cases = self.held_images
-        return self.scored(images, f"held-out {self.held_split} split", 2, cases)
-
-    @functools.cached_property
-    def held_images(self) -> tuple[np.ndarray, np.ndarray]:
-        """The held-out split's images and cases, read once: the baseline and the blurred anchor share them."""
-        return self.split_images(self.held_split)
+        return self.base.scored(self.generated, "judged images", 1, self.cases, self.k)
 
     @functools.cached_property
     def real(self) -> quality.Profile:
-        """Real training slices: the diversity every other set is divided by."""
-        images, cases = self.split_images(self.m.split, self.k, 3)
-        return quality.pairs_only(images, self.k, self.m.seed + 3, cases)
+        return self.base.real(self.k)
+
+    @property
+    def held(self) -> quality.Profile | None:
+        return self.base.held
 
     @functools.cached_property
-    def test(self) -> quality.Profile | None:
-        """The final holdout: shown in the report beside the held-out baseline, never tuned on."""
-        if self.held is None or not self.test_split:
-            return None
-        images, cases = self.split_images(self.test_split)
-        return self.scored(images, f"final holdout ({self.test_split} split)", 4, cases, k=0)
-
-    @functools.cached_property
-    def unseen(self) -> quality.Profile | None:
-        """Every held-out image (both splits): the more brains, the steadier the copying threshold."""
-        parts = [(p, s) for p, s in ((self.held, self.held_split), (self.test, self.test_split)) if p is not None]
-        if not parts:
-            return None
-        return quality.Profile(nn=np.concatenate([p.nn for p, _ in parts]),
-                               nearest=np.concatenate([p.nearest for p, _ in parts]),
-                               brain=np.concatenate([p.brain for p, _ in parts]), pairs=None,
-                               cases=np.concatenate([[f"{s}/{c}" for c in p.cases] for p, s in parts]))
-
-    @functools.cached_property
-    def threshold(self) -> float | None:
-        return float(self.unseen.nn.max()) if self.unseen is not None else None
-
-    @functools.cached_property
-    def reference_share(self) -> dict | None:
-        """The share of unseen brains above such a threshold, each held-out case against the others' maximum."""
-        return quality.left_out_share(self.unseen) if self.unseen is not None else None
+    def distribution_baseline(self) -> dict:
+        return self.base.distribution_baseline(len(self.generated))
 
 
 # ----------------------------------------------------------------------------- computing them
 
 def nearest_neighbours(ctx: Context) -> dict:
     p = ctx.gen
-    return {**quality.nn_summary(p, ctx.m.seed), "source": ctx.source, "split": ctx.m.split, "exact": True,
-            "candidates_per_image": len(ctx.train), "nearest_index": p.nearest.tolist(), "values": p.nn.tolist()}
+    out = {**quality.nn_summary(p, ctx.m.seed), "source": ctx.source, "split": ctx.m.split, "exact": True,
+           "candidates_per_image": len(ctx.base.train), "nearest_index": p.nearest.tolist(), "values": p.nn.tolist()}
+    if ctx.held is not None:
+        out["closeness"] = quality.closeness(p, ctx.held, ctx.m.seed)
+    return out
 
 
 def copying(ctx: Context) -> dict:
-    ref = ctx.reference_share
-    if ref is None:
-        return {"flagged": None, "note": "fewer than two held-out cases in the dataset: nothing to compare with"}
-    return quality.copying(ctx.gen, ctx.threshold, ref)
+    """Exact copies counted, near copies tested; one copy of either kind is enough."""
+    held = [p.nn for p in (ctx.held, ctx.base.test) if p is not None]
+    held_nn = np.concatenate(held) if held else None
+    dup = copies.duplicates(ctx.gen.nn, to_uint8(ctx.generated), ctx.base.train_hashes, held_nn)
+    near = ctx.base.near_copies(ctx.generated, "judged images")
+    return {"verdict": copies.verdict(dup, near), "duplicates": dup, "near_copies": near}
 
 
 def diversity(ctx: Context) -> dict:
-    out = quality.diversity(ctx.gen, ctx.real, ctx.m.seed)
+    out = quality.diversity(ctx.gen, ctx.real, ctx.m.seed, ctx.held)
     if out is None:
         return {"note": "fewer than 2 images: no diversity"}
-    return {**out, "scales": metrics.ms_ssim_scales(min(ctx.generated.shape[1:])), "real_split": ctx.m.split}
+    return {**out, "scales": metrics.ms_ssim_scales(min(ctx.generated.shape[1:])), "real_split": ctx.m.split,
+            "held_out_split": ctx.base.held_split}
 
 
-def _anchor(ctx: Context, p: quality.Profile, share: dict | None) -> dict:
-    return {NN: quality.nn_summary(p, ctx.m.seed), COPYING: share,
-            DIVERSITY: quality.diversity(p, ctx.real, ctx.m.seed)}
+def distribution_metric(ctx: Context) -> dict:
+    """The classifier two-sample test of the judged images, beside held-out slices' own at equal n."""
+    t0 = time.perf_counter()
+    out = {**ctx.base.two_sample(ctx.generated, ctx.groups), "held_out": ctx.distribution_baseline,
+           "margin": distribution.DISTRIBUTION_MARGIN}
+    log.info(f"[postprocess] distribution metric in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def _anchor(ctx: Context, p: quality.Profile, images: np.ndarray, what: str, distribution_result: dict) -> dict:
+    return {NN: quality.nn_summary(p, ctx.m.seed), COPYING: {"near_copies": ctx.base.near_copies(images, what)},
+            DIVERSITY: quality.diversity(p, ctx.real, ctx.m.seed, ctx.held), DISTRIBUTION: distribution_result}
 
 
 def ladder(ctx: Context) -> dict:
@@ -153,18 +122,25 @@ def ladder(ctx: Context) -> dict:
     t0 = time.perf_counter()
     n = min(ctx.m.nn_samples, len(ctx.held))
     pick = np.sort(np.random.default_rng(ctx.m.seed + 6).choice(len(ctx.held), n, replace=False))
-    held_images, cases = ctx.held_images
-    linear = anchors.fit_linear(ctx.split_images(ctx.m.split, anchors.FIT_IMAGES, 7)[0])
+    held_images, cases = ctx.base.held_images
+    linear = anchors.fit_linear(ctx.base.split_images(ctx.m.split, anchors.FIT_IMAGES, 7)[0])
     log.info(f"[postprocess] linear anchor: {len(linear.scales)} components fitted in {time.perf_counter() - t0:.1f} s")
-    blurred = ctx.scored(anchors.blurred(held_images[pick]), "blurred held-out anchor", 8, cases[pick])
-    lin = ctx.scored(linear.sample(ctx.m.nn_samples, ctx.m.seed + 9), "linear anchor", 9)
-    out = {"held_out": {**_anchor(ctx, ctx.held, ctx.reference_share), "split": ctx.held_split},
-           "blurred": {**_anchor(ctx, blurred, quality.exceeding(blurred, ctx.threshold)),
+    blur_images = anchors.blurred(held_images[pick])
+    blurred = ctx.base.scored(blur_images, "blurred held-out anchor", 8, cases[pick])
+    lin_images = linear.sample(ctx.m.nn_samples, ctx.m.seed + 9)
+    lin = ctx.base.scored(lin_images, "linear anchor", 9)
+    in_pick = ~np.isin(ctx.base.unseen[1], cases[pick])
+    out = {"held_out": {NN: quality.nn_summary(ctx.held, ctx.m.seed), DISTRIBUTION: ctx.distribution_baseline,
+                        COPYING: {"near_copies": copies.null_share(ctx.base.unseen_gaps, ctx.base.unseen[1]) or {}},
+                        "split": ctx.base.held_split},
+           "blurred": {**_anchor(ctx, blurred, blur_images, "blurred held-out slices",
+                                 ctx.base.two_sample(blur_images, cases[pick], in_pick, 16)),
                        "sigma_px": anchors.BLUR_SIGMA},
-           "linear": {**_anchor(ctx, lin, quality.exceeding(lin, ctx.threshold)),
+           "linear": {**_anchor(ctx, lin, lin_images, "linear-anchor images",
+                                ctx.base.two_sample(lin_images, sample_ids(len(lin_images)), rng_offset=17)),
                       "components": len(linear.scales), "fitted_on": linear.fitted_on}}
-    if ctx.test is not None:
-        out["final_holdout"] = {NN: quality.nn_summary(ctx.test, ctx.m.seed), "split": ctx.test_split, COPYING: None}
+    if ctx.base.test is not None:
+        out["final_holdout"] = {NN: quality.nn_summary(ctx.base.test, ctx.m.seed), "split": ctx.base.test_split}
     return out
 
 
@@ -172,8 +148,8 @@ def raw_generator(ctx: Context) -> dict | None:
     """With a generator average, the nearest-neighbour and diversity checks for the raw generator saved beside it."""
     if ctx.raw is None:
         return None
-    raw = ctx.scored(generated_samples.generate(ctx.raw, len(ctx.generated), ctx.m.seed + 1), "raw generator", 1)
-    return {NN: quality.nn_summary(raw, ctx.m.seed), DIVERSITY: quality.diversity(raw, ctx.real, ctx.m.seed),
+    raw = ctx.base.scored(generated_samples.generate(ctx.raw, len(ctx.generated), ctx.m.seed + 1), "raw generator", 1)
+    return {NN: quality.nn_summary(raw, ctx.m.seed), DIVERSITY: quality.diversity(raw, ctx.real, ctx.m.seed, ctx.held),
             "note": "the generator's own weights; everything else in this file uses the generator average"}
 
 
@@ -185,12 +161,12 @@ def feature_distances(ctx: Context) -> dict:
                 "(set metrics.fid_weights to a local .keras file). Nothing is ever downloaded."}
     if ctx.held is None:
         return {"fid": None, "kid": None, "note": "not computed: no held-out split to give the baseline"}
-    n = min(len(ctx.held), len(ctx.train), m.fid_real_images or len(ctx.train))
+    n = min(len(ctx.held), len(ctx.base.train), m.fid_real_images or len(ctx.base.train))
     gen = generated_samples.generate(ctx.generator, n, m.seed + 4) if ctx.generator else ctx.generated[:n]
     n = min(n, len(gen))
     t0 = time.perf_counter()
     net = features.load_extractor(m.fid_weights)
-    f_train = features.features(net, ctx.split_images(m.split, n, 10)[0], m.fid_preprocessing)
+    f_train = features.features(net, ctx.base.split_images(m.split, n, 10)[0], m.fid_preprocessing)
 
     def against_train(images) -> dict:
         f = features.features(net, images[:n], m.fid_preprocessing)
@@ -198,9 +174,9 @@ def feature_distances(ctx: Context) -> dict:
                                                                        m.seed),
                 **features.precision_recall(f_train, f, m.pr_neighbours)}
 
-    out = {**against_train(gen), "held_out": against_train(ctx.split_images(ctx.held_split, n, 11)[0]),
+    out = {**against_train(gen), "held_out": against_train(ctx.base.split_images(ctx.base.held_split, n, 11)[0]),
            "extractor": m.fid_weights, "input_size": list(features.input_size(net)), "features": int(f_train.shape[1]),
-           "preprocessing": m.fid_preprocessing, "n": n, "split": m.split, "held_out_split": ctx.held_split}
+           "preprocessing": m.fid_preprocessing, "n": n, "split": m.split, "held_out_split": ctx.base.held_split}
     out["kid"] = out["kid_mean"]
     log.info(f"[postprocess] FID {out['fid']:.2f} (held-out {out['held_out']['fid']:.2f}), KID {out['kid_mean']:.4f}, "
              f"precision {out['precision']:.2f}, recall {out['recall']:.2f}; {n} images a set, "
@@ -226,26 +202,51 @@ def _kid(f: dict) -> str:
 def nn_rows(m: dict) -> list[list[str]]:
     nn = m[NN]
     held = m.get(ANCHORS, {}).get("held_out", {}).get(NN, {})
-    return [[f"nearest-neighbour SSIM to the {nn.get('split', 'train')} split, median [95%] (n={nn.get('n', 0)}, "
+    rows = [[f"nearest-neighbour SSIM to the {nn.get('split', 'train')} split, median [95%] (n={nn.get('n', 0)}, "
              "exact)", with_ci(nn.get("median"), nn.get("ci95")), "-"],
             ["the same over the brain only", with_ci(nn.get("brain_median"), nn.get("brain_ci95")), "-"],
             [f"held-out images' median (n={held.get('n', 0)}, by case)", with_ci(held.get("median"), held.get("ci95")),
              "-"]]
+    if nn.get("closeness"):
+        c = nn["closeness"]
+        rows.append([f"difference [95%] (margin +-{c['margin']:g})", with_ci(c["difference"], c["ci95"]), c["verdict"]])
+    return rows
 
 
 def copying_rows(m: dict) -> list[list[str]]:
     c = m[COPYING]
-    if c.get("flagged") is None:
-        return []
-    return [["share of samples above the held-out maximum [95%]", with_ci(c["share"], c["ci95"]), "-"],
-            ["the same for unseen brains", with_ci(c["held_out_share"], c["held_out_ci95"]), "-"]]
+    dup, near = c["duplicates"], c["near_copies"]
+    rows = [[f"exact copies ({dup['rule']})", f"{dup['count']} of {dup['n']}", "-"]]
+    if near.get("share") is not None:
+        rows.append([f"near copies: share above the held-out source gaps' {near['tail']:.0%} point",
+                     f"{near['share']:.3f} (unseen brains {near['held_out']['share']:.3f}, at most "
+                     f"{near['held_out']['upper']:.3f}; p = {near['p_value']:.3g})", "-"])
+    rows.append(["copying verdict", c["verdict"], "-"])
+    return rows
 
 
 def diversity_rows(m: dict) -> list[list[str]]:
     d = m[DIVERSITY]
-    return [[f"MS-SSIM diversity, generated / real ({d.get('n', 0)} images each)",
+    if "ratio" not in d:
+        return []
+    rows = [[f"MS-SSIM diversity, generated / real ({d.get('n', 0)} images each)",
              f"{fmt(d.get('generated'))} / {fmt(d.get('real'))}", "-"],
-            ["diversity ratio [95%]", with_ci(d.get("ratio"), d.get("ci95"), 2), "-"]] if "ratio" in d else []
+            ["diversity ratio to training slices [95%]", with_ci(d.get("ratio"), d.get("ci95"), 2), "-"]]
+    if "relative" in d:
+        rows.append([f"the same over held-out slices' [95%] (margin +-{d['margin']:g})",
+                     with_ci(d["relative"], d["relative_ci95"], 2), d["verdict"]])
+    return rows
+
+
+def distribution_rows(m: dict) -> list[list[str]]:
+    d = m[DISTRIBUTION]
+    if d.get("accuracy") is None:
+        return []
+    h = d["held_out"]
+    return [["distribution: a classifier's balanced accuracy telling the images from unseen brains [95%]",
+             with_ci(d["accuracy"], d["ci95"]), d["verdict"]],
+            [f"the same for held-out slices, n={h.get('n', 0)}", with_ci(h.get("accuracy"), h.get("ci95")),
+             h.get("verdict", "-")]]
 
 
 def feature_rows(m: dict) -> list[list[str]]:
@@ -265,69 +266,102 @@ ANCHOR_NAMES = {"held_out": "held-out slices", "final_holdout": "final holdout s
                 "blurred": "held-out slices, blurred 1 px", "linear": "linear model (PCA-Gaussian)"}
 
 
+def _rung_row(name: str, s: dict) -> list[str]:
+    nn, d, dist = s[NN], s.get(DIVERSITY) or {}, s.get(DISTRIBUTION) or {}
+    near = (s.get(COPYING) or {}).get("near_copies") or {}
+    return [name, str(nn.get("n")), with_ci(nn.get("median"), nn.get("ci95")),
+            with_ci(nn.get("brain_median"), nn.get("brain_ci95")), fmt(near.get("share")),
+            with_ci(d.get("relative"), d.get("relative_ci95"), 2) + (f" ({d['verdict']})" if d.get("verdict") else ""),
+            with_ci(dist.get("accuracy"), dist.get("ci95"))]
+
+
 def ladder_table(m: dict) -> tuple[list, list] | None:
     rungs = m.get(ANCHORS, {})
     if "held_out" not in rungs:
         return None
-    sets = [("generated", {NN: m[NN], COPYING: m[COPYING], DIVERSITY: m[DIVERSITY]})]
+    sets = [("generated", {NN: m[NN], COPYING: m[COPYING], DIVERSITY: m[DIVERSITY], DISTRIBUTION: m[DISTRIBUTION]})]
     sets += [(ANCHOR_NAMES[k], v) for k, v in rungs.items() if k in ANCHOR_NAMES]
-    rows = []
-    for name, s in sets:
-        nn, c, d = s[NN], s.get(COPYING) or {}, s.get(DIVERSITY) or {}
-        rows.append([name, str(nn.get("n")), with_ci(nn.get("median"), nn.get("ci95")),
-                     with_ci(nn.get("brain_median"), nn.get("brain_ci95")), with_ci(c.get("share"), c.get("ci95"), 3),
-                     with_ci(d.get("ratio"), d.get("ci95"), 2) + (f" ({d['verdict']})" if d.get("verdict") else "")])
-    return (["set", "n", "NN-SSIM median [95%]", "brain only", "above held-out max", "diversity ratio"], rows)
+    return (["set", "n", "NN-SSIM median [95%]", "brain only", "share above the near-copy threshold",
+             "diversity over held-out's", "distribution accuracy [95%]"], [_rung_row(name, s) for name, s in sets])
 
 
 def nn_reading(m: dict) -> str | None:
     nn, held = m[NN], m.get(ANCHORS, {}).get("held_out", {}).get(NN)
-    if not held:
+    c = nn.get("closeness")
+    if not held or not c:
         return None
-    side = intervals.relation(nn["ci95"], held["ci95"])
-    head = (f"Nearest-neighbour SSIM: median {with_ci(nn['median'], nn['ci95'])} against "
-            f"{with_ci(held['median'], held['ci95'])} for unseen real slices. ")
+    head = (f"Closeness to the training split: median NN-SSIM {with_ci(nn['median'], nn['ci95'])} against "
+            f"{with_ci(held['median'], held['ci95'])} for unseen brains, a difference of "
+            f"{with_ci(c['difference'], c['ci95'])} (margin +-{c['margin']:g}): ")
     return head + {
-        1: "The samples sit closer to training images than unseen brains do: read the copying check.",
-        0: "The samples are as close to the training images as unseen brains are.",
-        -1: "A typical sample is further from its nearest training image than an unseen brain is: not yet as "
-            "brain-like as real slices."}[side]
+        CLOSER: "closer to the training images than unseen brains are. That is not better: read the copying check "
+                "and the distribution metric.",
+        LEVEL: "level with unseen brains.",
+        FURTHER: "further from the training images than unseen brains are: not yet as brain-like as real slices.",
+        UNDETERMINED: "undetermined: the interval straddles the margin (raise metrics.nn_samples)."}[c["verdict"]]
 
 
 def copying_reading(m: dict) -> str | None:
     c = m[COPYING]
-    if c.get("flagged") is None:
-        return None
-    head = (f"Copying: {c['count']} of {c['n']} samples ({with_ci(c['share'], c['ci95'])}) score above the highest "
-            f"held-out value ({c['threshold']:.3f}); unseen brains reach "
-            f"{with_ci(c['held_out_share'], c['held_out_ci95'])} ({c['held_out_from']}). ")
-    return head + {
-        quality.SIGN_OF_COPYING: f"More than unseen brains, beyond chance (p = {c['p_value']:.3g}): a sign of copying.",
-        quality.NO_SIGN: "No sign of copying.",
-        quality.INCONCLUSIVE: "More than unseen brains, but not beyond chance at this n: inconclusive (raise "
-                              "metrics.nn_samples)."}[c["verdict"]]
+    dup, near = c["duplicates"], c["near_copies"]
+    words = [f"Copying: {dup['count']} of {dup['n']} images are exact copies ({dup['rule']})"
+             + (f"; {dup['held_out_count']} unseen brains meet the same rule" if dup.get("held_out_count") else "")
+             + "."]
+    if near.get("share") is not None:
+        words.append(f"Near copies: {near['count']} of {near['n']} ({near['share']:.3f}) stand out from every training "
+                     f"subject but one more than {1 - near['tail']:.0%} of unseen brains do (threshold "
+                     f"{near['threshold']:.3f}); unseen brains reach {near['held_out']['share']:.3f}, at most "
+                     f"{near['held_out']['upper']:.3f} over {near['held_out']['subjects']} subjects (p = "
+                     f"{near['p_value']:.3g}).")
+    else:
+        words.append(f"Near copies: undetermined ({near['why']}).")
+    verdict = {COPIES: "copies: the generator reproduces training slices.",
+               NEAR_COPIES: "near copies: more samples stand out from all training subjects but their source than "
+                            "unseen brains do.",
+               NO_SIGN: "no sign of copying.",
+               UNDETERMINED: "undetermined: " + near.get("why", "")}[c["verdict"]]
+    return " ".join(words) + " Verdict: " + verdict
 
 
 def diversity_reading(m: dict) -> str | None:
     d = m[DIVERSITY]
     if "ratio" not in d:
         return None
-    than = "as varied as" if d["verdict"] == quality.AS_VARIED else f"{d['verdict']} than"
-    return (f"MS-SSIM diversity over {d['scales']} scales, {d['n']} images: generated {d['generated']:.3f}, real "
-            f"{d['real_split']} slices {d['real']:.3f}, ratio {with_ci(d['ratio'], d['ci95'], 2)}: the samples are "
-            f"{than} real slices.")
+    head = (f"MS-SSIM diversity over {d['scales']} scales, {d['n']} images: generated {d['generated']:.3f}, real "
+            f"{d['real_split']} slices {d['real']:.3f}")
+    if "relative" not in d:
+        return head + f" (ratio {with_ci(d['ratio'], d['ci95'], 2)}); {d['verdict']}: {d.get('why', '')}."
+    return (head + f", held-out slices {d['held_out']:.3f}; over held-out slices' "
+            f"{with_ci(d['relative'], d['relative_ci95'], 2)} (margin +-{d['margin']:g}): " + {
+                AS_VARIED: "as varied as unseen brains.", LESS_VARIED: "less varied than unseen brains.",
+                MORE_VARIED: "more varied than unseen brains (noise or inconsistent anatomy).",
+                UNDETERMINED: "undetermined: the interval straddles the margin."}[d["verdict"]])
+
+
+def distribution_reading(m: dict) -> str | None:
+    d = m[DISTRIBUTION]
+    if d.get("accuracy") is None:
+        return f"Distribution metric: undetermined ({d.get('why', '')})."
+    h = d["held_out"]
+    base = (f"held-out slices score {with_ci(h['accuracy'], h['ci95'])}" if h.get("accuracy") is not None
+            else f"no held-out baseline ({h.get('why', '')})")
+    return (f"Distribution: a classifier tells the images from unseen brains with balanced accuracy "
+            f"{with_ci(d['accuracy'], d['ci95'])} (0.5: chance; margin {d['margin']:g}); {base}. "
+            f"Verdict: {d['verdict']}.")
 
 
 def ladder_reading(m: dict) -> str | None:
-    """Where the generator sits among the anchors, by median NN-SSIM with both intervals."""
-    rungs = {k: r[NN] for k, r in m.get(ANCHORS, {}).items() if k in ANCHOR_NAMES and k != "final_holdout"}
-    if not rungs:
+    """Where the generator sits among the anchors on the distribution metric, with both intervals."""
+    rungs = {k: r[DISTRIBUTION] for k, r in m.get(ANCHORS, {}).items()
+             if k in ANCHOR_NAMES and (r.get(DISTRIBUTION) or {}).get("accuracy") is not None}
+    gen = m[DISTRIBUTION]
+    if not rungs or gen.get("accuracy") is None:
         return None
-    gen = m[NN]
-    words = {1: "above", 0: "level with", -1: "below"}
-    placed = [f"{words[intervals.relation(gen['ci95'], r['ci95'])]} {ANCHOR_NAMES[k]} ({r['median']:.3f})"
-              for k, r in sorted(rungs.items(), key=lambda kv: -kv[1]["median"])]
-    return f"On the ladder of anchors, the generator ({gen['median']:.3f}) sits " + ", ".join(placed) + "."
+    words = {1: "worse than", 0: "level with", -1: "better than"}
+    placed = [f"{words[intervals.relation(gen['ci95'], r['ci95'])]} {ANCHOR_NAMES[k]} ({r['accuracy']:.2f})"
+              for k, r in sorted(rungs.items(), key=lambda kv: kv[1]["accuracy"])]
+    return (f"On the ladder of anchors, by the distribution metric (lower is closer to real brains), the images "
+            f"({gen['accuracy']:.2f}) sit " + ", ".join(placed) + ".")
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -346,11 +380,12 @@ CHECKS = (
     Check("nn_ssim", nearest_neighbours, nn_rows, nn_reading),
     Check("copying", copying, copying_rows, copying_reading),
     Check("diversity", diversity, diversity_rows, diversity_reading),
+    Check("distribution", distribution_metric, distribution_rows, distribution_reading),
     Check("anchors", ladder, reading=ladder_reading, table=ladder_table),
     Check("raw_generator", raw_generator),
     Check("feature_distances", feature_distances, feature_rows),
 )
-NN, COPYING, DIVERSITY, ANCHORS, RAW, FEATURES = (c.name for c in CHECKS)
+NN, COPYING, DIVERSITY, DISTRIBUTION, ANCHORS, RAW, FEATURES = (c.name for c in CHECKS)
 
 
 def run_all(ctx: Context) -> dict:

@@ -214,6 +214,25 @@ def pairwise_diversity(images, max_val: float = 2.0, rng_seed: int = 0, max_pair
     return float(np.mean(ms_ssim_pairs(images[i], images[j], max_val)))
 
 
+def cross_ssim(queries, images, max_val: float = 2.0, block: int = 64) -> np.ndarray:
+    """SSIM of every query with every image: [Q, H, W] x [R, H, W] -> [Q, R], arrays in memory."""
+    q, r = _squeeze(queries), _squeeze(images)
+    _check_pair(q, q, max_val)
+    if r.shape[1:] != q.shape[1:]:
+        raise MetricError(f"images of {q.shape[1:]} cannot be compared with images of {r.shape[1:]}")
+    blur, cross = _blur_fn(), _cross_fn(float(max_val))
+    qm, qe = blur(q), blur(q * q)
+    query_block = max(8, (1 << 22) // (block * q.shape[1] * q.shape[2]))   # about 16 MiB of products a call
+    out = np.empty((len(q), len(r)), np.float32)
+    for s in range(0, len(r), block):
+        rs = r[s:s + block]
+        rm, re_ = blur(rs), blur(rs * rs)
+        for t in range(0, len(q), query_block):
+            b = slice(t, t + query_block)
+            out[b, s:s + block] = cross(q[b], qm[b], qe[b], rs, rm, re_).numpy()
+    return out
+
+
 def nearest_ssim(queries, reader, max_val: float = 2.0, real_block: int = 64, query_block: int = 8) -> dict:
     """Exact: for each query image, the highest SSIM to any image `reader` holds, and which.
 

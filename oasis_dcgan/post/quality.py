@@ -2,26 +2,17 @@
 
 A set's `Profile` holds the per-image numbers (the exact nearest-neighbour SSIM to the training
 split, the same pair's SSIM over the brain only, and the MS-SSIM of every pair of a subset);
-every summary, share and ratio is read from it with its 95% interval (intervals.py), and every
-verdict follows the intervals, never a fixed band on a point estimate.
+every summary and ratio is read from it with its 95% interval (intervals.py), and every verdict
+reads the interval against a margin fixed in advance (verdicts.py), never a point estimate.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from ..imaging import to_unit
-from . import intervals, metrics
-
-# diversity.verdict, from the ratio of mean pairwise MS-SSIM (generated over real): above 1 the
-# images are more alike than real slices are
-LESS_VARIED, AS_VARIED, MORE_VARIED = "less varied", "as varied", "more varied"
-COPYING_P = 0.05   # the one-sided test that flags copying
-SIGN_OF_COPYING, NO_SIGN, INCONCLUSIVE = "sign of copying", "no sign of copying", "inconclusive"  # copying.verdict
-THRESHOLD_RULE = ("the highest nearest-neighbour SSIM of any held-out image, validate and test pooled (the maximum, "
-                  "not a percentile)")
+from . import intervals, metrics, verdicts
 
 
 @dataclass
@@ -71,37 +62,16 @@ def nn_summary(p: Profile, rng_seed: int) -> dict:
             "resampled": "by case" if p.cases is not None else "by image"}
 
 
-def exceeding(p: Profile, threshold: float) -> dict:
-    k = int((p.nn > threshold).sum())
-    return {"count": k, "n": len(p), "share": k / len(p), "ci95": intervals.share_interval(k, len(p))}
-
-
-def left_out_share(held: Profile) -> dict | None:
-    """With one held-out split: each case against the maximum of the others, so the share is out of sample."""
-    if held.cases is None or len(np.unique(held.cases)) < 2:
-        return None
-    k = sum(int((held.nn[held.cases == c] > held.nn[held.cases != c].max()).sum()) for c in np.unique(held.cases))
-    return {"count": k, "n": len(held), "share": k / len(held), "ci95": intervals.share_interval(k, len(held)),
-            "from": "each held-out case against the others' maximum"}
-
-
-def copying(gen: Profile, threshold: float, reference: dict) -> dict:
-    """The share of `gen` above the held-out maximum, against the share unseen brains reach.
-
-    Flagged when the generated share is higher beyond chance (one-sided Fisher exact test);
-    'no sign' needs, besides, the held-out share inside or above the generated share's interval.
-    """
-    out = exceeding(gen, threshold)
-    table = [[out["count"], out["n"] - out["count"]], [reference["count"], reference["n"] - reference["count"]]]
-    p = float(stats.fisher_exact(table, alternative="greater").pvalue)
-    flagged = p < COPYING_P
-    consistent = out["ci95"][0] <= reference["share"]
-    return {"flagged": flagged, "share": out["share"], "ci95": out["ci95"], "count": out["count"], "n": out["n"],
-            "held_out_share": reference["share"], "held_out_ci95": reference["ci95"],
-            "held_out_count": reference["count"], "held_out_n": reference["n"],
-            "held_out_from": reference["from"], "p_value": p, "threshold": threshold,
-            "threshold_rule": THRESHOLD_RULE,
-            "verdict": SIGN_OF_COPYING if flagged else (NO_SIGN if consistent else INCONCLUSIVE)}
+def closeness(gen: Profile, held: Profile, rng_seed: int) -> dict:
+    """The samples' median NN-SSIM minus unseen brains' (resampled by image and by case), read with its margin."""
+    rng = np.random.default_rng(rng_seed)
+    diffs = [np.median(gen.nn[a]) - np.median(held.nn[b]) for a, b in zip(
+        intervals.resamples(len(gen), rng, gen.cases), intervals.resamples(len(held), rng, held.cases))]
+    ci = intervals.percentiles(diffs)
+    return {"difference": float(np.median(gen.nn) - np.median(held.nn)), "ci95": ci,
+            "margin": verdicts.CLOSENESS_MARGIN,
+            "verdict": verdicts.against(ci, 0.0, verdicts.CLOSENESS_MARGIN, verdicts.FURTHER, verdicts.LEVEL,
+                                        verdicts.CLOSER)}
 
 
 def _pairs_mean(mat: np.ndarray, idx: np.ndarray) -> float:
@@ -112,8 +82,9 @@ def _pairs_mean(mat: np.ndarray, idx: np.ndarray) -> float:
     return float(pairs.mean()) if len(pairs) else float("nan")
 
 
-def diversity(p: Profile, real: Profile, rng_seed: int) -> dict | None:
-    """Mean pairwise MS-SSIM of p against the real set's, as a ratio with a bootstrap interval."""
+def diversity(p: Profile, real: Profile, rng_seed: int, held: Profile | None = None) -> dict | None:
+    """Mean pairwise MS-SSIM of p over the real training set's (`ratio`), and over the held-out set's
+    (`relative`): the verdict reads the samples against unseen brains, not against 1."""
     if p.pairs is None or real.pairs is None:
         return None
     gen_mean, real_mean = float(np.nanmean(p.pairs)), float(np.nanmean(real.pairs))
@@ -121,8 +92,18 @@ def diversity(p: Profile, real: Profile, rng_seed: int) -> dict | None:
     ratios = [_pairs_mean(p.pairs, a) / _pairs_mean(real.pairs, b) for a, b in zip(
         intervals.resamples(len(p.pairs), rng, p.pair_cases), intervals.resamples(len(real.pairs), rng,
                                                                                    real.pair_cases))]
-    ci = intervals.percentiles(ratios)
-    side = intervals.relation(ci, [1.0, 1.0])
-    return {"generated": gen_mean, "real": real_mean, "ratio": gen_mean / real_mean, "ci95": ci,
-            "verdict": {1: LESS_VARIED, 0: AS_VARIED, -1: MORE_VARIED}[side], "n": len(p.pairs),
-            "real_n": len(real.pairs)}
+    out = {"generated": gen_mean, "real": real_mean, "ratio": gen_mean / real_mean,
+           "ci95": intervals.percentiles(ratios), "n": len(p.pairs), "real_n": len(real.pairs),
+           "verdict": verdicts.UNDETERMINED, "why": "no held-out set to read it against"}
+    if held is None or held.pairs is None:
+        return out
+    held_mean = float(np.nanmean(held.pairs))
+    rel = [_pairs_mean(p.pairs, a) / _pairs_mean(held.pairs, b) for a, b in zip(
+        intervals.resamples(len(p.pairs), rng, p.pair_cases), intervals.resamples(len(held.pairs), rng,
+                                                                                   held.pair_cases))]
+    ci = intervals.percentiles(rel)
+    out.pop("why")
+    return {**out, "held_out": held_mean, "relative": gen_mean / held_mean, "relative_ci95": ci,
+            "margin": verdicts.DIVERSITY_MARGIN,
+            "verdict": verdicts.against(ci, 1.0, verdicts.DIVERSITY_MARGIN, verdicts.MORE_VARIED,
+                                        verdicts.AS_VARIED, verdicts.LESS_VARIED)}

@@ -145,7 +145,7 @@ def judged(run: rundir.RunDir, last_batch: tuple[int, Path], dataset: str, cfg: 
 def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], samples: list, real_batch: np.ndarray,
                    ctx: checks.Context) -> list[tuple[str, str]]:
     """Every figure of the report; returns (title, file name) in report order."""
-    nn, reader = {"ssim": ctx.gen.nn, "index": ctx.gen.nearest}, ctx.train
+    nn, reader = {"ssim": ctx.gen.nn, "index": ctx.gen.nearest}, ctx.base.train
     out = []
     if any(r.get("kind") == "epoch" for r in stats):
         figures.plot_losses(stats, report_dir / "loss.png")
@@ -166,7 +166,7 @@ def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], sample
                           split=reader.split)
     out.append((f"The 8 generated images closest to a {reader.split} image, and that image", "nn_pairs.png"))
     figures.plot_nn_distributions(nn["ssim"], ctx.held.nn if ctx.held is not None else np.zeros(0),
-                                  report_dir / "nn_ssim.png", reader.split, ctx.held_split or "-")
+                                  report_dir / "nn_ssim.png", reader.split, ctx.base.held_split or "-")
     out.append(("Nearest-neighbour SSIM, generated and held-out", "nn_ssim.png"))
     return out
 
@@ -285,7 +285,7 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     m = summarise(rows, results, cfg, samples[-1][0], run.finished())
     fsutil.write_json(run.report_file(rundir.REPORT_METRICS), m)
     # ---- Figures and the report, Markdown and standalone HTML from the same document
-    real_batch = to_unit(ctx.train.read(metric_batches(report_dir, ds, cfg)["batches"][0]))
+    real_batch = to_unit(ctx.base.train.read(metric_batches(report_dir, ds, cfg)["batches"][0]))
     figure_list = render_figures(report_dir, run.read_stats(), rows, samples, real_batch, ctx)
     doc = build_document(run_dir, options, manifest, m, rows, figure_list)
     fsutil.write_text(run.report_file(rundir.REPORT_MD), doc.markdown())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from oasis_dcgan import config
-from oasis_dcgan.post import report
+from oasis_dcgan.post import report, verdicts
 
 
 FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png",
@@ -28,8 +28,12 @@ def test_postprocess_outputs(finished_run):
     assert len(metrics["seed_max_ssim"]["per_epoch"]) == 3
     assert metrics["seed_max_ssim"]["final"] == metrics["seed_max_ssim"]["per_epoch"][-1]
     assert {"mean", "median"} <= set(metrics["nn_ssim"])
-    assert {"generated", "real", "ratio", "ci95", "verdict"} <= set(metrics["diversity"])
-    assert {"flagged", "share", "held_out_share"} <= set(metrics["copying"])
+    assert {"generated", "real", "ratio", "ci95", "relative", "relative_ci95", "verdict"} <= set(metrics["diversity"])
+    assert {"verdict", "duplicates", "near_copies"} <= set(metrics["copying"])
+    assert metrics["copying"]["duplicates"]["count"] == len(metrics["copying"]["duplicates"]["indices"])
+    assert {"accuracy", "ci95", "held_out", "verdict"} <= set(metrics["distribution"])
+    assert metrics["nn_ssim"]["closeness"]["verdict"] in (verdicts.CLOSER, verdicts.LEVEL, verdicts.FURTHER,
+                                                          verdicts.UNDETERMINED)
     assert {"held_out", "blurred", "linear", "final_holdout"} <= set(metrics["anchors"])
     features = metrics["feature_distances"]
     assert features["fid"] is None and "never downloaded" in features["note"].replace("Nothing is ever", "never")
@@ -47,8 +51,8 @@ def test_postprocess_outputs(finished_run):
     assert html.count("<img") == len(FIGS) and "data:image/png;base64" in html and "src=\"report" not in html
     assert "0.65" in md and "does not" in md
     assert "**Training recipe:** " in md and "the seed's recipe" in md
-    assert "Nearest-neighbour SSIM: median" in md and "MS-SSIM diversity over" in md  # the readings
-    assert "Copying: " in md and "On the ladder of anchors, the generator" in md
+    assert "Closeness to the training split: median NN-SSIM" in md and "MS-SSIM diversity over" in md  # readings
+    assert "Copying: " in md and "Distribution: a classifier" in md and "On the ladder of anchors" in md
     assert "| linear model (PCA-Gaussian) |" in md  # the ladder's table
     assert "not the seed's recipe" in report.recipe({"train": {"adam_beta1": 0.5, "ema_kimg": 10}})
     assert "not the seed's" not in report.recipe({"train": {"lr": 1e-4, "adam_beta1": 0.9, "batch_size": 16}})

@@ -105,3 +105,16 @@ def test_performance_figures_are_rendered_from_the_bench_results():
     for page in run_all.quoting_pages():
         text = page.read_text()
         assert run_all.with_blocks(text, saved) == text, f"{page.name}: a bench block differs from its result file"
+
+
+def test_the_metrics_page_states_the_margins_and_rules_in_force():
+    from oasis_dcgan.post import copying, verdicts
+
+    text = (DOCS / "metrics.md").read_text()
+    phrases = [f"±{verdicts.CLOSENESS_MARGIN:g} SSIM", f"±{verdicts.DIVERSITY_MARGIN:g} around 1",
+               f"at most {0.5 + verdicts.DISTRIBUTION_MARGIN:g}", f"at least {copying.DUPLICATE_SSIM:g}",
+               f"{copying.TAIL * 100:.0f}th percentile", f"fewer than {copying.MIN_SUBJECTS} held-out subjects",
+               f"at {copying.COMPARE_SIZE}x{copying.COMPARE_SIZE}", f"exceeds {copying.MAX_NULL_SHARE:g}",
+               f"p < {copying.NULL_P:g}"]
+    missing = [p for p in phrases if p not in text]
+    assert not missing, f"docs/metrics.md does not state {missing}"

@@ -1,46 +1,34 @@
-"""The quality verdicts against independent computations: copies are flagged and real unseen
-brains are not, one image repeated is less varied, the linear anchor is a PCA, intervals resample
-cases; and `evaluate` on an array and on a folder of PNGs."""
+"""The quality verdicts against independent computations: one image repeated is less varied and
+noise more varied than held-out slices, the linear anchor is a PCA, intervals resample cases,
+`evaluate` refuses bad images by name, and FID sits beside held-out images at one n."""
 
 import numpy as np
 import pytest
 
 from oasis_dcgan.imaging import to_uint8, to_unit
-from oasis_dcgan.post import anchors, evaluate, intervals, quality
+from oasis_dcgan.post import anchors, evaluate, intervals, quality, verdicts
 from oasis_dcgan.prep.reader import ShardReader
 
-from tests.conftest import copying_of, small_metrics, with_copies
+from tests.conftest import small_metrics
 
 
-@pytest.mark.parametrize("share", [0.05, 0.10])
-def test_verbatim_copies_among_held_out_images_are_flagged(held_out_rich, share):
-    test = ShardReader(held_out_rich, "test")
-    mixed, k = with_copies(to_unit(test.read(np.arange(len(test)))), held_out_rich, share, rng_seed=2)
-    got = copying_of(mixed, held_out_rich)
-    assert got["flagged"] is True and got["count"] >= k
-
-
-def test_with_one_held_out_split_each_case_is_read_against_the_others():
-    nn = np.array([0.80, 0.82, 0.90, 0.70, 0.85, 0.88, 0.60, 0.65, 0.95])
-    cases = np.repeat(["a", "b", "c"], 3)
-    held = quality.Profile(nn=nn, nearest=np.zeros(9, int), brain=nn, pairs=None, cases=cases)
-    got = quality.left_out_share(held)
-    # a against max(b, c) = 0.95: none; b against 0.95: none; c against 0.90: 0.95 only
-    assert got["count"] == 1 and got["n"] == 9
-
-
-def test_one_image_repeated_is_less_varied_and_real_sets_are_as_varied(held_out_rich):
+def test_diversity_is_read_against_held_out_slices_with_a_margin(held_out_rich):
     reader = ShardReader(held_out_rich, "train")
     real = to_unit(reader.read(np.arange(len(reader))))
     cases = np.array([m["case"] for m in reader.metadata(np.arange(len(reader)))])
     base = quality.pairs_only(real, 24, rng_seed=0, cases=cases)
+    held_reader = ShardReader(held_out_rich, "validate")
+    held = quality.pairs_only(to_unit(held_reader.read(np.arange(len(held_reader)))), 24, rng_seed=2,
+                              cases=[m["case"] for m in held_reader.metadata(np.arange(len(held_reader)))])
     one = quality.pairs_only(np.stack([real[5]] * 24), 24, rng_seed=0)
-    assert quality.diversity(one, base, rng_seed=0)["verdict"] == quality.LESS_VARIED
-    other = quality.pairs_only(real, 24, rng_seed=1, cases=cases)
-    same = quality.diversity(other, base, rng_seed=0)
-    assert same["verdict"] == quality.AS_VARIED and same["ci95"][0] < 1 < same["ci95"][1]
+    got = quality.diversity(one, base, rng_seed=0, held=held)
+    assert got["verdict"] == verdicts.LESS_VARIED and got["relative_ci95"][0] > 1 + verdicts.DIVERSITY_MARGIN
     noise = quality.pairs_only(np.random.default_rng(0).uniform(-1, 1, (24, 32, 32)).astype(np.float32), 24, 0)
-    assert quality.diversity(noise, base, rng_seed=0)["verdict"] == quality.MORE_VARIED
+    assert quality.diversity(noise, base, rng_seed=0, held=held)["verdict"] == verdicts.MORE_VARIED
+    other = quality.diversity(quality.pairs_only(real, 24, rng_seed=1, cases=cases), base, rng_seed=0, held=held)
+    lo, hi = other["relative_ci95"]
+    assert lo < 1 < hi and other["verdict"] in (verdicts.AS_VARIED, verdicts.UNDETERMINED), other
+    assert quality.diversity(one, base, rng_seed=0)["verdict"] == verdicts.UNDETERMINED, "no held-out: no verdict"
 
 
 def test_the_linear_anchor_is_a_pca_of_the_training_images():

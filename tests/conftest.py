@@ -191,12 +191,12 @@ def shard_metadata(ds, split):
     return r.metadata(np.arange(len(r)))
 
 
-def packed_brains(tmp_path_factory, name: str, cases, rng_seed: int, resolution: int = 32):
+def packed_brains(tmp_path_factory, name: str, cases, rng_seed: int, resolution: int = 32, slices: int = 32):
     """Sample brains (train, validate, test cases) packed at 32x32, or at 64."""
     from oasis_dcgan.prep import pack, sample_data
 
     src = tmp_path_factory.mktemp(f"{name}-src")
-    sample_data.write_png_release(src, cases=cases, slices=32, resolution=64, rng_seed=rng_seed)
+    sample_data.write_png_release(src, cases=cases, slices=slices, resolution=64, rng_seed=rng_seed)
     out = tmp_path_factory.mktemp(name)
     pack.preprocess(src, out, DataConfig(resolution=resolution, shard_size=256))
     return out
@@ -210,14 +210,15 @@ def held_out_rich(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_brains(tmp_path_factory):
-    """The demo's own sample brains (24 training, 4 validate, 4 test subjects, seed 0) at 64x64."""
-    return packed_brains(tmp_path_factory, "demo-brains", (24, 4, 4), rng_seed=0, resolution=64)
+    """The demo's subjects (24 training, 4 validate, 4 test, seed 0) at 64x64, 16 slices each where the demo
+    has 32: the bench judges the demo's own data, the tests half as many slices of the same subjects."""
+    return packed_brains(tmp_path_factory, "demo-brains", (24, 4, 4), rng_seed=0, resolution=64, slices=16)
 
 
 @pytest.fixture(scope="session")
 def fresh_brains(tmp_path_factory):
     """Brains of another sample-data seed at 64x64: real, and unseen by any split of demo_brains."""
-    return packed_brains(tmp_path_factory, "fresh-brains", (12, 1, 1), rng_seed=7, resolution=64)
+    return packed_brains(tmp_path_factory, "fresh-brains", (12, 1, 1), rng_seed=7, resolution=64, slices=16)
 
 
 def small_metrics(**kw):

@@ -111,14 +111,24 @@ class Baseline:
 
     # ---- copying
     @functools.cached_property
+    def _train_scan(self) -> tuple[np.ndarray, np.ndarray, set[str]]:
+        """One pass over the training split, in blocks: its images at the near-copy comparison size, their cases,
+        and the digest of each image's pixels (the exact-copy rule)."""
+        small, hashes = [], set()
+        for s in range(0, len(self.train), 512):
+            pixels = self.train.read(np.arange(s, min(s + 512, len(self.train))))
+            small.append(copying.comparison_images(to_unit(pixels)))
+            hashes.update(copying.pixel_hashes(pixels))
+        return np.concatenate(small), case_ids(self.m.split, self.train, np.arange(len(self.train))), hashes
+
+    @property
     def train_small(self) -> tuple[np.ndarray, np.ndarray]:
         """The training split at the near-copy comparison size, with its cases."""
-        idx = np.arange(len(self.train))
-        return copying.comparison_images(to_unit(self.train.read(idx))), case_ids(self.m.split, self.train, idx)
+        return self._train_scan[:2]
 
-    @functools.cached_property
+    @property
     def train_hashes(self) -> set[str]:
-        return set(copying.pixel_hashes(self.train.read(np.arange(len(self.train)))))
+        return self._train_scan[2]
 
     def gaps(self, images: np.ndarray, what: str) -> np.ndarray:
         t0 = time.perf_counter()

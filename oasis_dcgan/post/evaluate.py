@@ -20,7 +20,7 @@ import numpy as np
 from .. import fsutil, rundir
 from ..config import MetricsConfig
 from ..imaging import to_unit
-from ..prep.manifest import DataError, load_manifest
+from ..prep.manifest import MANIFEST, DataError, load_manifest
 from ..prep.reader import ShardReader
 from . import checks
 from .document import Code, Document
@@ -135,7 +135,7 @@ def load_judged(images: str | os.PathLike, dataset: str | os.PathLike, resolutio
                 cases: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The images on (-1, 1), and their subjects when they are known."""
     path = Path(images)
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST).is_file():
         if not split:
             raise ImagesError(f"{path}: a packed dataset; say which split to judge (--split)")
         pixels, ids = _from_dataset(path, split, Path(dataset))
@@ -143,7 +143,7 @@ def load_judged(images: str | os.PathLike, dataset: str | os.PathLike, resolutio
             raise ImagesError(f"{path}: images of {pixels.shape[1:]}; the dataset's are {resolution}x{resolution}")
         return _as_unit(pixels, str(path)), ids
     if split:
-        raise ImagesError(f"{path}: --split reads a packed dataset, and this is not one (no manifest.json)")
+        raise ImagesError(f"{path}: --split reads a packed dataset, and this is not one (no {MANIFEST})")
     x = load_images(path, resolution)
     if cases:
         return x, _case_file(Path(cases), len(x))

@@ -83,6 +83,7 @@ def build_step(g, d, g_ema, r1_gamma: float):
     import tensorflow as tf
 
     from oasis_dcgan.training import model, step
+    from oasis_dcgan.training.objective import Objective
 
     g_opt, d_opt = (model.build_optimizer(LR, beta_1=BETA_1) for _ in range(2))
 
@@ -95,8 +96,8 @@ def build_step(g, d, g_ema, r1_gamma: float):
                 real_logits = d(real, training=True)
                 real_sum = tf.reduce_sum(real_logits)
             fake_logits = d(fake, training=True)
-            g_loss = tf.reduce_mean(model.generator_loss_per_image(fake_logits))
-            d_loss = tf.reduce_mean(model.discriminator_loss_per_image(real_logits, fake_logits))
+            g_loss = tf.reduce_mean(Objective().g_loss_per_image(fake_logits))
+            d_loss = tf.reduce_mean(Objective().d_loss_per_image(real_logits, fake_logits))
             if r1_gamma > 0:
                 grad = r_tape.gradient(real_sum, real)
                 d_loss += r1_gamma / 2 * tf.reduce_mean(tf.reduce_sum(tf.square(grad), [1, 2, 3]))

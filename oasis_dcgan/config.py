@@ -27,6 +27,8 @@ from .errors import ConfigError
 
 RESOLUTIONS = (32, 64, 128, 256)
 PRECISIONS = ("fp32", "bf16", "fp16")
+LOSSES = ("bce", "hinge")                              # train.loss: training/objective.py computes them
+AUGMENTATIONS = ("translation", "cutout", "color")     # train.augment: training/objective.py applies them
 SEED_MAX = 2 ** 32 - 1
 # Slurm's own names (partitions, accounts, QOS): letters, digits and a few marks, never a space,
 # a quote or a newline, since they land in #SBATCH lines of a generated script.
@@ -58,6 +60,12 @@ def more_than(low) -> Rule:
 def within(low, high, text: str) -> Rule:
     """low <= v < high, as `text` says it."""
     return Rule(lambda v: low <= v < high, text)
+
+
+def augmentations(text: str) -> tuple[str, ...] | None:
+    """train.augment's names in order ("translation,cutout" -> ("translation", "cutout")); None if not valid."""
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    return names if len(set(names)) == len(names) and all(n in AUGMENTATIONS for n in names) else None
 
 
 SEED = Rule(lambda v: 0 <= v <= SEED_MAX, f"must be in [0, {SEED_MAX}]")
@@ -120,6 +128,13 @@ class TrainConfig:
     d_dropout_scale: float = key(1.0, "the discriminator's dropout rates are the seed's (0.4, 0.2, 0.2) x this; "
                                  "0: none", within(0, 2.5, "must be in [0, 2.5) (the first rate is 0.4x it)"),
                                  recipe=True)
+    loss: str = key("bce", "the GAN loss: bce (the seed's binary cross-entropy) or hinge (training/objective.py)",
+                    one_of(*LOSSES), recipe=True)
+    d_spectral_norm: bool = key(False, "spectral normalisation of D's convolutions and logit layer (one power "
+                                "iteration a call); false: the seed's", recipe=True)
+    augment: str = key("", "DiffAugment on every image D sees, real and generated: any of translation, cutout, color, "
+                       "comma-separated; empty: none, the seed's", Rule(lambda v: augmentations(v) is not None,
+                       "must name " + ", ".join(AUGMENTATIONS) + ", each at most once, comma-separated"), recipe=True)
     lr_rampdown: float = key(0.0, "both learning rates fall linearly over this last fraction of the epochs; 0: "
                              "constant, the seed's", Rule(lambda v: 0 <= v <= 1, "must be in [0, 1] (a fraction "
                                                                                  "of the epochs)"), recipe=True)

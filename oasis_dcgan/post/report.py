@@ -200,6 +200,13 @@ def _metrics_section(doc: Document, m: dict, manifest: dict) -> None:
     doc.paragraph(Bold("What the seed metric means, and what it does not."), " " + METRIC_MEANING)
 
 
+def _said(v) -> str:
+    """A recipe value as the config spells it: numbers short, strings quoted, booleans lower-case."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    return f"{v:g}" if isinstance(v, (int, float)) else f'"{v}"'
+
+
 def recipe(cfg: dict) -> str:
     """The training recipe in words, saying where it departs from the seed's (config.seed_recipe())."""
     seed = config_mod.seed_recipe()
@@ -207,10 +214,13 @@ def recipe(cfg: dict) -> str:
     ours = {k: train.get(k.split(".", 1)[1], v) for k, v in seed.items()}  # a key an older run lacked: the seed's
     lr, beta1, ratio = ours["train.lr"], ours["train.adam_beta1"], ours["train.d_lr_ratio"]
     dropout, batch, rampdown = ours["train.d_dropout_scale"], ours["train.batch_size"], ours["train.lr_rampdown"]
-    differs = [f"{k} {seed[k]:g}" for k in seed if ours[k] != seed[k]]
+    differs = [f"{k} {_said(seed[k])}" for k in seed if ours[k] != seed[k]]
     falling = f" falling linearly over the last {rampdown:.0%} of the epochs" if rampdown else ""
+    loss = {"bce": "binary cross-entropy", "hinge": "hinge"}[ours["train.loss"]]
+    sn = ", spectral normalisation in the discriminator" if ours["train.d_spectral_norm"] else ""
+    seen = f", DiffAugment ({ours['train.augment']}) on every image it sees" if ours["train.augment"] else ""
     words = (f"Adam, learning rate {lr:g}{falling}, beta_1 {beta1:g}, discriminator learning rate x{ratio:g}, "
-             f"discriminator dropout x{dropout:g}, batch {batch} per rank: "
+             f"discriminator dropout x{dropout:g}{sn}{seen}, {loss} loss, batch {batch} per rank: "
              + ("the seed's recipe" if not differs else f"not the seed's recipe (the seed's: {', '.join(differs)})"))
     ema = train.get("ema_kimg", 0)
     if ema:

@@ -52,24 +52,31 @@ def build_generator(resolution: int = 256, noise_dim: int = 100, precision: str 
     ], name="generator")
 
 
-def build_discriminator(resolution: int = 256, precision: str = "fp32", dropout_scale: float = 1.0) -> tf.keras.Model:
+def build_discriminator(resolution: int = 256, precision: str = "fp32", dropout_scale: float = 1.0,
+                        spectral_norm: bool = False) -> tf.keras.Model:
     """`dropout_scale` multiplies the seed's rates (a recipe option; 0 keeps the layers, weightless, at rate 0,
-    so checkpoints stay interchangeable)."""
+    so checkpoints stay interchangeable). `spectral_norm` wraps the weighted layers in Keras's spectral
+    normalisation, whose power-iteration vectors are D's only non-trainable variables."""
     p = POLICIES[precision]
     r1, r2, r3 = (rate * dropout_scale for rate in SEED_D_DROPOUT)
+
+    def weighted(layer):
+        return L.SpectralNormalization(layer, power_iterations=1, name=f"{layer.name}_sn", dtype=layer.dtype_policy) \
+            if spectral_norm else layer
+
     return tf.keras.Sequential([
         L.Input((resolution, resolution, 1)),
-        L.Conv2D(64, 3, strides=2, padding="same", name="d_conv1", dtype=p),
+        weighted(L.Conv2D(64, 3, strides=2, padding="same", name="d_conv1", dtype=p)),
         L.LeakyReLU(name="d_act1", dtype=p),
         L.Dropout(r1, name="d_drop1", dtype=p),
-        L.Conv2D(128, 3, strides=2, padding="same", name="d_conv2", dtype=p),
+        weighted(L.Conv2D(128, 3, strides=2, padding="same", name="d_conv2", dtype=p)),
         L.LeakyReLU(name="d_act2", dtype=p),
         L.Dropout(r2, name="d_drop2", dtype=p),
-        L.Conv2D(256, 3, strides=2, padding="same", name="d_conv3", dtype=p),
+        weighted(L.Conv2D(256, 3, strides=2, padding="same", name="d_conv3", dtype=p)),
         L.LeakyReLU(name="d_act3", dtype=p),
         L.Dropout(r3, name="d_drop3", dtype=p),
         L.Flatten(name="d_flatten", dtype=p),
-        L.Dense(1, name="d_logit", dtype="float32"),  # fp32 logits: the losses' log-sigmoid needs the range
+        weighted(L.Dense(1, name="d_logit", dtype="float32")),  # fp32 logits: the losses' log-sigmoid needs the range
     ], name="discriminator")
 
 
@@ -105,7 +112,7 @@ def build_all(cfg: Config, lr: float) -> tuple:
     The average (G_ema) is G's architecture in fp32, starting from G's weights."""
     t, res = cfg.train, cfg.data.resolution
     generator = build_generator(res, t.noise_dim, t.precision)
-    discriminator = build_discriminator(res, t.precision, t.d_dropout_scale)
+    discriminator = build_discriminator(res, t.precision, t.d_dropout_scale, t.d_spectral_norm)
     average = None
     if t.ema_kimg > 0:
         average = build_generator(res, t.noise_dim, "fp32")
@@ -116,21 +123,6 @@ def build_all(cfg: Config, lr: float) -> tuple:
     g_opt.build(generator.trainable_variables)
     d_opt.build(discriminator.trainable_variables)
     return generator, discriminator, average, g_opt, d_opt
-
-
-def _bce(label: float, logits):
-    """Binary cross-entropy from logits, one value per image."""
-    return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(logits), label), logits=logits)[:, 0]
-
-
-def discriminator_loss_per_image(real_logits, fake_logits):
-    """The seed's D loss, BCE(1, D(real)) + BCE(0, D(fake)), before the batch mean."""
-    return _bce(1.0, real_logits) + _bce(0.0, fake_logits)
-
-
-def generator_loss_per_image(fake_logits):
-    """The seed's G loss, BCE(1, D(fake)), before the batch mean."""
-    return _bce(1.0, fake_logits)
 
 
 def save_model(model, dest: str | os.PathLike) -> None:

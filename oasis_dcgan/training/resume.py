@@ -37,8 +37,10 @@ def _field(key: str, data):
 def check_compatible(cfg: Config, dataset_hash: str, meta: dict, ckpt_dir) -> dict:
     """Raise CheckpointError for a checkpoint this config cannot resume. Returns what to leave
     out of the restore: the per-image state, when the dataset changed."""
+    # The networks' shapes: spectral normalisation gives D variables of its own.
     for key, theirs, ours in (("data.resolution", meta.get("resolution"), cfg.data.resolution),
-                              ("train.noise_dim", meta.get("noise_dim"), cfg.train.noise_dim)):
+                              ("train.noise_dim", meta.get("noise_dim"), cfg.train.noise_dim),
+                              ("train.d_spectral_norm", meta.get("d_spectral_norm", False), cfg.train.d_spectral_norm)):
         if theirs is not None and theirs != ours:
             raise CheckpointError(f"{key} = {ours}, but {ckpt_dir} was written with {theirs}: it cannot be "
                                   "resumed. Use another run directory, or train with --restart")

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..imaging import to_unit_tf
-from . import model
+from .objective import Objective
 
 # epoch_images is the epoch's image budget, fixed when the epoch starts; images_in_epoch
 # how many of them are used up; images_seen the run's total (kimg is this / 1000).
@@ -196,7 +196,7 @@ def _epoch_end(state: TrainState, sampler):
 
 def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, ranks, batch_size: int,
                      noise_dim: int, rng_seed: int, fp16_allreduce: bool = False, generator_ema=None,
-                     ema_kimg: float = 0.0, ema_rampup: float = 0.0, sampler=None):
+                     ema_kimg: float = 0.0, ema_rampup: float = 0.0, sampler=None, goal: Objective = Objective()):
     """The seed's two-tape step, data-parallel: one fused allreduce, identical state on all ranks.
 
     Each rank's losses are sums over its own images times world_size / (images in the step), so
@@ -209,16 +209,16 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         images = to_unit_tf(images_uint8)
         weights = tf.cast(slots[rank] >= 0, tf.float32)
         scale = world_size / tf.cast(tf.math.count_nonzero(slots >= 0), tf.float32)
-        # The noise is a function of (seed, rank, global step): ranks differ, and a resumed
+        # Noise and D's augmentations come from (seed, rank, global step): ranks differ, and a resumed
         # run draws exactly what an uninterrupted one would (dropout: see set_dropout_rng).
-        noise = tf.random.stateless_normal([batch_size, noise_dim], seed=tf.stack([
-            tf.constant(rng_seed * 1000 + rank, tf.int64), state.counters["global_step"]]))
+        seed = tf.stack([tf.constant(rng_seed * 1000 + rank, tf.int64), state.counters["global_step"]])
+        noise = tf.random.stateless_normal([batch_size, noise_dim], seed=seed)
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = generator(noise, training=True)
-            real_logits = discriminator(images, training=True)
-            fake_logits = discriminator(fake, training=True)
-            g_loss = tf.reduce_sum(model.generator_loss_per_image(fake_logits) * weights) * scale
-            d_loss = tf.reduce_sum(model.discriminator_loss_per_image(real_logits, fake_logits) * weights) * scale
+            real_logits = discriminator(goal.seen(images, seed + [1 << 20, 0]), training=True)
+            fake_logits = discriminator(goal.seen(fake, seed + [1 << 21, 0]), training=True)
+            g_loss = tf.reduce_sum(goal.g_loss_per_image(fake_logits) * weights) * scale
+            d_loss = tf.reduce_sum(goal.d_loss_per_image(real_logits, fake_logits) * weights) * scale
             # fp16: the optimizers scale the losses up (the gradients back down, skipping overflows).
             g_scaled, d_scaled = g_opt.scale_loss(g_loss), d_opt.scale_loss(d_loss)
         g_grads = g_tape.gradient(g_scaled, generator.trainable_variables)

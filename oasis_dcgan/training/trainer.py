@@ -23,6 +23,7 @@ from ..prep.manifest import check_before_training, load_manifest, manifest_hash
 from ..prep.reader import ShardReader, epoch_budget, steps_left, train_dataset
 from . import distributed, model, resume, runtime
 from .checkpoint import CheckpointManager, variable_groups
+from .objective import Objective
 from .distributed import World
 from .outputs import ChiefOutputs, EpochClock, NoOutputs
 from .runlock import RunLock
@@ -119,7 +120,8 @@ class Trainer:
                                             self.ranks, t.batch_size, t.noise_dim, rng_seed=t.seed,
                                             fp16_allreduce=t.fp16_allreduce, generator_ema=self.generator_ema,
                                             ema_kimg=t.ema_kimg, ema_rampup=t.ema_rampup,
-                                            sampler=self.sampler if self.chief else None)
+                                            sampler=self.sampler if self.chief else None,
+                                            goal=Objective.from_config(t))
 
     @property
     def sampler(self):
@@ -155,8 +157,8 @@ class Trainer:
         """What each checkpoint's meta.json records beside the counters: what a resume compares."""
         t = self.cfg.train
         return {"world_size": self.ranks.size, "data_seed": self.epoch_rng_seed,  # the key older checkpoints hold
-                "resolution": self.cfg.data.resolution,
-                "noise_dim": t.noise_dim, "batch_size": t.batch_size, "learning_rate": self.lr,
+                "resolution": self.cfg.data.resolution, "noise_dim": t.noise_dim, "d_spectral_norm": t.d_spectral_norm,
+                "batch_size": t.batch_size, "learning_rate": self.lr,
                 "precision": t.precision, "dataset_manifest_sha256": self.dataset_hash}
 
     def open_outputs(self, resumed: dict | None) -> None:

@@ -39,6 +39,7 @@ def _seed_loop(rendezvous: str, steps: int) -> int:
 
     from oasis_dcgan.launch.environment import job_world
     from oasis_dcgan.training import distributed, model
+    from oasis_dcgan.training.objective import Objective
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     ranks = distributed.init(job_world(rendezvous), timeout_s=120)
@@ -50,8 +51,8 @@ def _seed_loop(rendezvous: str, steps: int) -> int:
         with tf.GradientTape() as gt, tf.GradientTape() as dt:
             fake = G(tf.random.normal([8, 100]), training=True)
             real_logits, fake_logits = D(images, training=True), D(fake, training=True)
-            g_loss = tf.reduce_mean(model.generator_loss_per_image(fake_logits))
-            d_loss = tf.reduce_mean(model.discriminator_loss_per_image(real_logits, fake_logits))
+            g_loss = tf.reduce_mean(Objective().g_loss_per_image(fake_logits))
+            d_loss = tf.reduce_mean(Objective().d_loss_per_image(real_logits, fake_logits))
         g_grads, d_grads = gt.gradient(g_loss, G.trainable_variables), dt.gradient(d_loss, D.trainable_variables)
         both = ranks.allreduce_mean(g_grads + d_grads)
         g_opt.apply_gradients(zip(both[:len(g_grads)], G.trainable_variables))

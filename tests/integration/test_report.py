@@ -61,7 +61,7 @@ def test_postprocess_outputs(finished_run):
             words = report.recipe({"train": {key.split(".")[1]: value}})
             assert "not the seed's recipe" in words and key in words, key
     for departs in ({"lr": 2e-4}, {"d_dropout_scale": 0.0}, {"batch_size": 8}, {"d_lr_ratio": 2.0},
-                    {"lr_rampdown": 0.5}):
+                    {"lr_rampdown": 0.5}, {"loss": "hinge"}, {"d_spectral_norm": True}, {"augment": "cutout"}):
         assert "not the seed's recipe" in report.recipe({"train": departs}), departs
     assert m["run_complete"] is True
 

@@ -27,7 +27,8 @@ from .errors import ConfigError
 
 RESOLUTIONS = (32, 64, 128, 256)
 PRECISIONS = ("fp32", "bf16", "fp16")
-LOSSES = ("bce", "hinge")                              # train.loss: training/objective.py computes them
+BCE, HINGE = "bce", "hinge"   # train.loss: training/objective.py computes them
+LOSSES = {BCE: "binary cross-entropy", HINGE: "hinge"}   # each in words, for the report
 AUGMENTATIONS = ("translation", "cutout", "color")     # train.augment: training/objective.py applies them
 SEED_MAX = 2 ** 32 - 1
 # Slurm's own names (partitions, accounts, QOS): letters, digits and a few marks, never a space,
@@ -128,7 +129,7 @@ class TrainConfig:
     d_dropout_scale: float = key(1.0, "the discriminator's dropout rates are the seed's (0.4, 0.2, 0.2) x this; "
                                  "0: none", within(0, 2.5, "must be in [0, 2.5) (the first rate is 0.4x it)"),
                                  recipe=True)
-    loss: str = key("bce", "the GAN loss: bce (the seed's binary cross-entropy) or hinge (training/objective.py)",
+    loss: str = key(BCE, f"the GAN loss: {BCE} (the seed's binary cross-entropy) or {HINGE} (training/objective.py)",
                     one_of(*LOSSES), recipe=True)
     d_spectral_norm: bool = key(False, "spectral normalisation of D's convolutions and logit layer (one power "
                                 "iteration a call); false: the seed's", recipe=True)

@@ -216,7 +216,7 @@ def recipe(cfg: dict) -> str:
     dropout, batch, rampdown = ours["train.d_dropout_scale"], ours["train.batch_size"], ours["train.lr_rampdown"]
     differs = [f"{k} {_said(seed[k])}" for k in seed if ours[k] != seed[k]]
     falling = f" falling linearly over the last {rampdown:.0%} of the epochs" if rampdown else ""
-    loss = {"bce": "binary cross-entropy", "hinge": "hinge"}[ours["train.loss"]]
+    loss = config_mod.LOSSES[ours["train.loss"]]
     sn = ", spectral normalisation in the discriminator" if ours["train.d_spectral_norm"] else ""
     seen = f", DiffAugment ({ours['train.augment']}) on every image it sees" if ours["train.augment"] else ""
     words = (f"Adam, learning rate {lr:g}{falling}, beta_1 {beta1:g}, discriminator learning rate x{ratio:g}, "

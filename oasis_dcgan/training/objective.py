@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from ..config import augmentations
+from ..config import BCE, HINGE, augmentations
 
 BACKGROUND = -1.0        # black, on (-1, 1)
 TRANSLATION = 1 / 8      # of the image's side, at most, either way
@@ -73,7 +73,7 @@ APPLY = {"translation": translate, "cutout": cutout, "color": color}
 
 @dataclass(frozen=True)
 class Objective:
-    loss: str = "bce"
+    loss: str = BCE
     augment: tuple[str, ...] = ()
 
     @classmethod
@@ -82,12 +82,12 @@ class Objective:
 
     def d_loss_per_image(self, real_logits, fake_logits):
         """The discriminator's loss, one value per image, before the batch mean."""
-        if self.loss == "hinge":
+        if self.loss == HINGE:
             return tf.nn.relu(1.0 - real_logits)[:, 0] + tf.nn.relu(1.0 + fake_logits)[:, 0]
         return _bce(1.0, real_logits) + _bce(0.0, fake_logits)   # the seed's
 
     def g_loss_per_image(self, fake_logits):
-        if self.loss == "hinge":
+        if self.loss == HINGE:
             return -fake_logits[:, 0]
         return _bce(1.0, fake_logits)   # the seed's
 

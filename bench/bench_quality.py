@@ -1,15 +1,17 @@
-"""Quality against images seen: the seed's recipe and the demo's, three training seeds each.
+"""Quality against images seen: the seed's recipe, the demo's, and the demo's with the small-data
+step (spectral norm, hinge, TTUR 4:1, DiffAugment), three training seeds each.
 
 Each run is the real train job (`python -m jobs.train`, one process) on the demo's sample brains
 at 64x64, extended epoch point by epoch point (a finished run extended, as a user would); after
-each point its generator average is scored by the report's own checks (post/quality.py): the
-median nearest-neighbour SSIM with its interval, the gap to held-out slices, the copying share
-and the diversity ratio. The anchors of the ladder are drawn as lines. From the curves: the
-kimg each recipe takes to reach the seed recipe's final median, with the seed-to-seed spread.
-Goal: the demo's recipe reaches it in at most half the seed recipe's kimg, every seed of it.
+each point its generator average is scored by the report's own checks: the distribution metric,
+the median nearest-neighbour SSIM with its interval, the share of near copies and the diversity
+ratio. The anchors of the ladder are drawn as lines. From the curves: the kimg each recipe takes
+to reach the seed recipe's final median, with the seed-to-seed spread (goal: the demo's recipe in
+at most half the seed recipe's kimg, every seed of it), and each recipe's distribution accuracy
+at the demo's budget of 40 epochs against the blurred and linear anchors' (goal: below both).
 
 One process takes the demo's global batch (8 images a rank on its 2 ranks: 16), so BatchNorm
-sees 16 images where the demo's ranks each see 8. Both recipes keep the suite's generator average.
+sees 16 images where the demo's ranks each see 8. Every recipe keeps the suite's generator average.
 """
 from __future__ import annotations
 

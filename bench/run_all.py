@@ -37,7 +37,8 @@ SECTIONS = {  # short name: (heading, module)
     "wire": ("Gradients in fp16 on the wire: what they cost the model", bench_wire),
     "recipe": ("The demo's recipe: brains in its budget", bench_recipe),
     "probe": ("Why the demo's recipe stalls: the generator's upsampling, R1, more steps", probe_generator),
-    "quality": ("Quality against images seen: the seed's recipe and the demo's, three seeds", bench_quality),
+    "quality": ("Quality against images seen: the seed's recipe, the demo's and the small-data step, three seeds",
+                bench_quality),
     "copying": ("Copies found, unseen brains left alone: power and the null's false-flag rate", bench_copying),
     # Last: it reads what overhead and checkpoint measured.
     "projection": ("Projection: data-parallel efficiency on H200 clusters", projection),

@@ -89,7 +89,7 @@ class Judge:
         from oasis_dcgan.post import checks, quality
 
         ctx = checks.Context(images, "bench", self.data, self.m, cases=cases, base=self.base)
-        ctx.gen = self.base.scored(images, "set", 1, cases, k=0)   # no diversity pairs: not read here
+        ctx.gen = self.base.scored(images, "set", "judged", cases, k=0)   # no diversity pairs: not read here
         copy, dist = checks.copying(ctx), checks.distribution_metric(ctx)
         return {"flagged": copy["verdict"] in ("copies", "near copies"), "verdict": copy["verdict"],
                 "duplicates": copy["duplicates"]["count"], "near_share": copy["near_copies"].get("share"),

@@ -33,11 +33,11 @@ def read_rate(dataset: Path, scaled: bool, repeats: int = 3) -> float:
     scaled=False is what the train job consumes (uint8; it scales inside its compiled step);
     scaled=True adds the (x - 127.5) / 127.5 the seed's feeding includes, in the pipeline.
     """
-    from oasis_dcgan.prep.reader import train_dataset
+    from oasis_dcgan.prep.reader import Stream, train_dataset
 
     best = 0.0
     for e in range(repeats):
-        ds, steps = train_dataset(dataset, rng_seed=0, epoch=e, batch_size=16, scaled=scaled)
+        ds, steps = train_dataset(dataset, Stream(rng_seed=0, epoch=e, batch_size=16), scaled=scaled)
         it = iter(ds)
         next(it)  # the pipeline's one-off start is what time-to-first-batch measures
         n, t = 0, time.perf_counter()
@@ -50,8 +50,9 @@ def read_rate(dataset: Path, scaled: bool, repeats: int = 3) -> float:
 def first_batch_s(dataset: Path) -> float:
     """Opening the dataset to the first batch in hand, in a fresh process, after the imports
     (which cost the same for any dataset). Best of three."""
-    code = ("import time, tensorflow; from oasis_dcgan.prep.reader import train_dataset; t=time.perf_counter(); "
-            f"ds,_=train_dataset({str(dataset)!r}, 0, 0, 16); next(iter(ds)); print(time.perf_counter()-t)")
+    code = ("import time, tensorflow; from oasis_dcgan.prep.reader import Stream, train_dataset; "
+            f"t=time.perf_counter(); ds,_=train_dataset({str(dataset)!r}, Stream(0, 16)); next(iter(ds)); "
+            "print(time.perf_counter()-t)")
     return min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                                     check=True).stdout.strip().splitlines()[-1]) for _ in range(3))
 

@@ -101,9 +101,7 @@ def our_steps_ms(steps: int = 48) -> dict:
     run = WORK / "overhead-step"
     shutil.rmtree(run, ignore_errors=True)
     t = Trainer(config.load(None, _options(run, 1)), log_to_stdout=False)
-    t.setup_process()
-    t.build()
-    t.restore_and_broadcast()
+    t.start()
     k = t.cfg.train.steps_per_call
     out = {"1": our_step_ms(t, RES, BATCH, steps, 1), str(k): our_step_ms(t, RES, BATCH, steps, k)}
     t.lock.release()
@@ -169,9 +167,7 @@ def _our_steps_worker(run_dir: str, per_call: int) -> float:
     _use_stand_ins()
     cfg = config.load(None, _options(Path(run_dir), 1, ("train.intra_op_threads=1",)))
     t = Trainer(cfg, job_world(run_dir + ".rdv"), log_to_stdout=False)
-    t.setup_process()
-    t.build()
-    t.restore_and_broadcast()
+    t.start()
     ms = our_step_ms(t, RES, BATCH, 200, per_call)
     t.ranks.barrier("ours.done")
     return ms
@@ -234,9 +230,9 @@ def our_steps_ms_two_ranks() -> float:
 
 def reader_per_core(n_images: int = 2048) -> float:
     """Images per CPU-second through the job's own input pipeline (uint8, as the step takes it)."""
-    from oasis_dcgan.prep.reader import train_dataset
+    from oasis_dcgan.prep.reader import Stream, train_dataset
 
-    ds, steps = train_dataset(dataset(RES), rng_seed=0, epoch=0, batch_size=BATCH, scaled=False)
+    ds, steps = train_dataset(dataset(RES), Stream(rng_seed=0, batch_size=BATCH), scaled=False)
     n, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
     for images, _ in ds:
         n += int(images.shape[0])

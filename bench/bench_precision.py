@@ -41,7 +41,7 @@ from oasis_dcgan import config
 from oasis_dcgan.training.trainer import Trainer
 cfg = config.load(None, ['data.dataset="{dataset(RES)}"', 'run_dir="{WORK / 'precision-speed'}"',
                          'train.precision="{precision}"'])
-t = Trainer(cfg, log_to_stdout=False); t.setup_process(); t.build(); t.restore_and_broadcast()
+t = Trainer(cfg, log_to_stdout=False); t.start()
 from bench.common import our_step_ms
 ms = our_step_ms(t, {RES}, 16, {steps}, {min(8, steps)})
 print(json.dumps({{"images_per_s": 16 / ms * 1000}}))

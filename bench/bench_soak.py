@@ -166,7 +166,7 @@ def f_kill_after_checkpoint(s: Soak, run: Path, proc, kind: str):
 
 
 def f_second_writer(s: Soak, run: Path, proc, kind: str):
-    intruder = RunLock(run, "intruder", 0)
+    intruder = RunLock(RunDir(run), "intruder", 0)
     try:
         intruder.acquire()
     except RunLockError:
@@ -178,7 +178,7 @@ def f_second_writer(s: Soak, run: Path, proc, kind: str):
 def f_other_user(s: Soak, run: Path, proc, kind: str):
     def take() -> str:
         try:
-            RunLock(run, "other-user", 0).acquire()
+            RunLock(RunDir(run), "other-user", 0).acquire()
             return "took"
         except RunLockError:
             return "refused"
@@ -205,7 +205,7 @@ def f_collect_swap(s: Soak, run: Path, proc, kind: str):
 
     collect.open_regular = swap
     try:
-        collect.collect(run, dest)
+        collect.collect(RunDir(run), dest)
     finally:
         collect.open_regular = real
         if victim.is_symlink():
@@ -220,7 +220,7 @@ def f_full_disk(s: Soak, run: Path, proc, kind: str):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], check=True)
     try:
         try:
-            collect.collect(run, disk / "home")
+            collect.collect(RunDir(run), disk / "home")
             return proc, None, "it fitted", None
         except StorageError:
             temps = [p for p in disk.rglob(".*.tmp")]

@@ -82,10 +82,11 @@ def generator(upsampling: str):
 def build_step(g, d, g_ema, r1_gamma: float):
     import tensorflow as tf
 
+    from oasis_dcgan.config import TrainConfig
     from oasis_dcgan.training import model, step
     from oasis_dcgan.training.objective import Objective
 
-    g_opt, d_opt = (model.build_optimizer(LR, beta_1=BETA_1) for _ in range(2))
+    g_opt, d_opt = (model.build_optimizer(LR, TrainConfig(adam_beta1=BETA_1)) for _ in range(2))
 
     @tf.function
     def train_step(real, noise, images_seen):

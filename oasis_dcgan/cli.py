@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import config
+from . import config, rundir
 from .launch import executors
 from .prep import layouts
 
@@ -30,8 +30,8 @@ KEY_FLAGS = {
     "submit": (("--executor", "cluster.executor"),),
 }
 # Where each command runs its job when --executor is not given.
-EXECUTOR_DEFAULTS = {"preprocess": executors.INPROCESS, "train": executors.AUTO,
-                     "postprocess": executors.INPROCESS, "demo": executors.LOCAL}
+EXECUTOR_DEFAULTS = {"preprocess": executors.InProcess.name, "train": executors.Auto.name,
+                     "postprocess": executors.InProcess.name, "demo": executors.Local.name}
 # A packing's name on the command line (plain sbatch arrays): it becomes part of a lock file.
 PACKING_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -135,9 +135,8 @@ def _print_submitted(out: dict) -> None:
     print(f"\nrun directory: {out['run_dir']}")
     print("jobs: " + ", ".join(f"{k} {v}" for k, v in out["jobs"].items()))
     print(f"watch it:  oasis-dcgan status {out['run_dir']}")
-    if out["executor"] == executors.SLURM:
-        print(f"           squeue -j {','.join(out['jobs'].values())}")
-        print(f"           tail -f {out['run_dir']}/log.txt")
+    for hint in executors.get(out["executor"]).hints(out):
+        print(f"           {hint}")
     if out.get("report"):
         print(f"report: {out['report']}")
 
@@ -148,8 +147,8 @@ def cmd_submit(a) -> int:
     from .launch import pipeline
 
     cfg = _config(a).validate()
-    out = pipeline.submit_pipeline(cfg, executor=cfg.cluster.executor, dry_run=a.dry_run,
-                                   collect_dest=a.collect or "", wait=True if a.wait else None)
+    out = pipeline.submit_pipeline(cfg, dry_run=a.dry_run, collect_dest=a.collect or "",
+                                   wait=True if a.wait else None)
     if not a.dry_run:
         _print_submitted(out)
         return 0
@@ -165,23 +164,25 @@ def cmd_status(a) -> int:
 
     if not Path(a.run).is_dir():
         _die(f"{a.run}: no such run directory")
-    print(status.status(a.run))
+    print(status.status(rundir.RunDir(a.run)))
     return 0
 
 
 def cmd_collect(a) -> int:
     from .launch import collect
 
-    collect.collect(a.run, a.dest, a.include_checkpoints, update=a.update)
+    collect.collect(rundir.RunDir(a.run), a.dest, a.include_checkpoints, update=a.update)
     return 0
 
 
 def cmd_generate(a) -> int:
     from .post import samples
 
-    images = samples.generate(a.run_or_model, a.n, a.seed)
+    given = Path(a.run_or_model)
+    model = rundir.RunDir(given).generator if given.is_dir() else given   # a run's final generator, or the file
+    images = samples.generate(model, a.n, a.seed)
     if images is None:
-        _die(f"{samples.generator_file(a.run_or_model)}: no trained generator (is training finished?)")
+        _die(f"{model}: no trained generator (is training finished?)")
     samples.write_pngs(images, a.out)
     print(f"wrote {a.n} sample(s) to {a.out} (seed {a.seed})")
     return 0
@@ -197,11 +198,7 @@ def cmd_evaluate(a) -> int:
 def cmd_sample_data(a) -> int:
     from .prep import sample_data
 
-    if a.layout == layouts.PNG:
-        root = sample_data.write_png_release(a.out, cases=tuple(a.cases), rng_seed=a.seed)
-    else:
-        root = sample_data.write_raw_release(a.out, subjects=sum(a.cases), rng_seed=a.seed, fmt=a.format,
-                                             discs=a.discs, rescans=a.rescans)
+    root = sample_data.WRITERS[a.layout](a.out, a.cases, a.seed, fmt=a.format, discs=a.discs, rescans=a.rescans)
     print(f"sample data: {root}")
     return 0
 
@@ -262,12 +259,13 @@ def _key_flags(p, cmd: str) -> None:
         if typ is bool:
             p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
             continue
-        choices = rule.choices if rule else None
+        choices = rule.options() if rule else None
         p.add_argument(flag, dest=dest, type=_key_value(name, typ), choices=choices, default=None, help=text,
                        metavar=None if choices else name.rsplit(".", 1)[-1].upper())
 
 
-def _executor(p, cmd: str, choices=tuple(executors.EXECUTORS)) -> None:
+def _executor(p, cmd: str, choices: tuple | None = None) -> None:
+    choices = tuple(executors.EXECUTORS) if choices is None else choices
     p.add_argument("--executor", default=EXECUTOR_DEFAULTS[cmd], choices=choices,
                    help="where the job runs: " + executors.describe(choices))
 
@@ -330,6 +328,8 @@ def _packing_name(text: str) -> str:
 
 def _add_tool_commands(sub) -> None:
     """submit, status, collect, generate, evaluate, config, sample-data, demo: around the jobs."""
+    from .prep import sample_data
+
     p = sub.add_parser("submit", help="submit preprocess -> train -> postprocess (-> collect) as chained jobs")
     p.add_argument("config", help="the TOML config (start from slurm/example.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -377,7 +377,7 @@ def _add_tool_commands(sub) -> None:
 
     p = sub.add_parser("sample-data", help="write offline sample brains in an OASIS layout")
     p.add_argument("out", help="the directory to write them to")
-    p.add_argument("--layout", choices=(layouts.PNG, layouts.RAW), default=layouts.PNG)
+    p.add_argument("--layout", choices=tuple(sample_data.WRITERS), default=layouts.PNG)
     p.add_argument("--cases", type=_count(1), nargs=3, default=[24, 4, 4], metavar=("TRAIN", "VALIDATE", "TEST"))
     p.add_argument("--format", choices=("analyze", "nifti", "nifti-gz", "nifti-lia", "nifti-gz-lia"),
                    default="analyze", help=f"{layouts.RAW}: the volumes' file format and voxel order")
@@ -391,7 +391,7 @@ def _add_tool_commands(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on sample data, 64x64, 2 ranks")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--epochs", type=_count(1), help="default: the demo preset's (40)")
-    _executor(p, "demo", executors.QUEUED)
+    _executor(p, "demo", executors.queued())
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override on top of the demo's (repeatable), e.g. train.adam_beta1=0.5")
     p.set_defaults(fn=cmd_demo)

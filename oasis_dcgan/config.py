@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .launch.executors import AUTO, QUEUED, describe as describe_executors
+from .launch.executors import Auto, queued as queued_executors
 from .prep.layouts import AUTO_LAYOUT, LAYOUTS
 from .prep.manifest import SPLITS
 from .errors import ConfigError
@@ -40,14 +40,26 @@ BATCH_NAME_CHARS = re.compile(r"[A-Za-z0-9_.+-]*")
 @dataclass(frozen=True)
 class Rule:
     """A key's check: a test on the value and what the value must be, in words (and, for a key
-    with a fixed set of values, the set: the CLI offers it as the flag's choices)."""
+    with a set of values, the set: the CLI offers it as the flag's choices). A registry's set is
+    read when asked, so an extension registered after import is a choice at once."""
     test: typing.Callable[[typing.Any], bool]
-    text: str
-    choices: tuple | None = None
+    text: str | typing.Callable[[], str]
+    choices: tuple | typing.Callable[[], tuple] | None = None
+
+    def says(self) -> str:
+        return self.text() if callable(self.text) else self.text
+
+    def options(self) -> tuple | None:
+        return self.choices() if callable(self.choices) else self.choices
 
 
 def one_of(*choices) -> Rule:
     return Rule(lambda v: v in choices, "must be one of " + ", ".join(map(str, choices)), choices)
+
+
+def registered(names: typing.Callable[[], tuple]) -> Rule:
+    """A name of a registry (read at each check)."""
+    return Rule(lambda v: v in names(), lambda: "must be one of " + ", ".join(names()), names)
 
 
 def at_least(low) -> Rule:
@@ -74,9 +86,22 @@ BATCH_NAME = Rule(lambda v: bool(BATCH_NAME_CHARS.fullmatch(v)),
                   "must be a Slurm name: letters, digits, '_', '.', '+', '-'")
 
 
-def key(default, doc: str, rule: Rule | None = None, recipe: bool = False):
+@dataclass(frozen=True)
+class Words:
+    """How the report says a recipe key's value: `text` formatted with it (through `shown`), or
+    nothing when `said` is false for it (a switch left off adds no words)."""
+    text: str
+    said: typing.Callable[[typing.Any], bool] = lambda v: True
+    shown: typing.Callable[[typing.Any], typing.Any] = lambda v: v
+
+    def __call__(self, value) -> str:
+        return self.text.format(self.shown(value)) if self.said(value) else ""
+
+
+def key(default, doc: str, rule: Rule | None = None, recipe: Words | None = None):
     """Declare a config key: its default (the seed's), what it does, and its rule. `recipe` keys
-    make the training recipe: a run that sets any of them otherwise is not the seed's recipe."""
+    make the training recipe, in the words given: a run that sets any of them otherwise is not
+    the seed's recipe."""
     meta = {"doc": doc, "rule": rule, "recipe": recipe}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -87,8 +112,8 @@ def key(default, doc: str, rule: Rule | None = None, recipe: bool = False):
 class DataConfig:
     source: str = key("", "the OASIS PNG release, a raw OASIS-1 tree, or any folder of images")
     dataset: str = key("", "the packed HDF5 dataset: written by preprocess, read by train and postprocess")
-    layout: str = key(AUTO_LAYOUT, f"how source is laid out: {', '.join(LAYOUTS)} (prep/layouts.py), or "
-                      f"{AUTO_LAYOUT} to detect it", one_of(AUTO_LAYOUT, *LAYOUTS))
+    layout: str = key(AUTO_LAYOUT, f"how source is laid out: a layout of prep/layouts.py, or {AUTO_LAYOUT} to "
+                      "detect it", registered(lambda: (AUTO_LAYOUT, *LAYOUTS)))
     resolution: int = key(256, "image side in pixels: 256 is the seed's; smaller by area resampling",
                           one_of(*RESOLUTIONS))
     shard_size: int = key(2048, "images per HDF5 shard", at_least(1))
@@ -118,27 +143,30 @@ class DataConfig:
 class TrainConfig:
     epochs: int = key(50, "epochs to train (a finished run given more is extended)", at_least(1))
     batch_size: int = key(16, "images per rank a step; the global batch is batch_size x ranks", at_least(1),
-                          recipe=True)
-    lr: float = key(1e-4, "Adam's learning rate, both networks", more_than(0), recipe=True)
+                          recipe=Words("batch {} per rank"))
+    lr: float = key(1e-4, "Adam's learning rate, both networks", more_than(0), recipe=Words("learning rate {:g}"))
     lr_scaling: str = key("none", "scale lr by the number of ranks: none, linear or sqrt",
                           one_of("none", "linear", "sqrt"))
     adam_beta1: float = key(0.9, "Adam's beta_1: 0.9 is the seed's (Keras's default); 0.5 the DCGAN paper's",
-                            within(0, 1, "must be in [0, 1)"), recipe=True)
+                            within(0, 1, "must be in [0, 1)"), recipe=Words("beta_1 {:g}"))
     d_lr_ratio: float = key(1.0, "the discriminator's learning rate is lr x this (1: the seed's)", more_than(0),
-                            recipe=True)
+                            recipe=Words("discriminator learning rate x{:g}"))
     d_dropout_scale: float = key(1.0, "the discriminator's dropout rates are the seed's (0.4, 0.2, 0.2) x this; "
                                  "0: none", within(0, 2.5, "must be in [0, 2.5) (the first rate is 0.4x it)"),
-                                 recipe=True)
+                                 recipe=Words("discriminator dropout x{:g}"))
     loss: str = key(BCE, f"the GAN loss: {BCE} (the seed's binary cross-entropy) or {HINGE} (training/objective.py)",
-                    one_of(*LOSSES), recipe=True)
+                    one_of(*LOSSES), recipe=Words("{} loss", shown=LOSSES.get))
     d_spectral_norm: bool = key(False, "spectral normalisation of D's convolutions and logit layer (one power "
-                                "iteration a call); false: the seed's", recipe=True)
+                                "iteration a call); false: the seed's",
+                                recipe=Words("spectral normalisation in the discriminator", said=bool))
     augment: str = key("", "DiffAugment on every image D sees, real and generated: any of translation, cutout, color, "
                        "comma-separated; empty: none, the seed's", Rule(lambda v: augmentations(v) is not None,
-                       "must name " + ", ".join(AUGMENTATIONS) + ", each at most once, comma-separated"), recipe=True)
+                       "must name " + ", ".join(AUGMENTATIONS) + ", each at most once, comma-separated"),
+                       recipe=Words("DiffAugment ({}) on every image the discriminator sees", said=bool))
     lr_rampdown: float = key(0.0, "both learning rates fall linearly over this last fraction of the epochs; 0: "
                              "constant, the seed's", Rule(lambda v: 0 <= v <= 1, "must be in [0, 1] (a fraction "
-                                                                                 "of the epochs)"), recipe=True)
+                                                                                 "of the epochs)"),
+                             recipe=Words("both rates falling linearly over the last {:.0%} of the epochs", said=bool))
     noise_dim: int = key(100, "the generator's input noise", at_least(1))
     seed: int = key(0, "weights init, noise, dropout and data order", SEED)
     deterministic: bool = key(False, "op determinism: a killed and resumed run ends bit-identical (CPUs: 1 thread)")
@@ -191,7 +219,8 @@ class MetricsConfig:
 
 @dataclass
 class ClusterConfig:
-    executor: str = key(AUTO, "where the pipeline's jobs run: " + describe_executors(QUEUED), one_of(*QUEUED))
+    executor: str = key(Auto.name, "where the pipeline's jobs run: an executor that queues jobs "
+                        "(launch/executors.py; `oasis-dcgan submit -h` lists them)", registered(queued_executors))
     partition: str = key("", "Slurm partition (empty: the site's default)", BATCH_NAME)
     account: str = key("", "Slurm account", BATCH_NAME)
     qos: str = key("", "Slurm QOS", BATCH_NAME)
@@ -292,7 +321,7 @@ def _check(name: str, f: dataclasses.Field, value) -> None:
             raise ConfigError(f"{name} = {value!r}: must not hold control characters (a newline, a tab, ...)")
     rule = f.metadata.get("rule")
     if rule and not rule.test(value):
-        raise ConfigError(f"{name} = {value!r}: {rule.text}")
+        raise ConfigError(f"{name} = {value!r}: {rule.says()}")
 
 
 def _is_range(s: str) -> bool:
@@ -414,6 +443,12 @@ def _lookup(d: dict, name: str):
 
 def seed_recipe() -> dict:
     return recipe(Config())
+
+
+def recipe_words(values: dict) -> list[str]:
+    """The recipe keys' `values` ({"train.lr": ...}) in their words, in declaration order."""
+    words = {name: f.metadata["recipe"] for name, f, _ in declared(Config()) if f.metadata.get("recipe")}
+    return [w for w in (words[name](v) for name, v in values.items()) if w]
 
 
 def preset(name: str) -> Path:

@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 class TrainingWatch:
     """What a person watching the demo wants while it trains: a line per finished epoch."""
 
-    def __init__(self, run_dir: Path, epochs: int):
-        self.run, self.epochs = rundir.RunDir(run_dir), epochs
+    def __init__(self, run: rundir.RunDir, epochs: int):
+        self.run, self.epochs = run, epochs
         self.offset = 0
         self.stage = ""
 
@@ -45,7 +45,7 @@ class TrainingWatch:
                  f"G {rec['g_loss']:.3f}  D {rec['d_loss']:.3f}  samples: {grid}")
 
 
-def run(out: Path, executor: str = executors.LOCAL, epochs: int | None = None,
+def run(out: Path, executor: str = executors.Local.name, epochs: int | None = None,
         overrides: list[str] | None = None) -> int:
     """The demo preset (oasis_dcgan/presets/demo.toml) on sample brains; `epochs` and `overrides` on top."""
     t0 = time.time()
@@ -61,10 +61,12 @@ def run(out: Path, executor: str = executors.LOCAL, epochs: int | None = None,
         f'data.dataset="{out / "dataset-64"}"',
         *([f"train.epochs={epochs}"] if epochs else []),
         *(overrides or []),
+        f'cluster.executor="{executor}"',
     ])
-    res = pipeline.submit_pipeline(cfg, executor=executor, collect_dest=str(out / "results"), wait=True,
-                                   watch=TrainingWatch(out / "run", cfg.train.epochs))
-    report = rundir.RunDir(res["run_dir"]).report_file(rundir.REPORT_HTML)
+    run = rundir.RunDir(out / "run")
+    res = pipeline.submit_pipeline(cfg, collect_dest=str(out / "results"), wait=True,
+                                   watch=TrainingWatch(run, cfg.train.epochs))
+    report = run.report_file(rundir.REPORT_HTML)
     print(f"\n[demo] finished in {(time.time() - t0) / 60:.1f} min")
     print(f"[demo] run directory:  {res['run_dir']}")
     print(f"[demo] collected to:   {out / 'results'}")

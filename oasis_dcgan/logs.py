@@ -46,10 +46,10 @@ class RunLog(logging.Handler):
     with `echo` where no console handler prints them already, on stdout (the Slurm log). Other
     ranks attach none: their progress is rank 0's."""
 
-    def __init__(self, run_dir: rundir.RunDir | str | os.PathLike, echo: bool = True):
+    def __init__(self, run: rundir.RunDir, echo: bool = True):
         super().__init__(logging.INFO)
         self.echo = echo
-        self.run = run_dir if isinstance(run_dir, rundir.RunDir) else rundir.RunDir(run_dir)
+        self.run = run
         self.path = self.run.log
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = fsutil.open_append(self.path)

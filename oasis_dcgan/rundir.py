@@ -53,10 +53,20 @@ JOB_LOGS = "job-logs"  # submitit's folder: each job's scripts, logs and results
 SET_ASIDE = "set-aside"
 LOCK = ".lock"
 RENDEZVOUS = ".rendezvous"
-# Inside report/: what `status`, the demo and the jobs read of postprocess's output.
+# Inside report/ (REPORT_* and FIGURE_*): what `status`, the demo and the jobs read of
+# postprocess's output, the seed metric's real batches, and the figures.
 REPORT_METRICS = "metrics.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
+REPORT_BATCHES = "metric_batches.json"
+REPORT_PER_EPOCH = "metrics.jsonl"   # the seed metric of each finished epoch, cached by its samples' bytes
+FIGURE_LOSS = "loss.png"
+FIGURE_SSIM = "ssim.png"
+FIGURE_PROGRESS = "progress.gif"
+FIGURE_NOTABLE = "notable_epochs.png"
+FIGURE_LAST = "last_vs_real.png"
+FIGURE_NN_PAIRS = "nn_pairs.png"
+FIGURE_NN_SSIM = "nn_ssim.png"
 
 # What one training run's record is: a resume extends it, --restart and a fresh start move it
 # aside whole, so two runs never mix in one file.
@@ -123,6 +133,14 @@ class RunDir:
 
     def attempt_dir(self, job_id: str, attempt: int) -> Path:
         return self.attempts / f"{job_id}.{attempt}"
+
+    def attempt_note(self, job_id: str, attempt: int, rank: int) -> Path:
+        """How one rank's attempt ended (launch/retry.py)."""
+        return self.attempt_dir(job_id, attempt) / f"rank-{rank}.json"
+
+    def attempt_notes(self, job_id: str, attempt: int) -> list[Path]:
+        folder = self.attempt_dir(job_id, attempt)
+        return sorted(folder.glob("rank-*.json")) if folder.is_dir() else []
 
     def report_file(self, name: str) -> Path:
         return self.report / name

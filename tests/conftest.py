@@ -77,8 +77,9 @@ def stop_checkpoints(run_dir, signal_name: str) -> list[int]:
 def done_run(tiny_run):
     """tiny_run, post-processed (cached after the first time)."""
     from oasis_dcgan.post import report
+    from oasis_dcgan.rundir import RunDir
 
-    report.postprocess(tiny_run)
+    report.postprocess(RunDir(tiny_run))
     return tiny_run
 
 

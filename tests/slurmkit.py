@@ -10,7 +10,7 @@ from pathlib import Path
 import json
 
 from oasis_dcgan import config
-from oasis_dcgan.launch import executors, jobs, pipeline, status
+from oasis_dcgan.launch import executors, jobs, pipeline, slurmctl
 from oasis_dcgan.rundir import RunDir
 
 EPOCHS = 30  # a submitted training run's epochs: long enough to interrupt
@@ -59,7 +59,7 @@ def top_states(job_id: str, timeout: float = 60) -> list[str]:
     """The job's states from accounting, once it records the last run as ended (it lags the queue)."""
     end = time.time() + timeout
     while True:
-        states = [r["State"] for r in status.sacct([job_id]) if r["JobID"] == job_id]
+        states = [r["State"] for r in slurmctl.sacct([job_id]) if r["JobID"] == job_id]
         if (states and states[-1] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED")) or time.time() > end:
             return states
         time.sleep(1)
@@ -116,7 +116,8 @@ def train_cfg(dataset, run):
 
 
 def submit_train(cfg):
-    ex = executors.make_executor(cfg, Path(cfg.run_dir) / "slurm", "slurm", "train", "oasis-train")
+    ex = executors.Slurm().make(cfg, Path(cfg.run_dir) / "slurm", "train", "oasis-train")
     job = ex.submit(jobs.TrainJob(cfg.to_dict()))
-    pipeline.record_job(Path(cfg.run_dir), {"stage": "train", "job_id": job.job_id})
+    entry = {"stage": "train", "job_id": job.job_id, "executor": executors.Slurm.name}
+    pipeline.record_job(RunDir(Path(cfg.run_dir)), entry)
     return job

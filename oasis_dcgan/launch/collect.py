@@ -141,10 +141,11 @@ def _copy_one(fd: int, src: Path, target: Path, growing: bool) -> str:
     return digest
 
 
-def _sources(run_dir: Path, include_checkpoints: bool) -> list[tuple[Path, Path, Path]]:
+def _sources(run: rundir.RunDir, include_checkpoints: bool) -> list[tuple[Path, Path, Path]]:
     """(relative destination, base folder, source relative to it); the dataset manifest travels with the results."""
+    run_dir = run.path.resolve()
     triples = [(rel, run_dir, src) for rel, src in files_to_collect(run_dir, include_checkpoints)]
-    opts = rundir.RunDir(run_dir).read_options()
+    opts = run.read_options()
     dataset = Path(opts["config"]["data"]["dataset"])
     if (dataset / MANIFEST).is_file():
         triples.append((Path("dataset_" + MANIFEST), dataset, Path(MANIFEST)))
@@ -160,19 +161,19 @@ def _matches(target: Path, fd: int, src: Path, growing: bool) -> str | None:
     return have if _hash_fd(fd, src, limit) == have else None
 
 
-def collect(run_dir: str | os.PathLike, dest: str | os.PathLike, include_checkpoints: bool = False,
+def collect(run: rundir.RunDir, dest: str | os.PathLike, include_checkpoints: bool = False,
             update: bool = False) -> dict:
-    run_dir, dest = Path(run_dir).resolve(), Path(dest).resolve()
-    if not rundir.RunDir(run_dir).options.is_file():
-        raise CollectError(f"{run_dir}: not a run directory (no {rundir.OPTIONS})")
-    state = rundir.RunDir(run_dir).read_state()
+    dest = Path(dest).resolve()
+    if not run.options.is_file():
+        raise CollectError(f"{run}: not a run directory (no {rundir.OPTIONS})")
+    state = run.read_state()
     if state["state"] != rundir.FINISHED:  # the results of a run that goes on, or may: collect --update later
         log.info(f"collect: the run is {state['state']}, not finished: collecting its results as they stand")
     dest.mkdir(parents=True, exist_ok=True)
     before = _listed(dest)
     sums, counts, conflicts = {}, {"copied": 0, "skipped": 0, "updated": 0}, []
     try:
-        for rel, base, src in _sources(run_dir, include_checkpoints):
+        for rel, base, src in _sources(run, include_checkpoints):
             try:
                 fd = open_regular(base, src)
             except Swapped as e:

@@ -39,26 +39,26 @@ class TrainJob:
         from ..training.trainer import Trainer
 
         cfg = config_mod.from_dict(self.config)
-        run_dir = Path(cfg.run_dir).resolve()
-        world = environment.job_world(rundir.RunDir(run_dir).rendezvous)
+        run = rundir.RunDir(Path(cfg.run_dir).resolve())
+        world = environment.job_world(run.rendezvous)
         if not world.is_chief:  # the run's progress is rank 0's; another rank's console shows its warnings
             logs.to_console(logging.WARNING)
 
         def note_stop(reason: str) -> None:  # before the ranks meet: no rank's exit can cut it short
-            retry.note_attempt(run_dir, world, "stopped", reason)
+            retry.note_attempt(run, world, "stopped", reason)
 
         try:
-            self._trainer = Trainer(cfg, world, log_to_stdout=self.log_to_stdout, before_barrier=note_stop)
+            self._trainer = Trainer(cfg, world, log_to_stdout=self.log_to_stdout, before_barrier=note_stop, run=run)
             install_stop_handlers(self._trainer, early)
             summary = self._trainer.run()
         except Exception as e:  # the batch script's retry step reads this rank's note
             if not isinstance(e, RunLockError):  # the run is another job's: this one writes nothing into it
-                retry.note_failure(run_dir, world, e)
+                retry.note_failure(run, world, e)
             raise
         if not summary.get("stopped"):
             return summary
         if world.is_chief and callable(submitit_usr2) and "SIGUSR2" in summary["stopped"]:
-            hand_stop_to_submitit(submitit_usr2, run_dir, world, summary["stopped"])
+            hand_stop_to_submitit(submitit_usr2, run, world, summary["stopped"])
         raise SystemExit(STOP_EXIT)
 
     def checkpoint(self, *args, **kwargs):
@@ -70,7 +70,7 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.log_to_stdout))
 
 
-def hand_stop_to_submitit(handler, run_dir: Path, world, reason: str) -> None:
+def hand_stop_to_submitit(handler, run: rundir.RunDir, world, reason: str) -> None:
     """submitit's own USR2 handling: checkpoint() (the checkpoint is on disk already), requeue,
     exit. The note says "requeued by submitit" only once submitit has requeued; when it did not
     (or was cut short), the retry step requeues the stop itself, uncounted."""
@@ -81,7 +81,7 @@ def hand_stop_to_submitit(handler, run_dir: Path, world, reason: str) -> None:
     try:
         handler(signal.SIGUSR2, None)
     except SystemExit:  # submitit requeued the job, and exits
-        retry.note_attempt(run_dir, world, "stopped", reason, requeued_by="submitit")
+        retry.note_attempt(run, world, "stopped", reason, requeued_by="submitit")
         raise
     except Exception as e:  # noqa: BLE001 -- its reason goes in the log; the retry step requeues
         print(f"[train] submitit did not requeue the stop ({type(e).__name__}: {e}); the retry step will",
@@ -132,7 +132,8 @@ def postprocess_job(run_dir: str, dataset: str | None = None, batches: int | Non
     from ..post import report
 
     logs.to_console()
-    m = report.postprocess(run_dir, dataset, batches, config_file=config_file, overrides=overrides)
+    m = report.postprocess(rundir.RunDir(Path(run_dir).resolve()), dataset, batches, config_file=config_file,
+                           overrides=overrides)
     return {"max_ssim": m["seed_max_ssim"]["final"], "report": m["report"]}
 
 
@@ -140,4 +141,4 @@ def collect_job(run_dir: str, dest: str, include_checkpoints: bool = False) -> d
     from . import collect
 
     logs.to_console()
-    return collect.collect(run_dir, dest, include_checkpoints)
+    return collect.collect(rundir.RunDir(run_dir), dest, include_checkpoints)

@@ -8,7 +8,6 @@ Every submitted job is recorded in RUN_DIR/jobs.json for `status`.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from ..config import Config, ConfigError
 from ..prep import datalock, layouts, manifest, pack
 from ..training import runlock
 from . import jobs
-from .environment import in_srun_step, slurm_jobs_alive
-from .executors import AUTO, INPROCESS, LOCAL, SLURM, check_partition, make_executor, resolve_executor, sbatch_text
+from . import executors
+from .environment import in_srun_step
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +26,14 @@ WATCH_EVERY_S = 2.0
 
 
 def liveness(cfg: Config) -> Liveness:
-    """How this submitting process judges a lock's holder: by Slurm where it answers, else by age."""
-    return Liveness(cfg.cluster.lock_stale_after_s, slurm_jobs_alive)
+    """How this submitting process judges a lock's holder: by its jobs' scheduler where one answers, else
+    by age."""
+    return Liveness(cfg.cluster.lock_stale_after_s, executors.jobs_alive)
 
 
-def record_job(run_dir: str | Path, entry: dict) -> None:
+def record_job(run: rundir.RunDir, entry: dict) -> None:
     """Append a submitted job to RUN_DIR/jobs.json."""
-    path = rundir.RunDir(run_dir).jobs
+    path = run.jobs
     recorded = fsutil.read_json(path) if path.is_file() else {"jobs": []}
     recorded["jobs"].append({**entry, "submitted": time.time()})
     fsutil.write_json(path, recorded)
@@ -59,43 +59,37 @@ def dataset_ready(cfg: Config, dataset: Path) -> bool:
 
 
 class Pipeline:
-    """Stages queued one after another on one executor kind; remembers the job ids."""
+    """Stages queued one after another on one executor; remembers the job ids."""
 
-    def __init__(self, cfg: Config, kind: str, folder: Path, record_in: Path | None = None,
-                 dry_run: bool = False, wait: bool = False, watch=None):
-        self.cfg, self.kind, self.folder = cfg, kind, folder
-        self.record_in, self.dry_run, self.wait = record_in, dry_run, wait
+    def __init__(self, cfg: Config, ex: executors.Executor, folder: Path, record_in: rundir.RunDir | None = None,
+                 dry_run: bool = False, wait: bool | None = None, watch=None):
+        self.cfg, self.ex, self.folder = cfg, ex, folder
+        # Jobs are recorded for `status`; an in-process call is no job.
+        self.record_in = record_in if ex.queued else None
+        self.dry_run, self.wait = dry_run, not ex.chains if wait is None else wait
         self.watch = watch  # called with the stage's name every few seconds while a waited-for stage runs
-        self.dependency: str | None = None
+        self.after: str | None = None   # the job the next stage waits for
         self.job_ids: dict = {}
         self.scripts: dict = {}
 
     def stage(self, name: str, role: str, fn, *args, array: int = 0, all_ranks: bool = False):
         """Queue one stage after the previous one (afterok). With wait, returns its result(s)."""
-        if self.kind == SLURM and not self.dry_run:
-            check_partition(self.cfg, role)
-        ex = make_executor(self.cfg, self.folder, self.kind, role, f"oasis-{name}", dependency=self.dependency,
-                           array=array)
+        job_name = f"oasis-{name}"
         if self.dry_run:
-            self.scripts[name] = sbatch_text(ex, array)
+            self.scripts[name] = self.ex.script(self.cfg, self.folder, role, job_name, array, self.after)
             return None
-        if array:
-            submitted = ex.map_array(fn, *args)
-            job_id = submitted[0].job_id.split("_")[0]
-        else:
-            submitted = [ex.submit(fn, *args)]
-            job_id = submitted[0].job_id
+        self.ex.check(self.cfg, role)
+        submitted, job_id = self.ex.submit(self.cfg, self.folder, role, job_name, fn, args, array, self.after)
         if self.record_in:
-            self.record_in.mkdir(parents=True, exist_ok=True)
-            # A local array is one job per task: status reads each one's result in the folder.
-            local = ({"submitit_folder": str(self.folder), "job_ids": [j.job_id for j in submitted]}
-                     if self.kind == LOCAL else {})
-            record_job(self.record_in, {"stage": name, "job_id": job_id, "executor": self.kind, **local,
+            self.record_in.path.mkdir(parents=True, exist_ok=True)
+            record_job(self.record_in, {"stage": name, "job_id": job_id, "executor": self.ex.name,
+                                        **self.ex.record(submitted, self.folder),
                                         **({"tasks": array} if array else {})})
         self.job_ids[name] = job_id
-        log.info(f"{name}: {self.kind} {'array ' if array else ''}job {job_id}")
-        self.dependency = f"afterok:{job_id}"
-        if self.wait:
+        if self.ex.queued:
+            log.info(f"{name}: {self.ex.name} {'array ' if array else ''}job {job_id}")
+        self.after = job_id
+        if self.wait or not self.ex.queued:   # an in-process call is done already: its result is here
             while self.watch and not all(j.done() for j in submitted):
                 self.watch(name)
                 time.sleep(WATCH_EVERY_S)
@@ -109,26 +103,24 @@ class Pipeline:
         self.name_packing_jobs(dataset, token, ("preprocess",))
 
     def name_packing_jobs(self, dataset: Path, token: str, stages: tuple) -> None:
-        """Slurm jobs of a queued packing go into its lock: alive while Slurm has them, however long
-        they wait (a local executor's ids are processes of this host, not Slurm's)."""
-        if self.kind == SLURM and not self.dry_run:
+        """Jobs of a queued packing go into its lock: alive while their scheduler has them, however
+        long they wait (a local executor's ids are processes of this host, which no scheduler knows)."""
+        if self.ex.owns_job_ids() and not self.dry_run:
             datalock.name_jobs(dataset, token, [self.job_ids[s] for s in stages])
 
 
-def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, collect_dest: str = "",
-                    wait: bool | None = None, watch=None) -> dict:
-    """The whole chain for one config. Returns the executor, paths, job ids (and scripts on a dry run)."""
-    kind = resolve_executor(executor if executor != AUTO else cfg.cluster.executor)
+def submit_pipeline(cfg: Config, dry_run: bool = False, collect_dest: str = "", wait: bool | None = None,
+                    watch=None) -> dict:
+    """The whole chain for one config, on cfg.cluster.executor. Returns the executor, paths, job ids (and
+    scripts on a dry run)."""
+    ex = executors.get(cfg.cluster.executor, dry_run=dry_run)
     if not cfg.data.dataset:  # Path("") would be the current directory
         raise ConfigError("data.dataset is empty: name the directory the packed dataset is in (or goes to)")
-    run_dir, dataset = Path(cfg.run_dir).resolve(), Path(cfg.data.dataset).resolve()
-    cfg.run_dir, cfg.data.dataset = str(run_dir), str(dataset)
-    # A dry run renders the sbatch scripts even where no controller answers (srun must be installed).
-    render = SLURM if dry_run and shutil.which("srun") else kind
-    chain = Pipeline(cfg, render, rundir.RunDir(run_dir).job_logs, record_in=run_dir, dry_run=dry_run,
-                     wait=kind == LOCAL if wait is None else wait, watch=watch)
-    out: dict = {"executor": kind, "run_dir": str(run_dir), "dataset": str(dataset), "jobs": chain.job_ids}
-    runlock.check_free(run_dir, liveness(cfg))
+    run, dataset = rundir.RunDir(Path(cfg.run_dir).resolve()), Path(cfg.data.dataset).resolve()
+    cfg.run_dir, cfg.data.dataset = str(run), str(dataset)
+    chain = Pipeline(cfg, ex, run.job_logs, record_in=run, dry_run=dry_run, wait=wait, watch=watch)
+    out: dict = {"executor": ex.name, "run_dir": str(run), "dataset": str(dataset), "jobs": chain.job_ids}
+    runlock.check_free(run, liveness(cfg))
     if dataset_ready(cfg, dataset):
         log.info(f"dataset {dataset} is verified and matches the config; skipping preprocess")
     elif not cfg.data.source:
@@ -141,12 +133,12 @@ def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, co
         chain.stage("seal", "seal", jobs.seal_dataset, str(dataset), p.token)
         chain.name_packing_jobs(dataset, p.token, ("preprocess", "seal"))
     chain.stage("train", "train", jobs.TrainJob(cfg.to_dict()), all_ranks=True)
-    res = chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run_dir), str(dataset),
+    res = chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run), str(dataset),
                       cfg.metrics.batches)
     if res:
         out["report"] = res[0]["report"]
     if collect_dest:
-        chain.stage("collect", "collect", jobs.collect_job, str(run_dir), str(Path(collect_dest).resolve()))
+        chain.stage("collect", "collect", jobs.collect_job, str(run), str(Path(collect_dest).resolve()))
     if dry_run:
         out["scripts"] = chain.scripts
     return out
@@ -156,9 +148,9 @@ def submit_pipeline(cfg: Config, executor: str = AUTO, dry_run: bool = False, co
 
 def preprocess(cfg: Config, executor: str, tasks: int) -> dict:
     """Pack cfg.data.source into cfg.data.dataset: the tasks in this process, or as an array job."""
-    kind = resolve_executor(executor)
+    ex = executors.get(executor)
     out = Path(cfg.data.dataset).resolve()
-    run_tasks = None if kind == INPROCESS else Pipeline(cfg, kind, out / ".submitit", wait=True).pack_tasks
+    run_tasks = Pipeline(cfg, ex, out / ".submitit", wait=True).pack_tasks if ex.queued else None
     return pack.preprocess(cfg.data.source, out, cfg.data, tasks, run_tasks=run_tasks, liveness=liveness(cfg))
 
 
@@ -168,23 +160,21 @@ def train(cfg: Config, executor: str, wait: bool = True, restart: bool = False) 
     restart moves the run's checkpoints and record aside first, here and once: a requeued
     job resumes from what the new run writes.
     """
-    # Ranks started by srun (slurm/train.sbatch) are the job already: train here.
-    kind = INPROCESS if executor == AUTO and in_srun_step() else resolve_executor(executor)
+    ex, run = executors.get(executor, ranks_here=in_srun_step()), rundir.RunDir(cfg.run_dir)
     if restart and in_srun_step():
         raise ConfigError("--restart inside a Slurm job step would restart again on every requeue; restart once "
                          "from the login node (oasis-dcgan train ... --restart --no-wait), or move the run aside")
-    if kind != INPROCESS or restart:
+    if ex.queued or restart:
         # Refuse before queueing; in-process ranks check as they start.
-        runlock.check_free(cfg.run_dir, liveness(cfg))
+        runlock.check_free(run, liveness(cfg))
     if restart:
-        moved = rundir.RunDir(cfg.run_dir).set_aside()
+        moved = run.set_aside()
         log.info(f"train: moved the previous checkpoints and record to {moved}" if moved else
                  "train: --restart: nothing to move aside")
-    if kind == INPROCESS:
-        return [jobs.TrainJob(cfg.to_dict())()]
-    chain = Pipeline(cfg, kind, rundir.RunDir(cfg.run_dir).job_logs, record_in=Path(cfg.run_dir), wait=wait)
+    chain = Pipeline(cfg, ex, run.job_logs, record_in=run, wait=wait)
     results = chain.stage("train", "train", jobs.TrainJob(cfg.to_dict()), all_ranks=True)
-    log.info(f"train: {cfg.world_size} rank(s); run directory {cfg.run_dir}")
+    if ex.queued:
+        log.info(f"train: {cfg.world_size} rank(s); run directory {cfg.run_dir}")
     return results[0] if results else []
 
 
@@ -194,13 +184,9 @@ def postprocess(run_dir: str | Path, dataset: str | None, batches: int | None, e
     it: the job's account and partition among them). Returns the report's path."""
     from ..post import report
 
-    kind = resolve_executor(executor)
-    run_dir = Path(run_dir).resolve()
-    overrides = tuple(overrides)
-    if kind == INPROCESS:
-        return report.postprocess(run_dir, dataset, batches, config_file=config_file,
-                                  overrides=overrides)["report"]
-    _, cfg = report.load_run(run_dir, dataset, batches, config_file, overrides)
-    chain = Pipeline(cfg, kind, rundir.RunDir(run_dir).job_logs, wait=True)
-    return chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run_dir), dataset, batches,
+    ex = executors.get(executor)
+    run, overrides = rundir.RunDir(Path(run_dir).resolve()), tuple(overrides)
+    _, cfg = report.load_run(run, dataset, batches, config_file, overrides)
+    chain = Pipeline(cfg, ex, run.job_logs, wait=True)
+    return chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run), dataset, batches,
                        config_file, overrides)[0]["report"]

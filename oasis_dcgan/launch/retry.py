@@ -19,8 +19,6 @@ Each decision is appended to RUN_DIR/requeues.jsonl, which `oasis-dcgan status` 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -31,23 +29,21 @@ from ..config import ClusterConfig
 from ..errors import LEASE_LOST_EXIT, RunLockError, is_user_error
 from ..training import runlock
 from ..logs import Stats
+from . import executors
 
 
-def note_path(run_dir, job_id: str, attempt: int, rank: int) -> Path:
-    return rundir.RunDir(run_dir).attempt_dir(job_id, attempt) / f"rank-{rank}.json"
-
-
-def note_attempt(run_dir, world, outcome: str, reason: str, retry: bool = True, requeued_by: str = "") -> None:
+def note_attempt(run: rundir.RunDir, world, outcome: str, reason: str, retry: bool = True,
+                 requeued_by: str = "") -> None:
     """This rank's word on how its attempt ended (stopped or failed)."""
-    fsutil.write_json(note_path(run_dir, world.job_id, world.attempt, world.rank), {
+    fsutil.write_json(run.attempt_note(world.job_id, world.attempt, world.rank), {
         "outcome": outcome, "reason": reason[-600:], "retry": retry, "requeued_by": requeued_by,
         "rank": world.rank, "size": world.size, "host": world.hostname, "time": time.time()})
 
 
-def note_failure(run_dir, world, error: BaseException) -> None:
+def note_failure(run: rundir.RunDir, world, error: BaseException) -> None:
     """A failed rank's note; if even that cannot be written, the job's log keeps the error."""
     try:
-        note_attempt(run_dir, world, "failed", f"{type(error).__name__}: {_why(error)}",
+        note_attempt(run, world, "failed", f"{type(error).__name__}: {_why(error)}",
                      retry=not is_user_error(error))
     except OSError as e:
         print(f"[train] could not write this rank's note: {fsutil.io_reason(e)}", flush=True)
@@ -61,17 +57,16 @@ def _why(error: BaseException) -> str:
     return (lines[0] if lines else "")[:240]
 
 
-def read_notes(run_dir, job_id: str, attempt: int) -> list[dict]:
-    folder = rundir.RunDir(run_dir).attempt_dir(job_id, attempt)
-    return [fsutil.read_json(p) for p in sorted(folder.glob("rank-*.json"))] if folder.is_dir() else []
+def read_notes(run: rundir.RunDir, job_id: str, attempt: int) -> list[dict]:
+    return [fsutil.read_json(p) for p in run.attempt_notes(job_id, attempt)]
 
 
-def read_decisions(run_dir) -> list[dict]:
-    return fsutil.read_jsonl(rundir.RunDir(run_dir).requeues)
+def read_decisions(run: rundir.RunDir) -> list[dict]:
+    return fsutil.read_jsonl(run.requeues)
 
 
-def _record(run_dir: Path, **decision) -> None:
-    log = Stats(rundir.RunDir(run_dir).requeues)
+def _record(run: rundir.RunDir, **decision) -> None:
+    log = Stats(run.requeues)
     log.write(**decision)
     log.sync()
     log.close()
@@ -84,16 +79,15 @@ class Decision:
     counted: bool = False   # a requeue after a failure, which max_requeues limits
 
 
-def decide(run_dir, job_id: str, attempt: int, rc: int, max_requeues: int) -> Decision:
+def decide(run: rundir.RunDir, job_id: str, attempt: int, rc: int, max_requeues: int) -> Decision:
     """What to do with a job whose train step just ended with exit code rc."""
-    run_dir = Path(run_dir)
     if rc == LEASE_LOST_EXIT:
         return Decision("none", "another job took the run's lock (this one was suspended or cut off past the "
                                 "takeover limit); this job stopped writing, and the run is the holder's")
-    state = rundir.RunDir(run_dir).read_state()
+    state = run.read_state()
     if state["state"] == rundir.FINISHED and str(state.get("job_id")) == str(job_id):
         return Decision("none", f"training finished ({state.get('epochs')} epochs)")
-    notes = read_notes(run_dir, job_id, attempt)
+    notes = read_notes(run, job_id, attempt)
     fatal = [n for n in notes if n["outcome"] == "failed" and not n["retry"]]
     if fatal:
         return Decision("fail", f"rank {fatal[0]['rank']}: {fatal[0]['reason']} (a retry would fail the same way)")
@@ -105,7 +99,7 @@ def decide(run_dir, job_id: str, attempt: int, rc: int, max_requeues: int) -> De
     if stops and len(stops) == max(n["size"] for n in notes):
         return Decision("requeue", f"stopped ({stops[0]['reason']}) with a checkpoint on disk")
     reason = _failure(notes, rc)
-    used = sum(1 for d in read_decisions(run_dir) if d["job_id"] == job_id and d.get("counted"))
+    used = sum(1 for d in read_decisions(run) if d["job_id"] == job_id and d.get("counted"))
     if used >= max_requeues:
         return Decision("fail", f"{reason}; gave up after {used} requeue(s) (cluster.max_requeues = {max_requeues})")
     return Decision("requeue", f"{reason}; requeue {used + 1} of {max_requeues}", counted=True)
@@ -126,16 +120,10 @@ def _failure(notes: list[dict], rc: int) -> str:
     return f"train step exit {rc}: " + "; ".join(parts)
 
 
-def _job_state(job_id: str) -> str:
-    r = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
-    fields = dict(kv.split("=", 1) for kv in r.stdout.split() if "=" in kv)
-    return fields.get("JobState", "UNKNOWN")
-
-
-def _held_by_another(run_dir: Path, job_id: str) -> str:
+def _held_by_another(run: rundir.RunDir, job_id: str) -> str:
     """The run's lock's holder when it is another job (whose run this job must not write into), else ""."""
     try:
-        found = runlock.read(run_dir)
+        found = runlock.read(run)
     except RunLockError as e:
         return str(e)
     if found is None or not found[0] or str(found[0].get("job_id")) == str(job_id):
@@ -143,8 +131,7 @@ def _held_by_another(run_dir: Path, job_id: str) -> str:
     return runlock.describe(found[0])
 
 
-def _max_requeues(run_dir: Path) -> int:
-    run = rundir.RunDir(run_dir)
+def _max_requeues(run: rundir.RunDir) -> int:
     if run.options.is_file():
         return int(run.read_options()["config"]["cluster"]["max_requeues"])
     return ClusterConfig().max_requeues
@@ -155,22 +142,24 @@ def main(argv=None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--rc", type=int, required=True, help="the train step's exit code")
     p.add_argument("--max-requeues", type=int, default=None, help="default: the run's cluster.max_requeues")
+    p.add_argument("--executor", default=executors.Slurm.name, choices=tuple(executors.EXECUTORS),
+                   help="whose job this is (default: Slurm's, as for slurm/train.sbatch)")
     a = p.parse_args(argv)
-    run_dir = Path(a.run_dir).resolve()
-    job_id, attempt = os.environ["SLURM_JOB_ID"], int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    limit = a.max_requeues if a.max_requeues is not None else _max_requeues(run_dir)
-    d = decide(run_dir, job_id, attempt, a.rc, limit)
-    state = _job_state(job_id) if d.action == "requeue" else ""
+    run, ex = rundir.RunDir(Path(a.run_dir).resolve()), executors.get(a.executor)
+    job_id, attempt = ex.this_job()
+    limit = a.max_requeues if a.max_requeues is not None else _max_requeues(run)
+    d = decide(run, job_id, attempt, a.rc, limit)
+    state = ex.job_state(job_id) if d.action == "requeue" else ""
     if d.action == "requeue" and state != "RUNNING":
-        d = Decision("none", f"job is {state}, not running: Slurm has it in hand")
+        d = Decision("none", f"job is {state}, not running: its scheduler has it in hand")
     print(f"[retry] job {job_id} attempt {attempt}: {d.action}: {d.reason}", flush=True)
-    if d.action != "none" and (other := _held_by_another(run_dir, job_id)):
-        print(f"[retry] not recorded in {run_dir}: it is held by {other}", flush=True)
+    if d.action != "none" and (other := _held_by_another(run, job_id)):
+        print(f"[retry] not recorded in {run}: it is held by {other}", flush=True)
     elif d.action != "none":
-        _record(run_dir, job_id=job_id, attempt=attempt, rc=a.rc, action=d.action, reason=d.reason,
+        _record(run, job_id=job_id, attempt=attempt, rc=a.rc, action=d.action, reason=d.reason,
                 counted=d.counted)
     if d.action == "requeue":
-        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+        ex.requeue(job_id)
         return 0
     return (a.rc or 1) if d.action == "fail" else 0
 

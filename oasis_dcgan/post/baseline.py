@@ -16,7 +16,7 @@ from ..config import MetricsConfig
 from ..imaging import to_unit
 from ..prep.manifest import load_manifest
 from ..prep.reader import ShardReader
-from . import copying, distribution, quality
+from . import copying, distribution, intervals, quality
 from .verdicts import UNDETERMINED
 
 log = logging.getLogger(__name__)
@@ -51,22 +51,28 @@ class Baseline:
                                                                             self.exclude).all())
         return self.dataset == str(dataset) and self.m == m and left_out
 
-    def scored(self, images: np.ndarray, what: str, rng_offset: int, cases=None, k: int | None = None):
+    def seed(self, name: str) -> int:
+        """The seed of the random stream `name` (intervals.stream) under metrics.seed."""
+        return intervals.stream(self.m.seed, name)
+
+    def scored(self, images: np.ndarray, what: str, stream: str, cases=None, k: int | None = None):
+        """The images' nearest neighbours in the training split, and k of them for diversity pairs drawn from
+        `stream`."""
         t0 = time.perf_counter()
         k = self.m.diversity_samples if k is None else k
-        p = quality.profile(images, self.train, k, self.m.seed + rng_offset, cases)
+        p = quality.profile(images, self.train, k, self.seed(stream), cases)
         log.info(f"[postprocess] {what}: {len(images)} images against {len(self.train)} {self.m.split} images "
                  f"in {time.perf_counter() - t0:.1f} s")
         return p
 
-    def split_images(self, split: str, n: int = 0, rng_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def split_images(self, split: str, n: int = 0, stream: str = "") -> tuple[np.ndarray, np.ndarray]:
         """A split's images on (-1, 1) with their cases, none of the left-out subjects: all, or n at random."""
         reader = ShardReader(self.dataset, split)
         idx = np.arange(len(reader))
         if self.exclude is not None:
             idx = idx[~np.isin(case_ids(split, reader, idx), self.exclude)]
         if n and n < len(idx):
-            idx = np.sort(np.random.default_rng(self.m.seed + rng_offset).choice(idx, n, replace=False))
+            idx = np.sort(np.random.default_rng(self.seed(stream)).choice(idx, n, replace=False))
         return to_unit(reader.read(idx)), case_ids(split, reader, idx)
 
     # ---- nearest neighbours and diversity
@@ -84,13 +90,13 @@ class Baseline:
         if self.held_images is None:
             return None
         images, cases = self.held_images
-        return self.scored(images, f"held-out {self.held_split} split", 2, cases)
+        return self.scored(images, f"held-out {self.held_split} split", "held_out", cases)
 
     def real(self, k: int) -> quality.Profile:
         """k real training slices: the diversity every other set is divided by."""
         if k not in self._real:
-            images, cases = self.split_images(self.m.split, k, 3)
-            self._real[k] = quality.pairs_only(images, k, self.m.seed + 3, cases)
+            images, cases = self.split_images(self.m.split, k, "real")
+            self._real[k] = quality.pairs_only(images, k, self.seed("real"), cases)
         return self._real[k]
 
     @functools.cached_property
@@ -99,7 +105,8 @@ class Baseline:
         if self.held is None or not self.test_split:
             return None
         images, cases = self.split_images(self.test_split)
-        return self.scored(images, f"final holdout ({self.test_split} split)", 4, cases, k=0) if len(cases) else None
+        return (self.scored(images, f"final holdout ({self.test_split} split)", "final_holdout", cases, k=0)
+                if len(cases) else None)
 
     @functools.cached_property
     def unseen(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -149,20 +156,19 @@ class Baseline:
     # ---- the distribution metric
     @functools.cached_property
     def train_features(self) -> np.ndarray:
-        return distribution.describe(self.split_images(self.m.split, distribution.TRAIN_IMAGES, 12)[0])
+        return distribution.describe(self.split_images(self.m.split, distribution.TRAIN_IMAGES, "train_features")[0])
 
     @functools.cached_property
     def unseen_features(self) -> np.ndarray | None:
         return None if self.unseen is None else distribution.describe(self.unseen[0])
 
-    def two_sample(self, images: np.ndarray, groups: np.ndarray, real: np.ndarray | None = None,
-                   rng_offset: int = 13) -> dict:
+    def two_sample(self, images: np.ndarray, groups: np.ndarray, stream: str, real: np.ndarray | None = None) -> dict:
         """The distribution metric of `images` against unseen brains (`real`: which held-out images, all by default)."""
         if self.unseen is None:
             return {"accuracy": None, "verdict": UNDETERMINED, "why": "no held-out split"}
         real = np.ones(len(self.unseen[1]), bool) if real is None else real
         return distribution.two_sample(distribution.describe(images), groups, self.train_features,
-                                       self.unseen_features[real], self.unseen[1][real], self.m.seed + rng_offset)
+                                       self.unseen_features[real], self.unseen[1][real], self.seed(stream))
 
     def distribution_baseline(self, n: int) -> dict:
         """Held-out slices through the same test at n images: half the held-out subjects judged, the other half
@@ -175,9 +181,10 @@ class Baseline:
         if self.unseen is None or len(np.unique(self.unseen[1])) < 4:
             return {"accuracy": None, "verdict": UNDETERMINED, "why": "fewer than 4 held-out subjects"}
         images, cases = self.unseen
-        rng = np.random.default_rng(self.m.seed + 14)
+        rng = np.random.default_rng(self.seed("held_out_halves"))
         subjects = rng.permutation(np.unique(cases))
         judged = np.isin(cases, subjects[:len(subjects) // 2])
         pick = np.flatnonzero(judged)
         pick = np.sort(rng.choice(pick, min(len(pick), n), replace=False))
-        return {**self.two_sample(images[pick], cases[pick], ~judged, 15), "subjects": int(len(subjects) // 2)}
+        return {**self.two_sample(images[pick], cases[pick], "held_out_halves", ~judged),
+                "subjects": int(len(subjects) // 2)}

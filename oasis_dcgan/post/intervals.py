@@ -7,6 +7,7 @@ not: slices of one brain resemble each other, so held-out images are resampled b
 from __future__ import annotations
 
 import typing
+import zlib
 
 import numpy as np
 from scipy import stats
@@ -30,6 +31,12 @@ def resamples(n: int, rng: np.random.Generator, groups=None) -> typing.Iterator[
     members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
     for _ in range(ROUNDS):
         yield np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+
+
+def stream(seed: int, name: str) -> int:
+    """The seed of the random stream called `name` under metrics.seed: every draw names its stream, so a new
+    one never shifts another's numbers, as adding an offset to a count would."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
 def bootstrap(values, statistic: typing.Callable = np.median, groups=None, rng_seed: int = 0) -> list[float]:

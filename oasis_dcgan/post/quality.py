@@ -82,6 +82,11 @@ def _pairs_mean(mat: np.ndarray, idx: np.ndarray) -> float:
     return float(pairs.mean()) if len(pairs) else float("nan")
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b, or nan when b is 0: pairs that share nothing (MS-SSIM 0) give no scale to read a set against."""
+    return a / b if b else float("nan")
+
+
 def diversity(p: Profile, real: Profile, rng_seed: int, held: Profile | None = None) -> dict | None:
     """Mean pairwise MS-SSIM of p over the real training set's (`ratio`), and over the held-out set's
     (`relative`): the verdict reads the samples against unseen brains, not against 1."""
@@ -89,21 +94,21 @@ def diversity(p: Profile, real: Profile, rng_seed: int, held: Profile | None = N
         return None
     gen_mean, real_mean = float(np.nanmean(p.pairs)), float(np.nanmean(real.pairs))
     rng = np.random.default_rng(rng_seed)
-    ratios = [_pairs_mean(p.pairs, a) / _pairs_mean(real.pairs, b) for a, b in zip(
+    ratios = [_ratio(_pairs_mean(p.pairs, a), _pairs_mean(real.pairs, b)) for a, b in zip(
         intervals.resamples(len(p.pairs), rng, p.pair_cases), intervals.resamples(len(real.pairs), rng,
                                                                                    real.pair_cases))]
-    out = {"generated": gen_mean, "real": real_mean, "ratio": gen_mean / real_mean,
+    out = {"generated": gen_mean, "real": real_mean, "ratio": _ratio(gen_mean, real_mean),
            "ci95": intervals.percentiles(ratios), "n": len(p.pairs), "real_n": len(real.pairs),
            "verdict": verdicts.UNDETERMINED, "why": "no held-out set to read it against"}
     if held is None or held.pairs is None:
         return out
     held_mean = float(np.nanmean(held.pairs))
-    rel = [_pairs_mean(p.pairs, a) / _pairs_mean(held.pairs, b) for a, b in zip(
+    rel = [_ratio(_pairs_mean(p.pairs, a), _pairs_mean(held.pairs, b)) for a, b in zip(
         intervals.resamples(len(p.pairs), rng, p.pair_cases), intervals.resamples(len(held.pairs), rng,
                                                                                    held.pair_cases))]
     ci = intervals.percentiles(rel)
     out.pop("why")
-    return {**out, "held_out": held_mean, "relative": gen_mean / held_mean, "relative_ci95": ci,
+    return {**out, "held_out": held_mean, "relative": _ratio(gen_mean, held_mean), "relative_ci95": ci,
             "margin": verdicts.DIVERSITY_MARGIN,
             "verdict": verdicts.against(ci, 1.0, verdicts.DIVERSITY_MARGIN, verdicts.MORE_VARIED,
                                         verdicts.AS_VARIED, verdicts.LESS_VARIED)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import hashlib
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -32,9 +31,9 @@ NOTABLE_EPOCHS = (1, 2, 3, 10, 25, 50)  # the seed's table of epochs, for a 50-e
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
 
 
-def epoch_samples(run_dir: Path) -> list[tuple[int, Path]]:
+def epoch_samples(run: rundir.RunDir) -> list[tuple[int, Path]]:
     """(epoch, file) for every finished epoch's fixed-noise batch, in epoch order (not string order)."""
-    d = rundir.RunDir(run_dir).samples
+    d = run.samples
     found = [(int(m.group(1)), p) for p in d.glob("epoch_*.npy") if (m := EPOCH_FILE.match(p.name))] \
         if d.is_dir() else []
     return sorted(found)
@@ -53,7 +52,7 @@ def notable_epochs(n_epochs: int) -> list[int]:
 
 def metric_batches(report_dir: Path, dataset: str, cfg: Config) -> dict:
     """The seeded selection of real batches; cached so every epoch and every rerun uses the same."""
-    path = report_dir / "metric_batches.json"
+    path = report_dir / rundir.REPORT_BATCHES
     want = {"order": "as drawn", "split": cfg.metrics.split, "seed": cfg.metrics.seed,
             "batch_size": cfg.metrics.batch_size,
             "n_batches": cfg.metrics.batches, "dataset_manifest_sha256": manifest_hash(dataset)}
@@ -82,14 +81,14 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
 
 
-def per_epoch_metrics(run_dir: Path, report_dir: Path, dataset: str, cfg: Config) -> list[dict]:
+def per_epoch_metrics(run: rundir.RunDir, report_dir: Path, dataset: str, cfg: Config) -> list[dict]:
     """The seed's max-SSIM for every finished epoch; reuses values already in metrics.jsonl."""
     sel = metric_batches(report_dir, dataset, cfg)
     key = _digest([sel["batches"], cfg.metrics.real_batches])
-    path = report_dir / "metrics.jsonl"
+    path = report_dir / rundir.REPORT_PER_EPOCH
     done = {r["epoch"]: r for r in fsutil.read_jsonl(path) if r.get("batches_sha") == key}
     # An epoch rewritten after a resume has new samples: the cache is keyed on their bytes too.
-    todo = [(e, p, fsutil.sha256_file(p)[:16]) for e, p in epoch_samples(run_dir)]
+    todo = [(e, p, fsutil.sha256_file(p)[:16]) for e, p in epoch_samples(run)]
     todo = [(e, p, h) for e, p, h in todo if done.get(e, {}).get("samples_sha") != h]
     if todo:
         fixed = read_batches(dataset, sel["split"], sel["batches"]) if cfg.metrics.real_batches == "fixed" else None
@@ -134,8 +133,8 @@ def judged(run: rundir.RunDir, last_batch: tuple[int, Path], dataset: str, cfg: 
     m = cfg.metrics
     final, raw = final_generators(run)
     if final is not None:
-        return checks.Context(generated_samples.generate(final, m.nn_samples, m.seed + 1), final.name, dataset, m,
-                              generator=final, raw=raw)
+        images = generated_samples.generate(final, m.nn_samples, checks.samples_seed(m))
+        return checks.Context(images, final.name, dataset, m, generator=final, raw=raw)
     return checks.Context(figures.load_batch(last_batch[1]), f"fixed-noise batch of epoch {last_batch[0]} (no final "
                           "generator yet)", dataset, m)
 
@@ -148,26 +147,26 @@ def render_figures(report_dir: Path, stats: list[dict], rows: list[dict], sample
     nn, reader = {"ssim": ctx.gen.nn, "index": ctx.gen.nearest}, ctx.base.train
     out = []
     if any(r.get("kind") == "epoch" for r in stats):
-        figures.plot_losses(stats, report_dir / "loss.png")
-        out.append(("Loss per epoch", "loss.png"))
-    figures.plot_ssim(rows, report_dir / "ssim.png")
-    out.append(("SSIM per epoch", "ssim.png"))
-    figures.make_gif(samples, report_dir / "progress.gif")
-    out.append(("Progress over epochs", "progress.gif"))
+        figures.plot_losses(stats, report_dir / rundir.FIGURE_LOSS)
+        out.append(("Loss per epoch", rundir.FIGURE_LOSS))
+    figures.plot_ssim(rows, report_dir / rundir.FIGURE_SSIM)
+    out.append(("SSIM per epoch", rundir.FIGURE_SSIM))
+    figures.make_gif(samples, report_dir / rundir.FIGURE_PROGRESS)
+    out.append(("Progress over epochs", rundir.FIGURE_PROGRESS))
     by_epoch, last = dict(samples), samples[-1][0]
     figures.plot_notable(by_epoch, [e for e in notable_epochs(last) if e in by_epoch],
-                         report_dir / "notable_epochs.png")
-    out.append(("Notable epochs", "notable_epochs.png"))
-    figures.plot_side_by_side(figures.load_batch(samples[-1][1]), real_batch, last, report_dir / "last_vs_real.png")
-    out.append((f"Epoch {last} beside a real batch", "last_vs_real.png"))
+                         report_dir / rundir.FIGURE_NOTABLE)
+    out.append(("Notable epochs", rundir.FIGURE_NOTABLE))
+    figures.plot_side_by_side(figures.load_batch(samples[-1][1]), real_batch, last, report_dir / rundir.FIGURE_LAST)
+    out.append((f"Epoch {last} beside a real batch", rundir.FIGURE_LAST))
     closest = np.argsort(-nn["ssim"])[:8]  # the pairs most like copies, not the first samples
     nearest = to_unit(reader.read(nn["index"][closest]))
-    figures.plot_nn_pairs(ctx.generated[closest], nearest, nn["ssim"][closest], report_dir / "nn_pairs.png",
+    figures.plot_nn_pairs(ctx.generated[closest], nearest, nn["ssim"][closest], report_dir / rundir.FIGURE_NN_PAIRS,
                           split=reader.split)
-    out.append((f"The 8 generated images closest to a {reader.split} image, and that image", "nn_pairs.png"))
+    out.append((f"The 8 generated images closest to a {reader.split} image, and that image", rundir.FIGURE_NN_PAIRS))
     figures.plot_nn_distributions(nn["ssim"], ctx.held.nn if ctx.held is not None else np.zeros(0),
-                                  report_dir / "nn_ssim.png", reader.split, ctx.base.held_split or "-")
-    out.append(("Nearest-neighbour SSIM, generated and held-out", "nn_ssim.png"))
+                                  report_dir / rundir.FIGURE_NN_SSIM, reader.split, ctx.base.held_split or "-")
+    out.append(("Nearest-neighbour SSIM, generated and held-out", rundir.FIGURE_NN_SSIM))
     return out
 
 
@@ -212,15 +211,8 @@ def recipe(cfg: dict) -> str:
     seed = config_mod.seed_recipe()
     train = cfg.get("train", {})
     ours = {k: train.get(k.split(".", 1)[1], v) for k, v in seed.items()}  # a key an older run lacked: the seed's
-    lr, beta1, ratio = ours["train.lr"], ours["train.adam_beta1"], ours["train.d_lr_ratio"]
-    dropout, batch, rampdown = ours["train.d_dropout_scale"], ours["train.batch_size"], ours["train.lr_rampdown"]
     differs = [f"{k} {_said(seed[k])}" for k in seed if ours[k] != seed[k]]
-    falling = f" falling linearly over the last {rampdown:.0%} of the epochs" if rampdown else ""
-    loss = config_mod.LOSSES[ours["train.loss"]]
-    sn = ", spectral normalisation in the discriminator" if ours["train.d_spectral_norm"] else ""
-    seen = f", DiffAugment ({ours['train.augment']}) on every image it sees" if ours["train.augment"] else ""
-    words = (f"Adam, learning rate {lr:g}{falling}, beta_1 {beta1:g}, discriminator learning rate x{ratio:g}, "
-             f"discriminator dropout x{dropout:g}{sn}{seen}, {loss} loss, batch {batch} per rank: "
+    words = (f"Adam, {', '.join(config_mod.recipe_words(ours))}: "
              + ("the seed's recipe" if not differs else f"not the seed's recipe (the seed's: {', '.join(differs)})"))
     ema = train.get("ema_kimg", 0)
     if ema:
@@ -229,11 +221,11 @@ def recipe(cfg: dict) -> str:
     return words + "."
 
 
-def build_document(run_dir: Path, options: dict, manifest: dict, m: dict, rows: list[dict],
+def build_document(run: rundir.RunDir, options: dict, manifest: dict, m: dict, rows: list[dict],
                    figure_list: list[tuple[str, str]]) -> Document:
     cfg = options.get("config", {})
     doc = Document("OASIS brain DCGAN: run report")
-    doc.lines([["Run directory: ", Code(str(run_dir))],
+    doc.lines([["Run directory: ", Code(str(run))],
                f"Generated: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
                f"Epochs done: {m['epochs_done']} of {cfg.get('train', {}).get('epochs', '?')}"
                + ("" if m["run_complete"] else " (run still in progress; figures show the epochs so far)")])
@@ -262,11 +254,11 @@ def build_document(run_dir: Path, options: dict, manifest: dict, m: dict, rows: 
 
 # ----------------------------------------------------------------------------- the job
 
-def load_run(run_dir: Path, dataset: str | None = None, batches: int | None = None, config_file: str | None = None,
+def load_run(run: rundir.RunDir, dataset: str | None = None, batches: int | None = None, config_file: str | None = None,
              overrides: tuple = ()) -> tuple[dict, Config]:
     """options.json and the run's own config, with a config file, overrides, the dataset and the
     batch count on top of it when given."""
-    options = rundir.RunDir(run_dir).read_options()
+    options = run.read_options()
     cfg = config_mod.load(config_file, overrides, base=options["config"])
     if dataset:
         cfg.data.dataset = str(dataset)
@@ -275,20 +267,18 @@ def load_run(run_dir: Path, dataset: str | None = None, batches: int | None = No
     return options, cfg.validate()
 
 
-def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches: int | None = None,
+def postprocess(run: rundir.RunDir, dataset: str | None = None, batches: int | None = None,
                 config_file: str | None = None, overrides: tuple = ()) -> dict:
-    run_dir = Path(run_dir).resolve()
-    run = rundir.RunDir(run_dir)
-    options, cfg = load_run(run_dir, dataset, batches, config_file, tuple(overrides))
+    options, cfg = load_run(run, dataset, batches, config_file, tuple(overrides))
     ds = cfg.data.dataset
     manifest = load_manifest(ds)
     report_dir = run.report
     report_dir.mkdir(exist_ok=True)
-    samples = epoch_samples(run_dir)
+    samples = epoch_samples(run)
     if not samples:
-        raise RunDirError(f"{run_dir}/samples: no finished epoch yet; nothing to report")
+        raise RunDirError(f"{run.samples}: no finished epoch yet; nothing to report")
     # ---- The seed metric, every finished epoch (cached)
-    rows = per_epoch_metrics(run_dir, report_dir, ds, cfg)
+    rows = per_epoch_metrics(run, report_dir, ds, cfg)
     # ---- Copying, quality, variety, the anchors, FID/KID on the final generator
     ctx = judged(run, samples[-1], ds, cfg)
     results = checks.run_all(ctx)
@@ -297,7 +287,7 @@ def postprocess(run_dir: str | os.PathLike, dataset: str | None = None, batches:
     # ---- Figures and the report, Markdown and standalone HTML from the same document
     real_batch = to_unit(ctx.base.train.read(metric_batches(report_dir, ds, cfg)["batches"][0]))
     figure_list = render_figures(report_dir, run.read_stats(), rows, samples, real_batch, ctx)
-    doc = build_document(run_dir, options, manifest, m, rows, figure_list)
+    doc = build_document(run, options, manifest, m, rows, figure_list)
     fsutil.write_text(run.report_file(rundir.REPORT_MD), doc.markdown())
     fsutil.write_text(run.report_file(rundir.REPORT_HTML), doc.html(report_dir))
     log.info(f"[postprocess] report: {run.report_file(rundir.REPORT_HTML)}")

@@ -6,20 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import fsutil, rundir
+from .. import fsutil
 from ..imaging import to_uint8
 from ..training import model
 
 
-def generator_file(run_or_model: str | os.PathLike) -> Path:
-    """A run directory's final generator, or the .keras file itself."""
-    src = Path(run_or_model)
-    return rundir.RunDir(src).generator if src.is_dir() else src
-
-
-def generate(run_or_model: str | os.PathLike, n: int, rng_seed: int) -> np.ndarray | None:
-    """n seeded images [N, H, W] in (-1, 1); None when the run has no final generator yet."""
-    path = generator_file(run_or_model)
+def generate(generator: str | os.PathLike, n: int, rng_seed: int) -> np.ndarray | None:
+    """n seeded images [N, H, W] in (-1, 1) from a saved generator; None when there is none (yet)."""
+    path = Path(generator)
     if not path.is_file():
         return None
     return model.generate(model.load_generator(path), n, rng_seed)

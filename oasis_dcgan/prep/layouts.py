@@ -12,9 +12,10 @@
 A scan lists the input files (units) without decoding pixels; `check_*` look at each file's
 header deeply enough to catch empty, truncated and wrongly shaped files before packing.
 
-Each layout is one `Layout` in LAYOUTS, at the end of this module: the config's data.layout
-choices, detection, the packer's scan, check and read, and the keys that make a dataset's
-identity all come from it. No other module names a layout.
+Each layout is one `Layout` subclass registered in LAYOUTS, at the end of this module: the
+config's data.layout choices, detection, the packer's scan, check and read, the images an input
+gives, and the keys that make a dataset's identity all come from it. No other module names a
+layout.
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ import numpy as np
 from . import pixels
 from .manifest import SPLITS, DataError
 
-PNG, RAW, FOLDER = "oasis-png", "oasis-raw", "folder"  # the layouts' names; LAYOUTS below defines them
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 PNG_NAME = re.compile(r"^case_(\d+)_slice_(\d+)\.nii\.png$")
 RAW_SESSION = re.compile(r"^(OAS1_\d+)_MR(\d+)$")
@@ -91,19 +91,6 @@ def detect_layout(src: Path) -> tuple[str, Path]:
         raise DataError(f"{src}: the directory is empty")
     raise DataError(f"{src}: no recognised layout. Looked for: "
                     + "; ".join(f"{v.looks_for} ({k})" for k, v in LAYOUTS.items()))
-
-
-def _find_png(src: Path) -> Path | None:
-    roots = _find_dirs(src, lambda d: (d / "keras_png_slices_train").is_dir())
-    return roots[0] if roots else None
-
-
-def _find_raw(src: Path) -> Path | None:
-    return src if _session_folders(src) else None
-
-
-def _find_folder(src: Path) -> Path | None:
-    return src if any(p.suffix.lower() in IMAGE_EXTS for p in src.rglob("*") if p.is_file()) else None
 
 
 def scan_png(root: Path, allow_shared_cases: bool = False) -> Scan:
@@ -282,37 +269,48 @@ def check_volume(path: str, max_anisotropy: float) -> str | None:
 
 # ----------------------------------------------------------------------------- the registry
 
-def _read_image(unit: Unit, resolution: int, options: dict) -> tuple[list, str]:
-    img, note = pixels.load_image(unit.path, resolution)
-    return [(unit.slice_index, img)], note
+LAYOUTS: dict[str, Layout] = {}   # by name, in detection order
 
 
-def _read_volume(unit: Unit, resolution: int, options: dict) -> tuple[list, str]:
-    return pixels.load_volume_slices(unit.path, resolution, options), ""
+def register_layout(cls: type[Layout]) -> type[Layout]:
+    LAYOUTS[cls.name] = cls()
+    return cls
 
 
-def _raw_extras(data) -> dict:
-    """What the raw layout records beside its keys: how slices were chosen, and how many a volume gives."""
-    return {"orientation": "RAS (nibabel as_closest_canonical)",
-            "slice_selection": pixels.slice_rule(data.slices, data.slice_range, data.slice_spacing,
-                                                 data.min_brain_fraction),
-            "slices_per_volume": pixels.slices_per_volume(data.slices, data.slice_range)}
-
-
-@dataclass(frozen=True)
 class Layout:
-    """A source layout: how it is found, scanned, checked and read, and which data.* keys shape
-    the pixels and splits of a dataset packed from it (its identity, recorded in the manifest)."""
-    name: str
-    doc: str
-    looks_for: str                                         # for the error when nothing is found
-    find: typing.Callable[[Path], Path | None]             # its root at or below the source, or None
-    scan: typing.Callable[[Path, typing.Any], Scan]        # (root, the config's data section)
-    check: typing.Callable[[str, dict], str | None]        # one input's header, given the plan's options
-    read: typing.Callable[[Unit, int, dict], tuple[list, str]]  # ([(slice index, uint8 image)], note)
-    identity: tuple[str, ...] = ()
-    volumes: bool = False                                  # an input holds many slices, chosen as it is read
-    extras: typing.Callable[[typing.Any], dict] = lambda data: {}
+    """A source layout's contract: how it is found, scanned, checked and read, how many images one
+    input gives, and which data.* keys shape the pixels and splits of a dataset packed from it (its
+    identity, recorded in the manifest). A new layout is one subclass with @register_layout."""
+    name: typing.ClassVar[str]
+    doc: typing.ClassVar[str]
+    looks_for: typing.ClassVar[str]                   # for the error when nothing is found
+    identity: typing.ClassVar[tuple[str, ...]] = ()
+    volumes: typing.ClassVar[bool] = False            # an input holds many slices, chosen as it is read
+
+    def find(self, src: Path) -> Path | None:
+        """Its root at or below the source, or None."""
+        raise NotImplementedError
+
+    def scan(self, root: Path, data) -> Scan:
+        """The inputs under the root (`data`: the config's data section), without decoding pixels."""
+        raise NotImplementedError
+
+    def check(self, path: str, options: dict) -> str | None:
+        """What is wrong with one input's header, or None."""
+        raise NotImplementedError
+
+    def read(self, unit: Unit, resolution: int, options: dict) -> tuple[list, str]:
+        """([(slice index, uint8 image)], a note) of one input."""
+        raise NotImplementedError
+
+    def images_per_unit(self, data) -> int:
+        """How many images one input gives: shards are sized by it. No default, so a volume layout
+        cannot forget it."""
+        raise NotImplementedError
+
+    def extras(self, data) -> dict:
+        """What the manifest records beside the identity keys."""
+        return {}
 
     def options(self, data) -> dict:
         """The plan's options: the identity keys' values from the data section, and the extras."""
@@ -320,23 +318,79 @@ class Layout:
                 **self.extras(data)}
 
 
+class _Images(Layout):
+    """A layout whose inputs are image files, one image each."""
+
+    def check(self, path, options):
+        return check_image(path)
+
+    def read(self, unit, resolution, options):
+        img, note = pixels.load_image(unit.path, resolution)
+        return [(unit.slice_index, img)], note
+
+    def images_per_unit(self, data) -> int:
+        return 1
+
+
 # In detection order: a PNG release may also hold loose images, so the folder layout comes last.
-LAYOUTS = {layout.name: layout for layout in (
-    Layout(PNG, "the OASIS PNG release (keras_png_slices_*)",
-           "keras_png_slices_train/ (the OASIS PNG release, up to two levels down)", _find_png,
-           lambda root, data: scan_png(root, data.allow_shared_cases), lambda path, o: check_image(path),
-           _read_image, identity=("allow_shared_cases",)),
-    Layout(RAW, "raw OASIS-1 sessions (Analyze or NIfTI volumes)",
-           "OAS1_NNNN_MRk/ session folders (raw OASIS-1, up to two levels down)", _find_raw,
-           lambda root, data: scan_raw(root, data.split_fractions, data.split_seed, data.rescans),
-           lambda path, o: check_volume(path, o["max_anisotropy"]), _read_volume,
-           identity=("slices", "slice_range", "slice_spacing", "min_brain_fraction", "percentile",
-                     "max_anisotropy", "rescans", "split_fractions", "split_seed"), volumes=True,
-           extras=_raw_extras),
-    Layout(FOLDER, "any folder of images: one training split",
-           f"image files ({', '.join(sorted(IMAGE_EXTS))}) anywhere below it", _find_folder,
-           lambda root, data: scan_folder(root), lambda path, o: check_image(path), _read_image),
-)}
+@register_layout
+class PngRelease(_Images):
+    name, doc = "oasis-png", "the OASIS PNG release (keras_png_slices_*)"
+    looks_for = "keras_png_slices_train/ (the OASIS PNG release, up to two levels down)"
+    identity = ("allow_shared_cases",)
+
+    def find(self, src):
+        roots = _find_dirs(src, lambda d: (d / "keras_png_slices_train").is_dir())
+        return roots[0] if roots else None
+
+    def scan(self, root, data):
+        return scan_png(root, data.allow_shared_cases)
+
+
+@register_layout
+class RawOasis(Layout):
+    name, doc = "oasis-raw", "raw OASIS-1 sessions (Analyze or NIfTI volumes)"
+    looks_for = "OAS1_NNNN_MRk/ session folders (raw OASIS-1, up to two levels down)"
+    identity = ("slices", "slice_range", "slice_spacing", "min_brain_fraction", "percentile", "max_anisotropy",
+                "rescans", "split_fractions", "split_seed")
+    volumes = True
+
+    def find(self, src):
+        return src if _session_folders(src) else None
+
+    def scan(self, root, data):
+        return scan_raw(root, data.split_fractions, data.split_seed, data.rescans)
+
+    def check(self, path, options):
+        return check_volume(path, options["max_anisotropy"])
+
+    def read(self, unit, resolution, options):
+        return pixels.load_volume_slices(unit.path, resolution, options), ""
+
+    def images_per_unit(self, data) -> int:
+        return pixels.slices_per_volume(data.slices, data.slice_range)
+
+    def extras(self, data):
+        """How slices were chosen, and how many a volume gives."""
+        return {"orientation": "RAS (nibabel as_closest_canonical)",
+                "slice_selection": pixels.slice_rule(data.slices, data.slice_range, data.slice_spacing,
+                                                     data.min_brain_fraction),
+                "slices_per_volume": self.images_per_unit(data)}
+
+
+@register_layout
+class Folder(_Images):
+    name, doc = "folder", "any folder of images: one training split"
+    looks_for = f"image files ({', '.join(sorted(IMAGE_EXTS))}) anywhere below it"
+
+    def find(self, src):
+        return src if any(p.suffix.lower() in IMAGE_EXTS for p in src.rglob("*") if p.is_file()) else None
+
+    def scan(self, root, data):
+        return scan_folder(root)
+
+
+PNG, RAW, FOLDER = PngRelease.name, RawOasis.name, Folder.name
 AUTO_LAYOUT = "auto"  # data.layout's other choice: detect it
 
 

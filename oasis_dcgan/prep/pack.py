@@ -69,9 +69,6 @@ class Plan:
             out += [(split, i, len(groups), g) for i, g in enumerate(groups)]
         return out
 
-    def images_per_unit(self) -> int:
-        return self.options.get("slices_per_volume", 1)
-
 
 # --------------------------------------------------------------------------- plan
 
@@ -103,7 +100,7 @@ def plan(src: str | os.PathLike, data: DataConfig) -> Plan:
              ignored=scan.ignored, split_assignment=scan.split_assignment, summary=scan.summary,
              options=layout.options(data))
     _drop_bad_units(p, data.skip_bad, root)
-    units_per_shard = max(1, data.shard_size // p.images_per_unit())
+    units_per_shard = max(1, data.shard_size // layout.images_per_unit(data))
     for split in SPLITS:
         idx = [i for i, u in enumerate(p.units) if u.split == split]
         if idx:

@@ -12,6 +12,7 @@ at exactly the next unseen image, and ranks see disjoint images that together co
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,31 +123,49 @@ def step_slots(perm: np.ndarray, budget: int, position: int, batch_size: int, wo
     return np.where(pos < budget, perm[np.minimum(pos, len(perm) - 1)], -1).reshape(world_size, batch_size)
 
 
-def train_dataset(dataset, rng_seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                  start_image: int = 0, budget: int = 0, split: str = "train", scaled: bool = True,
-                  block: int = 8, prefetch: int = 8, autotune: bool = False, epochs: int = 1,
-                  later_budget: int = 0, first_rng_seed: int | None = None):
-    """A tf.data.Dataset of this rank's steps for the rest of `epoch` and the `epochs - 1` after
-    it, and how many steps that is.
+@dataclass(frozen=True)
+class Stream:
+    """Which of a split's images one rank reads, and in what order: the rest of `epoch` and the
+    `epochs - 1` after it. The first epoch resumes at `start_image` with its own `budget` (and
+    `first_rng_seed`, when a resumed epoch began under another seed); the later ones start at 0
+    with `later_budget`. A budget of 0 is the whole split."""
+    rng_seed: int
+    batch_size: int
+    epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+    epochs: int = 1
+    start_image: int = 0
+    budget: int = 0
+    later_budget: int = 0
+    first_rng_seed: int | None = None
 
-    The first epoch resumes at `start_image` with its own `budget` (and `first_rng_seed`, when a
-    resumed epoch began under another seed); the later ones start at 0
-    with `later_budget` (both default to the whole split). One stream across epoch ends keeps
-    the prefetch full there, where a new pipeline per epoch paused every rank.
-    Each element is (images [B, H, W, 1], slots [W, B] int64): the images of this rank's
-    row of `slots` (zeros where a slot is empty), and every rank's indices for that step, so
-    the consumer can weight partial batches and record what the epoch visited. Images are
-    float32 in (-1, 1) when `scaled`, else the stored uint8, for a consumer that scales inside
+    def epoch_plans(self, n: int) -> list[tuple[int, int, int, int]]:
+        """(epoch, budget, first image, order seed) of each epoch, for a split of n images."""
+        first = self.rng_seed if self.first_rng_seed is None else self.first_rng_seed
+        whole = epoch_budget(n, self.batch_size)
+        plans = [(self.epoch, self.budget or whole, self.start_image, first)]
+        return plans + [(e, self.later_budget or whole, 0, self.rng_seed)
+                        for e in range(self.epoch + 1, self.epoch + self.epochs)]
+
+
+def train_dataset(dataset, stream: Stream, split: str = "train", scaled: bool = True, block: int = 8,
+                  prefetch: int = 8, autotune: bool = False):
+    """A tf.data.Dataset of one rank's steps of `stream`, and how many steps that is.
+
+    One stream across epoch ends keeps the prefetch full there, where a new pipeline per epoch
+    paused every rank. Each element is (images [B, H, W, 1], slots [W, B] int64): the images of
+    this rank's row of `slots` (zeros where a slot is empty), and every rank's indices for that
+    step, so the consumer can weight partial batches and record what the epoch visited. Images
+    are float32 in (-1, 1) when `scaled`, else the stored uint8, for a consumer that scales inside
     its compiled step (4x fewer bytes through the pipeline). The generator hands over `block`
     steps at a time, so Python's per-element cost is paid once a block.
     """
     import tensorflow as tf
 
     reader = ShardReader(dataset, split)
-    n = len(reader)
-    first = rng_seed if first_rng_seed is None else first_rng_seed
-    plans = [(epoch, budget or epoch_budget(n, batch_size), start_image, first)]
-    plans += [(e, later_budget or epoch_budget(n, batch_size), 0, rng_seed) for e in range(epoch + 1, epoch + epochs)]
+    n, batch_size, world_size, rank = len(reader), stream.batch_size, stream.world_size, stream.rank
+    plans = stream.epoch_plans(n)
     if min(p[1] for p in plans) < batch_size:
         raise DataError(f"{dataset}: {n} {split} images cannot fill one batch of {batch_size}")
     res, stride = reader.resolution, batch_size * world_size

@@ -177,3 +177,16 @@ def write_raw_release(out: str | Path, subjects: int = 6, rng_seed: int = 0, fmt
     mark_synthetic(root)
     log.info(f"[sample-data] {subjects} raw OASIS-1 subjects, {len(sessions)} sessions ({fmt}) -> {root}")
     return root
+
+
+def _png(out, cases, rng_seed, **_) -> Path:
+    return write_png_release(out, cases=tuple(cases), rng_seed=rng_seed)
+
+
+def _raw(out, cases, rng_seed, fmt="analyze", discs=0, rescans=0) -> Path:
+    return write_raw_release(out, subjects=sum(cases), rng_seed=rng_seed, fmt=fmt, discs=discs, rescans=rescans)
+
+
+# The layouts `sample-data` writes, each from (out, cases per split, rng_seed, and the raw layout's fmt, discs,
+# rescans).
+WRITERS = {layouts.PNG: _png, layouts.RAW: _raw}

@@ -64,9 +64,11 @@ def _keyed(variables) -> dict:
 OPTIONAL_GROUPS = ("loss_scale", "generator_ema")  # absent from checkpoints of runs without them
 
 
-def variable_groups(generator, discriminator, g_opt, d_opt, state: dict, generator_ema=None) -> dict:
-    """The checkpoint's layout. Adam's slots are keyed the same whatever the precision, so a run
-    may resume under another train.precision; fp16's loss-scale state is a group of its own."""
+def variable_groups(nets, state: dict) -> dict:
+    """The checkpoint's layout of `nets` (model.Networks) and the run state's variables. Adam's
+    slots are keyed the same whatever the precision, so a run may resume under another
+    train.precision; fp16's loss-scale state is a group of its own."""
+    generator, discriminator, g_opt, d_opt = nets.generator, nets.discriminator, nets.g_opt, nets.d_opt
     groups = {
         "generator": _keyed(generator.variables),
         "discriminator": _keyed(discriminator.variables),
@@ -74,8 +76,8 @@ def variable_groups(generator, discriminator, g_opt, d_opt, state: dict, generat
         "d_optimizer": _keyed(getattr(d_opt, "inner_optimizer", d_opt).variables),
         "state": dict(state),
     }
-    if generator_ema is not None:
-        groups["generator_ema"] = _keyed(generator_ema.variables)
+    if nets.average is not None:
+        groups["generator_ema"] = _keyed(nets.average.variables)
     if hasattr(g_opt, "dynamic_scale"):
         groups["loss_scale"] = {"g_scale": g_opt.dynamic_scale, "g_steps": g_opt.step_counter,
                                 "d_scale": d_opt.dynamic_scale, "d_steps": d_opt.step_counter}
@@ -100,7 +102,7 @@ class CheckpointManager:
         self.dir = Path(directory)
         self.keep = keep
         self.guard = guard or (lambda: None)  # the run's fence: raises once this job lost the run
-        self._groups = groups
+        self.groups = groups
         self._ckpt = tf.train.Checkpoint(**groups)
         self._shadows = None        # (live, shadow) pairs, made at the first save
         self._shadow_ckpt = None
@@ -167,10 +169,10 @@ class CheckpointManager:
         if self._shadows is None:
             with tf.device("CPU:0"):
                 shadow_groups = {g: {k: tf.Variable(tf.convert_to_tensor(v), trainable=False, name=f"shadow.{k}")
-                                     for k, v in vs.items()} for g, vs in self._groups.items()}
+                                     for k, v in vs.items()} for g, vs in self.groups.items()}
             # Same groups, same keys: the checkpoint reads back into the live variables.
             self._shadow_ckpt = tf.train.Checkpoint(**shadow_groups)
-            self._shadows = [(v, shadow_groups[g][k]) for g, vs in self._groups.items() for k, v in vs.items()]
+            self._shadows = [(v, shadow_groups[g][k]) for g, vs in self.groups.items() for k, v in vs.items()]
             return
         for live, shadow in self._shadows:
             shadow.assign(tf.convert_to_tensor(live))
@@ -267,7 +269,7 @@ class CheckpointManager:
         """A checkpoint object for the groups this checkpoint holds (optional ones may be absent),
         without the variables `leave_out` names ({group: keys}), which keep their start values."""
         held = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(str(ckpt_dir / PREFIX))}
-        self.absent = [g for g in OPTIONAL_GROUPS if g in self._groups and g not in held]
+        self.absent = [g for g in OPTIONAL_GROUPS if g in self.groups and g not in held]
         if not self.absent and not leave_out:
             return self._ckpt
         if self.absent:
@@ -275,7 +277,7 @@ class CheckpointManager:
                  "train.precision or before the generator average): starting it afresh")
         skip = leave_out or {}
         return tf.train.Checkpoint(**{g: {k: v for k, v in vs.items() if k not in skip.get(g, ())}
-                                      for g, vs in self._groups.items() if g not in self.absent})
+                                      for g, vs in self.groups.items() if g not in self.absent})
 
     def restore_latest(self, check=None) -> dict | None:
         """Restore the newest checkpoint that verifies and loads; log and skip the others.

@@ -13,13 +13,14 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from .. import fsutil
-from ..config import Config
+from ..config import Config, TrainConfig
 
 L = tf.keras.layers
 # train.precision -> the Keras dtype policy of the hidden layers. Mixed policies keep every
@@ -80,11 +81,11 @@ def build_discriminator(resolution: int = 256, precision: str = "fp32", dropout_
     ], name="discriminator")
 
 
-def build_optimizer(lr: float, precision: str = "fp32", beta_1: float = 0.9):
-    """The seed's Adam (beta_1 0.9 is Keras's default; the DCGAN paper's is 0.5); under fp16,
-    wrapped in dynamic loss scaling (fp16 gradients underflow)."""
-    opt = tf.keras.optimizers.Adam(lr, beta_1=beta_1)
-    return tf.keras.optimizers.LossScaleOptimizer(opt) if precision == "fp16" else opt
+def build_optimizer(lr: float, t: TrainConfig):
+    """The seed's Adam with train.*'s settings (train.adam_beta1 0.9 is Keras's default; the DCGAN
+    paper's is 0.5); under fp16, wrapped in dynamic loss scaling (fp16 gradients underflow)."""
+    opt = tf.keras.optimizers.Adam(lr, beta_1=t.adam_beta1)
+    return tf.keras.optimizers.LossScaleOptimizer(opt) if t.precision == "fp16" else opt
 
 
 def lr_for(cfg: Config, world_size: int) -> float:
@@ -101,15 +102,32 @@ def lr_factor(epoch: int, epochs: int, rampdown: float) -> float:
     return 1.0 if span <= 0 else min(1.0, (epochs - epoch) / span)
 
 
-def set_learning_rates(g_opt, d_opt, lr: float, d_lr_ratio: float) -> None:
-    """G's rate `lr`, D's `lr` x train.d_lr_ratio."""
-    g_opt.learning_rate = lr
-    d_opt.learning_rate = lr * d_lr_ratio
+@dataclass(frozen=True)
+class Networks:
+    """What a run trains: G and D with their optimizers, and G's average (G_ema) or None."""
+    generator: tf.keras.Model
+    discriminator: tf.keras.Model
+    average: tf.keras.Model | None
+    g_opt: tf.keras.optimizers.Optimizer
+    d_opt: tf.keras.optimizers.Optimizer
+
+    @property
+    def sampler(self) -> tf.keras.Model:
+        """The generator that samples, reports and exports: the average when there is one."""
+        return self.generator if self.average is None else self.average
+
+    def set_learning_rates(self, lr: float, d_lr_ratio: float) -> None:
+        """G's rate `lr`, D's `lr` x train.d_lr_ratio."""
+        self.g_opt.learning_rate = lr
+        self.d_opt.learning_rate = lr * d_lr_ratio
+
+    def digest(self) -> str:
+        return weights_digest(self.generator, self.discriminator, self.average)
 
 
-def build_all(cfg: Config, lr: float) -> tuple:
-    """(G, D, G's average or None, G's optimizer, D's optimizer) as train.* asks, at data.resolution.
-    The average (G_ema) is G's architecture in fp32, starting from G's weights."""
+def build_all(cfg: Config, lr: float) -> Networks:
+    """The networks train.* asks for, at data.resolution. The average is G's architecture in
+    fp32, starting from G's weights."""
     t, res = cfg.train, cfg.data.resolution
     generator = build_generator(res, t.noise_dim, t.precision)
     discriminator = build_discriminator(res, t.precision, t.d_dropout_scale, t.d_spectral_norm)
@@ -117,12 +135,11 @@ def build_all(cfg: Config, lr: float) -> tuple:
     if t.ema_kimg > 0:
         average = build_generator(res, t.noise_dim, "fp32")
         average.set_weights(generator.get_weights())
-    g_opt = build_optimizer(lr, t.precision, t.adam_beta1)
-    d_opt = build_optimizer(lr * t.d_lr_ratio, t.precision, t.adam_beta1)
+    g_opt, d_opt = build_optimizer(lr, t), build_optimizer(lr * t.d_lr_ratio, t)
     # Adam's slots are created lazily; build them now so they are checkpointed and broadcast.
     g_opt.build(generator.trainable_variables)
     d_opt.build(discriminator.trainable_variables)
-    return generator, discriminator, average, g_opt, d_opt
+    return Networks(generator, discriminator, average, g_opt, d_opt)
 
 
 def save_model(model, dest: str | os.PathLike) -> None:

@@ -102,8 +102,7 @@ def missing_checkpoints(run_files, checkpoints) -> str:
             "--restart (the record is moved aside, nothing is deleted)")
 
 
-def restore(checkpoints, cfg: Config, dataset_hash: str, state, generator, average,
-            run_files) -> tuple[dict | None, str]:
+def restore(checkpoints, cfg: Config, dataset_hash: str, state, nets, run_files) -> tuple[dict | None, str]:
     """Rank 0: restore the newest checkpoint this config can resume. Returns (its meta or None for a
     fresh run, ""), or (None, why none can be resumed)."""
     checkpoints.recover()
@@ -114,8 +113,8 @@ def restore(checkpoints, cfg: Config, dataset_hash: str, state, generator, avera
         return None, str(e)
     if resumed is None and (why := missing_checkpoints(run_files, checkpoints)):
         return None, why
-    if resumed and average is not None and "generator_ema" in checkpoints.absent:
-        average.set_weights(generator.get_weights())  # an average starts from G
+    if resumed and nets.average is not None and "generator_ema" in checkpoints.absent:
+        nets.average.set_weights(nets.generator.get_weights())  # an average starts from G
     if data_changed(resumed, dataset_hash):
         # The epoch under way starts again on the new data: its order and visits were the old data's.
         c = state.read_counters()

@@ -53,10 +53,10 @@ def describe(holder: dict) -> str:
             f"{holder.get('host')}, since {since}")
 
 
-def read(run_dir) -> tuple[dict, float] | None:
+def read(run: rundir.RunDir) -> tuple[dict, float] | None:
     """The holder ({} when its bytes do not parse) and the seconds since its last heartbeat; None:
     no lock. A lock that cannot be read at all is a RunLockError naming the file and its owner."""
-    path = rundir.RunDir(run_dir).lock
+    path = run.lock
     try:
         return claimfile.read(path)
     except claimfile.ClaimAccessError as e:
@@ -74,19 +74,19 @@ def why_stale(holder: dict, age_s: float, me: dict | None = None, liveness: clai
     return liveness.why_stale(holder, age_s)
 
 
-def check_free(run_dir, liveness: claimfile.Liveness = BY_AGE) -> None:
+def check_free(run: rundir.RunDir, liveness: claimfile.Liveness = BY_AGE) -> None:
     """Before submitting: refuse when a live job holds the run."""
-    found = read(run_dir)
+    found = read(run)
     if found is not None and not why_stale(*found, liveness=liveness):
-        raise RunLockError(f"{run_dir} is being trained by {describe(found[0])}; wait for it, cancel it, or use "
+        raise RunLockError(f"{run} is being trained by {describe(found[0])}; wait for it, cancel it, or use "
                            "another run directory (a lock left by a dead job on another host is taken over once "
                            f"Slurm says it ended, or {liveness.stale_after_s / 60:.1f} min after its last heartbeat)")
 
 
 class RunLock:
-    def __init__(self, run_dir, job_id: str, attempt: int, liveness: claimfile.Liveness = BY_AGE,
+    def __init__(self, run: rundir.RunDir, job_id: str, attempt: int, liveness: claimfile.Liveness = BY_AGE,
                  heartbeat_s: float | None = None):
-        self.path = rundir.RunDir(run_dir).lock
+        self.run, self.path = run, run.lock
         pid = os.getpid()
         self.holder = {"job_id": str(job_id), "attempt": int(attempt), "host": platform.node(), "pid": pid,
                        "pid_start": start_time(pid), "uid": os.getuid(), "token": secrets.token_hex(8),
@@ -128,7 +128,7 @@ class RunLock:
                                 "Free space, then start the job again") from e
 
     def _take_over_if_stale(self) -> None:
-        found = read(self.path.parent)
+        found = read(self.run)
         if found is None:
             return
         why = why_stale(*found, me=self.holder, liveness=self.liveness)

@@ -14,7 +14,9 @@ import hashlib
 import numpy as np
 import tensorflow as tf
 
+from ..config import TrainConfig
 from ..imaging import to_unit_tf
+from .model import Networks
 from .objective import Objective
 
 # epoch_images is the epoch's image budget, fixed when the epoch starts; images_in_epoch
@@ -194,16 +196,15 @@ def _epoch_end(state: TrainState, sampler):
     return close, keep
 
 
-def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, ranks, batch_size: int,
-                     noise_dim: int, rng_seed: int, fp16_allreduce: bool = False, generator_ema=None,
-                     ema_kimg: float = 0.0, ema_rampup: float = 0.0, sampler=None, goal: Objective = Objective()):
-    """The seed's two-tape step, data-parallel: one fused allreduce, identical state on all ranks.
+def build_train_step(nets: Networks, state: TrainState, ranks, t: TrainConfig, sampler=None):
+    """The seed's two-tape step as train.* sets it, data-parallel: one allreduce, identical ranks.
 
     Each rank's losses are sums over its own images times world_size / (images in the step), so
     the allreduce's average is the mean over every image of the step, however the last, partial
     step of an epoch is spread over the ranks (with full batches: the seed's per-batch mean).
     `sampler` (rank 0's) draws the fixed-noise samples as an epoch closes."""
-    world_size, rank = ranks.size, ranks.rank
+    generator, discriminator, g_opt, d_opt = nets.generator, nets.discriminator, nets.g_opt, nets.d_opt
+    goal, batch_size, world_size, rank = Objective.from_config(t), t.batch_size, ranks.size, ranks.rank
 
     def train_step(images_uint8, slots, want_stop):
         images = to_unit_tf(images_uint8)
@@ -211,8 +212,8 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         scale = world_size / tf.cast(tf.math.count_nonzero(slots >= 0), tf.float32)
         # Noise and D's augmentations come from (seed, rank, global step): ranks differ, and a resumed
         # run draws exactly what an uninterrupted one would (dropout: see set_dropout_rng).
-        seed = tf.stack([tf.constant(rng_seed * 1000 + rank, tf.int64), state.counters["global_step"]])
-        noise = tf.random.stateless_normal([batch_size, noise_dim], seed=seed)
+        seed = tf.stack([tf.constant(t.seed * 1000 + rank, tf.int64), state.counters["global_step"]])
+        noise = tf.random.stateless_normal([batch_size, t.noise_dim], seed=seed)
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = generator(noise, training=True)
             real_logits = discriminator(goal.seen(images, seed + [1 << 20, 0]), training=True)
@@ -231,15 +232,15 @@ def build_train_step(generator, discriminator, g_opt, d_opt, state: TrainState, 
         # A rank's wish to stop rides along: above zero on average means some rank asked.
         extra = bn_stats + [g_loss, d_loss, want_stop]
         # One grouped allreduce a step (train.fp16_allreduce: the gradients travel in fp16).
-        both = ranks.allreduce_mean(g_grads + d_grads + extra, half=n_grads if fp16_allreduce else 0)
+        both = ranks.allreduce_mean(g_grads + d_grads + extra, half=n_grads if t.fp16_allreduce else 0)
         grads, rest = both[:n_grads], both[n_grads:]
         g_opt.apply_gradients(zip(grads[:len(g_grads)], generator.trainable_variables))
         d_opt.apply_gradients(zip(grads[len(g_grads):], discriminator.trainable_variables))
         for v, mean in zip(generator.non_trainable_variables, rest[:len(bn_stats)]):
             v.assign(mean)
-        if generator_ema is not None:
-            beta = ema_beta(ema_kimg, batch_size * world_size, state.counters["images_seen"], ema_rampup)
-            update_average(generator_ema, generator, beta)
+        if nets.average is not None:
+            beta = ema_beta(t.ema_kimg, batch_size * world_size, state.counters["images_seen"], t.ema_rampup)
+            update_average(nets.average, generator, beta)
         g_mean, d_mean = tf.cast(rest[-3], tf.float64), tf.cast(rest[-2], tf.float64)
         state.record_step(g_mean, d_mean, slots)
         return g_mean, d_mean, rest[-1] > 0

@@ -18,14 +18,13 @@ import tensorflow as tf
 from .. import rundir
 from ..claimfile import Liveness
 from ..config import Config
-from ..errors import CheckpointError, DataError
-from ..prep.manifest import check_before_training, load_manifest, manifest_hash
-from ..prep.reader import ShardReader, epoch_budget, steps_left, train_dataset
+from ..errors import CheckpointError
+from ..prep.reader import train_dataset
 from . import distributed, model, resume, runtime
 from .checkpoint import CheckpointManager, variable_groups
-from .objective import Objective
 from .distributed import World
 from .outputs import ChiefOutputs, EpochClock, NoOutputs
+from .plan import Plan
 from .runlock import RunLock
 from .saving import NoSaver, SavePolicy, Saver, StopRequest
 from .step import TrainState, build_train_step, set_dropout_rng
@@ -38,32 +37,27 @@ FAST_STEP_S = 0.1
 
 
 class Trainer:
-    def __init__(self, cfg: Config, world: World | None = None, log_to_stdout: bool = True, before_barrier=None):
+    def __init__(self, cfg: Config, world: World | None = None, log_to_stdout: bool = True, before_barrier=None,
+                 run: rundir.RunDir | None = None):
         self.cfg, self.world = cfg, world or World()
-        self.run_dir = Path(cfg.run_dir).resolve()
-        self.run_files = rundir.RunDir(self.run_dir)
+        self.run_files = run or rundir.RunDir(Path(cfg.run_dir).resolve())   # unless the job built it already
         self.chief, self.log_to_stdout = self.world.is_chief, log_to_stdout
         # Called on every rank at an agreed stop, before the ranks meet: what a rank must have on
         # disk before any rank may exit (its note), since srun may end the others at the first exit.
         self.before_barrier = before_barrier
-        self.lock = RunLock(self.run_dir, self.world.job_id, self.world.attempt,
+        self.lock = RunLock(self.run_files, self.world.job_id, self.world.attempt,
                             Liveness(cfg.cluster.lock_stale_after_s, self.world.jobs_alive)) if self.chief else None
         self.outputs = ChiefOutputs(cfg, self.run_files, self.lock, self.world) if self.chief else NoOutputs()
         self.stop, self.policy, self.saver = StopRequest(), SavePolicy(cfg.train), NoSaver()
-        self.run_log = self.ranks = self.state = self.checkpoints = self.train_steps = self.budget_t = None
-        self.generator = self.discriminator = self.generator_ema = self.g_opt = self.d_opt = None
-        self.groups, self.dataset_hash, self.lr, self.epoch_lr = {}, "", 0.0, 0.0
-        self.budget = self.steps_per_epoch = self.total_images = self.global_batch = 0
+        self.run_log = None  # rank 0's, once it holds the run
+        self.epoch_lr = 0.0  # the learning rate last set
         self.epoch_rng_seed = cfg.train.seed  # the data order's seed for the epoch under way (a resume may differ)
         self.clock = EpochClock()
 
     def run(self) -> dict:
         """Train (or resume) the run in cfg.run_dir on this rank. Returns a summary on every rank."""
         try:
-            self.setup_process()          # take the run (rank 0), join the ranks, set TensorFlow up
-            self.build()                  # data plan, networks, optimizers, run state, the compiled step
-            resumed = self.restore_and_broadcast()  # rank 0 restores; every rank takes rank 0's state
-            self.open_outputs(resumed)
+            self.open_outputs(self.start())  # take the run, join the ranks, build, restore
             self.train_epochs()
             return self.finish()          # the final generator, and each rank's note
         except BaseException as e:
@@ -79,68 +73,50 @@ class Trainer:
             if self.run_log:
                 self.run_log.close()
 
-    def setup_process(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.chief:  # before the rendezvous, which clears the run's old rendezvous files
-            self.run_log = runtime.take_run(self.lock, self.run_files, self.cfg.data.dataset, self.log_to_stdout)
-        self.ranks = distributed.init(self.world, timeout_s=self.cfg.train.peer_timeout_s)
-        gpus = runtime.configure_tensorflow(self.cfg, self.ranks.local_rank)
-        if self.world.local_rank == 0:
-            distributed.check_gpu_build(self.ranks, len(gpus))
-
-    def build(self) -> None:
-        t = self.cfg.train
-        # Every rank checks: they all read the same files and reach the same verdict, so none
-        # is left waiting in a collective for a rank that stopped.
-        check_before_training(self.cfg.data.dataset, full=t.verify_data)
-        resume.take_dataset_identity(self.cfg, load_manifest(self.cfg.data.dataset))
-        self.dataset_hash = manifest_hash(self.cfg.data.dataset)
-        n_train = len(ShardReader(self.cfg.data.dataset, "train"))
-        # A new epoch's image budget; an epoch in progress keeps the budget it started with.
-        self.budget = epoch_budget(n_train, t.batch_size, t.max_steps_per_epoch, self.ranks.size)
-        if self.budget == 0:
-            raise DataError(f"{self.cfg.data.dataset}: {n_train} training images cannot fill one batch "
-                            f"of {t.batch_size}")
-        self.steps_per_epoch = steps_left(self.budget, 0, t.batch_size, self.ranks.size)
-        self.global_batch = t.batch_size * self.ranks.size
-        self.total_images = self.budget * t.epochs
-        self.lr = model.lr_for(self.cfg, self.ranks.size)
-        self.generator, self.discriminator, self.generator_ema, self.g_opt, self.d_opt = model.build_all(self.cfg,
-                                                                                                        self.lr)
-        self.state = TrainState(t.noise_dim, t.seed, n_train)
-        self.groups = variable_groups(self.generator, self.discriminator, self.g_opt, self.d_opt,
-                                      self.state.variables(), self.generator_ema)
-        self.checkpoints = CheckpointManager(self.run_files.checkpoints, self.groups, keep=t.keep_checkpoints,
-                                             guard=self.run_files.guard)
+    def start(self) -> dict | None:
+        """All before the first step: rank 0 takes the run, the ranks join, each builds, rank 0
+        restores and every rank takes its state. Returns the checkpoint's meta if one was resumed."""
+        self.ranks = self.setup_process()
+        self.plan, self.nets, self.state, self.checkpoints, self.train_steps = self.build()
         if self.chief:
             self.saver = Saver(self.checkpoints, self.state, self.lock, self._checkpoint_meta, self.outputs.saved,
-                               background=t.checkpoint_in_background)
-        self.budget_t = tf.constant(self.budget, tf.int64)  # made once: a new epoch's images, for the step
-        self.train_steps = build_train_step(self.generator, self.discriminator, self.g_opt, self.d_opt, self.state,
-                                            self.ranks, t.batch_size, t.noise_dim, rng_seed=t.seed,
-                                            fp16_allreduce=t.fp16_allreduce, generator_ema=self.generator_ema,
-                                            ema_kimg=t.ema_kimg, ema_rampup=t.ema_rampup,
-                                            sampler=self.sampler if self.chief else None,
-                                            goal=Objective.from_config(t))
+                               background=self.cfg.train.checkpoint_in_background)
+        return self.restore_and_broadcast()
 
-    @property
-    def sampler(self):
-        """The generator that samples, reports and exports: the average when there is one."""
-        return self.generator if self.generator_ema is None else self.generator_ema
+    def setup_process(self) -> distributed.OneRank | distributed.HorovodRanks:
+        self.run_files.path.mkdir(parents=True, exist_ok=True)
+        if self.chief:  # before the rendezvous, which clears the run's old rendezvous files
+            self.run_log = runtime.take_run(self.lock, self.run_files, self.cfg.data.dataset, self.log_to_stdout)
+        ranks = distributed.init(self.world, timeout_s=self.cfg.train.peer_timeout_s)
+        gpus = runtime.configure_tensorflow(self.cfg, ranks.local_rank)
+        if self.world.local_rank == 0:
+            distributed.check_gpu_build(ranks, len(gpus))
+        return ranks
+
+    def build(self) -> tuple[Plan, model.Networks, TrainState, CheckpointManager, object]:
+        """The plan on the checked dataset, the networks, the run state, its checkpoints, the compiled step."""
+        t = self.cfg.train
+        plan = Plan.make(self.cfg, self.ranks.size)
+        nets = model.build_all(self.cfg, plan.lr)
+        state = TrainState(t.noise_dim, t.seed, plan.n_train)
+        checkpoints = CheckpointManager(self.run_files.checkpoints, variable_groups(nets, state.variables()),
+                                        keep=t.keep_checkpoints, guard=self.run_files.guard)
+        steps = build_train_step(nets, state, self.ranks, t, sampler=nets.sampler if self.chief else None)
+        return plan, nets, state, checkpoints, steps
 
     epoch = property(lambda self: self.state.now["epoch"], doc="Epochs finished: the run state's counter.")
     global_step = property(lambda self: self.state.now["global_step"], doc="Steps run: the run state's counter.")
     stop_reason = property(lambda self: self.stop.agreed, doc="The stop every rank agreed on, or \"\".")
 
     def restore_and_broadcast(self) -> dict | None:
-        resumed, failure = resume.restore(self.checkpoints, self.cfg, self.dataset_hash, self.state, self.generator,
-                                          self.generator_ema, self.run_files) if self.chief else (None, "")
+        resumed, failure = resume.restore(self.checkpoints, self.cfg, self.plan.dataset_hash, self.state, self.nets,
+                                          self.run_files) if self.chief else (None, "")
         # Every rank learns whether rank 0 could resume, so none waits for a rank that gave up.
         if self.ranks.broadcast(int(bool(failure)), "bcast.flag"):
             raise CheckpointError(failure or "rank 0 could not resume from this run's checkpoints (see its log)")
         # Rank 0's variables, restored or fresh, become everyone's: models, optimizer slots,
         # counters and accumulators alike.
-        for name, group in self.groups.items():
+        for name, group in self.checkpoints.groups.items():
             self.ranks.broadcast_variables(list(group.values()), prefix=f"bcast.{name}")
         counters = self.state.read_counters()
         self.epoch_rng_seed = self.ranks.broadcast(resume.epoch_rng_seed(self.cfg, resumed, counters),
@@ -149,7 +125,7 @@ class Trainer:
         if resumed:
             resumed.update(config_changes=resume.config_changes(resumed, self._checkpoint_meta()),
                            epoch_rng_seed=self.epoch_rng_seed)
-        set_dropout_rng(self.discriminator, self.cfg.train.seed, self.ranks.rank, self.global_step)
+        set_dropout_rng(self.nets.discriminator, self.cfg.train.seed, self.ranks.rank, self.global_step)
         self.saver.ready = True
         return resumed
 
@@ -158,27 +134,28 @@ class Trainer:
         t = self.cfg.train
         return {"world_size": self.ranks.size, "data_seed": self.epoch_rng_seed,  # the key older checkpoints hold
                 "resolution": self.cfg.data.resolution, "noise_dim": t.noise_dim, "d_spectral_norm": t.d_spectral_norm,
-                "batch_size": t.batch_size, "learning_rate": self.lr,
-                "precision": t.precision, "dataset_manifest_sha256": self.dataset_hash}
+                "batch_size": t.batch_size, "learning_rate": self.plan.lr,
+                "precision": t.precision, "dataset_manifest_sha256": self.plan.dataset_hash}
 
     def open_outputs(self, resumed: dict | None) -> None:
         self.policy.mark()
-        self.outputs.open(resumed, self.options, self.state.read_counters(), self.images_done(), self.total_images)
+        self.outputs.open(resumed, self.options, self.state.read_counters(), self.images_done(), self.plan.total_images)
 
     def options(self) -> dict:
         """What options.json records: enough to tell later exactly what this run was."""
         return {"config": self.cfg.to_dict(), "world_size": self.ranks.size,
                 "ranks": {"nodes": self.world.num_nodes, "tasks_per_node": self.world.local_size},
-                "learning_rate": self.lr, "global_batch": self.global_batch, "steps_per_epoch": self.steps_per_epoch,
-                "images_per_epoch": self.budget, "dataset_manifest_sha256": self.dataset_hash,
+                "learning_rate": self.plan.lr, "global_batch": self.plan.global_batch,
+                "steps_per_epoch": self.plan.steps_per_epoch, "images_per_epoch": self.plan.budget,
+                "dataset_manifest_sha256": self.plan.dataset_hash,
                 "resolution": self.cfg.data.resolution, **runtime.software(), "started": time.time()}
 
     def train_epochs(self) -> None:
         """Epochs until done or until a stop is agreed; a stop writes one checkpoint, then every rank meets."""
-        stream = None
+        stream, budget = None, tf.constant(self.plan.budget, tf.int64)  # a new epoch's images, for the step
         while self.epoch < self.cfg.train.epochs and not self.stop.agreed:
             stream = stream or self.input_stream()
-            steps, seconds, closed = self.train_epoch(stream)
+            steps, seconds, closed = self.train_epoch(stream, budget)
             if closed:
                 self.end_epoch(steps, seconds, *closed)  # its checkpoint is also the stop's, if one was agreed
             elif self.stop.agreed and not self.stop.saved:
@@ -194,32 +171,28 @@ class Trainer:
     def input_stream(self):
         """This rank's batches from the next unseen image to the end of training, as one iterator:
         its prefetch runs on across epoch ends, where a pipeline per epoch left every rank waiting."""
-        t = self.cfg.train
-        c = self.state.begin_epoch(self.budget)
-        ds, _ = train_dataset(self.cfg.data.dataset, t.seed, self.epoch, t.batch_size, self.ranks.rank,
-                              self.ranks.size, first_rng_seed=self.epoch_rng_seed,
-                              start_image=c["images_in_epoch"], budget=c["epoch_images"], scaled=False,
-                              epochs=max(t.epochs - self.epoch, 1), later_budget=self.budget,
-                              block=max(8, t.steps_per_call), prefetch=max(8, 2 * t.steps_per_call))
+        k = self.cfg.train.steps_per_call
+        stream = self.plan.stream(self.ranks.rank, self.epoch, self.state.begin_epoch(self.plan.budget),
+                                  self.epoch_rng_seed)
+        ds, _ = train_dataset(self.cfg.data.dataset, stream, scaled=False, block=max(8, k), prefetch=max(8, 2 * k))
         return iter(ds)
 
     def images_done(self) -> int:
         """Images trained on so far, over all epochs (what the progress bar and ETA count)."""
-        return self.epoch * self.budget + self.state.now["images_in_epoch"]
+        return self.epoch * self.plan.budget + self.state.now["images_in_epoch"]
 
-    def train_epoch(self, batches) -> tuple[int, float, tuple | None]:
+    def train_epoch(self, batches, budget) -> tuple[int, float, tuple | None]:
         """The rest of the current epoch, from its next unseen image. Returns (steps run, seconds,
         and the epoch's samples and records if it closed, else None: a stop was agreed first)."""
         c = self.state.now
         self._set_learning_rates()
-        n_steps = steps_left(c["epoch_images"] or self.budget, c["images_in_epoch"], self.cfg.train.batch_size,
-                             self.ranks.size)
+        n_steps = self.plan.steps_left(c["epoch_images"], c["images_in_epoch"])
         steps = self.clock.begin()
         while True:  # at least one call: an epoch whose last step was checkpointed before it closed closes now
             t_call = time.monotonic()
             want = tf.constant(self._steps_for_call(n_steps - steps))
             g_loss, d_loss, agreed, ran, counters, closed, fake, record = self.train_steps(
-                batches, self.stop.flag(), want, self.budget_t)
+                batches, self.stop.flag(), want, budget)
             ran = int(ran)  # waits for the call: every rank's allreduces are in it
             self.outputs.guard()  # a job that lost the run (suspended past takeover) stops here
             self.state.take(counters)
@@ -241,9 +214,9 @@ class Trainer:
 
     def _set_learning_rates(self) -> None:
         t = self.cfg.train
-        lr = self.lr * model.lr_factor(self.epoch, t.epochs, t.lr_rampdown)
+        lr = self.plan.lr * model.lr_factor(self.epoch, t.epochs, t.lr_rampdown)
         if lr != self.epoch_lr:  # two eager assigns cost a millisecond between epochs: only on a change
-            model.set_learning_rates(self.g_opt, self.d_opt, lr, t.d_lr_ratio)
+            self.nets.set_learning_rates(lr, t.d_lr_ratio)
         self.epoch_lr = lr
 
     def _steps_for_call(self, left: int) -> int:
@@ -261,8 +234,8 @@ class Trainer:
         """Every rank ran the same steps; rank 0 writes the epoch's samples and stats in the
         background, and a checkpoint if due."""
         rec = dict(kind="epoch", epoch=self.epoch, global_step=self.global_step, lr=self.epoch_lr,
-                   **self.clock.record(steps, seconds, self.global_batch))
-        self.outputs.epoch(fake, rec, record, self.state, self.sampler)
+                   **self.clock.record(steps, seconds, self.plan.global_batch))
+        self.outputs.epoch(fake, rec, record, self.state, self.nets.sampler)
         self.epoch_rng_seed = self.cfg.train.seed  # a resumed epoch's own seed ends with it
         reason = self.policy.at_epoch_end(self.epoch, self.global_step, self.stop)
         if reason:
@@ -283,7 +256,7 @@ class Trainer:
         self.outputs.wait()
         summary = {"rank": self.ranks.rank, "size": self.ranks.size, "epochs": self.cfg.train.epochs,
                    "global_step": self.global_step,
-                   "weights_sha256": model.weights_digest(self.generator, self.discriminator, self.generator_ema),
+                   "weights_sha256": self.nets.digest(),
                    "host": platform.node(), "pid": os.getpid(), "cross_rank": self.ranks.cross_rank,
                    "cross_size": self.ranks.cross_size, "stopped": self.stop.agreed or None}
         if self.stop.agreed:
@@ -291,7 +264,7 @@ class Trainer:
             return summary
         # Every rank leaves a note: proof it ran, and a digest to compare replicas by.
         self.run_files.write_json(self.run_files.rank_note(self.ranks.rank), summary)
-        self.outputs.finish(summary, self.sampler, raw=self.generator if self.generator_ema is not None else None)
+        self.outputs.finish(summary, self.nets.sampler, raw=self.nets.generator if self.nets.average else None)
         return summary
 
 

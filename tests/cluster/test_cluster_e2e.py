@@ -7,7 +7,8 @@ import time
 import pytest
 
 from oasis_dcgan import config
-from oasis_dcgan.launch import pipeline, status
+from oasis_dcgan.launch import pipeline, slurmctl, status
+from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.prep import manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -25,7 +26,7 @@ def wait_for_jobs(ids, timeout=900):
             break
         time.sleep(2)
     time.sleep(1)
-    return status.sacct(ids)
+    return slurmctl.sacct(ids)
 
 
 def tiny_config(tmp_path, png_release, **extra):
@@ -38,8 +39,8 @@ def tiny_config(tmp_path, png_release, **extra):
 
 
 def test_chained_pipeline_on_slurm(devcluster, png_release, tmp_path):
-    cfg = tiny_config(tmp_path, png_release)
-    out = pipeline.submit_pipeline(cfg, executor="slurm", wait=False)
+    cfg = tiny_config(tmp_path, png_release, **{"cluster.executor": '"slurm"'})
+    out = pipeline.submit_pipeline(cfg, wait=False)
     ids = list(out["jobs"].values())
     assert set(out["jobs"]) == {"preprocess", "seal", "train", "postprocess"}
     rows = wait_for_jobs(ids)
@@ -60,4 +61,4 @@ def test_chained_pipeline_on_slurm(devcluster, png_release, tmp_path):
     for rel in ("options.json", "stats.jsonl", "generator.keras", "samples/epoch_0001.png",
                 "report/metrics.json", "report/loss.png", "report/report.html", "report/progress.gif"):
         assert (run / rel).is_file(), rel
-    assert "COMPLETED" in status.status(run)
+    assert "COMPLETED" in status.status(RunDir(run))

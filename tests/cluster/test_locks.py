@@ -10,7 +10,7 @@ import pytest
 from oasis_dcgan import config
 from oasis_dcgan.errors import RunLockError
 from oasis_dcgan.launch import pipeline
-from oasis_dcgan.launch.environment import slurm_jobs_alive
+from oasis_dcgan.launch.executors import Slurm
 from oasis_dcgan.prep import datalock, pack
 from oasis_dcgan.prep.manifest import DataError
 from oasis_dcgan.rundir import RunDir
@@ -37,7 +37,7 @@ def make_old(path, seconds: float) -> None:
 
 
 def test_a_run_lock_naming_a_pending_slurm_job_is_never_taken_over_however_old(held_job, tmp_path):
-    assert slurm_jobs_alive([held_job]) is True
+    assert Slurm.jobs_alive([held_job]) is True
     liveness = pipeline.liveness(config.Config())
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
@@ -45,13 +45,13 @@ def test_a_run_lock_naming_a_pending_slurm_job_is_never_taken_over_however_old(h
                                     "token": "queued-holder", "jobs": [held_job]}))
     make_old(run.lock, 10 * liveness.stale_after_s)
     with pytest.raises(RunLockError, match=f"job {held_job}"):
-        runlock.check_free(run.path, liveness)
+        runlock.check_free(run, liveness)
     with pytest.raises(RunLockError):
-        RunLock(run.path, "another-job", 0, liveness).acquire()
+        RunLock(run, "another-job", 0, liveness).acquire()
     sh("scancel", held_job)
     wait_gone(held_job, timeout=120)
-    assert slurm_jobs_alive([held_job]) is False
-    lock = RunLock(run.path, "another-job", 0, liveness)
+    assert Slurm.jobs_alive([held_job]) is False
+    lock = RunLock(run, "another-job", 0, liveness)
     lock.acquire()
     assert f"Slurm job(s) {held_job} have ended" in lock.taken_from
     lock.release()

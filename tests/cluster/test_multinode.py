@@ -83,9 +83,9 @@ def test_submitit_on_two_hosts_one_rank_each_survives_usr2(twohost, dataset32, t
     states = top_states(job.job_id)
     assert states.count("REQUEUED") == 1 and states[-1] == "COMPLETED", states
     assert (run / "log.txt").read_text().count("(signal SIGUSR2") == 1
-    notes = {n["rank"]: n for n in retry.read_notes(run, job.job_id, 0)}
+    notes = {n["rank"]: n for n in retry.read_notes(RunDir(run), job.job_id, 0)}
     assert notes[0]["requeued_by"] == "submitit" and notes[1]["outcome"] == "stopped", notes
-    assert not retry.read_decisions(run), "submitit requeued the stop: the retry step did nothing more"
+    assert not retry.read_decisions(RunDir(run)), "submitit requeued the stop: the retry step did nothing more"
     assert_trained_across_two_hosts(run, 2)
 
 
@@ -111,14 +111,14 @@ def test_a_rank_killed_on_the_second_host_ends_the_attempt_in_time_and_requeues(
     wait_for_checkpoint(run, after_step=5)
     kill([pids[1]])
     t0 = time.time()
-    while not retry.read_decisions(run) and time.time() - t0 < 120:
+    while not retry.read_decisions(RunDir(run)) and time.time() - t0 < 120:
         time.sleep(0.2)
     assert time.time() - t0 < timeout + 25, f"the attempt took {time.time() - t0:.0f} s to end"
-    [d] = retry.read_decisions(run)
+    [d] = retry.read_decisions(RunDir(run))
     assert d["action"] == "requeue" and d["counted"] and "rank 1 ended without a note" in d["reason"], d
     again = wait_for_ranks(job, 2, attempt=1)
     assert sorted(map(node_of, again.values())) == ["node1", "node2"], "the requeued job runs on both hosts"
-    assert re.search(rf"job {job} +attempt 0: requeue: .*rank 1 ended without a note", status.status(run))
+    assert re.search(rf"job {job} +attempt 0: requeue: .*rank 1 ended without a note", status.status(RunDir(run)))
     # Finishing after a requeue across hosts is the other tests' business: end it here.
     sh("scancel", job)
     wait_gone(job)

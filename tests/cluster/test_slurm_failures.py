@@ -58,7 +58,7 @@ def test_sigkill_mid_checkpoint_and_mid_run_then_requeued_resume_is_bit_identica
     assert not RunDir(run).finished(), "killed before the end"
     wait_gone(job)
     assert top_states(job)[-1] == "COMPLETED", top_states(job)
-    decisions = retry.read_decisions(run)
+    decisions = retry.read_decisions(RunDir(run))
     assert [d["action"] for d in decisions] == ["requeue", "requeue"] and all(d["counted"] for d in decisions)
     assert "no rank left a note" in decisions[0]["reason"]
     assert resumes(run)[0]["global_step"] == mid_write - 1, "the first resume starts at the last published checkpoint"
@@ -81,12 +81,12 @@ def test_a_hung_then_a_killed_rank_end_the_job_in_time_and_it_requeues_and_finis
     wait_for_checkpoint(run, after_step=5)
     os.kill(hung, signal.SIGSTOP)
     t0 = time.time()
-    while not retry.read_decisions(run) and time.time() - t0 < 120:
+    while not retry.read_decisions(RunDir(run)) and time.time() - t0 < 120:
         time.sleep(0.2)
     elapsed = time.time() - t0
     # gloo gives up after the timeout; srun then ends the step; KillWait (10 s) bounds the rest.
     assert timeout <= elapsed < timeout + 25, f"the hung attempt took {elapsed:.0f} s to end"
-    first = retry.read_decisions(run)[0]
+    first = retry.read_decisions(RunDir(run))[0]
     assert first["action"] == "requeue" and first["counted"] and "rank 0" in first["reason"], first
     pids = wait_for_ranks(job.job_id, 2, attempt=1)
     resumed_at = checkpoint_steps(run)[-1]
@@ -94,7 +94,7 @@ def test_a_hung_then_a_killed_rank_end_the_job_in_time_and_it_requeues_and_finis
     kill([pids[1]])
     wait_gone(job.job_id)
     states = top_states(job.job_id)
-    decisions = retry.read_decisions(run)
+    decisions = retry.read_decisions(RunDir(run))
     second = decisions[1]
     assert "rank 1 ended without a note" in second["reason"] and "requeue 2 of 5" in second["reason"]
     # The two failures are the only counted requeues. On a starved 2-core host slurmd can miss a
@@ -103,7 +103,7 @@ def test_a_hung_then_a_killed_rank_end_the_job_in_time_and_it_requeues_and_finis
     assert all(not d["counted"] and "with a checkpoint on disk" in d["reason"] for d in extra), extra
     assert states.count("REQUEUED") == 2 + len(extra) and states[-1] == "COMPLETED", states
     assert_continuous(run)
-    text = status.status(run)
+    text = status.status(RunDir(run))
     assert f"COMPLETED, requeued {2 + len(extra)}x (2 after a failure)" in text, text
 
 
@@ -117,8 +117,8 @@ def test_past_max_requeues_a_dead_rank_fails_the_job_with_the_reason(dataset32, 
     kill([pids[1]])
     wait_gone(job)
     assert top_states(job)[-1] == "FAILED", top_states(job)
-    [d] = retry.read_decisions(run)
+    [d] = retry.read_decisions(RunDir(run))
     assert d["action"] == "fail" and "gave up after 0 requeue(s) (cluster.max_requeues = 0)" in d["reason"]
-    assert f"job {job}" in status.status(run) and "gave up" in status.status(run)
+    assert f"job {job}" in status.status(RunDir(run)) and "gave up" in status.status(RunDir(run))
     assert json.loads((run / "options.json").read_text())["config"]["cluster"]["max_requeues"] == 0
     assert checkpoint_steps(run), "the checkpoints stay for a manual resume"

@@ -33,7 +33,7 @@ def test_submitit_train_survives_scontrol_requeue(devcluster, dataset32, tmp_pat
     assert len(stop_checkpoints(run, "SIGTERM")) == 1, "one agreed stop, one checkpoint"
     assert len(resumes(run)) == 1, "the requeued job resumed"
     assert_continuous(run)
-    text = status.status(run)
+    text = status.status(RunDir(run))
     assert "COMPLETED, requeued 1x" in text and "training     finished" in text
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from oasis_dcgan import config
 from oasis_dcgan.post import report, verdicts
+from oasis_dcgan.rundir import RunDir
 
 
 FIGS = ("loss.png", "ssim.png", "progress.gif", "notable_epochs.png", "last_vs_real.png", "nn_pairs.png",
@@ -22,7 +23,7 @@ def finished_run(tiny_run):
 def test_postprocess_outputs(finished_run):
     import imageio.v3 as iio
 
-    m = report.postprocess(finished_run)
+    m = report.postprocess(RunDir(finished_run))
     rd = finished_run / "report"
     metrics = json.loads((rd / "metrics.json").read_text())
     assert len(metrics["seed_max_ssim"]["per_epoch"]) == 3
@@ -72,7 +73,7 @@ def test_seed_metric_matches_an_independent_recomputation(finished_run, dataset3
     from oasis_dcgan.imaging import to_unit
     from oasis_dcgan.prep.reader import ShardReader
 
-    report.postprocess(finished_run)
+    report.postprocess(RunDir(finished_run))
     rd = finished_run / "report"
     sel = json.loads((rd / "metric_batches.json").read_text())
     gen = np.load(finished_run / "samples" / "epoch_0003.npy")
@@ -86,10 +87,10 @@ def test_seed_metric_matches_an_independent_recomputation(finished_run, dataset3
 def test_rerun_reuses_cached_values(finished_run, monkeypatch):
     from oasis_dcgan.post import metrics
 
-    report.postprocess(finished_run)
+    report.postprocess(RunDir(finished_run))
     calls, real = [], metrics.max_ssim_over_batches
     monkeypatch.setattr(metrics, "max_ssim_over_batches", lambda *a, **k: calls.append(1) or real(*a, **k))
-    report.postprocess(finished_run)
+    report.postprocess(RunDir(finished_run))
     assert not calls, "no epoch's seed metric was computed again"
 
 
@@ -97,6 +98,6 @@ def test_running_run_reports_epochs_so_far(finished_run, tmp_path):
     run = tmp_path / "running"
     shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("report", "generator.keras", "state.json"))
     (run / "samples" / "epoch_0003.npy").unlink()
-    m = report.postprocess(run)
+    m = report.postprocess(RunDir(run))
     assert m["epochs_done"] == 2 and m["run_complete"] is False
     assert "in progress" in (run / "report" / "report.md").read_text()

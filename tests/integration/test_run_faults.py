@@ -71,10 +71,11 @@ def test_extending_a_finished_run_then_a_stop_is_a_stop_not_a_finish(dataset32, 
     assert proc.wait(300) == 143
     state = RunDir(run).read_state()
     assert state["state"] == "stopped" and "SIGUSR2" in state["reason"]
-    d = retry.decide(run, NO_JOB, 0, 143, max_requeues=5)
+    d = retry.decide(RunDir(run), NO_JOB, 0, 143, max_requeues=5)
     assert d.action == "requeue" and not d.counted, "a stop during an extension is requeued, uncounted"
-    assert "stopped" in status.status(run) and "finished" not in status.status(run).split("training", 1)[1]
-    m = report.postprocess(run)
+    text = status.status(RunDir(run))
+    assert "stopped" in text and "finished" not in text.split("training", 1)[1]
+    m = report.postprocess(RunDir(run))
     assert m["run_complete"] is False and "no final generator" in m["nn_ssim"]["source"], \
         "the earlier finish's generator is not scored as this run's"
 

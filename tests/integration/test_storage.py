@@ -12,6 +12,7 @@ import pytest
 from oasis_dcgan import config, fsutil
 from oasis_dcgan.launch import collect
 from oasis_dcgan.launch.collect import CollectError
+from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.training import trainer
 
 from tests.conftest import REPO, no_temps
@@ -49,7 +50,7 @@ def test_a_full_disk_at_a_checkpoint_names_the_newest_intact_one(dataset32, tmp_
 def test_a_full_disk_in_collect_says_what_is_intact(done_run, small_disk):
     dest = small_disk(200)
     with pytest.raises(fsutil.StorageError) as e:  # the storage's fault: retryable, not the user's
-        collect.collect(done_run, dest / "home")
+        collect.collect(RunDir(done_run), dest / "home")
     msg = str(e.value)
     assert "\n" not in msg and "No space left on device" in msg and "SHA256SUMS" in msg
     assert no_temps(dest)
@@ -72,7 +73,7 @@ def test_collect_snapshots_growing_files_and_update_refreshes_a_run_that_went_on
     t = threading.Thread(target=grow)
     t.start()
     try:
-        collect.collect(run, dest)
+        collect.collect(RunDir(run), dest)
     finally:
         stop.set()
         t.join()
@@ -88,10 +89,10 @@ def test_collect_snapshots_growing_files_and_update_refreshes_a_run_that_went_on
         f.write('ch", "n": 1}\n')
     (run / "report" / "metrics.json").write_text('{"changed": true}\n')
     with pytest.raises(CollectError, match="--update") as e:
-        collect.collect(run, dest)
+        collect.collect(RunDir(run), dest)
     assert "metrics.json" in str(e.value) and "stats.jsonl" in str(e.value)
     assert (dest / "stats.jsonl").read_bytes() == got
-    r = collect.collect(run, dest, update=True)
+    r = collect.collect(RunDir(run), dest, update=True)
     assert r["updated"] >= 2
     for rel in ("stats.jsonl", "report/metrics.json"):
         assert (dest / rel).read_bytes() == (run / rel).read_bytes(), rel
@@ -103,13 +104,14 @@ os.umask(int(sys.argv[1], 8))
 from oasis_dcgan import config
 from oasis_dcgan.launch import collect
 from oasis_dcgan.prep import pack
+from oasis_dcgan.rundir import RunDir
 from oasis_dcgan.training import trainer
 src, work = sys.argv[2], sys.argv[3]
 pack.preprocess(src, work + "/ds", config.DataConfig(resolution=32, shard_size=64))
 cfg = config.load(None, [f'run_dir="{work}/run"', f'data.dataset="{work}/ds"', "train.epochs=1",
                          "train.batch_size=8", "train.max_steps_per_epoch=1"])
 trainer.run(cfg, log_to_stdout=False)
-collect.collect(work + "/run", work + "/home", include_checkpoints=True)
+collect.collect(RunDir(work + "/run"), work + "/home", include_checkpoints=True)
 """
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from oasis_dcgan.launch import collect, status
 from oasis_dcgan.launch.collect import CollectError
+from oasis_dcgan.rundir import RunDir
 
 from tests.conftest import REPO, log_lines
 
@@ -20,7 +21,7 @@ def sha(p: Path) -> str:
 
 def test_collect_copies_verifies_and_resumes(done_run, tmp_path):
     dest = tmp_path / "home"
-    r = collect.collect(done_run, dest)
+    r = collect.collect(RunDir(done_run), dest)
     for rel in ("report/report.html", "report/progress.gif", "report/metrics.json", "options.json",
                 "generator.keras", "dataset_manifest.json", "samples/epoch_0002.png"):
         assert (dest / rel).is_file(), rel
@@ -30,21 +31,21 @@ def test_collect_copies_verifies_and_resumes(done_run, tmp_path):
     assert all(sha(dest / rel) == digest for rel, digest in sums.items())
     # an interrupted collect resumes: remove some, run again, only those are copied
     (dest / "report" / "loss.png").unlink()
-    r2 = collect.collect(done_run, dest)
+    r2 = collect.collect(RunDir(done_run), dest)
     assert r2["copied"] == 1 and r2["skipped"] == r["copied"] - 1
 
 
 def test_collect_never_overwrites_a_different_file(done_run, tmp_path):
     dest = tmp_path / "home"
-    collect.collect(done_run, dest)
+    collect.collect(RunDir(done_run), dest)
     (dest / "options.json").write_text("{}")
     with pytest.raises(CollectError, match="options.json"):
-        collect.collect(done_run, dest)
+        collect.collect(RunDir(done_run), dest)
     assert (dest / "options.json").read_text() == "{}"
 
 
 def test_collect_with_checkpoints(done_run, tmp_path):
-    collect.collect(done_run, tmp_path / "home", include_checkpoints=True)
+    collect.collect(RunDir(done_run), tmp_path / "home", include_checkpoints=True)
     assert list((tmp_path / "home" / "checkpoints").glob("ckpt-*/ckpt.index"))
 
 
@@ -64,7 +65,7 @@ def test_generate_is_seeded(done_run, tmp_path):
 
 
 def test_status_on_a_finished_run_without_accounting(done_run):
-    text = status.status(done_run)
+    text = status.status(RunDir(done_run))
     assert "training     finished" in text and "report" in text and "seed metric" in text
     assert "checkpoint   ckpt-" in text
 
@@ -87,13 +88,13 @@ def test_collect_takes_the_results_group_as_regular_files_only(done_run, tmp_pat
     (run / "requeues.jsonl").write_text('{"action": "requeue"}\n')
     dest = tmp_path / "home"
     with log_lines() as logs:
-        collect.collect(run, dest, include_checkpoints=True)
+        collect.collect(RunDir(run), dest, include_checkpoints=True)
     assert not (dest / "report" / "link.txt").exists() and any("link.txt" in x and "outside" in x for x in logs)
     assert (dest / "report" / "private.txt").stat().st_mode & 0o777 == 0o600, "a private file stays private"
     assert not list((dest / "checkpoints").glob(".*")), "no temp is ever collected"
     assert (dest / "generator_raw.keras").is_file() and (dest / "requeues.jsonl").is_file()
     (run / "report" / "private.txt").unlink()
-    r = collect.collect(run, dest, include_checkpoints=True, update=True)
+    r = collect.collect(RunDir(run), dest, include_checkpoints=True, update=True)
     assert r["no_longer_in_run"] == ["report/private.txt"] and (dest / "report" / "private.txt").is_file()
 
 
@@ -106,11 +107,11 @@ def test_status_shows_local_jobs_real_states_and_why_one_failed(dataset32, tmp_p
 
     r = train(tmp_path / "ok", "--batch-size", "8")
     assert r.returncode == 0, r.stderr[-2000:]
-    text = status.status(tmp_path / "ok")
+    text = status.status(RunDir(tmp_path / "ok"))
     assert "UNKNOWN" not in text and "COMPLETED" in text.split("train", 1)[1].splitlines()[0], text
     r = train(tmp_path / "bad", "--batch-size", "4096")
     assert r.returncode != 0
-    text = status.status(tmp_path / "bad")
+    text = status.status(RunDir(tmp_path / "bad"))
     assert "FAILED" in text and "cannot fill one batch" in text, text
 
 
@@ -132,7 +133,7 @@ def test_a_file_swapped_for_a_symlink_mid_collect_is_never_read_through_it(done_
 
     monkeypatch.setattr(collect, "open_regular", swap_then_open)
     with log_lines() as logs:
-        collect.collect(run, tmp_path / "home")
+        collect.collect(RunDir(run), tmp_path / "home")
     home = tmp_path / "home"
     assert not (home / "report" / "metrics.json").exists()
     assert "PRIVATE KEY" not in "".join(p.read_text(errors="replace") for p in home.rglob("*") if p.is_file())
@@ -143,11 +144,50 @@ def test_a_file_swapped_for_a_symlink_mid_collect_is_never_read_through_it(done_
 @pytest.mark.fault
 def test_a_collect_that_fails_keeps_every_entry_sha256sums_had(done_run, tmp_path):
     home = tmp_path / "home"
-    collect.collect(done_run, home)
+    collect.collect(RunDir(done_run), home)
     listed = (home / "SHA256SUMS").read_text().splitlines()
     (home / "options.json").write_text("{}")  # a conflict: this collect fails
     (home / "report" / "loss.png").unlink()   # and has something to copy before it does
     with pytest.raises(CollectError):
-        collect.collect(done_run, home)
+        collect.collect(RunDir(done_run), home)
     assert sorted((home / "SHA256SUMS").read_text().splitlines()) == sorted(listed), \
         "a later --update can still tell what the run no longer has"
+
+
+def test_a_new_executor_registered_in_one_place_runs_the_pipeline_dry_run_status_and_retry(
+        png_release, tmp_path, monkeypatch, capsys):
+    from oasis_dcgan import cli, config, rundir
+    from oasis_dcgan.launch import executors, pipeline, retry
+    from oasis_dcgan.training.distributed import World
+
+    # Registered for this test only; its jobs import the module again, and so know the name.
+    monkeypatch.setattr(executors, "EXECUTORS", dict(executors.EXECUTORS))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    sys.modules.pop("tests.recording_executor", None)
+    from tests.recording_executor import RecordingExecutor as ex
+
+    run, ds = tmp_path / "run", tmp_path / "ds"
+    sets = [f'run_dir="{run}"', f'data.source="{png_release}"', f'data.dataset="{ds}"', "data.resolution=32",
+            "cluster.preprocess_tasks=2", "cluster.tasks_per_node=1", "train.epochs=1", "train.max_steps_per_epoch=2",
+            "train.intra_op_threads=1", "metrics.batches=2", "metrics.nn_samples=8", "metrics.diversity_samples=4"]
+    toml = tmp_path / "run.toml"
+    toml.write_text("\n".join(sets) + "\n")
+    assert cli.main(["submit", str(toml), "--executor", ex.name, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "#recorder oasis-preprocess role=preprocess tasks=2" in out and "#recorder oasis-train role=train" in out
+    assert not ex.submitted and not run.exists(), "a dry run submits nothing"
+
+    res = pipeline.submit_pipeline(config.load(None, sets + [f'cluster.executor="{ex.name}"']))
+    stages = [s[0] for s in ex.submitted]
+    assert stages == ["oasis-preprocess", "oasis-seal", "oasis-train", "oasis-postprocess"]
+    assert ex.submitted[0][2] == 2 and ex.submitted[1][3] == res["jobs"]["preprocess"], "chained"
+    assert RunDir(run).report_file(rundir.REPORT_HTML).is_file()
+    recorded = {j["stage"]: j for j in status.job_states(RunDir(run))}
+    assert {j["executor"] for j in recorded.values()} == {ex.name}
+    assert all(j["state"] == "COMPLETED" for j in recorded.values()), recorded
+
+    job_id, _ = ex().this_job()
+    retry.note_failure(RunDir(run), World(rank=0, size=1, job_id=job_id), ValueError("an unforeseen bug"))
+    assert retry.main([str(run), "--rc", "1", "--executor", ex.name]) == 0
+    assert ex.requeued == [job_id] and retry.read_decisions(RunDir(run))[-1]["action"] == "requeue"
+    assert "requeue 1 of" in status.status(RunDir(run))

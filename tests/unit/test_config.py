@@ -116,7 +116,7 @@ def test_postprocess_takes_the_runs_own_config_with_overrides_on_top(tmp_path):
 
     run_cfg = config.load(None, ['cluster.account="lab7"', 'cluster.partition="gpu"', "metrics.batches=20"])
     fsutil.write_json(rundir.RunDir(tmp_path).options, {"config": run_cfg.to_dict()})
-    _, cfg = report.load_run(tmp_path, overrides=("metrics.batches=5",))
+    _, cfg = report.load_run(rundir.RunDir(tmp_path), overrides=("metrics.batches=5",))
     assert (cfg.cluster.account, cfg.cluster.partition, cfg.metrics.batches) == ("lab7", "gpu", 5)
 
 
@@ -131,9 +131,9 @@ def test_each_layout_check_and_executor_name_is_a_literal_in_its_registry_only()
     from oasis_dcgan.post import checks
     from oasis_dcgan.prep import layouts
 
-    home = {**{n: "prep/layouts.py" for n in layouts.LAYOUTS}, **{c.name: "post/checks.py" for c in checks.CHECKS},
+    home = {**{n: "prep/layouts.py" for n in layouts.LAYOUTS}, **{n: "post/checks.py" for n in checks.CHECKS},
             # "auto" is a choice of both registries (detect the layout; pick the executor), not an executor
-            **{n: "launch/executors.py" for n in executors.EXECUTORS if n != executors.AUTO}}
+            **{n: "launch/executors.py" for n in executors.EXECUTORS if n != executors.Auto.name}}
     found: dict = {n: set() for n in home}
     package = REPO / "oasis_dcgan"
     for path in package.rglob("*.py"):
@@ -146,6 +146,33 @@ def test_each_layout_check_and_executor_name_is_a_literal_in_its_registry_only()
                 if isinstance(value, str) and value in found:
                     found[value].add(path.relative_to(package).as_posix())
     assert found == {n: {m} for n, m in home.items()}
+
+
+def test_no_module_but_its_registry_compares_an_executor_layout_or_check_name():
+    """Behaviour is asked of the registered object, so a new executor, layout or check changes no other
+    module: no comparison outside a registry names one of its members (or an executor at all)."""
+    import ast
+    import re
+
+    from oasis_dcgan.launch import executors
+    from oasis_dcgan.post import checks
+    from oasis_dcgan.prep import layouts
+
+    members = {"launch/executors.py": {cls.__name__ for cls in executors.EXECUTORS.values()},
+               "prep/layouts.py": {type(v).__name__ for v in layouts.LAYOUTS.values()} | {"PNG", "RAW", "FOLDER"},
+               "post/checks.py": {k for k, v in vars(checks).items() if isinstance(v, str) and v in checks.CHECKS}}
+    package, found = REPO / "oasis_dcgan", []
+    for path in package.rglob("*.py"):
+        here = path.relative_to(package).as_posix()
+        names = set().union(*(v for k, v in members.items() if k != here))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            text = " ".join(ast.unparse(x) for x in (node.left, *node.comparators) if not isinstance(x, ast.Constant))
+            words = set(re.findall(r"\w+", text))
+            if words & names or (here != "launch/executors.py" and "executor" in text.lower()):
+                found.append(f"{here}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, found
 
 
 def test_the_cli_flags_take_type_choices_help_and_checks_from_the_keys(capsys):

@@ -58,7 +58,7 @@ def test_readme_links_every_docs_page():
 def test_run_directory_tree_names_every_entry():
     tree = code_block((DOCS / "resume.md").read_text(), "## The run directory", "RUN_DIR/")
     entries = {v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str)
-               and not k.startswith("REPORT_") and v not in (rundir.NEW, rundir.TRAINING, rundir.STOPPED,
+               and not k.startswith(("REPORT_", "FIGURE_")) and v not in (rundir.NEW, rundir.TRAINING, rundir.STOPPED,
                                                              rundir.FAILED, rundir.FINISHED)}
     named = set(re.findall(r"^  ([.\w-]+)", tree, re.M))
     missing = sorted(entries - named)
@@ -118,3 +118,35 @@ def test_the_metrics_page_states_the_margins_and_rules_in_force():
                f"p < {copying.NULL_P:g}"]
     missing = [p for p in phrases if p not in text]
     assert not missing, f"docs/metrics.md does not state {missing}"
+
+
+def test_every_choice_list_in_the_readmes_commands_is_the_clis():
+    """The CLI's choices come from the registries (executors, layouts, sample-data's writers) and the keys'
+    rules; the README's `--flag a|b|c` lists must say the same, so a new executor or layout shows there."""
+    from oasis_dcgan import cli
+
+    text = README.read_text()
+    block = re.search(r"```bash\n(oasis-dcgan .*?)```", text[text.index("## Commands"):], re.S).group(1)
+    commands = re.split(r"\n(?=oasis-dcgan )", block)
+    parsers = cli.build_parser()._subparsers._group_actions[0].choices
+    checked = 0
+    for text in commands:
+        name = text.split()[1]
+        for flag, listed in re.findall(r"\[(--[\w-]+) ([^\s\]]+\|[^\s\]]+)\]", text):
+            action = next(a for a in parsers[name]._actions if flag in a.option_strings)
+            assert set(listed.split("|")) == {str(c) for c in action.choices}, f"README: {name} {flag} {listed}"
+            checked += 1
+    assert checked >= 5
+
+
+def test_a_run_directory_is_built_only_where_it_enters_the_program():
+    """Everything else takes the RunDir it is given, so a path is never rebuilt from a string."""
+    entries = {"rundir.py",            # its home
+               "cli.py", "demo.py",    # a command's argument
+               "launch/jobs.py",       # a job's arguments, in the job's process
+               "launch/retry.py",      # the batch script's argument to the retry step
+               "launch/pipeline.py",   # a config's run_dir, where a pipeline or a single job starts
+               "training/trainer.py"}  # a config's run_dir, where training starts in-process
+    package = REPO / "oasis_dcgan"
+    built = {p.relative_to(package).as_posix() for p in package.rglob("*.py") if "RunDir(" in p.read_text()}
+    assert built <= entries, sorted(built - entries)

@@ -99,7 +99,7 @@ def test_a_start_sweeps_every_temp_a_killed_writer_left(tmp_path):
 @pytest.mark.fault
 def test_a_full_disk_under_stats_log_and_report_is_one_line_naming_the_path(small_disk):
     disk = small_disk(64)
-    stats, log = Stats(disk / rundir.STATS), RunLog(disk, echo=False)
+    stats, log = Stats(disk / rundir.STATS), RunLog(rundir.RunDir(disk), echo=False)
     fill(disk)
     with pytest.raises(fsutil.StorageError) as e:
         stats.write(kind="epoch", epoch=1, pad="x" * 8192)
@@ -130,8 +130,12 @@ def test_submitit_never_runs_out_of_requeues_for_stops(tmp_path):
     from oasis_dcgan.launch import executors
 
     cfg = config.load(None, [f'run_dir="{tmp_path}"', "cluster.max_requeues=2"])
-    params = executors._train_job_parameters(cfg)
-    assert executors.SUBMITIT_TIMEOUTS >= 10_000 and "--max-requeues" in params["slurm_teardown"][0]
+    slurm = executors.Slurm()
+    params = slurm.parameters(cfg, "train", "oasis-train", 0, None)
+    assert slurm.options()["slurm_max_num_timeout"] >= 10_000
+    teardown = params["slurm_teardown"][0]
+    assert "--max-requeues 2" in teardown and f"--executor {slurm.name}" in teardown and teardown.endswith("--rc $?")
+    assert params["slurm_additional_parameters"]["requeue"] is True
 
 
 @pytest.mark.fault
@@ -147,13 +151,14 @@ def test_a_stop_is_noted_requeued_by_submitit_only_once_it_requeued(tmp_path, re
             raise SystemExit(-1)  # submitit requeued, and exits
         raise RuntimeError("Job not requeued because: timed-out too many times.")
 
-    retry.note_attempt(tmp_path, w, "stopped", "signal SIGUSR2")  # written before the barrier
+    run = rundir.RunDir(tmp_path)
+    retry.note_attempt(run, w, "stopped", "signal SIGUSR2")  # written before the barrier
     if requeued:
         with pytest.raises(SystemExit):
-            jobs.hand_stop_to_submitit(submitit_handler, tmp_path, w, "signal SIGUSR2")
+            jobs.hand_stop_to_submitit(submitit_handler, run, w, "signal SIGUSR2")
     else:
-        jobs.hand_stop_to_submitit(submitit_handler, tmp_path, w, "signal SIGUSR2")
-    (note,) = retry.read_notes(tmp_path, "5", 0)
+        jobs.hand_stop_to_submitit(submitit_handler, run, w, "signal SIGUSR2")
+    (note,) = retry.read_notes(run, "5", 0)
     assert note["requeued_by"] == ("submitit" if requeued else "")
     want = "none" if requeued else "requeue"
-    assert retry.decide(tmp_path, "5", 0, 143, max_requeues=0).action == want, "a stop is never counted"
+    assert retry.decide(run, "5", 0, 143, max_requeues=0).action == want, "a stop is never counted"

@@ -31,6 +31,21 @@ def test_diversity_is_read_against_held_out_slices_with_a_margin(held_out_rich):
     assert quality.diversity(one, base, rng_seed=0)["verdict"] == verdicts.UNDETERMINED, "no held-out: no verdict"
 
 
+def test_diversity_against_pairs_that_share_nothing_is_undetermined_not_a_crash():
+    """MS-SSIM is 0 for pairs with no common structure; a resample of only such pairs has no scale."""
+    rng = np.random.default_rng(0)
+    zero = np.zeros((8, 8))
+    np.fill_diagonal(zero, np.nan)
+    blank = quality.Profile(nn=np.zeros(8), nearest=np.zeros(8, int), brain=np.zeros(8), pairs=zero,
+                            pair_cases=np.arange(8) // 4)
+    some = rng.uniform(0.2, 0.4, (8, 8))
+    np.fill_diagonal(some, np.nan)
+    gen = quality.Profile(nn=np.zeros(8), nearest=np.zeros(8, int), brain=np.zeros(8), pairs=some)
+    got = quality.diversity(gen, blank, rng_seed=0, held=blank)
+    assert np.isnan(got["ratio"]) and np.isnan(got["relative"]), got
+    assert got["verdict"] == verdicts.UNDETERMINED, got
+
+
 def test_the_linear_anchor_is_a_pca_of_the_training_images():
     rng = np.random.default_rng(0)
     images = np.tanh(rng.normal(size=(60, 12, 12)) + np.linspace(-1, 1, 12)).astype(np.float32)
@@ -87,3 +102,35 @@ def test_feature_distances_sit_beside_held_out_images_at_one_n(held_out_rich, tm
     assert 0 <= f["precision"] <= 1 and 0 <= f["held_out"]["recall"] <= 1
     md = (tmp_path / "out" / "report.md").read_text()
     assert "FID against the train split" in md and "+- 0.0000" not in md
+
+
+def test_a_check_registered_in_one_place_is_computed_saved_tabled_and_read_and_moves_no_other(
+        held_out_rich, tmp_path, monkeypatch):
+    """A throwaway check, registered here only, lands in metrics.json and the report; it draws from its own
+    stream, so every other check's numbers stay what they were without it."""
+    from oasis_dcgan import fsutil
+    from oasis_dcgan.post import checks
+
+    test = ShardReader(held_out_rich, "test")
+    np.save(tmp_path / "real.npy", test.read(np.arange(48)))
+    m = small_metrics()
+    before = evaluate.evaluate(tmp_path / "real.npy", held_out_rich, tmp_path / "before", m)
+    monkeypatch.setattr(checks, "CHECKS", dict(checks.CHECKS))
+
+    def row(m):
+        return [["mean intensity (throwaway check)", f"{m['intensity']['mean']:.4f}", "-"]]
+
+    @checks.register_check("intensity", rows=row, reading=lambda m: f"Intensity: a draw of {m['intensity']['draw']}.")
+    def intensity(ctx):
+        return {"mean": float(ctx.generated.mean()), "draw": int(np.random.default_rng(ctx.seed("intensity"))
+                                                                  .integers(1000))}
+
+    after = evaluate.evaluate(tmp_path / "real.npy", held_out_rich, tmp_path / "after", m)
+    want = float(to_unit(test.read(np.arange(48))).mean())
+    assert after["intensity"]["mean"] == pytest.approx(want, abs=1e-6)
+    assert fsutil.read_json(tmp_path / "after" / evaluate.METRICS_FILE)["intensity"] == after["intensity"]
+    md = (tmp_path / "after" / evaluate.REPORT_FILE).read_text()
+    assert f"{want:.4f}" in md and f"Intensity: a draw of {after['intensity']['draw']}." in md
+    for name in before:
+        if name not in ("images", "dataset"):
+            assert after[name] == before[name], name

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from oasis_dcgan import rundir
 from oasis_dcgan.post import checks, copying, distribution, figures, quality, report, verdicts
 
 
@@ -12,7 +13,7 @@ def test_gif_frames_follow_epoch_order_past_ten(tmp_path):
     samples.mkdir()
     for e in range(1, 13):  # brightness encodes the epoch
         np.save(samples / f"epoch_{e:04d}.npy", np.full((16, 16, 16, 1), -1 + e / 6.5, np.float32))
-    found = report.epoch_samples(tmp_path)
+    found = report.epoch_samples(rundir.RunDir(tmp_path))
     assert [e for e, _ in found] == list(range(1, 13))
     assert figures.make_gif(found, tmp_path / "p.gif") == 12
     frames = iio.imread(tmp_path / "p.gif", index=None)

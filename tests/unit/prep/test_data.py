@@ -13,7 +13,7 @@ import pytest
 from oasis_dcgan import claimfile
 from oasis_dcgan.prep import datalock, info, layouts, manifest, pack, sample_data
 from oasis_dcgan.prep.manifest import DataError
-from oasis_dcgan.prep.reader import ShardReader, epoch_budget, epoch_permutation, train_dataset
+from oasis_dcgan.prep.reader import ShardReader, Stream, epoch_budget, epoch_permutation, train_dataset
 from oasis_dcgan.config import DataConfig
 
 from tests.conftest import REPO, log_lines
@@ -285,7 +285,7 @@ def test_rank_sharding_is_disjoint_and_covers_the_epoch(dataset32, world):
     assert budget == 190, "a remainder smaller than one per-rank batch is left out, for any world size"
     seen, schedules = [], []
     for rank in range(world):
-        ds, steps = train_dataset(dataset32, seed, epoch, bs, rank, world, scaled=False)
+        ds, steps = train_dataset(dataset32, Stream(seed, bs, epoch, rank, world), scaled=False)
         elements = [(images.numpy()[..., 0], slots.numpy()) for images, slots in ds]
         assert len(elements) == steps == -(-budget // (bs * world))
         for images, slots in elements:
@@ -305,19 +305,19 @@ def test_reader_resumes_at_an_image_with_another_world_size(dataset32):
     def indices(ds, rank):
         return [i for _, slots in ds for i in slots.numpy()[rank] if i >= 0]
 
-    full, steps = train_dataset(dataset32, rng_seed=1, epoch=3, batch_size=8, rank=0, world_size=1)
+    full, steps = train_dataset(dataset32, Stream(rng_seed=1, epoch=3, batch_size=8, rank=0, world_size=1))
     full_idx = indices(full, 0)
     assert steps == 24 and len(full_idx) == 192
-    part, rest = train_dataset(dataset32, rng_seed=1, epoch=3, batch_size=8, rank=0, world_size=1, start_image=48)
+    part, rest = train_dataset(dataset32, Stream(rng_seed=1, epoch=3, batch_size=8, start_image=48))
     assert rest == 18 and indices(part, 0) == full_idx[48:]
-    first, _ = train_dataset(dataset32, rng_seed=1, epoch=3, batch_size=8, rank=1, world_size=2)
+    first, _ = train_dataset(dataset32, Stream(rng_seed=1, epoch=3, batch_size=8, rank=1, world_size=2))
     images, slots = next(iter(first))
     assert images.shape == (8, 32, 32, 1) and images.numpy().min() >= -1 and images.numpy().max() <= 1
     assert slots.numpy()[1].tolist() == full_idx[8:16], "rank 1 of 2 takes the second batch of a step"
     # One stream across epoch ends: the resumed epoch's rest, then whole epochs with their own order.
-    stream, total = train_dataset(dataset32, rng_seed=1, epoch=3, batch_size=8, start_image=48, epochs=3,
-                                  later_budget=64)
-    next_epoch, _ = train_dataset(dataset32, rng_seed=1, epoch=4, batch_size=8, budget=64)
+    stream, total = train_dataset(dataset32, Stream(rng_seed=1, epoch=3, batch_size=8, start_image=48, epochs=3,
+                                                  later_budget=64))
+    next_epoch, _ = train_dataset(dataset32, Stream(rng_seed=1, epoch=4, batch_size=8, budget=64))
     assert total == 18 + 8 + 8
     streamed = indices(stream, 0)
     assert streamed[:144] == full_idx[48:] and streamed[144:208] == indices(next_epoch, 0)

@@ -78,3 +78,43 @@ def test_a_png_case_in_two_splits_is_refused_unless_allowed(tmp_path):
         pack.plan(tmp_path / "src", DataConfig(resolution=32))
     p = pack.plan(tmp_path / "src", DataConfig(resolution=32, allow_shared_cases=True))
     assert p.options["allow_shared_cases"] and p.summary["test"] == {"cases": 2}
+
+
+def test_a_volume_layout_registered_in_one_place_packs_shards_sized_by_its_images_per_input(tmp_path, monkeypatch):
+    """A throwaway layout, registered here only: data.layout takes its name, and packing sizes shards by
+    the images one of its inputs gives (2 volumes of 6 slices a shard of 13 images, never 13 volumes)."""
+    from oasis_dcgan.prep import layouts, manifest
+
+    monkeypatch.setattr(layouts, "LAYOUTS", dict(layouts.LAYOUTS))
+    slices = 6
+
+    @layouts.register_layout
+    class NpyStacks(layouts.Layout):
+        name, doc, looks_for = "npy-stacks", "a stack of 32x32 slices per .npy file", "*.stack.npy files"
+        volumes = True
+
+        def find(self, src):
+            return src if list(src.glob("*.stack.npy")) else None
+
+        def scan(self, root, data):
+            return layouts.Scan(units=[layouts.Unit("train", str(p), p.name.split(".")[0])
+                                       for p in sorted(root.glob("*.stack.npy"))])
+
+        def check(self, path, options):
+            return None if np.load(path).shape == (slices, 32, 32) else "not a stack of 32x32 slices"
+
+        def read(self, unit, resolution, options):
+            return [(i, s) for i, s in enumerate(np.load(unit.path))], ""
+
+        def images_per_unit(self, data):
+            return slices
+
+    src, out = tmp_path / "stacks", tmp_path / "ds"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for subject in range(5):
+        np.save(src / f"subject{subject}.stack.npy", rng.integers(0, 256, (slices, 32, 32), dtype=np.uint8))
+    m = pack.preprocess(src, out, DataConfig(layout=NpyStacks.name, resolution=32, shard_size=2 * slices + 1))
+    assert m["layout"] == NpyStacks.name and m["splits"]["train"]["count"] == 5 * slices
+    assert [s["count"] for s in m["splits"]["train"]["shards"]] == [2 * slices, 2 * slices, slices]
+    assert manifest.verify(out) == []

@@ -27,14 +27,14 @@ pytestmark = pytest.mark.fault
 GROUP, ALICE, BOB = 47110, 47111, 47112  # uids and a gid no one on this machine has; real ones to the kernel
 
 def hold(run: str) -> str:
-    lock = RunLock(run, "alice-job", 0)
+    lock = RunLock(RunDir(run), "alice-job", 0)
     lock.acquire()
     return "held"
 
 
 def take_as_bob(run: str) -> str:
     try:
-        RunLock(run, "bob-job", 0).acquire()
+        RunLock(RunDir(run), "bob-job", 0).acquire()
         return "TOOK IT"
     except RunLockError as e:
         return f"refused: {e}"
@@ -87,7 +87,7 @@ def test_a_lock_the_group_cannot_read_refuses_the_start_naming_its_owner(shared_
 def test_bytes_that_do_not_decode_are_unparsable_at_start_and_lose_the_lease_in_the_heartbeat(tmp_path):
     path = RunDir(tmp_path).lock
     path.write_bytes(b"\xff\xfe{\x00")
-    lock = RunLock(tmp_path, "10", 0, heartbeat_s=0.05)
+    lock = RunLock(RunDir(tmp_path), "10", 0, heartbeat_s=0.05)
     lock.acquire()  # was a raw UnicodeDecodeError
     assert "do not parse" in lock.taken_from
     path.write_bytes(b"\xff\xfe{\x00")  # the same bytes under a holder: its heartbeat must not die on them
@@ -100,7 +100,7 @@ def test_bytes_that_do_not_decode_are_unparsable_at_start_and_lose_the_lease_in_
 
 
 def test_a_heartbeat_that_cannot_refresh_gives_the_lease_up_after_its_misses(tmp_path, monkeypatch):
-    lock = RunLock(tmp_path, "10", 0, heartbeat_s=0.05)
+    lock = RunLock(RunDir(tmp_path), "10", 0, heartbeat_s=0.05)
     lock.acquire()
     real = claimfile.read
     fails = {"n": 0}
@@ -131,7 +131,7 @@ def test_age_is_read_on_the_file_servers_clock_not_this_hosts(tmp_path, monkeypa
     skewed = time.time() + 2 * runlock.STALE_AFTER_S
     monkeypatch.setattr(time, "time", lambda: skewed)  # this host's clock runs far ahead
     with pytest.raises(RunLockError, match="elsewhere"):
-        RunLock(tmp_path, "10", 0).acquire()
+        RunLock(RunDir(tmp_path), "10", 0).acquire()
 
 
 def test_the_start_sweep_never_removes_another_takers_side_files(tmp_path):
@@ -145,7 +145,7 @@ def test_the_start_sweep_never_removes_another_takers_side_files(tmp_path):
 
 
 def _taken_by_another(tmp_path) -> tuple[RunLock, RunDir]:
-    lock = RunLock(tmp_path, "10", 0, heartbeat_s=3600)  # no heartbeat in the test's time
+    lock = RunLock(RunDir(tmp_path), "10", 0, heartbeat_s=3600)  # no heartbeat in the test's time
     lock.acquire()
     run = RunDir(tmp_path, lease=lock)
     other = {"job_id": "11", "attempt": 0, "host": "elsewhere", "pid": 1, "token": "new-holder"}
@@ -188,5 +188,5 @@ def test_appends_never_go_through_a_planted_symlink(tmp_path):
     with pytest.raises(PlantedLinkError, match=rundir.LOG):
         RunLog(run, echo=False)
     with pytest.raises(PlantedLinkError):
-        retry._record(run.path, job_id="1", action="fail")
+        retry._record(run, job_id="1", action="fail")
     assert secret.read_text() == "someone else's file\n"

@@ -43,7 +43,7 @@ def plant(run, *, job_id="9", attempt=0, host=None, pid=None, age_s=0.0, start=N
 
 def take(run, job_id="10", attempt=0, **kw):
     """The lock taken, and what its holder says it took over (the trainer logs it)."""
-    lock = RunLock(run, job_id, attempt, **kw)
+    lock = RunLock(RunDir(run), job_id, attempt, **kw)
     lock.acquire()
     return lock, [lock.taken_from]
 
@@ -62,7 +62,7 @@ def test_a_live_process_on_this_host_is_never_taken_over_however_old(tmp_path, s
     with pytest.raises(RunLockError, match=f"pid {sleeper.pid}"):
         take(tmp_path)
     with pytest.raises(RunLockError):  # the submit-time check agrees
-        runlock.check_free(tmp_path)
+        runlock.check_free(RunDir(tmp_path))
 
 
 def test_the_same_job_takes_over_only_an_earlier_attempt_or_a_dead_process(tmp_path, sleeper):
@@ -114,7 +114,7 @@ def test_the_heartbeat_refreshes_the_lock_and_notices_when_it_is_lost(tmp_path):
 
 def _contend(run, job_id, results):
     try:
-        lock = RunLock(run, job_id, 0)
+        lock = RunLock(RunDir(run), job_id, 0)
         lock.acquire()
         results.put(job_id)
         time.sleep(1.0)  # hold it while the others try

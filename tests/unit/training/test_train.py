@@ -17,10 +17,8 @@ def test_a_signal_that_lands_while_tensorflow_traces_still_checkpoints(dataset32
     import tensorflow as tf
 
     t = trainer.Trainer(small_cfg(dataset32, tmp_path / "run", "train.epochs=1"), log_to_stdout=False)
-    t.setup_process()
     try:
-        t.build()
-        t.open_outputs(t.restore_and_broadcast())
+        t.open_outputs(t.start())
         saved = []
 
         @tf.function(autograph=False)  # a handler's code runs as written, not converted

@@ -33,7 +33,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from .. import fsutil
-from ..errors import CheckpointError
+from ..errors import CheckpointError, LeaseLostError
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,8 @@ class CheckpointManager:
         t0 = time.perf_counter()
         try:
             rec.path = self._write_files(rec.global_step, meta, ckpt)
+        except LeaseLostError as e:  # the new holder's run: not a storage fault to free space for
+            rec.error = e
         except Exception as e:  # noqa: BLE001 -- handed to the training loop, which raises it
             rec.error = self._write_failed(rec.global_step, e)
         except BaseException as e:  # noqa: BLE001

@@ -194,6 +194,18 @@ class RunLock:
                                  f"{self.holder['attempt']}) no longer holds the run's lock ({why}); it stopped "
                                  "writing and leaves the run to its holder")
 
+    def cause(self, e: BaseException) -> BaseException:
+        """The error a job that failed ends with: the lost lease when it was lost, whatever write it
+        broke first (a checkpoint whose temp files the new holder swept, say), so the job exits as
+        a lost lease, which is never requeued, rather than as a full disk."""
+        if isinstance(e, LeaseLostError) or not isinstance(e, Exception) or not self.held or self.valid():
+            return e
+        try:
+            self.check()
+        except LeaseLostError as lost:
+            return lost
+        return e
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:

@@ -65,6 +65,9 @@ class Trainer:
                 self.outputs.wait(timeout=60)  # each background write removes its own temps when it fails
                 self.saver.wait()
             self.outputs.failed(e)  # rank 0's state says why
+            ended = self.lock.cause(e) if self.lock else e
+            if ended is not e:
+                raise ended from e
             raise
         finally:
             self.outputs.close()

@@ -190,24 +190,30 @@ UTS_HOST = 'hostname "$OASIS_TEST_HOST" && exec "$@"'
 def test_a_holder_suspended_past_takeover_writes_nothing_once_it_resumes(dataset32, tmp_path):
     """The holder runs as another host (a UTS namespace of its own), so age decides; it is
     SIGSTOPped past cluster.lock_stale_after_s, another job takes the run over and trains, and the
-    holder is SIGCONTed mid-way: it must stop within one compiled call, writing nothing more."""
+    holder is SIGCONTed mid-way: it must stop within one compiled call, writing nothing more. It is
+    stopped while epoch 4's checkpoint waits for epoch 3's, held unpublished, so the first thing it
+    meets on waking is a write the new holder broke: it must still end as a lost lease."""
     if not shutil.which("unshare") or subprocess.run(["unshare", "--uts", "true"]).returncode != 0:
         pytest.skip("needs unshare --uts (root)")
     run = tmp_path / "run"
     sets = ("cluster.lock_stale_after_s=3", "train.checkpoint_every_epochs=1")
     a = subprocess.Popen(["unshare", "--uts", "sh", "-c", UTS_HOST, "sh", *train_args(dataset32, run, 400, *sets)],
                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "OASIS_TEST_HOST": "suspended-node"})
+                         env={**os.environ, "OASIS_TEST_HOST": "suspended-node",
+                              "OASIS_TEST_CHECKPOINT_DELAY": "12:6"})  # 4 steps an epoch: epoch 3's end
     try:
-        wait_for(lambda: len(RunDir(run).read_stats("checkpoint")) >= 2, a, "the holder's first checkpoints")
+        wait_for(lambda: any(RunDir(run).checkpoints.glob(".ckpt-000000012*.tmp")), a, "epoch 3's checkpoint mid-write")
+        wait_for(lambda: 4 in epochs_logged(run), a, "epoch 4, whose checkpoint waits for epoch 3's")
+        time.sleep(0.3)
         a.send_signal(signal.SIGSTOP)
         reached = max(epochs_logged(run))
         time.sleep(4.5)  # past the takeover limit, with no heartbeat
         b = train_proc(dataset32, run, reached + 12, *sets)
         wait_for(lambda: max(epochs_logged(run)) >= reached + 3, b, "the new holder's epochs")
         a.send_signal(signal.SIGCONT)
-        assert a.wait(timeout=120) == 3, "a distinct outcome: the lease was lost"
+        a_rc = a.wait(timeout=120)
         a_err = a.stderr.read()
+        assert a_rc == 3, f"a distinct outcome, the lease was lost; got {a_rc}:\n{a_err[-3000:]}"
         assert "no longer holds the run's lock" in a_err, a_err[-2000:]
         assert b.wait(timeout=300) == 0, b.stderr.read()[-2000:]
     finally:

@@ -174,6 +174,24 @@ def test_a_holder_back_from_suspension_writes_nothing_before_any_heartbeat(tmp_p
     assert json.loads(run.lock.read_text())["token"] == "new-holder"
 
 
+def test_a_write_broken_by_the_new_holder_ends_the_job_as_a_lost_lease(tmp_path):
+    """Back from a SIGSTOP, the old holder's first failure may be any write (its checkpoint's temp
+    files swept by the new holder): the job must still end as a lost lease, never requeued."""
+    from oasis_dcgan.errors import StorageError, exit_code
+
+    fresh = RunLock(RunDir(tmp_path / "fresh"), "12", 0, heartbeat_s=3600)
+    (tmp_path / "fresh").mkdir()
+    fresh.acquire()
+    broke = StorageError("cannot write the checkpoint: No such file or directory")
+    assert fresh.cause(broke) is broke, "a holder that still holds the run ends with its own error"
+    fresh.release()
+    lock, _ = _taken_by_another(tmp_path)
+    ended = lock.cause(broke)
+    assert isinstance(ended, LeaseLostError) and "job 11" in str(ended), ended
+    assert exit_code(ended) == 3 and exit_code(broke) == 1
+    assert lock.cause(KeyboardInterrupt()).__class__ is KeyboardInterrupt
+
+
 def test_appends_never_go_through_a_planted_symlink(tmp_path):
     secret = tmp_path / "elsewhere.txt"
     secret.write_text("someone else's file\n")

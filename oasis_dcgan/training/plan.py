@@ -45,7 +45,7 @@ class Plan:
     def total_images(self) -> int:
         return self.budget * self.train.epochs
 
-    def steps_left(self, epoch_images: int, images_in_epoch: int) -> int:
+    def steps_to_epoch_end(self, epoch_images: int, images_in_epoch: int) -> int:
         """Global steps to the end of an epoch of `epoch_images` (0: a new one's) from an image."""
         return steps_left(epoch_images or self.budget, images_in_epoch, self.train.batch_size, self.world_size)
 

@@ -189,7 +189,7 @@ class Trainer:
         and the epoch's samples and records if it closed, else None: a stop was agreed first)."""
         c = self.state.now
         self._set_learning_rates()
-        n_steps = self.plan.steps_left(c["epoch_images"], c["images_in_epoch"])
+        n_steps = self.plan.steps_to_epoch_end(c["epoch_images"], c["images_in_epoch"])
         steps = self.clock.begin()
         while True:  # at least one call: an epoch whose last step was checkpointed before it closed closes now
             t_call = time.monotonic()
@@ -267,7 +267,8 @@ class Trainer:
             return summary
         # Every rank leaves a note: proof it ran, and a digest to compare replicas by.
         self.run_files.write_json(self.run_files.rank_note(self.ranks.rank), summary)
-        self.outputs.finish(summary, self.nets.sampler, raw=self.nets.generator if self.nets.average else None)
+        raw = self.nets.generator if self.nets.average is not None else None  # the raw G beside an average
+        self.outputs.finish(summary, self.nets.sampler, raw=raw)
         return summary
 
 

@@ -39,7 +39,8 @@ def stand_in_generator(resolution: int, noise_dim: int = 100, precision: str = "
                                 L.ZeroPadding2D(((0, resolution - 1), (0, resolution - 1)))], name="generator")
 
 
-def stand_in_discriminator(resolution: int, precision: str = "fp32", dropout_scale: float = 1.0):
+def stand_in_discriminator(resolution: int, precision: str = "fp32", dropout_scale: float = 1.0,
+                           spectral_norm: bool = False):
     import tensorflow as tf
 
     L = tf.keras.layers
@@ -90,7 +91,7 @@ def bare_step_ms(steps: int = 400, ranks=None) -> float:
     return (time.perf_counter() - t) / steps * 1000
 
 
-def our_steps_ms(steps: int = 48) -> dict:
+def our_steps_ms(steps: int = 48, extra: tuple = ()) -> dict:
     """Our compiled steps with the stand-ins on a constant batch: the step's own bookkeeping
     (counters, loss accumulators, the visit record, the stop flag) beside the bare step, with
     one step a call (the call's cost paid each step) and with the default steps a call."""
@@ -100,7 +101,7 @@ def our_steps_ms(steps: int = 48) -> dict:
     _use_stand_ins()
     run = WORK / "overhead-step"
     shutil.rmtree(run, ignore_errors=True)
-    t = Trainer(config.load(None, _options(run, 1)), log_to_stdout=False)
+    t = Trainer(config.load(None, _options(run, 1, extra)), log_to_stdout=False)
     t.start()
     k = t.cfg.train.steps_per_call
     out = {"1": our_step_ms(t, RES, BATCH, steps, 1), str(k): our_step_ms(t, RES, BATCH, steps, k)}
@@ -156,7 +157,7 @@ def _rank_worker(run_dir: str, steps: int, extra: tuple, pinned: bool = False) -
     trainer.run(config.load(None, _options(Path(run_dir), steps, extra)), world, log_to_stdout=False)
 
 
-def _our_steps_worker(run_dir: str, per_call: int) -> float:
+def _our_steps_worker(run_dir: str, per_call: int, extra: tuple = ()) -> float:
     """Our compiled steps on a constant batch on this rank: no reader, no loop."""
     from pathlib import Path
 
@@ -165,7 +166,7 @@ def _our_steps_worker(run_dir: str, per_call: int) -> float:
     from oasis_dcgan.training.trainer import Trainer
 
     _use_stand_ins()
-    cfg = config.load(None, _options(Path(run_dir), 1, ("train.intra_op_threads=1",)))
+    cfg = config.load(None, _options(Path(run_dir), 1, ("train.intra_op_threads=1", *extra)))
     t = Trainer(cfg, job_world(run_dir + ".rdv"), log_to_stdout=False)
     t.start()
     ms = our_step_ms(t, RES, BATCH, 200, per_call)
@@ -221,11 +222,11 @@ def job_step_ms_two_ranks(name: str, steps: int, env: dict | None = None, pinned
     return _step_ms(run)
 
 
-def our_steps_ms_two_ranks() -> float:
+def our_steps_ms_two_ranks(extra: tuple = ()) -> float:
     """Our compiled steps, the default steps a call, on a constant batch on 2 ranks."""
     from oasis_dcgan import config
 
-    return _two_ranks(_our_steps_worker, _fresh("ours-2ranks"), config.Config().train.steps_per_call)[0]
+    return _two_ranks(_our_steps_worker, _fresh("ours-2ranks"), config.Config().train.steps_per_call, extra)[0]
 
 
 def reader_per_core(n_images: int = 2048) -> float:

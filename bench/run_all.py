@@ -19,8 +19,8 @@ import sys
 from collections import Counter
 
 from bench import (bench_checkpoint, bench_copying, bench_data, bench_multinode, bench_overhead, bench_precision,
-                   bench_preempt, bench_quality, bench_recipe, bench_soak, bench_ssim, bench_train, bench_wire,
-                   probe_generator, projection)
+                   bench_preempt, bench_quality, bench_recipe, bench_soak, bench_split, bench_ssim, bench_train,
+                   bench_wire, probe_generator, projection)
 from bench.common import REPO, RESULTS
 from oasis_dcgan import fsutil
 
@@ -33,6 +33,7 @@ SECTIONS = {  # short name: (heading, module)
     "multinode": ("Two hosts (dev Slurm cluster, partition multi)", bench_multinode),
     "soak": ("Fault soak: seeded faults on real runs, nothing lost", bench_soak),
     "overhead": ("Host overhead per step, and the reader's headroom", bench_overhead),
+    "split": ("What the step split costs a step", bench_split),
     "precision": ("Mixed precision", bench_precision),
     "wire": ("Gradients in fp16 on the wire: what they cost the model", bench_wire),
     "recipe": ("The demo's recipe: brains in its budget", bench_recipe),

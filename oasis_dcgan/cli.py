@@ -28,6 +28,7 @@ KEY_FLAGS = {
               ("--deterministic", "train.deterministic"), ("--verify-data", "train.verify_data")),
     "postprocess": (("--batches", "metrics.batches"),),
     "submit": (("--executor", "cluster.executor"),),
+    "sweep": (("--executor", "cluster.executor"), ("--max-parallel", "cluster.max_parallel")),
 }
 # Where each command runs its job when --executor is not given.
 EXECUTOR_DEFAULTS = {"preprocess": executors.InProcess.name, "train": executors.Auto.name,
@@ -159,19 +160,60 @@ def cmd_submit(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from .launch import sweep
+
+    out = sweep.submit(_config(a).validate(), a.grid, a.seeds, dry_run=a.dry_run)
+    print(out["listing"])
+    if a.dry_run:
+        for stage, text in out["scripts"].items():
+            print(f"\n# ---- {stage}: the script submitit would submit\n{text}")
+        print("\n(dry run: nothing was submitted)")
+        return 0
+    for arr in out["arrays"]:
+        print(f"array {arr['job_id']}: {len(arr['runs'])} runs")
+    print(f"sweep directory: {out['sweep_dir']}")
+    if a.wait or a.collect:
+        from .launch import collect, status
+
+        sweep_dir = rundir.SweepDir(out["sweep_dir"])
+        status.watch(lambda: status.sweep_status(sweep_dir), print)
+        if a.collect:
+            collect.collect_sweep(sweep_dir, a.collect)
+    return 0
+
+
+def cmd_sweep_report(a) -> int:
+    from .launch import jobs
+
+    if not rundir.SweepDir(a.sweep).record.is_file():
+        _die(f"{a.sweep}: no {rundir.SWEEP_RECORD} here: not a sweep's directory")
+    print(f"leaderboard: {jobs.sweep_report_job(a.sweep, a.batches)['leaderboard']}")
+    return 0
+
+
 def cmd_status(a) -> int:
     from .launch import status
 
     if not Path(a.run).is_dir():
         _die(f"{a.run}: no such run directory")
-    print(status.status(rundir.RunDir(a.run)))
+    sweep, run = rundir.SweepDir(a.run), rundir.RunDir(a.run)
+    poll = (lambda: status.sweep_status(sweep)) if sweep.record.is_file() else (lambda: status.run_status(run))
+    if a.watch:
+        status.watch(poll, print, first_s=a.watch)
+    else:
+        print(poll()[0])
     return 0
 
 
 def cmd_collect(a) -> int:
     from .launch import collect
 
-    collect.collect(rundir.RunDir(a.run), a.dest, a.include_checkpoints, update=a.update)
+    sweep = rundir.SweepDir(a.run)
+    if sweep.record.is_file():
+        collect.collect_sweep(sweep, a.dest, a.include_checkpoints, update=a.update)
+    else:
+        collect.collect(rundir.RunDir(a.run), a.dest, a.include_checkpoints, update=a.update)
     return 0
 
 
@@ -340,12 +382,14 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("--wait", action="store_true", help="wait for every stage (always so with the local executor)")
     p.set_defaults(fn=cmd_submit)
 
-    p = sub.add_parser("status", help="where a run stands")
-    p.add_argument("run", help="the run directory")
+    p = sub.add_parser("status", help="where a run or a sweep stands")
+    p.add_argument("run", help="the run directory, or a sweep's (one line per run)")
+    p.add_argument("--watch", type=float, nargs="?", const=30.0, default=0, metavar="SECONDS",
+                   help="poll until it ends, first every SECONDS (30), then less often while nothing changes")
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("collect", help="copy a run's results off scratch, verified")
-    p.add_argument("run", help="the run directory (on scratch)")
+    p.add_argument("run", help="the run directory (on scratch), or a sweep's: every run and the leaderboard")
     p.add_argument("dest", help="where the results go (a directory; made if missing)")
     p.add_argument("--include-checkpoints", action="store_true")
     p.add_argument("--update", action="store_true",
@@ -397,12 +441,36 @@ def _add_tool_commands(sub) -> None:
     p.set_defaults(fn=cmd_demo)
 
 
+def _add_sweep_commands(sub) -> None:
+    """sweep, sweep-report: a grid of runs, and its leaderboard."""
+    p = sub.add_parser("sweep", help="train a grid of runs (one array on Slurm), each in a directory named by its "
+                       "values")
+    p.add_argument("config", help="the TOML config the runs share; its run_dir holds the sweep")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help='one key\'s values (repeatable; runs are the product); values with commas as a TOML array: '
+                        'train.augment=["cutout,color",""]')
+    p.add_argument("--seeds", type=_count(0), default=0, metavar="N", help="each combination with train.seed 0..N-1")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and print the scripts; submit nothing")
+    p.add_argument("--wait", action="store_true", help="watch the sweep until every run and the leaderboard are done")
+    p.add_argument("--collect", metavar="DEST", help="then copy every run and the leaderboard to DEST (implies --wait)")
+    _key_flags(p, "sweep")
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("sweep-report", help="(re)write a sweep's leaderboard, reporting finished runs first")
+    p.add_argument("sweep", help="the sweep's directory (its config's run_dir)")
+    p.add_argument("--batches", type=_count(1), default=None, help="the seed metric's real batches (default: "
+                   "each run's metrics.batches)")
+    p.set_defaults(fn=cmd_sweep_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="oasis-dcgan", description="Pack OASIS brain slices, train the seed's DCGAN "
                                  "with Horovod on Slurm, and report.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_job_commands(sub)
     _add_tool_commands(sub)
+    _add_sweep_commands(sub)
     return ap
 
 

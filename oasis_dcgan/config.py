@@ -183,6 +183,9 @@ class TrainConfig:
     keep_checkpoints: int = key(3, "the newest checkpoints kept", at_least(1))
     steps_per_call: int = key(8, "steps a compiled call runs once a step takes under 0.1 s (GPUs); one otherwise",
                               at_least(1))
+    step_split: bool = key(True, "time each step's wait for input and for the allreduce (two timestamps each), so the "
+                           "report says whether a run is bound by communication; false: the bare step; off under "
+                           "train.deterministic, whose op determinism refuses timestamps")
     checkpoint_in_background: bool = key(True, "the loop waits only for a snapshot; a stop always waits for the write")
     snapshot_every_epoch: bool = key(False, "also keep snapshots/generator_epoch_NNNN.keras")
     tick_seconds: float = key(60.0, "interval of tick lines in batch logs and stats.jsonl", more_than(0))
@@ -234,6 +237,8 @@ class ClusterConfig:
     mem_gb: int = key(0, "memory per node (0: the site's default)", at_least(0))
     timeout_min: int = key(60 * 24, "each job's time limit in minutes (a train job is requeued past it)", at_least(1))
     preprocess_tasks: int = key(2, "array tasks packing shards in parallel", at_least(1))
+    max_parallel: int = key(0, "a sweep's runs training at once (0: as many as the scheduler starts; the local "
+                            "executor: one)", at_least(0))
     postprocess_cpus: int = key(2, "CPUs of the postprocess job", at_least(1))
     signal_delay_s: int = key(90, "USR2 this long before the time limit: checkpoint and requeue", at_least(0))
     max_requeues: int = key(5, "requeues after a failed attempt (a dead rank), per job; stops never count",
@@ -379,6 +384,31 @@ def _parse_override(text: str) -> tuple[str, object]:
     except tomllib.TOMLDecodeError:
         value = raw
     return key_, value
+
+
+def grid_axis(text: str) -> tuple[str, list]:
+    """`--grid KEY=V1,V2,...` as the key and its values, each checked as `--set` checks one: a
+    ConfigError names the key and the value. Values that hold commas come as a TOML array
+    (`train.augment=["cutout,color", ""]`). A sweep packs one dataset and gives each run its own
+    directory, so data.* and run_dir cannot vary."""
+    if "=" not in text:
+        raise ConfigError(f"--grid {text!r}: expected key=value1,value2,...")
+    name, raw = (s.strip() for s in text.split("=", 1))
+    f, typ = declaration(name)
+    if name == "run_dir" or name.startswith("data.") or typing.get_origin(typ) is list:
+        raise ConfigError(f"--grid {name}: a sweep cannot vary it (one dataset, a directory per run, no lists)")
+    try:
+        values = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        values = None
+    if not isinstance(values, list):
+        values = [_parse_override(f"{name}={part}")[1] for part in raw.split(",")]
+    values = [_coerce(name, v, typ) for v in values]
+    for v in values:
+        _check(name, f, v)
+    if not values or len(set(map(repr, values))) != len(values):
+        raise ConfigError(f"--grid {text!r}: give {name} one or more different values")
+    return name, values
 
 
 def _nest(key_: str, value) -> dict:

@@ -49,6 +49,13 @@ ATTEMPTS = "attempts"
 REQUEUES = "requeues.jsonl"
 JOBS = "jobs.json"
 REPORT = "report"
+# A sweep's directory (SweepDir), which holds one run directory per combination of values.
+SWEEP_RECORD = "sweep.json"
+SWEEP_REPORT = "sweep-report"   # the leaderboard, its page and the runs' curves
+SWEEP_LEADERBOARD = "leaderboard.json"
+SWEEP_LEADERBOARD_MD, SWEEP_LEADERBOARD_HTML = "leaderboard.md", "leaderboard.html"
+FIGURE_SWEEP_CURVES = "curves.png"
+SWEEP_ARRAY_RUNS = "runs.json"  # in an array's job folder: its tasks' run directories, in task order
 JOB_LOGS = "job-logs"  # submitit's folder: each job's scripts, logs and results
 SET_ASIDE = "set-aside"
 LOCK = ".lock"
@@ -78,6 +85,31 @@ GROWING = (LOG, STATS, REQUEUES)
 
 # The run's states. A run is `new` until its first start writes `training`.
 NEW, TRAINING, STOPPED, FAILED, FINISHED = "new", "training", "stopped", "failed", "finished"
+
+
+class SweepDir:
+    """A sweep's directory: its record, its leaderboard, and one run directory per combination of
+    values, named by them, so the same combination always lands in the same directory.
+
+        RUN_DIR/
+          sweep.json          the grid, every run's values and directory, the arrays submitted
+          sweep-report/       leaderboard.json, leaderboard.md, leaderboard.html, curves.png
+          job-logs/<array>/   each array's scripts, logs and runs.json (its tasks' runs)
+          <key>=<value>,.../  one run directory (above) per combination
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    record = property(lambda self: self.path / SWEEP_RECORD)
+    report = property(lambda self: self.path / SWEEP_REPORT)
+
+    def array_folder(self, token: str) -> Path:
+        """One array's job folder: submitit's scripts and logs, and SWEEP_ARRAY_RUNS."""
+        return self.path / JOB_LOGS / token
+
+    def run(self, name: str) -> RunDir:
+        return RunDir(self.path / name)
 
 
 class RunDir:

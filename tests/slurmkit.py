@@ -13,7 +13,7 @@ from oasis_dcgan import config
 from oasis_dcgan.launch import executors, jobs, pipeline, slurmctl
 from oasis_dcgan.rundir import RunDir
 
-EPOCHS = 30  # a submitted training run's epochs: long enough to interrupt
+EPOCHS = 16  # a submitted training run's epochs: long enough to interrupt (12 steps each, some 8 s on 2 cores)
 
 
 def sh(*cmd, **kw):

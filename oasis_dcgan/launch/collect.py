@@ -169,11 +169,33 @@ def collect(run: rundir.RunDir, dest: str | os.PathLike, include_checkpoints: bo
     state = run.read_state()
     if state["state"] != rundir.FINISHED:  # the results of a run that goes on, or may: collect --update later
         log.info(f"collect: the run is {state['state']}, not finished: collecting its results as they stand")
+    return bring(_sources(run, include_checkpoints), dest, update)
+
+
+def collect_sweep(sweep: rundir.SweepDir, dest: str | os.PathLike, include_checkpoints: bool = False,
+                  update: bool = False) -> dict:
+    """Every run of a sweep that has started into DEST/<run>/ (each as `collect` takes one), then
+    sweep.json and the leaderboard into DEST, each with its SHA256SUMS."""
+    dest = Path(dest).resolve()
+    names = [r["run_dir"] for r in fsutil.read_json(sweep.record)["runs"]]
+    runs = {n: collect(sweep.run(n), dest / n, include_checkpoints, update) for n in names
+            if sweep.run(n).options.is_file()}
+    if len(runs) < len(names):
+        log.info(f"collect: {len(names) - len(runs)} run(s) of the sweep never started; nothing of theirs to take")
+    top = sweep.path.resolve()
+    own = [Path(rundir.SWEEP_RECORD)] + sorted(p.relative_to(top) for p in (top / rundir.SWEEP_REPORT).glob("*")
+                                               if p.is_file() and not p.name.startswith("."))
+    return {"runs": runs, **bring([(rel, top, rel) for rel in own], dest, update)}
+
+
+def bring(sources: list[tuple[Path, Path, Path]], dest: Path, update: bool) -> dict:
+    """Copy each (relative destination, base folder, source relative to it) into DEST, verified,
+    keeping DEST/SHA256SUMS whatever fails; a file that differs is a conflict unless `update`."""
     dest.mkdir(parents=True, exist_ok=True)
     before = _listed(dest)
     sums, counts, conflicts = {}, {"copied": 0, "skipped": 0, "updated": 0}, []
     try:
-        for rel, base, src in _sources(run, include_checkpoints):
+        for rel, base, src in sources:
             try:
                 fd = open_regular(base, src)
             except Swapped as e:

@@ -16,6 +16,7 @@ import shutil
 import typing
 from pathlib import Path
 
+from .. import rundir
 from ..errors import ConfigError
 from . import slurmctl
 
@@ -110,6 +111,10 @@ class Executor:
         """Its job ids are ones `jobs_alive` can answer for (a packing's lock names them)."""
         return False
 
+    def array_size(self) -> int:
+        """The most tasks one array may hold, for a sweep's runs; 0: none, the runs go through a queue."""
+        return 0
+
     @staticmethod
     def jobs_alive(job_ids: list[str]) -> bool | None:
         """Whether any of these jobs still waits or runs; None when nobody can say (judge by age)."""
@@ -146,7 +151,7 @@ class _Submitit(Executor):
     """An executor through submitit: its AutoExecutor sized for each role."""
     cluster: typing.ClassVar[str]   # submitit's name for it
 
-    def parameters(self, cfg, role: str, name: str, array: int, after: str | None) -> dict:
+    def parameters(self, cfg, role: str, name: str, array: int, after: str | None, folder: Path) -> dict:
         nodes, tasks, gpus, cpus = resources(cfg, role)
         params = dict(name=name, timeout_min=cfg.cluster.timeout_min, nodes=nodes, tasks_per_node=tasks,
                       cpus_per_task=cpus)
@@ -160,7 +165,7 @@ class _Submitit(Executor):
         import submitit
 
         ex = submitit.AutoExecutor(folder=str(folder), cluster=self.cluster, **self.options())
-        ex.update_parameters(**self.parameters(cfg, role, name, array, after))
+        ex.update_parameters(**self.parameters(cfg, role, name, array, after, folder))
         return ex
 
     def options(self) -> dict:
@@ -247,9 +252,12 @@ class Slurm(_Submitit):
     def check(self, cfg, role):
         slurmctl.check_partition(cfg, resources(cfg, role)[0])
 
-    def parameters(self, cfg, role, name, array, after):
-        params = super().parameters(cfg, role, name, array, after)
-        return {**params, **slurmctl.batch_parameters(cfg, role, params["cpus_per_task"], array, after, self.name)}
+    def parameters(self, cfg, role, name, array, after, folder):
+        params = super().parameters(cfg, role, name, array, after, folder)
+        # A train array's tasks share one script: each finds its run in the folder's list by its task id.
+        runs = folder / rundir.SWEEP_ARRAY_RUNS if role == "train" and array else None
+        return {**params, **slurmctl.batch_parameters(cfg, role, params["cpus_per_task"], array, after, self.name,
+                                                      runs)}
 
     def script(self, cfg, folder, role, name, array=0, after=None):
         return slurmctl.sbatch_text(self.make(cfg, folder, role, name, array, after), array)
@@ -264,6 +272,9 @@ class Slurm(_Submitit):
     def owns_job_ids(self) -> bool:
         return True
 
+    def array_size(self) -> int:
+        return slurmctl.max_array_size()
+
     @staticmethod
     def jobs_alive(job_ids):
         return slurmctl.jobs_alive(job_ids)
@@ -273,7 +284,10 @@ class Slurm(_Submitit):
         return "SLURM_JOB_ID" in os.environ and os.environ.get("SUBMITIT_EXECUTOR", Slurm.cluster) == Slurm.cluster
 
     def this_job(self):
-        return os.environ["SLURM_JOB_ID"], int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        env, job = os.environ, os.environ["SLURM_JOB_ID"]
+        if env.get("SLURM_ARRAY_TASK_ID"):  # an array's task, named as submitit names it to the ranks
+            job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        return job, int(env.get("SLURM_RESTART_COUNT", "0") or 0)
 
     def job_state(self, job_id):
         return slurmctl.job_state(job_id)

@@ -23,7 +23,8 @@ STOP_EXIT = 143  # stopped on a signal with a checkpoint on disk: requeue me
 
 
 class TrainJob:
-    """Train on every rank of the job; requeue-safe."""
+    """Train on every rank of the job; requeue-safe. Called with a config (a sweep's array task:
+    one callable, a config a task), it trains that one instead of its own."""
 
     def __init__(self, config: dict, log_to_stdout: bool = True):
         self.config = config
@@ -33,12 +34,12 @@ class TrainJob:
     def __getstate__(self):  # what submitit pickles: the config, never a live trainer
         return {"config": self.config, "log_to_stdout": self.log_to_stdout, "_trainer": None}
 
-    def __call__(self) -> dict:
+    def __call__(self, config: dict | None = None) -> dict:
         submitit_usr2 = signal.getsignal(signal.SIGUSR2) if environment.under_submitit() else None
         early = install_stop_handlers(None)  # before anything slow: a stop now is held, not fatal
         from ..training.trainer import Trainer
 
-        cfg = config_mod.from_dict(self.config)
+        cfg = config_mod.from_dict(config or self.config)
         run = rundir.RunDir(Path(cfg.run_dir).resolve())
         world = environment.job_world(run.rendezvous)
         if not world.is_chief:  # the run's progress is rank 0's; another rank's console shows its warnings
@@ -67,7 +68,7 @@ class TrainJob:
         trainer = self._trainer
         if trainer is not None and not trainer.stop_reason:  # called mid-step by submitit itself
             trainer.checkpoint_now("preemption (USR2)")
-        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.log_to_stdout))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.log_to_stdout), *args, **kwargs)
 
 
 def hand_stop_to_submitit(handler, run: rundir.RunDir, world, reason: str) -> None:
@@ -135,6 +136,16 @@ def postprocess_job(run_dir: str, dataset: str | None = None, batches: int | Non
     m = report.postprocess(rundir.RunDir(Path(run_dir).resolve()), dataset, batches, config_file=config_file,
                            overrides=overrides)
     return {"max_ssim": m["seed_max_ssim"]["final"], "report": m["report"]}
+
+
+def sweep_report_job(sweep_dir: str, batches: int | None = None) -> dict:
+    """After a sweep's arrays, however they ended: each finished run's report, then the leaderboard."""
+    from ..post import leaderboard
+
+    logs.to_console()
+    sweep = rundir.SweepDir(Path(sweep_dir).resolve())
+    board = leaderboard.write(sweep, leaderboard.report_runs(sweep, batches))
+    return {"runs": len(board["runs"]), "leaderboard": str(sweep.report / rundir.SWEEP_LEADERBOARD_HTML)}
 
 
 def collect_job(run_dir: str, dest: str, include_checkpoints: bool = False) -> dict:

@@ -96,6 +96,21 @@ class Pipeline:
             return [j.results() if all_ranks else j.result() for j in submitted]
         return None
 
+    def dataset_stages(self, dataset: Path) -> None:
+        """Pack and seal cfg.data.source into `dataset`, unless it holds that dataset verified already."""
+        cfg = self.cfg
+        if dataset_ready(cfg, dataset):
+            log.info(f"dataset {dataset} is verified and matches the config; skipping preprocess")
+            return
+        if not cfg.data.source:
+            raise ConfigError(f"data.source is empty and {dataset} holds no verified dataset: nothing to train on")
+        # Plan here: a bad input fails now, before anything is queued. A dry run plans only.
+        p = (pack.plan(cfg.data.source, cfg.data) if self.dry_run else
+             pack.start(cfg.data.source, dataset, cfg.data, queued=True, liveness=liveness(cfg)))
+        self.pack_tasks(dataset, pack.tasks_for(p, cfg.cluster.preprocess_tasks), p.token)
+        self.stage("seal", "seal", jobs.seal_dataset, str(dataset), p.token)
+        self.name_packing_jobs(dataset, p.token, ("preprocess", "seal"))
+
     def pack_tasks(self, dataset: Path, n: int, token: str) -> None:
         """The pack tasks of a started packing (prep.pack.start) as one array job."""
         self.stage("preprocess", "preprocess", jobs.preprocess_task, [str(dataset)] * n, list(range(n)), [n] * n,
@@ -121,17 +136,7 @@ def submit_pipeline(cfg: Config, dry_run: bool = False, collect_dest: str = "", 
     chain = Pipeline(cfg, ex, run.job_logs, record_in=run, dry_run=dry_run, wait=wait, watch=watch)
     out: dict = {"executor": ex.name, "run_dir": str(run), "dataset": str(dataset), "jobs": chain.job_ids}
     runlock.check_free(run, liveness(cfg))
-    if dataset_ready(cfg, dataset):
-        log.info(f"dataset {dataset} is verified and matches the config; skipping preprocess")
-    elif not cfg.data.source:
-        raise ConfigError(f"data.source is empty and {dataset} holds no verified dataset: nothing to train on")
-    else:
-        # Plan here: a bad input fails now, before anything is queued. A dry run plans only.
-        p = (pack.plan(cfg.data.source, cfg.data) if dry_run else
-             pack.start(cfg.data.source, dataset, cfg.data, queued=True, liveness=liveness(cfg)))
-        chain.pack_tasks(dataset, pack.tasks_for(p, cfg.cluster.preprocess_tasks), p.token)
-        chain.stage("seal", "seal", jobs.seal_dataset, str(dataset), p.token)
-        chain.name_packing_jobs(dataset, p.token, ("preprocess", "seal"))
+    chain.dataset_stages(dataset)
     chain.stage("train", "train", jobs.TrainJob(cfg.to_dict()), all_ranks=True)
     res = chain.stage("postprocess", "postprocess", jobs.postprocess_job, str(run), str(dataset),
                       cfg.metrics.batches)

@@ -144,8 +144,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-requeues", type=int, default=None, help="default: the run's cluster.max_requeues")
     p.add_argument("--executor", default=executors.Slurm.name, choices=tuple(executors.EXECUTORS),
                    help="whose job this is (default: Slurm's, as for slurm/train.sbatch)")
+    p.add_argument("--array-runs", help="a sweep's train array: the file listing its tasks' runs (RUN_DIR is the "
+                   "sweep's)")
+    p.add_argument("--array-task", type=int, help="with --array-runs: this task's id")
     a = p.parse_args(argv)
     run, ex = rundir.RunDir(Path(a.run_dir).resolve()), executors.get(a.executor)
+    if a.array_runs:
+        run = rundir.SweepDir(run.path).run(fsutil.read_json(a.array_runs)["runs"][a.array_task])
     job_id, attempt = ex.this_job()
     limit = a.max_requeues if a.max_requeues is not None else _max_requeues(run)
     d = decide(run, job_id, attempt, a.rc, limit)

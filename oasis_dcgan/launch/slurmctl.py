@@ -60,10 +60,23 @@ def requeue(job_id: str) -> None:
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
 
 
-def retry_command(run_dir: str | os.PathLike, max_requeues: int, executor: str) -> list[str]:
+def retry_command(run_dir: str | os.PathLike, max_requeues: int, executor: str,
+                  array_runs: Path | None = None) -> list[str]:
     """What a train job runs after its step ends (launch/retry.py): requeue, or fail with the reason."""
+    runs = ["--array-runs", str(array_runs)] if array_runs else []
     return [sys.executable, "-m", "oasis_dcgan.launch.retry", str(Path(run_dir).resolve()),
-            "--max-requeues", str(max_requeues), "--executor", executor]
+            "--max-requeues", str(max_requeues), "--executor", executor, *runs]
+
+
+def max_array_size() -> int:
+    """The controller's MaxArraySize: an array's task ids run from 0 to one less. 1001, Slurm's
+    default, when the controller does not say."""
+    r = ask(["scontrol", "show", "config"], 30)
+    for line in (r.stdout if r else "").splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value.strip())
+    return 1001
 
 
 def partitions() -> dict[str, dict]:
@@ -99,13 +112,16 @@ def check_partition(cfg, nodes: int) -> None:
                              + (f"one that has {nodes}: {', '.join(fits)}" if fits else f"one with {nodes} nodes"))
 
 
-def batch_parameters(cfg, role: str, cpus: int, array: int, after: str | None, executor: str) -> dict:
+def batch_parameters(cfg, role: str, cpus: int, array: int, after: str | None, executor: str,
+                     array_runs: Path | None = None) -> dict:
     """submitit's Slurm parameters beyond the resources: the site's keys, the dependency, the array,
-    and for a train job its retry teardown."""
+    and for a train job its retry teardown (for a train array's task, on the run `array_runs` lists
+    at its task id)."""
     c = cfg.cluster
     extra = {k: v for k, v in (("account", c.account), ("qos", c.qos), ("constraint", c.constraint)) if v}
-    if after:
-        extra.update({"dependency": f"afterok:{after}", "kill-on-invalid-dep": "yes"})
+    if after:  # a job id (to start once it succeeded), or a whole dependency ("afterany:12:13")
+        extra.update({"dependency": after if after.startswith("after") else f"afterok:{after}",
+                      "kill-on-invalid-dep": "yes"})
     # srun does not inherit sbatch's --cpus-per-task on Slurm 22.05 to 23.02.
     params = dict(slurm_srun_args=[f"--cpus-per-task={cpus}"], slurm_signal_delay_s=c.signal_delay_s,
                   slurm_additional_parameters=extra)
@@ -114,13 +130,16 @@ def batch_parameters(cfg, role: str, cpus: int, array: int, after: str | None, e
     if c.setup:
         params["slurm_setup"] = list(c.setup)
     if array:
-        params["slurm_array_parallelism"] = array
+        # cluster.max_parallel is a sweep's limit (its train arrays); a packing's tasks all run at once.
+        limit = c.max_parallel if role == "train" and c.max_parallel else array
+        params["slurm_array_parallelism"] = min(array, limit)
     if role == "train":
         # A dead rank ends the step at once; the batch script then requeues or fails the job (launch/retry.py).
         # The first teardown line runs right after srun, so $? is the step's exit code.
-        retry = retry_command(cfg.run_dir, c.max_requeues, executor)
+        retry = retry_command(cfg.run_dir, c.max_requeues, executor, array_runs)
+        task = " --array-task $SLURM_ARRAY_TASK_ID" if array_runs else ""
         params.update(slurm_srun_args=[f"--cpus-per-task={cpus}", "--kill-on-bad-exit=1"],
-                      slurm_teardown=[f"{shlex.join(retry)} --rc $?"])
+                      slurm_teardown=[f"{shlex.join(retry)} --rc $?{task}"])
         extra["requeue"] = True   # requeueable even where the site's JobRequeue default says no
     return params
 

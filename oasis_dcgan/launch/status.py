@@ -1,7 +1,13 @@
-"""`oasis-dcgan status`: where a run stands, from Slurm accounting and the run directory itself."""
+"""`oasis-dcgan status`: where a run or a sweep stands, from the scheduler and the directories themselves.
+
+A sweep's status asks the scheduler once for all its arrays (one sacct call on Slurm) and reads
+the rest from each run's own files; `watch` polls it with back-off, so a sweep of hundreds of
+runs watched for a day costs the scheduler a few hundred queries, not one per run per poll.
+"""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from .. import fsutil, rundir
 from ..logs import format_seconds
@@ -58,6 +64,11 @@ def status(run: rundir.RunDir) -> str:
     return "\n".join(lines)
 
 
+def run_status(run: rundir.RunDir) -> tuple[str, bool]:
+    """`status` as `watch` polls it: the text, and whether training has ended."""
+    return status(run), run.read_state()["state"] in ENDED
+
+
 def describe_state(state: dict) -> str:
     """The run's state in words: what it is, and why when it stopped or failed."""
     s = state["state"]
@@ -104,3 +115,81 @@ def _failure_reason(run: rundir.RunDir, job: dict) -> str:
     return "see sacct -j " + str(job["job_id"])
 
 
+
+
+# ----------------------------------------------------------------------------- a sweep
+
+ENDED = (rundir.FINISHED, rundir.FAILED)
+
+
+def sweep_status(sweep: rundir.SweepDir) -> tuple[str, bool]:
+    """One line per run (state, epoch, ETA, directory) and the leaderboard; and whether every run
+    has ended (finished or failed) with its array gone from the queue."""
+    rec = fsutil.read_json(sweep.record)
+    tasks = task_states(rec)
+    lines, ended = [f"sweep {sweep.path}: {len(rec['runs'])} runs"], True
+    for entry in rec["runs"]:
+        line, over = _run_line(sweep.run(entry["run_dir"]), tasks.get(entry["run_dir"], ""))
+        lines.append(line)
+        ended = ended and over
+    board = sweep.report / rundir.SWEEP_LEADERBOARD_HTML
+    lines.append(f"leaderboard {board}" if board.is_file() else "leaderboard not written yet")
+    return "\n".join(lines), ended
+
+
+def task_states(rec: dict) -> dict[str, str]:
+    """{run: its array task's scheduler state}, from one query per executor for every array the
+    sweep submitted; a run in several submissions takes its latest task's state."""
+    arrays = [a for sub in rec["submissions"] for a in sub.get("arrays", [])]
+    by_executor: dict = {}
+    for a in arrays:
+        by_executor.setdefault(a.get("executor"), []).append(a)
+    out = {}
+    for name, mine in by_executor.items():
+        cls = executors.EXECUTORS.get(name, executors.Executor)
+        for a, row in zip(mine, cls.states([{"job_id": a["job_id"]} for a in mine])):
+            for i, run in enumerate(a["runs"]):
+                task = [r["State"] for r in row["rows"] if r.get("JobID") == f"{a['job_id']}_{i}"]
+                out[run] = task[-1] if task else row["state"]
+    return out
+
+
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "CONFIGURING", "COMPLETING", "RESIZING")
+
+
+def _run_line(run: rundir.RunDir, task: str) -> tuple[str, bool]:
+    """The run's line, and whether it has ended: by its own state, or by its task's end when it
+    never wrote one (it failed before training, say: the retry step's reason is then its why)."""
+    state = run.read_state()
+    gave_up = [d["reason"] for d in read_decisions(run) if d["action"] == "fail"] if run.requeues.is_file() else []
+    stats = run.read_stats() if run.stats.is_file() else []
+    last = next((r for r in reversed(stats) if r.get("kind") in ("tick", "epoch")), None)
+    epochs = run.read_options()["config"]["train"]["epochs"] if run.options.is_file() else "?"
+    where = f"epoch {last['epoch'] if last else 0}/{epochs}"
+    eta = last.get("eta_s") if last and state["state"] == rundir.TRAINING else None
+    where += f", ETA {format_seconds(eta)}" if eta else ""
+    queue = f" [{task}]" if task and state["state"] not in ENDED else ""
+    why = state.get("reason") if state["state"] == rundir.FAILED else (gave_up[-1] if gave_up else "")
+    line = f"  {state['state'] + queue:<24} {where:<28} {run.path.name}" + (f": {why[:200]}" if why else "")
+    return line, (state["state"] in ENDED or bool(task)) and not task.startswith(ACTIVE)
+
+
+def watch(poll: Callable[[], tuple[str, bool]], show: Callable[[str], None], first_s: float = 30.0,
+          most_s: float = 600.0, timeout_s: float | None = None, sleep=time.sleep) -> bool:
+    """Poll until `poll` says everything ended: show each new text; the interval doubles while
+    nothing changes (up to `most_s`) and starts again at `first_s` on a change. Returns whether it
+    ended (False: timed out)."""
+    interval, shown, start = first_s, None, time.monotonic()
+    while True:
+        text, ended = poll()
+        if text != shown:
+            show(text)
+            interval = first_s if shown is not None else interval
+            shown = text
+        else:
+            interval = min(interval * 2, most_s)
+        if ended:
+            return True
+        if timeout_s is not None and time.monotonic() - start + interval > timeout_s:
+            return False
+        sleep(interval)

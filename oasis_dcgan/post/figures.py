@@ -117,3 +117,20 @@ def plot_nn_distributions(generated: np.ndarray, held_out, path: Path, split: st
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_sweep_curves(curves: dict[str, dict], path: Path) -> None:
+    """A sweep's runs side by side: the seed metric and G's loss per epoch, one line per run."""
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4))
+    for name, c in curves.items():
+        left.plot(c["ssim_epochs"], c["seed_max_ssim"], marker=".", ms=3, label=name)
+        right.plot(c["loss_epochs"], c["g_loss"], marker=".", ms=3, label=name)
+    left.axhline(SEED_REPORTED_SSIM, color="gray", ls="--", lw=1, label=f"seed reported ({SEED_REPORTED_SSIM})")
+    for ax, ylabel, title in ((left, "max SSIM", "Seed metric per epoch"), (right, "loss", "Generator loss per epoch")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -22,7 +22,7 @@ from ..errors import RunDirError
 from ..imaging import to_unit
 from ..prep.manifest import load_manifest, manifest_hash
 from ..prep.reader import ShardReader, read_batches, sample_batches
-from . import checks, figures, metrics, samples as generated_samples
+from . import checks, figures, metrics, samples as generated_samples, speed
 from .document import Bold, Code, Document
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,13 @@ def _metrics_section(doc: Document, m: dict, manifest: dict) -> None:
     doc.paragraph(Bold("What the seed metric means, and what it does not."), " " + METRIC_MEANING)
 
 
+def _speed_section(doc: Document, split: dict | None, options: dict) -> None:
+    doc.heading("Where a step's time goes")
+    doc.paragraph(f"{options.get('world_size', 1)} rank(s), global batch {options.get('global_batch', '?')}; "
+                  "per step, the median over the epochs after the first (which traces the step):")
+    doc.table(speed.HEADER, [speed.row(split)])
+
+
 def _said(v) -> str:
     """A recipe value as the config spells it: numbers short, strings quoted, booleans lower-case."""
     if isinstance(v, bool):
@@ -231,6 +238,7 @@ def build_document(run: rundir.RunDir, options: dict, manifest: dict, m: dict, r
                + ("" if m["run_complete"] else " (run still in progress; figures show the epochs so far)")])
     doc.paragraph(Bold("Training recipe: "), recipe(cfg))
     _metrics_section(doc, m, manifest)
+    _speed_section(doc, m.get("step_split"), options)
     doc.heading("Dataset")
     doc.bullets([
         ["layout ", Code(str(manifest.get("layout"))), f", {manifest.get('resolution')}x{manifest.get('resolution')}, "
@@ -283,6 +291,7 @@ def postprocess(run: rundir.RunDir, dataset: str | None = None, batches: int | N
     ctx = judged(run, samples[-1], ds, cfg)
     results = checks.run_all(ctx)
     m = summarise(rows, results, cfg, samples[-1][0], run.finished())
+    m["step_split"] = speed.step_split(run.read_stats("epoch"), options.get("world_size", 1), cfg.train.fp16_allreduce)
     fsutil.write_json(run.report_file(rundir.REPORT_METRICS), m)
     # ---- Figures and the report, Markdown and standalone HTML from the same document
     real_batch = to_unit(ctx.base.train.read(metric_batches(report_dir, ds, cfg)["batches"][0]))

@@ -30,20 +30,33 @@ log = logging.getLogger(__name__)
 @dataclass
 class EpochClock:
     """The epoch's timings, as its stats line records them: the calls of the compiled step, the
-    time inside them (the rest is the loop's own), and the last call's seconds a step."""
+    time inside them (the rest is the loop's own), the last call's seconds a step, and the
+    seconds the steps waited for input and for the allreduce (train.step_split)."""
     start: float = 0.0
     calls: int = 0
     in_step_s: float = 0.0
     step_s: float | None = None
     loop_end: float = 0.0
+    input_s: float = 0.0
+    allreduce_s: float = 0.0
 
     def begin(self) -> int:
         """A new epoch's clock; returns the steps run so far in it (none)."""
-        self.start, self.calls, self.in_step_s = time.monotonic(), 0, 0.0
+        self.start, self.calls, self.in_step_s, self.input_s, self.allreduce_s = time.monotonic(), 0, 0.0, 0.0, 0.0
         return 0
 
-    def call(self, seconds: float, steps: int) -> None:
+    def call(self, seconds: float, steps: int, waits=(0.0, 0.0)) -> None:
+        """One compiled call: its wall seconds, its steps, and their (input, allreduce) waits."""
         self.calls, self.in_step_s, self.step_s = self.calls + 1, self.in_step_s + seconds, seconds / max(steps, 1)
+        self.input_s += float(waits[0])
+        self.allreduce_s += float(waits[1])
+
+    def split(self, steps: int) -> dict:
+        """Milliseconds a step: in the compiled computation, waiting for the allreduce (the peers and
+        the wire), waiting for input. Their sum is the time inside the calls."""
+        per = 1000 / max(steps, 1)
+        return {"compute_ms": max(self.in_step_s - self.input_s - self.allreduce_s, 0.0) * per,
+                "allreduce_ms": self.allreduce_s * per, "input_ms": self.input_s * per}
 
     def end(self) -> float:
         """The loop's last step is done: the epoch's seconds."""
@@ -53,7 +66,7 @@ class EpochClock:
     def record(self, steps: int, seconds: float, global_batch: int) -> dict:
         return dict(images_per_s=steps * global_batch / max(seconds, 1e-9), step_time=seconds / max(steps, 1),
                     epoch_time=seconds, host_s_per_step=(seconds - self.in_step_s) / max(steps, 1), calls=self.calls,
-                    loop_end_time=self.loop_end)
+                    loop_end_time=self.loop_end, step_split=self.split(steps))
 
 
 # What a "resume" line of stats.jsonl copies from the checkpoint's meta and the restore.

@@ -196,6 +196,42 @@ def _epoch_end(state: TrainState, sampler):
     return close, keep
 
 
+def timer(on: bool):
+    """`timed(fn, after)` runs fn() inside a compiled step and returns (its result, the seconds it
+    took): two host timestamps, the first once `after` exists, the second once the result does.
+    The `after` tensors go through a host copy first: on a GPU a kernel counts as done when it is
+    queued, so without it the wait would take in the computation still running. Off: 0 seconds."""
+
+    def timed(fn, after):
+        if not on:
+            return fn(), tf.constant(0.0, tf.float64)
+        with tf.device("/cpu:0"):
+            ready = [tf.identity(tf.reshape(a, [-1])[:1]) for a in after]
+        with tf.control_dependencies(ready):
+            t0 = tf.timestamp()
+        with tf.control_dependencies([t0]):
+            out = fn()
+        with tf.control_dependencies(tf.nest.flatten(out)):
+            return out, tf.timestamp() - t0
+
+    return timed
+
+
+def _steps(next_batch, train_step, want_stop, n):
+    """Inside a compiled call: up to n steps, one at a time, until a stop is agreed. Returns the
+    steps run, the last losses, the agreement, and the seconds waited for input and the allreduce."""
+
+    def body(i, g, d, agreed, waits):
+        (images, slots), input_s = next_batch()
+        g, d, agreed, reduce_s = train_step(images, slots, want_stop)
+        return i + 1, g, d, agreed, waits + tf.stack([input_s, reduce_s])
+
+    zero = tf.constant(0.0, tf.float64)
+    return tf.while_loop(lambda i, g, d, agreed, w: tf.logical_and(i < n, tf.logical_not(agreed)), body,
+                         (tf.constant(0), zero, zero, tf.constant(False), tf.zeros([2], tf.float64)),
+                         parallel_iterations=1)
+
+
 def build_train_step(nets: Networks, state: TrainState, ranks, t: TrainConfig, sampler=None):
     """The seed's two-tape step as train.* sets it, data-parallel: one allreduce, identical ranks.
 
@@ -205,6 +241,13 @@ def build_train_step(nets: Networks, state: TrainState, ranks, t: TrainConfig, s
     `sampler` (rank 0's) draws the fixed-noise samples as an epoch closes."""
     generator, discriminator, g_opt, d_opt = nets.generator, nets.discriminator, nets.g_opt, nets.d_opt
     goal, batch_size, world_size, rank = Objective.from_config(t), t.batch_size, ranks.size, ranks.rank
+
+    # TensorFlow refuses a timestamp under op determinism: a deterministic run has no split.
+    split = t.step_split and not t.deterministic
+    timed = timer(split)
+    # One rank has no allreduce to wait for; timing its identity would only hold its updates back
+    # until every gradient exists.
+    timed_reduce = timer(split and world_size > 1)
 
     def train_step(images_uint8, slots, want_stop):
         images = to_unit_tf(images_uint8)
@@ -232,7 +275,9 @@ def build_train_step(nets: Networks, state: TrainState, ranks, t: TrainConfig, s
         # A rank's wish to stop rides along: above zero on average means some rank asked.
         extra = bn_stats + [g_loss, d_loss, want_stop]
         # One grouped allreduce a step (train.fp16_allreduce: the gradients travel in fp16).
-        both = ranks.allreduce_mean(g_grads + d_grads + extra, half=n_grads if t.fp16_allreduce else 0)
+        sent, half = g_grads + d_grads + extra, n_grads if t.fp16_allreduce else 0
+        # Timed from the input layers' gradients, about the last each backward pass makes.
+        both, reduce_s = timed_reduce(lambda: ranks.allreduce_mean(sent, half=half), [g_grads[0], d_grads[0]])
         grads, rest = both[:n_grads], both[n_grads:]
         g_opt.apply_gradients(zip(grads[:len(g_grads)], generator.trainable_variables))
         d_opt.apply_gradients(zip(grads[len(g_grads):], discriminator.trainable_variables))
@@ -243,7 +288,7 @@ def build_train_step(nets: Networks, state: TrainState, ranks, t: TrainConfig, s
             update_average(nets.average, generator, beta)
         g_mean, d_mean = tf.cast(rest[-3], tf.float64), tf.cast(rest[-2], tf.float64)
         state.record_step(g_mean, d_mean, slots)
-        return g_mean, d_mean, rest[-1] > 0
+        return g_mean, d_mean, rest[-1] > 0, reduce_s
 
     close, keep = _epoch_end(state, sampler)
 
@@ -261,17 +306,9 @@ def build_train_step(nets: Networks, state: TrainState, ranks, t: TrainConfig, s
         epoch_images = state.counters["epoch_images"]
         epoch_images.assign(tf.where(epoch_images == 0, budget, epoch_images))
 
-        def body(i, g, d, agreed):
-            images, slots = iterator.get_next()
-            g, d, agreed = train_step(images, slots, want_stop)
-            return i + 1, g, d, agreed
-
-        zero = tf.constant(0.0, tf.float64)
-        i, g, d, agreed = tf.while_loop(lambda i, g, d, agreed: tf.logical_and(i < n, tf.logical_not(agreed)),
-                                        body, (tf.constant(0), zero, zero, tf.constant(False)),
-                                        parallel_iterations=1)
+        i, g, d, agreed, waits = _steps(lambda: timed(iterator.get_next, []), train_step, want_stop, n)
         closed = state.counters["images_in_epoch"] >= state.counters["epoch_images"]
         fake, record = tf.cond(closed, close, keep)
-        return g, d, agreed, i, state.stacked(), closed, fake, record
+        return g, d, agreed, i, state.stacked(), closed, fake, record, waits
 
     return train_steps

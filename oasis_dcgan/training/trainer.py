@@ -194,12 +194,12 @@ class Trainer:
         while True:  # at least one call: an epoch whose last step was checkpointed before it closed closes now
             t_call = time.monotonic()
             want = tf.constant(self._steps_for_call(n_steps - steps))
-            g_loss, d_loss, agreed, ran, counters, closed, fake, record = self.train_steps(
+            g_loss, d_loss, agreed, ran, counters, closed, fake, record, waits = self.train_steps(
                 batches, self.stop.flag(), want, budget)
             ran = int(ran)  # waits for the call: every rank's allreduces are in it
             self.outputs.guard()  # a job that lost the run (suspended past takeover) stops here
             self.state.take(counters)
-            self.clock.call(time.monotonic() - t_call, ran)
+            self.clock.call(time.monotonic() - t_call, ran, waits.numpy())
             steps += ran
             if bool(agreed):
                 self.stop.agree()

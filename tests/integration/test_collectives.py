@@ -87,6 +87,10 @@ def test_the_job_negotiates_once_a_step_as_the_seed_loop_with_its_allreduce(data
                            timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         assert rundir.RunDir(run).read_state()["global_step"] == STEPS
+        for rec in rundir.RunDir(run).read_stats("epoch"):  # the step split of two real ranks
+            split = rec["step_split"]
+            assert split["allreduce_ms"] > 0 and split["compute_ms"] > 0 and split["input_ms"] >= 0, split
+            assert sum(split.values()) <= rec["step_time"] * 1000 * 1.01, (split, rec["step_time"])
         job = allreduce_cycles(tmp_path / f"{name}.json")
         # fp16 gradients and fp32 statistics are two groups (Horovod's grouped op takes one dtype),
         # enqueued together: one cycle a step as a rule, and a cycle's boundary may fall between them.

@@ -349,3 +349,58 @@ def test_the_small_data_recipe_trains_identically_on_every_rank_and_resumes_exac
     assert digests[0] == digests[1] and digests == rank_digests(ref, 2)
     options = RunDir(run).read_options()["config"]["train"]
     assert options["loss"] == "hinge" and options["d_spectral_norm"] is True
+
+
+def _timed_step(cfg, ranks, pause_input_s: float):
+    """The job's compiled steps over a 32x32 stream whose every batch arrives `pause_input_s` late."""
+    import tensorflow as tf
+
+    from oasis_dcgan.training import model, step
+
+    nets = model.build_all(cfg, cfg.train.lr)
+    state = step.TrainState(cfg.train.noise_dim, cfg.train.seed, 64)
+    steps = step.build_train_step(nets, state, ranks, cfg.train)
+    slots = tf.constant(np.arange(cfg.train.batch_size)[None], tf.int64)
+
+    def late(x):
+        time.sleep(pause_input_s)
+        return x
+
+    shape = [cfg.train.batch_size, 32, 32, 1]
+    batches = tf.data.Dataset.from_tensors(tf.zeros(shape, tf.uint8)).repeat()
+    batches = batches.map(lambda x: (tf.ensure_shape(tf.numpy_function(late, [x], tf.uint8), shape), slots))
+    unbuffered = tf.data.Options()  # no batch made ahead while the step runs: each one is waited for
+    unbuffered.experimental_optimization.inject_prefetch = False
+    unbuffered.autotune.enabled = False
+    batches = iter(batches.with_options(unbuffered))
+    want = lambda n: (batches, tf.constant(0.0), tf.constant(n), tf.constant(2 ** 40, tf.int64))  # noqa: E731
+    steps(*want(1))  # traced
+    return lambda n: steps(*want(n))[-1].numpy() / n * 1000
+
+
+def test_the_step_split_puts_a_late_input_and_a_slow_allreduce_where_they_belong(dataset32, tmp_path):
+    """What train.step_split times, against known delays: a batch that arrives 40 ms late is
+    input wait, an allreduce held 60 ms (a slow peer) is allreduce wait, and neither leaks into
+    the other; switched off, both read 0."""
+    import tensorflow as tf
+
+    from oasis_dcgan.training import distributed
+
+    class SlowPeer(distributed.OneRank):
+        size = 2  # a world of two, as the step sees it: there is an allreduce to wait for
+
+        def allreduce_mean(self, tensors, half=0):
+            held = tf.numpy_function(lambda: np.float32(time.sleep(0.06) or 0), [], tf.float32)
+            with tf.control_dependencies([held]):
+                return [tf.identity(x) for x in tensors]
+
+    cfg = small_cfg(dataset32, tmp_path / "run", "data.resolution=32")
+    input_ms, reduce_ms = _timed_step(cfg, SlowPeer(), 0.04)(5)
+    # Each bound below the other's delay plus its own: a leak of one into the other would show.
+    assert 38 <= input_ms < 80 and 58 <= reduce_ms < 95, (input_ms, reduce_ms)
+    input_ms, reduce_ms = _timed_step(cfg, distributed.OneRank(), 0.0)(5)
+    assert input_ms < 20 and reduce_ms == 0, "no delay: well under the 40 ms one; one rank: no allreduce timed"
+    cfg.train.step_split = False
+    assert list(_timed_step(cfg, SlowPeer(), 0.04)(3)) == [0.0, 0.0]
+    cfg.train.step_split, cfg.train.deterministic = True, True  # op determinism refuses timestamps: none taken
+    assert list(_timed_step(cfg, SlowPeer(), 0.04)(3)) == [0.0, 0.0]

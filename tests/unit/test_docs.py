@@ -58,12 +58,14 @@ def test_readme_links_every_docs_page():
 def test_run_directory_tree_names_every_entry():
     tree = code_block((DOCS / "resume.md").read_text(), "## The run directory", "RUN_DIR/")
     entries = {v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str)
-               and not k.startswith(("REPORT_", "FIGURE_")) and v not in (rundir.NEW, rundir.TRAINING, rundir.STOPPED,
-                                                             rundir.FAILED, rundir.FINISHED)}
+               and not k.startswith(("REPORT_", "FIGURE_", "SWEEP_"))
+               and v not in (rundir.NEW, rundir.TRAINING, rundir.STOPPED, rundir.FAILED, rundir.FINISHED)}
     named = set(re.findall(r"^  ([.\w-]+)", tree, re.M))
     missing = sorted(entries - named)
     assert not missing, f"docs/resume.md's run-directory tree misses {missing}"
     assert not sorted(named - entries), "the tree names an entry rundir.py does not declare"
+    sweep = {v for k, v in vars(rundir).items() if k.startswith("SWEEP_")}
+    assert not [v for v in sweep if v not in rundir.SweepDir.__doc__], "SweepDir's tree names every sweep entry"
 
 
 def fault_tests() -> set[str]:

@@ -131,7 +131,7 @@ def test_submitit_never_runs_out_of_requeues_for_stops(tmp_path):
 
     cfg = config.load(None, [f'run_dir="{tmp_path}"', "cluster.max_requeues=2"])
     slurm = executors.Slurm()
-    params = slurm.parameters(cfg, "train", "oasis-train", 0, None)
+    params = slurm.parameters(cfg, "train", "oasis-train", 0, None, tmp_path)
     assert slurm.options()["slurm_max_num_timeout"] >= 10_000
     teardown = params["slurm_teardown"][0]
     assert "--max-requeues 2" in teardown and f"--executor {slurm.name}" in teardown and teardown.endswith("--rc $?")

@@ -95,3 +95,26 @@ def test_the_cli_prints_a_known_error_on_one_line_and_keeps_the_traceback_of_a_b
     assert [errors.exit_code(e) for e in (ConfigError("x"), RunLockError("x"), FileNotFoundError("x"),
                                           StorageError("x"), RendezvousError("x"), ValueError("x"))] == \
         [errors.USER_EXIT, errors.USER_EXIT, errors.USER_EXIT, errors.RETRYABLE_EXIT, errors.RETRYABLE_EXIT, None]
+
+
+def test_an_array_task_decides_on_the_run_its_task_id_names(tmp_path, monkeypatch, capsys):
+    """A sweep's array shares one teardown line: each task finds its own run in the array's list."""
+    from oasis_dcgan import fsutil
+
+    sweep = rundir.SweepDir(tmp_path)
+    runs = ["train.lr=0.0001", "train.lr=0.0002"]
+    for name in runs:
+        sweep.run(name).path.mkdir()
+    listing = sweep.array_folder("a1") / rundir.SWEEP_ARRAY_RUNS
+    fsutil.write_json(listing, {"runs": runs})
+    monkeypatch.setenv("SLURM_JOB_ID", "31")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "30")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    w = World(rank=0, size=1, local_rank=0, local_size=1, job_id="30_1", attempt=0)
+    retry.note_failure(sweep.run(runs[1]), w, DataError("12 training images cannot fill one batch of 16"))
+    argv = [str(tmp_path), "--rc", "1", "--max-requeues", "3", "--array-runs", str(listing), "--array-task", "1"]
+    assert retry.main(argv) == 1
+    assert "job 30_1 attempt 0: fail: rank 0: DataError" in capsys.readouterr().out
+    assert retry.read_decisions(sweep.run(runs[1]))[-1]["job_id"] == "30_1"
+    assert not retry.read_decisions(sweep.run(runs[0])), "the other task's run is left alone"

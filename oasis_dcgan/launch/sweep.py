@@ -121,8 +121,9 @@ def submit(base: Config, grids: list[str], seeds: int = 0, dry_run: bool = False
         train = ex.script(base, root.array_folder("DRYRUN"), "train", "oasis-sweep", len(todo), chain.after)
         ids = ["ARRAY_JOB_ID"]
     else:
-        ids = [a["job_id"] for a in _train(ex, base, root, grids, seeds, runs, [configs[r.name] for r in todo],
-                                           chain.after, out)]
+        record(root, grids, seeds, runs)
+        out["arrays"] = _train(ex, base, root, [configs[r.name] for r in todo], chain.after)
+        ids = [a["job_id"] for a in out["arrays"]]
     # However the runs end: a failed run is a row of the leaderboard, with its reason.
     chain.after = "afterany:" + ":".join(ids) if ids else chain.after
     chain.folder = root.array_folder("report")
@@ -136,19 +137,16 @@ def submit(base: Config, grids: list[str], seeds: int = 0, dry_run: bool = False
     return out
 
 
-def _train(ex, base: Config, root: SweepDir, grids: list[str], seeds: int, runs: list[Run], todo: list[dict],
-           after: str | None, out: dict) -> list[dict]:
-    """Record the sweep, then queue its unfinished runs: arrays of at most MaxArraySize tasks on a
-    scheduler, else a queue of cluster.max_parallel (1 when 0) on this machine. Returns the arrays."""
-    record(root, grids, seeds, runs)
+def _train(ex, base: Config, root: SweepDir, todo: list[dict], after: str | None) -> list[dict]:
+    """Queue the unfinished runs' configs: arrays of at most MaxArraySize tasks on a scheduler, else
+    a queue of cluster.max_parallel (1 when 0) on this machine. Returns the arrays."""
     size = ex.array_size()
     if not size:
         _queue(ex, base, root, todo, base.cluster.max_parallel or 1)
         return []
-    for i in range(0, len(todo), size):
-        out["arrays"].append(_array(ex, base, root, todo[i:i + size], after))
-    _record_arrays(root, out["arrays"])
-    return out["arrays"]
+    arrays = [_array(ex, base, root, todo[i:i + size], after) for i in range(0, len(todo), size)]
+    _record_arrays(root, arrays)
+    return arrays
 
 
 def _array(ex, base: Config, root: SweepDir, configs: list[dict], after: str | None) -> dict:

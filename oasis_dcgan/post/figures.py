@@ -17,11 +17,15 @@ def load_batch(path) -> np.ndarray:
     return a[..., 0] if a.ndim == 4 else a
 
 
-def _finish_epoch_plot(fig, ax, path: Path, ylabel: str, title: str) -> None:
+def _label_epoch_axes(ax, ylabel: str, title: str) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
+
+
+def _finish_epoch_plot(fig, ax, path: Path, ylabel: str, title: str) -> None:
+    _label_epoch_axes(ax, ylabel, title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
@@ -126,11 +130,8 @@ def plot_sweep_curves(curves: dict[str, dict], path: Path) -> None:
         left.plot(c["ssim_epochs"], c["seed_max_ssim"], marker=".", ms=3, label=name)
         right.plot(c["loss_epochs"], c["g_loss"], marker=".", ms=3, label=name)
     left.axhline(SEED_REPORTED_SSIM, color="gray", ls="--", lw=1, label=f"seed reported ({SEED_REPORTED_SSIM})")
-    for ax, ylabel, title in ((left, "max SSIM", "Seed metric per epoch"), (right, "loss", "Generator loss per epoch")):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
+    _label_epoch_axes(left, "max SSIM", "Seed metric per epoch")
+    _label_epoch_axes(right, "loss", "Generator loss per epoch")
     left.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path)

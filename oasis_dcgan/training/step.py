@@ -245,8 +245,7 @@ def build_train_step(nets: Networks, state: TrainState, ranks, t: TrainConfig, s
     # TensorFlow refuses a timestamp under op determinism: a deterministic run has no split.
     split = t.step_split and not t.deterministic
     timed = timer(split)
-    # One rank has no allreduce to wait for; timing its identity would only hold its updates back
-    # until every gradient exists.
+    # One rank has no allreduce to wait for; timing it would hold its updates until every gradient exists.
     timed_reduce = timer(split and world_size > 1)
 
     def train_step(images_uint8, slots, want_stop):
@@ -292,7 +291,7 @@ def build_train_step(nets: Networks, state: TrainState, ranks, t: TrainConfig, s
 
     close, keep = _epoch_end(state, sampler)
 
-    @tf.function
+    @tf.function(autograph=False)  # tf.while_loop and tf.cond already: autograph cost 2 s of each start
     def train_steps(iterator, want_stop, n, budget):
         """Up to n steps from the iterator in one call, fewer if a stop is agreed on the way.
 

@@ -113,7 +113,7 @@ def test_a_check_registered_in_one_place_is_computed_saved_tabled_and_read_and_m
 
     test = ShardReader(held_out_rich, "test")
     np.save(tmp_path / "real.npy", test.read(np.arange(48)))
-    m = small_metrics()
+    m = small_metrics(nn_samples=16, diversity_samples=8)
     before = evaluate.evaluate(tmp_path / "real.npy", held_out_rich, tmp_path / "before", m)
     monkeypatch.setattr(checks, "CHECKS", dict(checks.CHECKS))
 

@@ -167,6 +167,8 @@ def small_disk(tmp_path):
 # ---------------------------------------------------------------- helpers shared by the tiers
 # A few small steps a run, as a config: what most in-process training tests need.
 SMALL_CFG = ["train.batch_size=8", "train.max_steps_per_epoch=4", "train.intra_op_threads=1"]
+# A report's checks on a few images: the defaults' take 40 s at 32x32, these about 10.
+SMALL_METRICS = ["metrics.batches=5", "metrics.nn_samples=12", "metrics.diversity_samples=6"]
 
 
 def small_overrides(dataset, run_dir, *overrides) -> list[str]:

@@ -13,7 +13,7 @@ from oasis_dcgan.launch import status
 from oasis_dcgan.prep import manifest
 from oasis_dcgan.rundir import RunDir
 
-from tests.conftest import resumes, stop_checkpoints
+from tests.conftest import SMALL_METRICS, resumes, stop_checkpoints
 from tests.slurmkit import (EPOCHS, assert_continuous, sh, submit_train, top_states, train_cfg, wait_for_checkpoint,
                            wait_gone)
 from tests.conftest import REPO
@@ -61,7 +61,7 @@ def test_sbatch_templates_end_to_end(devcluster, png_release, tmp_path):
     assert_continuous(run)
     # postprocess
     pp = sh("sbatch", "--parsable", f"--chdir={tmp_path}", str(REPO / "slurm/postprocess.sbatch"), str(run),
-            "--batches", "5", env=env)
+            *[a for kv in SMALL_METRICS for a in ("--set", kv)], env=env)
     wait_gone(pp)
     assert top_states(pp)[-1] == "COMPLETED"
     assert (run / "report" / "report.html").is_file()

@@ -8,7 +8,7 @@ from oasis_dcgan import config, fsutil, rundir
 from oasis_dcgan.launch import slurmctl, status, sweep
 from oasis_dcgan.rundir import SweepDir
 
-from tests.conftest import resumes, stop_checkpoints
+from tests.conftest import SMALL_METRICS, resumes, stop_checkpoints
 from tests.slurmkit import sh, top_states, wait_for_checkpoint, wait_gone
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -23,8 +23,7 @@ def base(dataset, root):
     return config.load(None, [f'run_dir="{root}"', f'data.dataset="{dataset}"', "data.resolution=32",
                               f"train.epochs={EPOCHS}", "train.max_steps_per_epoch=4", "train.checkpoint_every_steps=2",
                               "train.intra_op_threads=1", "cluster.tasks_per_node=1", "cluster.timeout_min=30",
-                              'cluster.executor="slurm"', "metrics.batches=5", "metrics.nn_samples=12",
-                              "metrics.diversity_samples=6"])
+                              'cluster.executor="slurm"', *SMALL_METRICS])
 
 
 @pytest.mark.fault

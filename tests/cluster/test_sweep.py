@@ -1,6 +1,6 @@
 """A sweep on the real dev Slurm cluster: one array of train tasks, a task preempted with USR2 and
 requeued as itself, tasks that fail named in the leaderboard with their reason, and a resubmission
-that queues nothing."""
+that queues only the unfinished runs, or nothing once they are all finished."""
 
 import pytest
 
@@ -70,6 +70,10 @@ def test_a_grid_runs_as_one_array_a_preempted_task_requeues_as_itself_and_failur
 
     again = sweep.submit(base(dataset32, root.path), GRIDS, dry_run=True)
     assert sorted(again["to_train"]) == sorted(n for n in rows if "batch_size=400" in n), "only the unfinished"
+    before = sh("squeue", "-h", "-o", "%i")
+    finished = sweep.submit(base(dataset32, root.path), ["train.batch_size=8", "train.lr=1e-4,2e-4"])
+    assert not finished["to_train"] and not finished["arrays"] and not finished.get("jobs"), finished
+    assert sh("squeue", "-h", "-o", "%i") == before, "a resubmission of finished runs queues no job"
 
 
 def test_a_sweep_past_max_array_size_is_split_into_arrays_with_one_leaderboard(devcluster, dataset32, tmp_path):

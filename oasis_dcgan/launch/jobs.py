@@ -37,7 +37,10 @@ class TrainJob:
     def __call__(self, config: dict | None = None) -> dict:
         submitit_usr2 = signal.getsignal(signal.SIGUSR2) if environment.under_submitit() else None
         early = install_stop_handlers(None)  # before anything slow: a stop now is held, not fatal
-        from ..training.trainer import Trainer
+        from ..training import without_keras_extras
+
+        with without_keras_extras():  # the Trainer's modules import TensorFlow
+            from ..training.trainer import Trainer
 
         cfg = config_mod.from_dict(config or self.config)
         run = rundir.RunDir(Path(cfg.run_dir).resolve())
